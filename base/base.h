@@ -1,0 +1,139 @@
+/*
+ * base.h - the shared base of Convoy: error codes, bounded buffers, views,
+ * time helpers and logging.
+ *
+ * Every module may include this header; base uses no other module.
+ *
+ * Invariants:
+ *  - Functions that can fail return 0 on success or a negative enum err value.
+ *  - A struct buf never grows past its max; an append that would is refused
+ *    with ERR_TOOBIG and leaves the buffer unchanged.
+ *  - Logging is safe from any thread: each line is formatted privately and
+ *    written with a single write(2).
+ */
+#ifndef CONVOY_BASE_H
+#define CONVOY_BASE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* ---- errors ---------------------------------------------------------- */
+
+/* Mechanical failures. Delivery outcomes (SMTP code, enhanced status) are a
+ * separate struct in the modules that produce them. */
+enum err {
+    ERR_OK = 0,
+    ERR_NOMEM = -1,    /* allocation failed */
+    ERR_IO = -2,       /* read/write/system call failed */
+    ERR_TIMEOUT = -3,  /* a deadline passed */
+    ERR_PROTO = -4,    /* the peer broke the protocol */
+    ERR_TLS = -5,      /* TLS handshake or record failure */
+    ERR_DNS = -6,      /* DNS lookup failed */
+    ERR_FULL = -7,     /* storage full (disk or map cannot grow) */
+    ERR_TOOBIG = -8,   /* a bound was reached */
+    ERR_INVAL = -9,    /* invalid argument or input */
+    ERR_NOTFOUND = -10, /* no such item */
+    ERR_EXISTS = -11,  /* item already exists */
+    ERR_CLOSED = -12,  /* the object is shutting down or closed */
+    ERR_VERSION = -13, /* stored data of an unsupported version */
+    ERR_CORRUPT = -14, /* stored data does not decode */
+    ERR_NOTYET = -15,  /* not implemented yet */
+    ERR_AGAIN = -16,   /* temporary condition, try again */
+    ERR_PERM = -17,    /* permission denied */
+};
+
+/* A short, static, human-readable text for an error code. Never NULL. */
+const char *err_str(int err);
+
+/* ---- buffers and views ------------------------------------------------ */
+
+/* A view of bytes it does not own. */
+struct view {
+    const char *ptr;
+    size_t len;
+};
+
+#define VIEW_LIT(s) ((struct view){(s), sizeof(s) - 1})
+
+/* A growable byte buffer with a hard ceiling. data is always NUL-terminated
+ * (the NUL is not counted in len and does not count against max). */
+struct buf {
+    char *data;
+    size_t len;
+    size_t cap;
+    size_t max;
+};
+
+/* Initialise an empty buffer that may hold at most max bytes. No allocation. */
+void buf_init(struct buf *b, size_t max);
+/* Free the storage; the buffer is empty and reusable with the same max. */
+void buf_free(struct buf *b);
+/* Drop the contents, keep the storage. */
+void buf_reset(struct buf *b);
+/* Append n bytes. ERR_TOOBIG past max, ERR_NOMEM; unchanged on error. */
+int buf_append(struct buf *b, const void *p, size_t n);
+int buf_append_str(struct buf *b, const char *s);
+/* printf-style append with the same bounds. */
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int buf_vprintf(struct buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* Remove the first n bytes (n is clamped to len). */
+void buf_consume(struct buf *b, size_t n);
+/* Ensure room for n more bytes without exceeding max. */
+int buf_reserve(struct buf *b, size_t n);
+
+/* Bounded string copy: always NUL-terminates when size > 0. Returns the
+ * length of src; a return >= size means the copy was truncated. */
+size_t str_copy(char *dst, const char *src, size_t size);
+/* Parse a whole decimal string into an unsigned 64-bit value: no sign, no
+ * spaces, no overflow. 0 or ERR_INVAL. */
+int str_to_u64(const char *s, uint64_t *out);
+/* ASCII case-insensitive equality of a view and a string. */
+bool view_eq_ci(struct view v, const char *s);
+
+/* ---- time ------------------------------------------------------------- */
+
+/* Wall clock in milliseconds since the epoch. */
+int64_t time_now_ms(void);
+/* Monotonic clock in milliseconds. */
+int64_t time_mono_ms(void);
+/* Parse a duration: a number with an optional unit s, m, h, d or w
+ * (bare number = seconds). Returns 0 and seconds, or ERR_INVAL. */
+int time_parse_duration(const char *s, int64_t *seconds);
+/* Format seconds back to the largest exact unit ("5d", "300s"). */
+void time_format_duration(int64_t seconds, char *out, size_t size);
+/* RFC 5322 3.3 date-time in local time, e.g. "Mon, 30 Nov 2026 16:41:01 +0000". */
+void time_format_rfc5322(time_t t, char *out, size_t size);
+
+/* ---- logging ---------------------------------------------------------- */
+
+/* Levels, most severe first. Named LOGL_* so they do not clash with syslog.h. */
+enum log_level { LOGL_ERR, LOGL_WARN, LOGL_INFO, LOGL_DEBUG };
+
+enum log_target {
+    LOG_TO_SYSLOG = 1 << 0, /* datagrams to /dev/log */
+    LOG_TO_STDERR = 1 << 1, /* lines on standard error */
+};
+
+/* Configure logging. name is the syslog name ("convoy"); lines are tagged
+ * "name/component[pid]:" as Postfix tags its programs. facility is a syslog
+ * facility name ("mail", "local0", ...); ERR_INVAL for an unknown one. With
+ * debug false, LOGL_DEBUG lines are dropped. May be called again (reload). */
+int log_setup(const char *name, const char *facility, unsigned targets, bool debug);
+/* Is facility a known syslog facility name? */
+bool log_facility_valid(const char *facility);
+/* Write one line. component is the short program-like name ("smtpd",
+ * "qmgr", "smtp", "sts", "convoyd"). A trailing newline is not needed. */
+void log_msg(enum log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void log_vmsg(enum log_level level, const char *component, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+#define log_err(comp, ...) log_msg(LOGL_ERR, comp, __VA_ARGS__)
+#define log_warn(comp, ...) log_msg(LOGL_WARN, comp, __VA_ARGS__)
+#define log_info(comp, ...) log_msg(LOGL_INFO, comp, __VA_ARGS__)
+#define log_debug(comp, ...) log_msg(LOGL_DEBUG, comp, __VA_ARGS__)
+
+#endif

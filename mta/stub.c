@@ -1,0 +1,2 @@
+/* under construction */
+typedef int placeholder_t;
