@@ -1,12 +1,19 @@
 /*
- * smtp.h - public contract of the smtp module (see DESIGN.md).
- *
- * Not yet implemented: smtp_status() reports ERR_NOTYET.
+ * smtp.h - public contract of the smtp module: SMTP server sessions
+ * (submission) and SMTP client sessions (delivery), their parsers and
+ * dot-stuffing. The module knows nothing of the queue, DNS or MTA-STS: the
+ * server hands a finished message to its owner's callback and waits for the
+ * answer; the client is told which TLS it must have and reports results.
  */
 #ifndef CONVOY_SMTP_H
 #define CONVOY_SMTP_H
 
-/* ERR_NOTYET until the module is built. */
-int smtp_status(void);
+#include "base.h"
+
+/* ==== shared ========================================================== */
+
+/* ==== server side ===================================================== */
+
+/* ==== client side ===================================================== */
 
 #endif

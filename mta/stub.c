@@ -1,2 +1,0 @@
-/* under construction */
-typedef int placeholder_t;
