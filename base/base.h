@@ -26,23 +26,23 @@
  * separate struct in the modules that produce them. */
 enum err {
     ERR_OK = 0,
-    ERR_NOMEM = -1,    /* allocation failed */
-    ERR_IO = -2,       /* read/write/system call failed */
-    ERR_TIMEOUT = -3,  /* a deadline passed */
-    ERR_PROTO = -4,    /* the peer broke the protocol */
-    ERR_TLS = -5,      /* TLS handshake or record failure */
-    ERR_DNS = -6,      /* DNS lookup failed */
-    ERR_FULL = -7,     /* storage full (disk or map cannot grow) */
-    ERR_TOOBIG = -8,   /* a bound was reached */
-    ERR_INVAL = -9,    /* invalid argument or input */
+    ERR_NOMEM = -1,     /* allocation failed */
+    ERR_IO = -2,        /* read/write/system call failed */
+    ERR_TIMEOUT = -3,   /* a deadline passed */
+    ERR_PROTO = -4,     /* the peer broke the protocol */
+    ERR_TLS = -5,       /* TLS handshake or record failure */
+    ERR_DNS = -6,       /* DNS lookup failed */
+    ERR_FULL = -7,      /* storage full (disk or map cannot grow) */
+    ERR_TOOBIG = -8,    /* a bound was reached */
+    ERR_INVAL = -9,     /* invalid argument or input */
     ERR_NOTFOUND = -10, /* no such item */
-    ERR_EXISTS = -11,  /* item already exists */
-    ERR_CLOSED = -12,  /* the object is shutting down or closed */
-    ERR_VERSION = -13, /* stored data of an unsupported version */
-    ERR_CORRUPT = -14, /* stored data does not decode */
-    ERR_NOTYET = -15,  /* not implemented yet */
-    ERR_AGAIN = -16,   /* temporary condition, try again */
-    ERR_PERM = -17,    /* permission denied */
+    ERR_EXISTS = -11,   /* item already exists */
+    ERR_CLOSED = -12,   /* the object is shutting down or closed */
+    ERR_VERSION = -13,  /* stored data of an unsupported version */
+    ERR_CORRUPT = -14,  /* stored data does not decode */
+    ERR_NOTYET = -15,   /* not implemented yet */
+    ERR_AGAIN = -16,    /* temporary condition, try again */
+    ERR_PERM = -17,     /* permission denied */
 };
 
 /* A short, static, human-readable text for an error code. Never NULL. */

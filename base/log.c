@@ -27,10 +27,10 @@ static const struct {
     const char *name;
     int code;
 } facilities[] = {
-    {"kern", 0},    {"user", 1},    {"mail", 2},    {"daemon", 3},  {"auth", 4},
-    {"syslog", 5},  {"lpr", 6},     {"news", 7},    {"uucp", 8},    {"cron", 9},
-    {"authpriv", 10}, {"ftp", 11},  {"local0", 16}, {"local1", 17}, {"local2", 18},
-    {"local3", 19}, {"local4", 20}, {"local5", 21}, {"local6", 22}, {"local7", 23},
+    {"kern", 0},      {"user", 1},    {"mail", 2},    {"daemon", 3},  {"auth", 4},
+    {"syslog", 5},    {"lpr", 6},     {"news", 7},    {"uucp", 8},    {"cron", 9},
+    {"authpriv", 10}, {"ftp", 11},    {"local0", 16}, {"local1", 17}, {"local2", 18},
+    {"local3", 19},   {"local4", 20}, {"local5", 21}, {"local6", 22}, {"local7", 23},
 };
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -115,9 +115,9 @@ void log_vmsg(enum log_level level, const char *component, const char *fmt, va_l
     strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm);
 
     if ((targets & LOG_TO_SYSLOG) && fd >= 0) {
-        int len = snprintf(line, sizeof(line), "<%d>%s %s/%s[%ld]: %s%s",
-                           facility * 8 + severity[level], stamp, name, component,
-                           (long)getpid(), prefix[level], body);
+        int len =
+            snprintf(line, sizeof(line), "<%d>%s %s/%s[%ld]: %s%s", facility * 8 + severity[level],
+                     stamp, name, component, (long)getpid(), prefix[level], body);
         if (len > 0)
             (void)send(fd, line, (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1,
                        MSG_NOSIGNAL);

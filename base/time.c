@@ -75,6 +75,6 @@ void time_format_rfc5322(time_t t, char *out, size_t size)
         off = -off;
     /* Names are written by hand: strftime's %a/%b follow the locale. */
     snprintf(out, size, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", days[tm.tm_wday], tm.tm_mday,
-             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, sign,
-             off / 60, off % 60);
+             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec, sign, off / 60,
+             off % 60);
 }

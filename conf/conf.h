@@ -60,6 +60,7 @@ struct conf_param_info {
     const char *def;
     const char *check;
     const char *desc;
+    size_t offset; /* of the typed field in struct conf */
 };
 
 /* An address family + prefix, for mynetworks. */
@@ -106,6 +107,8 @@ const struct conf_param_info *conf_param_find(const char *name);
  */
 struct conf *conf_load(const char *path, const char *const *overrides, size_t n_overrides,
                        struct buf *errors);
+/* The same from text in memory; name stands for the file in errors. */
+struct conf *conf_load_mem(const char *name, const char *text, size_t len, struct buf *errors);
 struct conf *conf_ref(struct conf *c);
 void conf_unref(struct conf *c);
 

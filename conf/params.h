@@ -28,14 +28,14 @@
       "headers; empty means the system host name")                                                 \
     P(syslog_name, STR, "convoy", "",                                                              \
       "Name that starts every log tag, as in \"convoy/smtpd[pid]:\"")                              \
-    P(syslog_facility, STR, "mail", "facility", "Syslog facility for log lines")                  \
+    P(syslog_facility, STR, "mail", "facility", "Syslog facility for log lines")                   \
     P(daemon_shutdown_timeout, TIME, "30s", "0..1h",                                               \
       "On SIGTERM or SIGINT, how long in-flight sessions and deliveries may take to finish "       \
       "before convoyd exits")                                                                      \
     /* --- queue --- */                                                                            \
     P(queue_directory, STR, "./var", "path",                                                       \
-      "Directory that holds the queue database, the policy cache and the control socket; a "      \
-      "relative path is taken from the directory convoyd and convoyctl start in")                 \
+      "Directory that holds the queue database, the policy cache and the control socket; a "       \
+      "relative path is taken from the directory convoyd and convoyctl start in")                  \
     P(message_size_limit, SIZE, "50M", "1k..2G",                                                   \
       "Largest message accepted, in bytes (advertised with the SIZE extension)")                   \
     P(maximal_queue_lifetime, TIME, "5d", "0..100d",                                               \
@@ -45,33 +45,33 @@
       "How long a delivery status notification (bounce) may stay deferred before it is "           \
       "discarded")                                                                                 \
     P(minimal_backoff_time, TIME, "300s", "1s..1d",                                                \
-      "Least time between two delivery attempts of a deferred recipient")                         \
+      "Least time between two delivery attempts of a deferred recipient")                          \
     P(maximal_backoff_time, TIME, "4000s", "1s..7d",                                               \
-      "Most time between two delivery attempts of a deferred recipient")                          \
+      "Most time between two delivery attempts of a deferred recipient")                           \
     /* --- SMTP server (submission) --- */                                                         \
     P(smtpd_listen, LIST, "127.0.0.1:2525", "listen",                                              \
       "Addresses and ports the SMTP server listens on: 127.0.0.1:2525, [::1]:2525, *:25")          \
     P(mynetworks, LIST, "127.0.0.0/8 [::1]/128", "cidr",                                           \
-      "Client networks that may relay without authentication")                                    \
+      "Client networks that may relay without authentication")                                     \
     /* --- delivery --- */                                                                         \
     P(relayhost, STR, "", "relayhost",                                                             \
       "Send all mail through this host instead of MX lookups: host, host:port, or [host]:port "    \
-      "(brackets: no MX lookup); empty means deliver directly")                                   \
+      "(brackets: no MX lookup); empty means deliver directly")                                    \
     P(smtp_helo_name, STR, "", "hostname",                                                         \
-      "Name sent in EHLO/HELO when delivering; empty means myhostname")                           \
-    P(smtp_connect_timeout, TIME, "30s", "1s..10m", "Time allowed to open a TCP connection")      \
+      "Name sent in EHLO/HELO when delivering; empty means myhostname")                            \
+    P(smtp_connect_timeout, TIME, "30s", "1s..10m", "Time allowed to open a TCP connection")       \
     P(default_destination_concurrency_limit, INT, "20", "1..1000",                                 \
       "Most concurrent delivery connections to one destination domain")                            \
     P(default_destination_recipient_limit, INT, "50", "1..1000",                                   \
       "Most recipients in one delivery transaction")                                               \
     P(smtp_tls_CAfile, STR, "", "path",                                                            \
       "PEM file of trusted root certificates for verified TLS (MX hosts and MTA-STS policy "       \
-      "hosts); empty means the system trust store")                                               \
+      "hosts); empty means the system trust store")                                                \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \
       "/etc/resolv.conf")                                                                          \
-    P(dns_timeout, TIME, "5s", "1s..1m", "Time to wait for one DNS answer before trying again")   \
+    P(dns_timeout, TIME, "5s", "1s..1m", "Time to wait for one DNS answer before trying again")    \
     P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")
 
 #endif

@@ -30,6 +30,14 @@ struct mta {
 };
 
 /*
+ * daemon_queue.c: open the queue in queue_directory with the settings of
+ * m->conf before any service starts; close it (waiting for the writer
+ * thread to finish its last commit) after every service has stopped.
+ */
+int mta_queue_open(struct mta *m, struct buf *err);
+void mta_queue_close(struct mta *m);
+
+/*
  * submission.c: the SMTP listeners that accept mail into the queue.
  * submission_start() binds every smtpd_listen address (an error names the
  * address) and starts accepting. submission_stop() stops accepting new

@@ -38,9 +38,12 @@ static void test_durations(void **state)
         int rc;
         int64_t secs;
     } cases[] = {
-        {"0", 0, 0},         {"300", 0, 300},      {"300s", 0, 300}, {"5m", 0, 300},
-        {"2h", 0, 7200},     {"5d", 0, 432000},    {"1w", 0, 604800}, {"", ERR_INVAL, 0},
-        {"5x", ERR_INVAL, 0}, {"-1", ERR_INVAL, 0}, {"5 d", ERR_INVAL, 0}, {"d", ERR_INVAL, 0},
+        {"0", 0, 0},           {"300", 0, 300},
+        {"300s", 0, 300},      {"5m", 0, 300},
+        {"2h", 0, 7200},       {"5d", 0, 432000},
+        {"1w", 0, 604800},     {"", ERR_INVAL, 0},
+        {"5x", ERR_INVAL, 0},  {"-1", ERR_INVAL, 0},
+        {"5 d", ERR_INVAL, 0}, {"d", ERR_INVAL, 0},
         {"5dd", ERR_INVAL, 0}, {"99999999999999999999", ERR_INVAL, 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

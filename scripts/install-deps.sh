@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install what Convoy needs to build and to run its tests, from Debian 12's
+# packages. Idempotent: does nothing when everything is already installed.
+# Runs as root, or as a user with sudo rights. Never leaves a packaged
+# service (nginx, ...) running: services are kept from starting while
+# packages install.
+set -euo pipefail
+
+packages=(
+    # build
+    build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
+    libuv1-dev libwolfssl-dev libc-ares-dev liblmdb-dev libjansson-dev zlib1g-dev
+    libhttp-parser-dev libidn2-dev libcrypt-dev libcmocka-dev
+    # tests: real peers and tools
+    python3 python3-aiosmtpd python3-dnslib swaks dnsmasq-base nginx-light openssl
+    ca-certificates lmdb-utils procps iproute2 valgrind
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all ${#packages[@]} packages present"
+    exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=(sudo)
+fi
+
+echo "install-deps: installing ${missing[*]}"
+# Keep packaged services (nginx) from starting on install; remove the guard
+# afterwards only if we put it there.
+guard=/usr/sbin/policy-rc.d
+placed=0
+if [ ! -e "$guard" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$guard" >/dev/null
+    "${SUDO[@]}" chmod 755 "$guard"
+    placed=1
+fi
+cleanup() { if [ "$placed" = 1 ]; then "${SUDO[@]}" rm -f "$guard"; fi; }
+trap cleanup EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+# In case a service started anyway (a machine where policy-rc.d is ignored).
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    "${SUDO[@]}" systemctl disable --now nginx.service >/dev/null 2>&1 || true
+fi
+"${SUDO[@]}" pkill -x nginx >/dev/null 2>&1 || true
+echo "install-deps: done"

@@ -1,0 +1,144 @@
+"""Start and stop the real convoyd for integration tests.
+
+Daemon(config_text) writes a config into a fresh directory (queue_directory
+is set there unless the text sets it), starts `convoyd -f -c FILE` with
+NOTIFY_SOCKET pointing at a datagram socket of ours, and waits for READY=1,
+so a test knows the daemon is up without polling ports. Standard error (the
+log) is collected in self.log_path; log_text() reads it.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/mta"))
+CONVOYD = os.path.join(BIN, "convoyd")
+CONVOYCTL = os.path.join(BIN, "convoyctl")
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port that is free on host right now."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, config_text="", workdir=None, extra_args=()):
+        self.tmp = None
+        if workdir is None:
+            self.tmp = tempfile.TemporaryDirectory(prefix="convoy-it-")
+            workdir = self.tmp.name
+        self.dir = workdir
+        self.queue_dir = os.path.join(workdir, "queue")
+        self.conf_path = os.path.join(workdir, "convoy.conf")
+        self.log_path = os.path.join(workdir, "convoyd.log")
+        if "queue_directory" not in config_text:
+            config_text = "queue_directory = %s\n%s" % (self.queue_dir, config_text)
+        self.write_config(config_text)
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.notify_sock = None
+        self.notifications = []
+
+    def write_config(self, text):
+        with open(self.conf_path, "w") as f:
+            f.write(text)
+
+    def start(self, timeout=20, wait_ready=True):
+        sock_path = os.path.join(self.dir, "notify.sock")
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+        self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_sock.bind(sock_path)
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [CONVOYD, "-f", "-c", self.conf_path] + self.extra_args,
+            stdout=self.log, stderr=self.log, env=env)
+        if wait_ready:
+            self.wait_notify("READY=1", timeout)
+        return self
+
+    def wait_notify(self, what, timeout=20):
+        """Wait until a notification containing `what` arrives; return it."""
+        deadline = time.time() + timeout
+        for n in self.notifications:
+            if what in n:
+                self.notifications.remove(n)
+                return n
+        while time.time() < deadline:
+            exited = self.proc.poll() is not None
+            self.notify_sock.settimeout(0.05 if exited else max(0.05, min(0.5, deadline - time.time())))
+            try:
+                msg = self.notify_sock.recv(4096).decode()
+            except socket.timeout:
+                if exited:
+                    raise RuntimeError("convoyd exited with %s before %r:\n%s"
+                                       % (self.proc.returncode, what, self.log_text()))
+                continue
+            if what in msg:
+                return msg
+            self.notifications.append(msg)
+        raise TimeoutError("no %r from convoyd within %ss:\n%s" % (what, timeout, self.log_text()))
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=30):
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode if self.proc else None
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, text, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.log_text():
+                return True
+            time.sleep(0.05)
+        raise TimeoutError("%r not logged within %ss:\n%s" % (text, timeout, self.log_text()))
+
+    def ctl(self, *args, check=False, input=None):
+        """Run convoyctl with this daemon's config; returns CompletedProcess."""
+        r = subprocess.run([CONVOYCTL, "-c", self.conf_path] + list(args), capture_output=True,
+                           text=True, input=input, timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError("convoyctl %s failed (%d): %s" % (" ".join(args), r.returncode, r.stderr))
+        return r
+
+    def close(self):
+        try:
+            if self.proc and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        finally:
+            if self.notify_sock:
+                self.notify_sock.close()
+            if getattr(self, "log", None):
+                self.log.close()
+            if self.tmp:
+                self.tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
