@@ -386,13 +386,17 @@ int main(int argc, char **argv)
     if (make_dirs(c->queue_directory) != 0) {
         fprintf(stderr, "convoyd: cannot create queue_directory %s: %s\n", c->queue_directory,
                 strerror(errno));
+        conf_unref(c);
         return 1;
     }
     g_lock_fd = take_lock(c->queue_directory);
-    if (g_lock_fd < 0)
+    if (g_lock_fd < 0) {
+        conf_unref(c);
         return 1;
+    }
     if (!g_foreground && detach() != 0) {
         fprintf(stderr, "convoyd: cannot detach: %s\n", strerror(errno));
+        conf_unref(c);
         return 1;
     }
     write_pid(g_lock_fd);
