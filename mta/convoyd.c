@@ -120,34 +120,35 @@ static int setup_logging(const struct conf *c, bool foreground, bool debug)
 
 static bool g_foreground, g_debug;
 
-static void reload(void)
+static int mta_reload(struct mta *m, struct buf *errors)
 {
     notify("RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)monotonic_usec());
-    struct buf errors;
-    buf_init(&errors, 64 * 1024);
-    struct conf *c = load(g_mta.conf_path, &errors);
-    if (!c) {
-        log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", &errors);
-        notify("READY=1\nSTATUS=reload failed; previous configuration in force");
-        buf_free(&errors);
-        return;
-    }
-    buf_reset(&errors);
-    if (submission_reload(&g_mta, c, &errors) != 0) {
-        log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", &errors);
+    struct conf *c = load(m->conf_path, errors);
+    if (c && submission_reload(m, c, errors) != 0) {
         conf_unref(c);
-        notify("READY=1\nSTATUS=reload failed; previous configuration in force");
-        buf_free(&errors);
-        return;
+        c = NULL;
     }
-    buf_free(&errors);
-    struct conf *old = g_mta.conf;
-    g_mta.conf = c;
+    if (!c) {
+        log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", errors);
+        notify("READY=1\nSTATUS=reload failed; previous configuration in force");
+        return ERR_INVAL;
+    }
+    struct conf *old = m->conf;
+    m->conf = c;
     conf_unref(old);
     setup_logging(c, g_foreground, g_debug);
     log_info("convoyd", "reload: configuration %s in force",
-             g_mta.conf_path ? g_mta.conf_path : "(built-in defaults)");
+             m->conf_path ? m->conf_path : "(built-in defaults)");
     notify("READY=1\nSTATUS=running; configuration reloaded");
+    return 0;
+}
+
+static void reload(void)
+{
+    struct buf errors;
+    buf_init(&errors, 64 * 1024);
+    mta_reload(&g_mta, &errors);
+    buf_free(&errors);
 }
 
 /* ---- stopping --------------------------------------------------------- */
@@ -162,6 +163,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static void finish_stop(void)
 {
     submission_close(&g_mta);
+    control_stop(&g_mta);
     uv_timer_stop(&stop_timer);
     uv_signal_stop(&sig_term);
     uv_signal_stop(&sig_int);
@@ -406,6 +408,7 @@ int main(int argc, char **argv)
     g_mta.conf = c;
     g_mta.conf_path = conf_path;
     g_mta.started_ms = time_now_ms();
+    g_mta.reload = mta_reload;
 
     uv_signal_init(g_mta.loop, &sig_term);
     uv_signal_init(g_mta.loop, &sig_int);
@@ -418,7 +421,8 @@ int main(int argc, char **argv)
     int status = 0;
     struct buf err;
     buf_init(&err, 4096);
-    if (mta_queue_open(&g_mta, &err) != 0 || submission_start(&g_mta, &err) != 0) {
+    if (mta_queue_open(&g_mta, &err) != 0 || control_start(&g_mta, &err) != 0 ||
+        submission_start(&g_mta, &err) != 0) {
         log_err("convoyd", "fatal: %s", err.data ? err.data : "start-up failed");
         if (g_foreground)
             fprintf(stderr, "convoyd: %s\n", err.data ? err.data : "start-up failed");
@@ -434,6 +438,7 @@ int main(int argc, char **argv)
     buf_free(&err);
 
     submission_close(&g_mta);
+    control_stop(&g_mta);
     mta_queue_close(&g_mta);
     uv_walk(g_mta.loop, close_walk_cb, NULL);
     uv_run(g_mta.loop, UV_RUN_DEFAULT);

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include <jansson.h>
+
 #include "base.h"
 #include "conf.h"
 
@@ -27,6 +29,10 @@ struct mta {
     struct submission *submission;
     int64_t started_ms;
     bool stopping;
+    /* Reload the configuration from the same file and overrides (set by
+     * convoyd). On failure every problem is appended to errors, one per
+     * line, and logged; the old snapshot stays in force. */
+    int (*reload)(struct mta *m, struct buf *errors);
 };
 
 /*
@@ -53,11 +59,40 @@ void submission_close(struct mta *m);
 int submission_reload(struct mta *m, struct conf *c, struct buf *err);
 
 /*
+ * control.c: the control socket (<queue_directory>/control.sock, mode 0660,
+ * line-delimited JSON). A handler gets the parsed request object (borrowed)
+ * and must call control_reply() exactly once, now or later from the loop;
+ * the response is stolen, and "ok": true is added when absent.
+ * Built in: "status" (plus what status hooks add) and "reload".
+ */
+struct control_req;
+typedef void (*control_handler)(struct mta *m, struct control_req *req, json_t *request);
+typedef void (*control_status_hook)(struct mta *m, json_t *status);
+int control_start(struct mta *m, struct buf *err);
+void control_stop(struct mta *m);
+void control_register(const char *cmd, control_handler fn);
+void control_add_status_hook(control_status_hook fn);
+void control_reply(struct control_req *req, json_t *response);
+void control_reply_error(struct control_req *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int control_socket_path(const struct conf *c, char *out, size_t size);
+
+/*
+ * ctl_client.c: convoyctl's side. Send one request, wait up to timeout_ms
+ * for the answer. Returns 0 with *response set (the daemon's object, which
+ * may say "ok": false), 3 when the daemon is not running, 1 on other errors
+ * (printed to stderr).
+ */
+int ctl_request(const struct conf *c, json_t *request, json_t **response, int timeout_ms);
+
+/*
  * convoyctl subcommands, each in its own file. argv[0] is the subcommand
  * name ("queue", "dns", ...). Return the process exit code: 0 ok, 1 failure,
  * 2 usage, 3 daemon not running.
  */
 int ctl_queue(struct conf *c, int argc, char **argv);
 int ctl_dns(struct conf *c, int argc, char **argv);
+int ctl_status(struct conf *c, int argc, char **argv);
+int ctl_reload(struct conf *c, int argc, char **argv);
 
 #endif

@@ -4,6 +4,7 @@ exit 0, refuse a bad config with 78, one daemon per queue, detach."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -103,6 +104,58 @@ class DaemonLifecycle(unittest.TestCase):
                 time.sleep(0.05)
             else:
                 self.fail("detached convoyd did not stop on SIGTERM")
+
+
+class ControlSocket(unittest.TestCase):
+    def test_status_and_reload_through_the_control_socket(self):
+        port = free_port()
+        with Daemon("smtpd_listen = 127.0.0.1:%d\n" % port) as d:
+            r = d.ctl("status")
+            self.assertEqual(r.returncode, 3)
+            self.assertIn("convoyd is not running", r.stderr)
+            r = d.ctl("status", "--json")
+            self.assertEqual(r.returncode, 3)
+            self.assertEqual(json.loads(r.stdout), {"running": False})
+
+            d.start()
+            sock = os.path.join(d.queue_dir, "control.sock")
+            self.assertEqual(os.stat(sock).st_mode & 0o777, 0o660)
+            r = d.ctl("status", "--json", check=True)
+            st = json.loads(r.stdout)
+            self.assertTrue(st["running"])
+            self.assertEqual(st["pid"], d.proc.pid)
+            self.assertEqual(st["config_file"], d.conf_path)
+            self.assertGreaterEqual(st["uptime"], 0)
+            r = d.ctl("status", check=True)
+            self.assertIn("running: true", r.stdout)
+
+            # A rejected reload says why and changes nothing.
+            d.write_config("queue_directory = %s\nsmtpd_listen = 127.0.0.1:%d\ndns_tries = eleven\n"
+                           % (d.queue_dir, port))
+            r = d.ctl("reload")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn('convoy.conf:3: bad value "eleven" for dns_tries: expected an integer', r.stderr)
+            self.assertIsNone(d.proc.poll())
+
+            d.write_config("queue_directory = %s\nsmtpd_listen = 127.0.0.1:%d\ndns_tries = 5\n"
+                           % (d.queue_dir, port))
+            r = d.ctl("reload")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, "Configuration reloaded.\n")
+            d.wait_log("reload: configuration")
+
+            # Someone outside the daemon's user and group is turned away clearly.
+            if os.geteuid() == 0 and shutil.which("setpriv"):
+                os.chmod(d.dir, 0o755)
+                os.chmod(d.conf_path, 0o644)
+                r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                    CONVOYCTL, "-c", d.conf_path, "status"],
+                                   capture_output=True, text=True, timeout=30)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("permission denied", r.stderr)
+
+            self.assertEqual(d.stop(), 0)
+            self.assertFalse(os.path.exists(sock), "control socket left behind")
 
 
 class Convoyctl(unittest.TestCase):

@@ -1,0 +1,196 @@
+/*
+ * ctl_client.c - convoyctl's side of the control socket, and the commands
+ * that only talk to the daemon: status and reload.
+ *
+ * One request per connection: connect, send a line, read a line, close.
+ * Blocking I/O with a poll(2) deadline is right for a command-line tool.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "mta.h"
+
+#define RESPONSE_MAX (64u << 20)
+
+int ctl_request(const struct conf *c, json_t *request, json_t **response, int timeout_ms)
+{
+    char path[256];
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (control_socket_path(c, path, sizeof(path)) != 0 || strlen(path) >= sizeof(sun.sun_path)) {
+        fprintf(stderr, "convoyctl: control socket path under %s is too long\n",
+                c->queue_directory);
+        return 1;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fprintf(stderr, "convoyctl: socket: %s\n", strerror(errno));
+        return 1;
+    }
+    if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == ENOENT || e == ECONNREFUSED) {
+            fprintf(stderr, "convoyctl: convoyd is not running (no control socket at %s)\n", path);
+            return 3;
+        }
+        if (e == EACCES || e == EPERM) {
+            fprintf(stderr,
+                    "convoyctl: permission denied on %s: only root and members of the "
+                    "daemon's group may control convoyd\n",
+                    path);
+            return 1;
+        }
+        fprintf(stderr, "convoyctl: connect %s: %s\n", path, strerror(e));
+        return 1;
+    }
+    char *text = json_dumps(request, JSON_COMPACT);
+    struct buf out;
+    buf_init(&out, RESPONSE_MAX);
+    int rc = 1;
+    if (!text || buf_append_str(&out, text) || buf_append(&out, "\n", 1))
+        goto done;
+    for (size_t off = 0; off < out.len;) {
+        ssize_t w = send(fd, out.data + off, out.len - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            fprintf(stderr, "convoyctl: write to control socket: %s\n", strerror(errno));
+            goto done;
+        }
+        off += (size_t)w;
+    }
+    buf_reset(&out);
+    int64_t deadline = time_mono_ms() + timeout_ms;
+    for (;;) {
+        char *nl = out.len ? memchr(out.data, '\n', out.len) : NULL;
+        if (nl) {
+            json_error_t jerr;
+            *response = json_loadb(out.data, (size_t)(nl - out.data), 0, &jerr);
+            if (!*response || !json_is_object(*response)) {
+                fprintf(stderr, "convoyctl: bad answer from convoyd: %s\n", jerr.text);
+                json_decref(*response);
+                *response = NULL;
+                goto done;
+            }
+            rc = 0;
+            goto done;
+        }
+        int64_t left = deadline - time_mono_ms();
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (left <= 0 || poll(&pfd, 1, (int)left) == 0) {
+            fprintf(stderr, "convoyctl: no answer from convoyd within %d s\n", timeout_ms / 1000);
+            goto done;
+        }
+        char chunk[65536];
+        ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "convoyctl: convoyd closed the control connection\n");
+            goto done;
+        }
+        if (buf_append(&out, chunk, (size_t)n) != 0) {
+            fprintf(stderr, "convoyctl: answer from convoyd too large\n");
+            goto done;
+        }
+    }
+done:
+    free(text);
+    buf_free(&out);
+    close(fd);
+    return rc;
+}
+
+static bool has_flag(int argc, char **argv, const char *flag)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], flag) == 0)
+            return true;
+    return false;
+}
+
+int ctl_status(struct conf *c, int argc, char **argv)
+{
+    bool as_json = has_flag(argc, argv, "--json");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") != 0) {
+            fprintf(stderr, "convoyctl: status: unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    json_t *req = json_pack("{s:s}", "cmd", "status");
+    json_t *resp = NULL;
+    int rc = ctl_request(c, req, &resp, 10000);
+    json_decref(req);
+    if (rc == 3 && as_json)
+        printf("{\"running\": false}\n");
+    if (rc != 0)
+        return rc;
+    if (as_json) {
+        json_object_del(resp, "ok");
+        char *s = json_dumps(resp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        printf("%s\n", s ? s : "{}");
+        free(s);
+    } else {
+        /* Scalars one per line, objects flattened one level: "queue.deferred: 3". */
+        const char *key;
+        json_t *v;
+        json_object_foreach(resp, key, v)
+        {
+            if (strcmp(key, "ok") == 0)
+                continue;
+            if (json_is_object(v)) {
+                const char *k2;
+                json_t *v2;
+                json_object_foreach(v, k2, v2)
+                {
+                    char *s = json_dumps(v2, JSON_ENCODE_ANY | JSON_COMPACT);
+                    printf("%s.%s: %s\n", key, k2, s ? s : "?");
+                    free(s);
+                }
+                continue;
+            }
+            if (json_is_string(v)) {
+                printf("%s: %s\n", key, json_string_value(v));
+                continue;
+            }
+            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            printf("%s: %s\n", key, s ? s : "?");
+            free(s);
+        }
+    }
+    json_decref(resp);
+    return 0;
+}
+
+int ctl_reload(struct conf *c, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 1) {
+        fprintf(stderr, "convoyctl: reload takes no arguments\n");
+        return 2;
+    }
+    json_t *req = json_pack("{s:s}", "cmd", "reload");
+    json_t *resp = NULL;
+    int rc = ctl_request(c, req, &resp, 60000);
+    json_decref(req);
+    if (rc != 0)
+        return rc;
+    if (!json_is_true(json_object_get(resp, "ok"))) {
+        const char *e = json_string_value(json_object_get(resp, "error"));
+        fprintf(stderr, "convoyctl: reload rejected, configuration unchanged:\n%s",
+                e ? e : "unknown error\n");
+        json_decref(resp);
+        return 1;
+    }
+    printf("Configuration reloaded.\n");
+    json_decref(resp);
+    return 0;
+}
