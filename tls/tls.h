@@ -1,12 +1,269 @@
 /*
- * tls.h - public contract of the tls module (see DESIGN.md).
+ * tls.h - public contract of the tls module: TLS sessions (wolfSSL) over
+ * bytes that the owner moves between the socket and this module.
  *
- * Not yet implemented: tls_status() reports ERR_NOTYET.
+ * The owner (an SMTP session, the MTA-STS policy fetcher) keeps its uv_tcp_t.
+ * It hands every ciphertext byte it reads to tls_conn_feed() and writes every
+ * ciphertext byte this module gives it (on_cipher_out) to the socket. Between
+ * them wolfSSL runs with custom I/O callbacks over memory: the receive side
+ * returns WANT_READ when the fed bytes are used up, the send side never
+ * blocks. wolfSSL never touches a file descriptor.
+ *
+ *   uv_tcp_t --read--> tls_conn_feed() --on_plain_in--> line reader -> SMTP
+ *   uv_tcp_t <-write-- on_cipher_out <--tls_conn_write()-- SMTP
+ *
+ * Standards:
+ *  - RFC 8446 / RFC 5246: TLS 1.3 / 1.2 via wolfSSL; servers and verifying
+ *    clients refuse anything older than TLS 1.2.
+ *  - RFC 6066 3: the client sends SNI with the host name (not for IP literals).
+ *  - RFC 6125 6.4, as RFC 8461 4.2 uses it: host name checks on the peer
+ *    certificate (tls_name_matches(); SAN dNSName entries, the subject CN only
+ *    when the certificate has no DNS SAN at all).
+ *  - RFC 8460 4.3: failures are classified by TLS-RPT result type.
+ *
+ * The client never decides policy: it verifies when told to, and in every mode
+ * it reports what it saw (struct tls_facts).
+ *
+ * Threads: a tls_conn is used by one thread (the loop thread). A tls_ctx may
+ * be shared by conns on that thread; its reference count is atomic, so the
+ * last tls_ctx_free() may happen on another thread.
+ *
+ * Invariants:
+ *  - No call blocks. Callbacks run only from inside tls_conn_start(),
+ *    tls_conn_feed(), tls_conn_write(), tls_conn_shutdown() and
+ *    tls_conn_eof(), never later and never from a timer.
+ *  - Memory per conn is bounded: fed ciphertext is read in place (never
+ *    copied into a growing buffer), at most TLS_CIPHER_OUT_MAX bytes of
+ *    ciphertext are held before on_cipher_out is called, and wolfSSL itself
+ *    holds at most one record plus one handshake message (wolfSSL caps its
+ *    size). A peer cannot make a conn grow without bound.
+ *  - A call that returns an error ran no callback for that error: errors
+ *    reported by return value are not reported again through callbacks.
  */
 #ifndef CONVOY_TLS_H
 #define CONVOY_TLS_H
 
-/* ERR_NOTYET until the module is built. */
-int tls_status(void);
+#include <stdbool.h>
+#include <stddef.h>
+
+/* ---- facts ------------------------------------------------------------ */
+
+/* Why verification failed (or would have failed), aligned with the RFC 8460
+ * 4.3 result types. */
+enum tls_failure {
+    TLS_FAIL_NONE = 0,               /* verified, or nothing went wrong */
+    TLS_FAIL_STARTTLS_NOT_SUPPORTED, /* never set by tls/: for the SMTP client
+                                        to report "starttls-not-supported" */
+    TLS_FAIL_HOST_MISMATCH,          /* certificate does not name the host */
+    TLS_FAIL_CERT_EXPIRED,           /* expired or not yet valid */
+    TLS_FAIL_CERT_NOT_TRUSTED,       /* no chain to a trusted root (incl.
+                                        self-signed) */
+    TLS_FAIL_VALIDATION,             /* other certificate problem (bad
+                                        signature, no certificate, ...) */
+    TLS_FAIL_HANDSHAKE,              /* the handshake failed for a reason not
+                                        about the certificate: protocol
+                                        version, ciphers, alert, garbage,
+                                        connection closed */
+};
+
+/* Verification mode of a client conn. */
+enum tls_verify {
+    /* Opportunistic: accept any certificate, but still record whether the
+     * chain and the host name would have verified (facts.chain_ok,
+     * facts.name_ok, facts.failure). */
+    TLS_VERIFY_NONE = 0,
+    /* The certificate must chain to a trusted root, be within its validity
+     * dates and name the host (RFC 6125 as above); otherwise the handshake
+     * fails with the reason in facts.failure. TLS 1.2 or newer. */
+    TLS_VERIFY_HOST = 1,
+};
+
+#define TLS_FACTS_NAMES_MAX 8  /* DNS SANs recorded in the facts (all are matched) */
+#define TLS_FACTS_NAME_LEN 256 /* bytes per recorded name, incl. NUL */
+
+/* What a session was. A plain value: copy it freely. Strings are always
+ * NUL-terminated; "" when unknown. Names taken from certificates are recorded
+ * only if they are printable ASCII (others are replaced by "?"). */
+struct tls_facts {
+    bool is_server;
+    enum tls_verify mode;          /* client: the mode asked for */
+    bool handshake_done;           /* the handshake completed */
+    char version[16];              /* "TLSv1.3", "TLSv1.2" */
+    char cipher[64];               /* e.g. "TLS_AES_128_GCM_SHA256" */
+    char host[TLS_FACTS_NAME_LEN]; /* client: host asked for (SNI) */
+
+    /* Client only: the peer certificate (the leaf). */
+    bool peer_cert;                   /* the server presented one */
+    char peer_cn[TLS_FACTS_NAME_LEN]; /* subject CN */
+    char peer_issuer_cn[TLS_FACTS_NAME_LEN];
+    char peer_names[TLS_FACTS_NAMES_MAX][TLS_FACTS_NAME_LEN]; /* DNS SANs */
+    size_t n_peer_names;                                      /* entries used in peer_names */
+    size_t n_peer_names_total;                                /* DNS SANs in the certificate */
+
+    /* Client only: verification results, in every mode. */
+    bool chain_ok; /* chain to a trusted root, all certificates in date */
+    bool name_ok;  /* the certificate names facts.host */
+    bool verified; /* chain_ok && name_ok */
+    /* The first reason found; TLS_FAIL_NONE when verified and the handshake
+     * completed. In TLS_VERIFY_NONE mode a certificate failure is recorded
+     * here while the handshake still succeeds. */
+    enum tls_failure failure;
+    /* Human text for failure, e.g. "certificate verification failed for
+     * mx.example.com: certificate has expired". "" when failure is NONE. */
+    char text[256];
+};
+
+/* The RFC 8460 4.3 result type for a failure ("certificate-expired", ...);
+ * TLS_FAIL_HANDSHAKE reports "validation-failure". NULL for TLS_FAIL_NONE. */
+const char *tls_failure_result_type(enum tls_failure f);
+/* A short static description ("certificate has expired"). Never NULL. */
+const char *tls_failure_str(enum tls_failure f);
+
+/* ---- name matching ----------------------------------------------------- */
+
+/* Does a certificate DNS name (pattern) name the reference host?
+ * RFC 6125 6.4 as RFC 8461 4.2 applies it: ASCII case-insensitive; one
+ * trailing dot on either side is ignored; a wildcard is only a whole leftmost
+ * label "*." and matches exactly one non-empty label, and only when at least
+ * two labels follow it ("*.com" matches nothing); any other '*'
+ * ("f*.example.com", "a.*.example.com") makes the pattern match nothing.
+ * Empty labels, spaces and non-ASCII bytes match nothing. NULL matches
+ * nothing. */
+bool tls_name_matches(const char *pattern, const char *host);
+
+/* ---- contexts --------------------------------------------------------- */
+
+/* A wolfSSL_CTX with its settings. Reference counted: each conn holds a
+ * reference, so a reload can build a new ctx and tls_ctx_free() the old one
+ * while live conns go on using it. */
+struct tls_ctx;
+
+/* A server context from a PEM certificate chain file (leaf first) and a PEM
+ * private key file. TLS 1.2 and newer. NULL on failure, with a text naming
+ * the file and the reason in why (if why is not NULL). */
+struct tls_ctx *tls_ctx_server_new(const char *cert_file, const char *key_file, char *why,
+                                   size_t why_size);
+
+/* A client context. ca_file NULL: the system trust store (wolfSSL's system
+ * CA loading, else /etc/ssl/certs/ca-certificates.crt); otherwise a PEM file
+ * of trusted roots, or a directory of hashed PEM files. NULL on failure, with
+ * the reason in why. */
+struct tls_ctx *tls_ctx_client_new(const char *ca_file, char *why, size_t why_size);
+
+/* Take another reference; returns ctx. */
+struct tls_ctx *tls_ctx_ref(struct tls_ctx *ctx);
+/* Drop a reference; the context goes when the last conn made from it and the
+ * last reference are gone. tls_ctx_free(NULL) does nothing. */
+void tls_ctx_free(struct tls_ctx *ctx);
+
+/* ---- connections ------------------------------------------------------- */
+
+struct tls_conn;
+
+/* Ciphertext to write to the socket. data is valid only during the call:
+ * copy it (or uv_try_write it and copy the rest). */
+typedef void tls_cipher_out_cb(void *arg, const void *data, size_t n);
+/* Decrypted application bytes, in order. data is valid only during the call;
+ * the owner must take all n bytes (a line reader with its own bound turns an
+ * overlong line into a protocol error). */
+typedef void tls_plain_in_cb(void *arg, const void *data, size_t n);
+/* The handshake ended: status 0 (established; tls_conn_write() may be called
+ * from here on, also from inside this callback) or ERR_TLS (failed; the conn
+ * is dead, free it). facts is the conn's own, valid until tls_conn_free();
+ * copy the struct to keep it. Called at most once per conn. */
+typedef void tls_handshake_cb(void *arg, int status, const struct tls_facts *facts);
+/* An established session ended: status 0 when the peer sent close_notify,
+ * ERR_TLS on a fatal record error or alert from the peer, ERR_CLOSED when the
+ * transport ended without close_notify (tls_conn_eof()). Called at most once,
+ * and only after on_handshake reported 0. The owner may still call
+ * tls_conn_shutdown() to answer with its own close_notify. May be NULL. */
+typedef void tls_closed_cb(void *arg, int status);
+
+struct tls_callbacks {
+    tls_cipher_out_cb *on_cipher_out; /* required */
+    tls_plain_in_cb *on_plain_in;     /* required */
+    tls_handshake_cb *on_handshake;   /* required */
+    tls_closed_cb *on_closed;         /* optional */
+};
+
+#define TLS_CIPHER_OUT_MAX (64 * 1024) /* ciphertext held before on_cipher_out */
+
+/*
+ * Callback rules (read these before writing an owner):
+ *  - Callbacks run synchronously inside the tls_conn_* call that caused them.
+ *    Ciphertext produced by a call is always passed to on_cipher_out before
+ *    that call returns, and before the on_handshake / on_closed it led to.
+ *  - From on_plain_in, on_handshake and on_closed the owner may call
+ *    tls_conn_write(), tls_conn_shutdown(), tls_conn_facts() and
+ *    tls_conn_free(). It must not call tls_conn_feed() or tls_conn_eof()
+ *    (they return ERR_INVAL there).
+ *  - From on_cipher_out (which can run inside wolfSSL) the owner may call
+ *    only tls_conn_free(); every other call returns ERR_INVAL.
+ *  - tls_conn_free() inside a callback is allowed: no further callback runs,
+ *    and the memory is released when the outermost tls_conn_* call returns.
+ *    The owner must not touch the conn after calling tls_conn_free().
+ *    (Owners that follow the "mark closing, free in the uv close callback"
+ *    rule never need this, but it is safe.)
+ */
+
+/* A server conn on a server ctx (holds a ctx reference). Nothing happens until
+ * tls_conn_start(). NULL on allocation failure or a client ctx. */
+struct tls_conn *tls_conn_server_new(struct tls_ctx *ctx, const struct tls_callbacks *cb,
+                                     void *arg);
+
+/* A client conn on a client ctx (holds a ctx reference). host is sent as SNI
+ * (unless it is an IP literal; one trailing dot is dropped) and is the name
+ * the certificate is checked against, in both modes. host may be NULL only
+ * with TLS_VERIFY_NONE (no SNI; name_ok stays false). NULL on allocation
+ * failure or bad arguments. */
+struct tls_conn *tls_conn_client_new(struct tls_ctx *ctx, const char *host, enum tls_verify verify,
+                                     const struct tls_callbacks *cb, void *arg);
+
+/* Start the handshake. A client sends its ClientHello (on_cipher_out runs
+ * before this returns); a server starts waiting for one. 0, or ERR_INVAL if
+ * already started or inside a callback. */
+int tls_conn_start(struct tls_conn *conn);
+
+/* Hand over n bytes of ciphertext read from the socket (any n; the bytes are
+ * read in place, not copied). Drives the handshake and delivers plaintext;
+ * everything that follows is reported through callbacks, including a failed
+ * handshake (on_handshake with ERR_TLS) or a failed session (on_closed).
+ * Returns 0 when the bytes were taken (all of them, or the rest was dropped
+ * because the session ended during them); ERR_CLOSED if the conn had already
+ * failed or ended before this call (no callback runs); ERR_INVAL before
+ * tls_conn_start() or inside a callback. */
+int tls_conn_feed(struct tls_conn *conn, const void *data, size_t n);
+
+/* The transport ended (EOF or read error on the socket). During the
+ * handshake this fails it (on_handshake with ERR_TLS, failure
+ * TLS_FAIL_HANDSHAKE); after it, on_closed(ERR_CLOSED) runs unless the
+ * session had already ended. 0, or ERR_INVAL inside a callback. */
+int tls_conn_eof(struct tls_conn *conn);
+
+/* Encrypt n bytes of plaintext (any n; 0 is fine). The ciphertext reaches
+ * on_cipher_out before this returns. 0; ERR_AGAIN before the handshake has
+ * completed; ERR_CLOSED after a failure, tls_conn_shutdown() or the peer's
+ * close_notify; ERR_TLS if wolfSSL fails now (the conn is then dead and no
+ * callback reports it); ERR_INVAL from on_cipher_out. */
+int tls_conn_write(struct tls_conn *conn, const void *data, size_t n);
+
+/* Send close_notify (RFC 8446 6.1) through on_cipher_out; after this
+ * tls_conn_write() returns ERR_CLOSED, while fed bytes are still decrypted
+ * and delivered. Does not wait for the peer's close_notify. Calling it twice,
+ * before the handshake completed, or after a failure is a no-op returning 0.
+ * ERR_INVAL from on_cipher_out. */
+int tls_conn_shutdown(struct tls_conn *conn);
+
+/* The facts so far (complete once on_handshake has run). Valid until
+ * tls_conn_free(). */
+const struct tls_facts *tls_conn_facts(const struct tls_conn *conn);
+
+/* Is the session established and not ended? */
+bool tls_conn_established(const struct tls_conn *conn);
+
+/* Free the conn and drop its ctx reference. Sends nothing (call
+ * tls_conn_shutdown() first for a clean close). NULL does nothing. Allowed
+ * inside callbacks (see the rules above). */
+void tls_conn_free(struct tls_conn *conn);
 
 #endif
