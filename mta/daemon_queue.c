@@ -1,19 +1,61 @@
 /*
  * daemon_queue.c - the daemon's queue: opened from the configuration before
- * the services start, closed after they stop.
- *
- * Placeholder until queue/ lands: no queue is opened.
+ * the services start, closed after they stop; its totals in `status`.
  */
 #include "mta.h"
+#include "queue.h"
+
+static void new_work(void *arg)
+{
+    struct mta *m = arg;
+    if (m->on_new_work)
+        m->on_new_work(m);
+}
+
+static void queue_status_hook(struct mta *m, json_t *status)
+{
+    struct queue_stats st;
+    if (!m->queue || queue_stats(m->queue, &st) != 0)
+        return;
+    json_t *q = json_object();
+    json_object_set_new(q, "messages", json_integer((json_int_t)st.messages));
+    for (int s = 0; s <= QUEUE_RCPT_BOUNCED; s++)
+        json_object_set_new(q, queue_rcpt_state_name(s), json_integer((json_int_t)st.rcpts[s]));
+    json_object_set_new(q, "map_size", json_integer((json_int_t)st.map_size));
+    json_object_set_new(q, "map_used", json_integer((json_int_t)st.map_used));
+    json_object_set_new(status, "queue", q);
+}
+
+void mta_queue_options(const struct conf *c, struct queue_options *o)
+{
+    queue_options_default(o);
+    o->directory = c->queue_directory;
+    o->message_size_limit = c->message_size_limit;
+    o->minimal_backoff = c->minimal_backoff_time;
+    o->maximal_backoff = c->maximal_backoff_time;
+    o->maximal_lifetime = c->maximal_queue_lifetime;
+    o->bounce_lifetime = c->bounce_queue_lifetime;
+}
 
 int mta_queue_open(struct mta *m, struct buf *err)
 {
-    (void)err;
-    m->queue = NULL;
+    struct queue_options o;
+    mta_queue_options(m->conf, &o);
+    o.on_new_work = new_work;
+    o.on_new_work_arg = m;
+    int rc = queue_open(m->loop, &o, &m->queue, err);
+    if (rc != 0) {
+        if (!err->len)
+            buf_printf(err, "cannot open the queue in %s: %s", o.directory, err_str(rc));
+        m->queue = NULL;
+        return rc;
+    }
+    control_add_status_hook(queue_status_hook);
     return 0;
 }
 
 void mta_queue_close(struct mta *m)
 {
+    queue_close(m->queue);
     m->queue = NULL;
 }

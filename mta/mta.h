@@ -33,6 +33,9 @@ struct mta {
      * convoyd). On failure every problem is appended to errors, one per
      * line, and logged; the old snapshot stays in force. */
     int (*reload)(struct mta *m, struct buf *errors);
+    /* Set by the delivery engine: called after a commit made new work due
+     * (a submission, a release, a retry), so new mail goes out at once. */
+    void (*on_new_work)(struct mta *m);
 };
 
 /*
@@ -40,7 +43,11 @@ struct mta {
  * m->conf before any service starts; close it (waiting for the writer
  * thread to finish its last commit) after every service has stopped.
  */
+struct queue_options;
 int mta_queue_open(struct mta *m, struct buf *err);
+/* The queue options the configuration asks for (also for convoyctl's
+ * read-only opens; set read_only there). */
+void mta_queue_options(const struct conf *c, struct queue_options *o);
 void mta_queue_close(struct mta *m);
 
 /*

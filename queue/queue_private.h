@@ -1,0 +1,63 @@
+/*
+ * queue_private.h - private to queue/: the queue object shared by queue.c
+ * (environment, reads) and writer.c (writer thread, requests).
+ *
+ * Locking:
+ *  - q->lock guards the pending and done request lists and q->stopping.
+ *  - q->resize: every LMDB transaction in this process holds it for
+ *    reading; a map resize holds it for writing.
+ *  - id_ms/id_ctr, the PRNG and map_size are touched only by the writer
+ *    thread once the queue is open.
+ */
+#ifndef CONVOY_QUEUE_PRIVATE_H
+#define CONVOY_QUEUE_PRIVATE_H
+
+#include <lmdb.h>
+#include <pthread.h>
+
+#include "queue_int.h"
+
+enum qdb { QDB_META, QDB_MSG, QDB_BODY, QDB_RCPT, QDB_SCHED, QDB_LEASE, QDB_N };
+
+struct qreq;
+
+struct queue {
+    struct queue_options opt;
+    bool read_only;
+    MDB_env *env;
+    MDB_dbi dbi[QDB_N];
+    int lock_fd;
+    uint64_t map_size;
+    pthread_rwlock_t resize;
+
+    /* ID generator high-water mark. */
+    uint64_t id_ms;
+    uint32_t id_ctr;
+    uint64_t rng;
+
+    /* Writer thread. */
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct qreq *pending, *pending_tail;
+    struct qreq *done, *done_tail;
+    bool stopping; /* under lock: the writer drains and exits */
+    bool closing;  /* loop thread: no new requests */
+    uv_async_t *async;
+    uint64_t commits;
+};
+
+int queue_mdb_err(int rc);
+int64_t queue_now(const struct queue *q);
+int queue_rtxn_begin(struct queue *q, MDB_txn **txn);
+void queue_rtxn_end(struct queue *q, MDB_txn *txn);
+
+/* writer.c */
+int queue_writer_start(struct queue *q, uv_loop_t *loop);
+void queue_writer_stop(struct queue *q);
+/* In the opening write transaction: every ACTIVE recipient left by a
+ * previous process is due again now. */
+int queue_recover_leases(struct queue *q, MDB_txn *txn);
+
+#endif
