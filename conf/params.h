@@ -53,6 +53,34 @@
       "Addresses and ports the SMTP server listens on: 127.0.0.1:2525, [::1]:2525, *:25")          \
     P(mynetworks, LIST, "127.0.0.0/8 [::1]/128", "cidr",                                           \
       "Client networks that may relay without authentication")                                     \
+    P(smtpd_banner, STR, "ESMTP Convoy", "",                                                       \
+      "Text of the 220 greeting after the host name (myhostname is always sent first, as RFC "     \
+      "5321 4.3.1 asks)")                                                                          \
+    P(smtpd_recipient_limit, INT, "1000", "100..100000",                                           \
+      "Most recipients accepted in one message; further RCPT commands get 452 4.5.3")              \
+    P(smtpd_timeout, TIME, "300s", "1s..1h",                                                       \
+      "Time a client may take to send a command (or to finish the TLS handshake) before it is "    \
+      "disconnected with 421 4.4.2")                                                               \
+    P(smtpd_data_timeout, TIME, "10m", "1s..1d",                                                   \
+      "Time a client may take to send the whole message after DATA (or one BDAT chunk); slow "     \
+      "clients are disconnected with 421 4.4.2")                                                   \
+    P(smtpd_hard_error_limit, INT, "20", "1..1000",                                                \
+      "Errors (4xx and 5xx replies) in one session before it is ended with 421 4.7.0")             \
+    P(smtpd_session_limit, INT, "100", "1..100000",                                                \
+      "Most SMTP sessions at once; more get 421 4.7.0 and are disconnected")                       \
+    P(smtpd_client_connection_count_limit, INT, "50", "1..100000",                                 \
+      "Most SMTP sessions at once from one client address; clients in mynetworks are exempt "      \
+      "(as with Postfix's smtpd_client_event_limit_exceptions)")                                   \
+    P(smtpd_forbid_bare_newline, ENUM, "reject", "reject normalize",                               \
+      "What a bare <CR> or <LF> in commands or message data gets: reject (521 5.5.2 and "          \
+      "disconnect) or normalize (read as <CR><LF>, never as part of an end of data)")              \
+    P(smtpd_tls_cert_file, STR, "", "path",                                                        \
+      "PEM certificate chain (leaf first) for STARTTLS; empty means no STARTTLS")                  \
+    P(smtpd_tls_key_file, STR, "", "path",                                                         \
+      "PEM private key of smtpd_tls_cert_file; empty means the key is in the certificate file")    \
+    P(smtpd_auth_file, STR, "", "path",                                                            \
+      "File of \"user:hash\" lines (crypt(3) hashes: yescrypt, SHA-512-crypt, ...) for AUTH "      \
+      "PLAIN and LOGIN, offered only after STARTTLS; empty means no AUTH")                         \
     /* --- delivery --- */                                                                         \
     P(relayhost, STR, "", "relayhost",                                                             \
       "Send all mail through this host instead of MX lookups: host, host:port, or [host]:port "    \
@@ -67,6 +95,7 @@
     P(smtp_tls_CAfile, STR, "", "path",                                                            \
       "PEM file of trusted root certificates for verified TLS (MX hosts and MTA-STS policy "       \
       "hosts); empty means the system trust store")                                                \
+    /* --- MTA-STS --- */                                                                          \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \

@@ -6,11 +6,13 @@
 #
 # For each message size (1 KiB, 10 KiB) and number of concurrent sessions
 # (1, 20, 100), smtp-source sends a fixed number of messages, one message per
-# connection (its default), to each server in turn; the rate is messages
-# accepted (250 after DATA, counted in each server's queue afterwards) per
-# second of wall-clock time. Both servers sync every message to disk before
-# their 250. Both relay through a closed port ([127.0.0.1]:9), so delivery
-# attempts fail fast and cost little on either side.
+# connection (its default), to each server in turn, three times (the runs
+# of the two servers interleaved); the rate is messages accepted (counted in
+# each server's queue afterwards) per second of smtp-source's wall-clock
+# time, and the table gives the median and the range of the three runs.
+# Both servers sync every message to disk before their 250. Both relay
+# through a closed port ([127.0.0.1]:9), so delivery attempts fail fast and
+# cost little on either side.
 #
 # Postfix runs as a private instance with its own configuration, queue and
 # log under a temporary directory; the system's Postfix (if any) is not used
@@ -22,6 +24,7 @@ BUILD=${1:?usage: bench_smtpd.sh BUILD_DIR [RESULTS_FILE]}
 OUT=${2:-/dev/stdout}
 BIN=$BUILD/mta
 WORK=$(mktemp -d /tmp/convoy-bench-XXXXXX)
+chmod 755 "$WORK" # Postfix's daemons run as the postfix user
 CPORT=${CPORT:-26025}
 PPORT=${PPORT:-26026}
 PF=$WORK/postfix
@@ -60,12 +63,18 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 relayhost = [127.0.0.1]:9
 maillog_file = $PF/maillog
+maillog_file_prefixes = /var, /dev/stdout, /tmp
 CONF
+chown postfix "$PF/data"
 postconf -c "$PF/etc" -F '*/*/chroot = n'
 postconf -c "$PF/etc" -M# smtp/inet
 postconf -c "$PF/etc" -M "127.0.0.1:$PPORT/inet=127.0.0.1:$PPORT inet n - n - - smtpd"
 postfix -c "$PF/etc" check >/dev/null 2>&1 || true
-postfix -c "$PF/etc" start >/dev/null 2>&1
+postfix -c "$PF/etc" start >/dev/null 2>&1 || {
+    echo "postfix did not start; see $PF/maillog" >&2
+    cat "$PF/maillog" >&2
+    exit 1
+}
 
 wait_port() {
     /usr/bin/python3 - "$1" <<'PY'
@@ -99,22 +108,32 @@ run() {
     echo "$start $end" | awk '{printf "%.3f", $2 - $1}'
 }
 
+# rate PORT SIZE SESSIONS COUNT COUNTER -> "rate" (accepted messages / second)
+rate() {
+    b=$($5)
+    t=$(run "$1" "$2" "$3" "$4")
+    sleep 1
+    got=$(($($5) - b))
+    [ "$got" -eq "$4" ] || echo "warning: $got of $4 accepted on port $1" >&2
+    echo "$got $t" | awk '{printf "%.0f", $1 / $2}'
+}
+
 {
-    echo "| size | sessions | messages | convoyd msg/s | Postfix msg/s |"
+    echo "| size | sessions | messages per run | convoyd msg/s (median, min-max) | Postfix msg/s (median, min-max) |"
     echo "| ---: | ---: | ---: | ---: | ---: |"
 } >"$OUT"
 for size in 1024 10240; do
     for sessions in 1 20 100; do
         case $sessions in 1) n=500 ;; 20) n=2000 ;; *) n=3000 ;; esac
-        b=$(convoy_count)
-        t=$(run "$CPORT" $size $sessions $n)
-        got=$(($(convoy_count) - b))
-        crate=$(echo "$got $t" | awk '{printf "%.0f", $1 / $2}')
-        b=$(postfix_count)
-        t2=$(run "$PPORT" $size $sessions $n)
-        sleep 1
-        got2=$(($(postfix_count) - b))
-        prate=$(echo "$got2 $t2" | awk '{printf "%.0f", $1 / $2}')
-        echo "| $((size / 1024)) KiB | $sessions | $n | $crate ($got in ${t}s) | $prate ($got2 in ${t2}s) |" >>"$OUT"
+        c1=$(rate "$CPORT" $size $sessions $n convoy_count)
+        p1=$(rate "$PPORT" $size $sessions $n postfix_count)
+        c2=$(rate "$CPORT" $size $sessions $n convoy_count)
+        p2=$(rate "$PPORT" $size $sessions $n postfix_count)
+        c3=$(rate "$CPORT" $size $sessions $n convoy_count)
+        p3=$(rate "$PPORT" $size $sessions $n postfix_count)
+        cs=$(printf '%s\n%s\n%s\n' "$c1" "$c2" "$c3" | sort -n | tr '\n' ' ')
+        ps=$(printf '%s\n%s\n%s\n' "$p1" "$p2" "$p3" | sort -n | tr '\n' ' ')
+        echo "$cs $ps" | awk -v s=$((size / 1024)) -v k=$sessions -v n=$n \
+            '{printf "| %d KiB | %d | %d | %d (%d-%d) | %d (%d-%d) |\n", s, k, n, $2, $1, $3, $5, $4, $6}' >>"$OUT"
     done
 done

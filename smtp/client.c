@@ -1,0 +1,1444 @@
+/*
+ * client.c - the SMTP client session (delivery side) on libuv.
+ *
+ * Standards: RFC 5321 (3.3 mail transactions, 4.1.1 commands, 4.2 replies,
+ * 4.5.2 transparency, 4.5.3.2 timeouts), RFC 2920 PIPELINING, RFC 1870 SIZE,
+ * RFC 3207 STARTTLS, RFC 6531 SMTPUTF8, RFC 6152 8BITMIME, RFC 3461 DSN
+ * parameters, RFC 2034 / 3463 enhanced status codes.
+ *
+ * Layers: uv_tcp_t -> (tls_conn when STARTTLS succeeded) -> line reader ->
+ * reply parser -> the state machine below -> events to the owner.
+ *
+ * Invariants:
+ *  - One state variable, changed only by set_state(), which logs the change
+ *    and re-arms the one session timer with the state's timeout.
+ *  - With PIPELINING, commands sent and replies received are tracked apart:
+ *    pend[] holds what still owes a reply, in order (RFC 2920 3.1). Only MAIL,
+ *    RCPT and DATA are grouped; EHLO, STARTTLS, RSET and QUIT wait.
+ *  - After STARTTLS's 220 any plaintext byte already received is a protocol
+ *    error (RFC 3207 5); all EHLO knowledge is dropped and EHLO is sent again.
+ *  - A recipient's outcome is final once set; a session failure fills only the
+ *    outcomes that are still empty (including recipients the server accepted
+ *    whose end-of-data reply never came: they are deferred).
+ *  - No event runs before smtp_client_new() returns or inside
+ *    smtp_client_send(); the session is freed only after every handle's close
+ *    callback has run.
+ *  - Every buffer is bounded: input lines (SMTP_REPLY_LINE_MAX), replies
+ *    (SMTP_REPLY_*), queued body output (BODY_INFLIGHT_MAX).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp.h"
+
+#define COMPONENT "smtp"
+#define IN_MAX (SMTP_REPLY_LINE_MAX + 2)
+#define READ_CHUNK (64 * 1024)
+#define BODY_CHUNK (32 * 1024)
+#define BODY_INFLIGHT_MAX (256 * 1024)
+#define CMD_MAX (1024 * 1024)
+#define PATH_MAX_OCTETS 256 /* RFC 5321 4.5.3.1.3, with the brackets */
+
+static const char *const stage_names[SMTP_ST_COUNT] = {
+    [SMTP_ST_CONNECT] = "connect", [SMTP_ST_GREETING] = "greeting", [SMTP_ST_EHLO] = "ehlo",
+    [SMTP_ST_HELO] = "helo",       [SMTP_ST_STARTTLS] = "starttls", [SMTP_ST_TLS] = "tls",
+    [SMTP_ST_IDLE] = "idle",       [SMTP_ST_RSET] = "rset",         [SMTP_ST_MAIL] = "mail",
+    [SMTP_ST_RCPT] = "rcpt",       [SMTP_ST_DATA] = "data",         [SMTP_ST_BODY] = "body",
+    [SMTP_ST_DOT] = "dot",         [SMTP_ST_QUIT] = "quit",         [SMTP_ST_CLOSING] = "closing",
+    [SMTP_ST_CLOSED] = "closed",
+};
+
+const char *smtp_stage_name(enum smtp_stage st)
+{
+    if ((unsigned)st >= SMTP_ST_COUNT)
+        return "?";
+    return stage_names[st];
+}
+
+/* What a pending reply answers. */
+enum pend_kind { P_MAIL, P_RCPT, P_DATA, P_DOT_EMPTY };
+struct pend {
+    enum pend_kind kind;
+    size_t idx; /* recipient index for P_RCPT */
+};
+
+struct smtp_client {
+    uv_loop_t *loop;
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* the one per-state timeout */
+    uv_timer_t later; /* runs deferred events (never inside an API call) */
+    uv_connect_t creq;
+    int open_handles;
+
+    enum smtp_stage st;
+    char *helo;
+    char *host;
+    char *verify_host;
+    struct sockaddr_storage addr;
+    char ip[64];
+    unsigned port;
+    char relay[320];
+    enum smtp_tls_mode tlsmode;
+    struct tls_ctx *tls_ctx;
+    smtp_tls_check_cb tls_check;
+    struct smtp_timeouts to;
+    smtp_client_cb cb;
+    void *arg;
+
+    char *rbuf;    /* read buffer handed to libuv */
+    struct buf in; /* plaintext not yet split into lines */
+    struct smtp_reply reply;
+    struct smtp_ext ext;
+    bool tried_helo;
+    bool established;
+    bool starttls_sent;
+
+    struct tls_conn *tls;
+    bool tls_on;    /* handshake done, traffic goes through tls */
+    bool tls_tried; /* facts are meaningful */
+    struct tls_facts facts;
+
+    bool closing;
+    bool free_on_close;
+    bool in_send; /* inside smtp_client_send(): events wait */
+    bool broken;  /* must not carry another message */
+    unsigned nmsgs;
+    struct smtp_outcome result;
+    char fail_reply[512]; /* the reply behind the next fail_session(), if any */
+
+    /* The transaction in progress. */
+    struct smtp_msg *msg;
+    bool *accepted; /* per recipient: 250 to RCPT, final reply pending */
+    size_t naccepted;
+    bool mail_ok;
+    bool mail_failed;
+    bool need_rset;
+    bool done_pending; /* SMTP_EV_DONE to run from the later timer */
+    size_t next_rcpt;  /* without PIPELINING: next RCPT to send */
+    struct pend *pend;
+    size_t pend_head, pend_tail;
+
+    /* The body writer. */
+    struct smtp_stuff stuff;
+    uint64_t body_off;
+    bool body_end_sent;
+    char *chunk;     /* BODY_CHUNK bytes for smtp_msg.read */
+    size_t inflight; /* bytes handed to uv_write and not yet written */
+    struct buf out;
+};
+
+struct wreq {
+    uv_write_t req;
+    struct smtp_client *c;
+    size_t n;
+    char data[];
+};
+
+static void fail_session(struct smtp_client *c, enum smtp_action act, const char *status, int err,
+                         int code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void close_session(struct smtp_client *c);
+static void start_mail(struct smtp_client *c);
+static void pump_body(struct smtp_client *c);
+
+/* The content length of a message, from its view or its reader. */
+static uint64_t msg_size(const struct smtp_msg *m)
+{
+    return m->read ? m->size : m->body.len;
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static char *dup_str(const char *s)
+{
+    if (!s)
+        return NULL;
+    size_t n = strlen(s);
+    char *p = malloc(n + 1);
+    if (p)
+        memcpy(p, s, n + 1);
+    return p;
+}
+
+static uint32_t stage_timeout(const struct smtp_client *c, enum smtp_stage st)
+{
+    /* RFC 5321 4.5.3.2 minimums where the caller gave none. */
+    const struct smtp_timeouts *t = &c->to;
+    switch (st) {
+    case SMTP_ST_CONNECT:
+        return t->connect ? t->connect : 30000;
+    case SMTP_ST_GREETING:
+        return t->greeting ? t->greeting : 300000;
+    case SMTP_ST_EHLO:
+    case SMTP_ST_HELO:
+        return t->helo ? t->helo : 300000;
+    case SMTP_ST_STARTTLS:
+    case SMTP_ST_TLS:
+        return t->starttls ? t->starttls : 300000;
+    case SMTP_ST_RSET:
+        return t->rset ? t->rset : 20000;
+    case SMTP_ST_MAIL:
+        return t->mail ? t->mail : 300000;
+    case SMTP_ST_RCPT:
+        return t->rcpt ? t->rcpt : 300000;
+    case SMTP_ST_DATA:
+        return t->data_init ? t->data_init : 120000;
+    case SMTP_ST_BODY:
+        return t->data_block ? t->data_block : 180000;
+    case SMTP_ST_DOT:
+        return t->data_done ? t->data_done : 600000;
+    case SMTP_ST_QUIT:
+        return t->quit ? t->quit : 300000;
+    default:
+        return 0;
+    }
+}
+
+static void on_timeout(uv_timer_t *t);
+
+static void arm_timer(struct smtp_client *c)
+{
+    uint32_t ms = stage_timeout(c, c->st);
+    if (ms == 0 || c->closing)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_timeout, ms, 0);
+}
+
+/* The single setter of the state. */
+static void set_state(struct smtp_client *c, enum smtp_stage st)
+{
+    if (c->st != st)
+        log_debug(COMPONENT, "%s: %s -> %s", c->relay, smtp_stage_name(c->st), smtp_stage_name(st));
+    c->st = st;
+    arm_timer(c);
+}
+
+static void outcome_set(struct smtp_outcome *o, enum smtp_action act, int code, const char *status,
+                        int err, const char *text)
+{
+    o->action = act;
+    o->code = code;
+    str_copy(o->status, status ? status : "", sizeof(o->status));
+    o->err = err;
+    str_copy(o->text, text ? text : "", sizeof(o->text));
+    o->reply[0] = '\0';
+}
+
+/* The action and status a reply stands for: RFC 5321 4.2.1 classes, the
+ * enhanced code when given, else class.0.0. */
+static enum smtp_action reply_action(int code)
+{
+    if (code >= 200 && code < 300)
+        return SMTP_ACT_SENT;
+    if (code >= 500)
+        return SMTP_ACT_BOUNCE;
+    return SMTP_ACT_DEFER;
+}
+
+static void reply_status(const struct smtp_reply *r, char *out, size_t size)
+{
+    /* Without an enhanced code: class.0.0, the class being one digit. */
+    char cls[6] = {(char)('0' + (r->code / 100) % 10), '.', '0', '.', '0', '\0'};
+    str_copy(out, r->status[0] ? r->status : cls, size);
+}
+
+/* "host h[ip] said: 550 5.1.1 text (in reply to RCPT TO command)". */
+static void outcome_from_reply(struct smtp_client *c, struct smtp_outcome *o, const char *what)
+{
+    struct buf t;
+    buf_init(&t, sizeof(o->text) - 1);
+    char status[12];
+    reply_status(&c->reply, status, sizeof(status));
+    enum smtp_action act = reply_action(c->reply.code);
+    if (act == SMTP_ACT_SENT && what == NULL) {
+        smtp_reply_oneline(&c->reply, &t);
+    } else {
+        buf_printf(&t, "host %s[%s] said: ", c->host, c->ip);
+        struct buf one;
+        buf_init(&one, sizeof(o->text) - 1);
+        smtp_reply_oneline(&c->reply, &one);
+        buf_append(&t, one.data ? one.data : "", one.len);
+        buf_free(&one);
+        if (what)
+            buf_printf(&t, " (in reply to %s)", what);
+    }
+    outcome_set(o, act, c->reply.code, status, 0, t.data ? t.data : "");
+    buf_reset(&t);
+    smtp_reply_oneline(&c->reply, &t);
+    str_copy(o->reply, t.data ? t.data : "", sizeof(o->reply));
+    buf_free(&t);
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct wreq *w = (struct wreq *)req;
+    struct smtp_client *c = w->c;
+    c->inflight -= w->n;
+    free(w);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0,
+                     "lost connection with %s[%s] while %s: %s", c->host, c->ip,
+                     c->st == SMTP_ST_BODY ? "sending message body" : "sending",
+                     uv_strerror(status));
+        return;
+    }
+    if (c->st == SMTP_ST_BODY) {
+        /* Progress: RFC 5321 4.5.3.2.5 times each data block. */
+        arm_timer(c);
+        pump_body(c);
+    }
+}
+
+/* Write bytes to the socket as they are (ciphertext or plaintext). */
+static int sock_write(struct smtp_client *c, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    struct wreq *w = malloc(sizeof(*w) + n);
+    if (!w)
+        return ERR_NOMEM;
+    w->c = c;
+    w->n = n;
+    memcpy(w->data, p, n);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(w);
+        return ERR_IO;
+    }
+    c->inflight += n;
+    return 0;
+}
+
+static void tls_cipher_out(void *arg, const void *data, size_t n)
+{
+    struct smtp_client *c = arg;
+    if (sock_write(c, data, n) != 0)
+        c->broken = true; /* reported by the caller of tls_conn_write */
+}
+
+/* Write protocol bytes: through TLS when it is on. */
+static int send_bytes(struct smtp_client *c, const char *p, size_t n)
+{
+    if (c->tls_on) {
+        int rc = tls_conn_write(c->tls, p, n);
+        if (rc == 0 && c->broken)
+            rc = ERR_IO;
+        return rc;
+    }
+    return sock_write(c, p, n);
+}
+
+static bool send_cmd(struct smtp_client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static bool send_cmd(struct smtp_client *c, const char *fmt, ...)
+{
+    struct buf b;
+    buf_init(&b, CMD_MAX);
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    if (rc == 0)
+        rc = send_bytes(c, b.data, b.len);
+    buf_free(&b);
+    if (rc != 0) {
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", rc, 0, "lost connection with %s[%s] while %s: %s",
+                     c->host, c->ip, "sending a command", err_str(rc));
+        return false;
+    }
+    return true;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void emit(struct smtp_client *c, enum smtp_event ev)
+{
+    if (c->cb)
+        c->cb(c, ev, c->arg);
+}
+
+/* Finish the message: every recipient has an outcome; the session becomes
+ * idle (or closes if it is broken). */
+static void finish_msg(struct smtp_client *c)
+{
+    struct smtp_msg *m = c->msg;
+    c->msg = NULL;
+    free(c->accepted);
+    c->accepted = NULL;
+    c->naccepted = 0;
+    c->pend_head = c->pend_tail = 0;
+    c->nmsgs++;
+    if (!c->closing)
+        set_state(c, SMTP_ST_IDLE);
+    (void)m;
+    emit(c, SMTP_EV_DONE);
+}
+
+static void on_later(uv_timer_t *t)
+{
+    struct smtp_client *c = t->data;
+    if (c->done_pending) {
+        c->done_pending = false;
+        finish_msg(c);
+    }
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void really_free(struct smtp_client *c)
+{
+    tls_conn_free(c->tls);
+    tls_ctx_free(c->tls_ctx);
+    smtp_reply_free(&c->reply);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    free(c->rbuf);
+    free(c->chunk);
+    free(c->pend);
+    free(c->accepted);
+    free(c->helo);
+    free(c->host);
+    free(c->verify_host);
+    free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct smtp_client *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    c->st = SMTP_ST_CLOSED;
+    if (c->free_on_close) {
+        really_free(c);
+        return;
+    }
+    if (c->msg)
+        finish_msg(c);
+    emit(c, SMTP_EV_CLOSED);
+}
+
+static void close_session(struct smtp_client *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->st = SMTP_ST_CLOSING;
+    uv_timer_stop(&c->timer);
+    uv_timer_stop(&c->later);
+    if (c->tls && c->tls_on)
+        tls_conn_shutdown(c->tls);
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->later, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+/* Give every recipient still without an outcome the session's outcome. */
+static void fill_unfinished(struct smtp_client *c)
+{
+    struct smtp_msg *m = c->msg;
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (m->rcpt[i].out.action == SMTP_ACT_NONE)
+            m->rcpt[i].out = c->result;
+}
+
+static void fail_session(struct smtp_client *c, enum smtp_action act, const char *status, int err,
+                         int code, const char *fmt, ...)
+{
+    if (c->closing)
+        return;
+    char text[sizeof(c->result.text)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    outcome_set(&c->result, act, code, status, err, text);
+    str_copy(c->result.reply, c->fail_reply, sizeof(c->result.reply));
+    c->fail_reply[0] = '\0';
+    log_debug(COMPONENT, "%s: session failed in %s: %s", c->relay, smtp_stage_name(c->st), text);
+    bool had_msg = c->msg != NULL;
+    fill_unfinished(c);
+    close_session(c);
+    c->done_pending = false;
+    /* Inside smtp_client_send() no event may run: the message is then
+     * reported from the close callback, before SMTP_EV_CLOSED. */
+    if (had_msg && !c->in_send)
+        finish_msg(c);
+}
+
+/* The session failed with an outcome built from a reply: keep its text and
+ * the reply itself. */
+static void fail_session_reply(struct smtp_client *c, const struct smtp_outcome *o)
+{
+    if (c->closing)
+        return;
+    str_copy(c->fail_reply, o->reply, sizeof(c->fail_reply));
+    fail_session(c, o->action, o->status, ERR_PROTO, o->code, "%s", o->text);
+}
+
+/* The session failed because of a reply (greeting, EHLO, RSET ...). */
+static void fail_by_reply(struct smtp_client *c, const char *what)
+{
+    struct smtp_outcome o;
+    outcome_from_reply(c, &o, what);
+    if (o.action == SMTP_ACT_SENT)
+        o.action = SMTP_ACT_DEFER; /* a 2xx where it makes no sense */
+    fail_session_reply(c, &o);
+}
+
+/* Politely end: QUIT without waiting for a message. */
+static void start_quit(struct smtp_client *c)
+{
+    if (c->closing)
+        return;
+    if (c->result.action == SMTP_ACT_NONE)
+        outcome_set(&c->result, SMTP_ACT_SENT, 0, "2.0.0", 0, "quit");
+    set_state(c, SMTP_ST_QUIT);
+    if (send_bytes(c, "QUIT\r\n", 6) != 0)
+        close_session(c);
+}
+
+/* ---- EHLO ---------------------------------------------------------------- */
+
+static bool kw_is(const char *line, size_t n, const char *kw, const char **rest)
+{
+    size_t k = strlen(kw);
+    if (n < k || !view_eq_ci((struct view){line, k}, kw))
+        return false;
+    if (n > k && line[k] != ' ' && line[k] != '=')
+        return false;
+    if (rest)
+        *rest = n > k ? line + k + 1 : line + n;
+    return true;
+}
+
+static void parse_ehlo(struct smtp_client *c)
+{
+    memset(&c->ext, 0, sizeof(c->ext));
+    c->ext.esmtp = true;
+    const char *p = c->reply.text.data ? c->reply.text.data : "";
+    const char *end = p + c->reply.text.len;
+    bool first = true;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        const char *rest;
+        if (!first) {
+            if (kw_is(p, n, "PIPELINING", NULL))
+                c->ext.pipelining = true;
+            else if (kw_is(p, n, "STARTTLS", NULL))
+                c->ext.starttls = true;
+            else if (kw_is(p, n, "SMTPUTF8", NULL))
+                c->ext.smtputf8 = true;
+            else if (kw_is(p, n, "8BITMIME", NULL))
+                c->ext.eightbitmime = true;
+            else if (kw_is(p, n, "DSN", NULL))
+                c->ext.dsn = true;
+            else if (kw_is(p, n, "ENHANCEDSTATUSCODES", NULL))
+                c->ext.enhanced = true;
+            else if (kw_is(p, n, "CHUNKING", NULL))
+                c->ext.chunking = true;
+            else if (kw_is(p, n, "SIZE", &rest)) {
+                /* RFC 1870 4: "SIZE" [SP number]; 0 or absent = no limit. */
+                uint64_t v = 0;
+                char num[24];
+                size_t rl = (size_t)(p + n - rest);
+                if (rl > 0 && rl < sizeof(num)) {
+                    memcpy(num, rest, rl);
+                    num[rl] = '\0';
+                    if (str_to_u64(num, &v) == 0)
+                        c->ext.size = v;
+                }
+            }
+        }
+        first = false;
+        p += n + (nl ? 1 : 0);
+    }
+}
+
+static void send_ehlo(struct smtp_client *c)
+{
+    set_state(c, SMTP_ST_EHLO);
+    send_cmd(c, "EHLO %s\r\n", c->helo);
+}
+
+/* After EHLO/HELO: STARTTLS when wanted and possible, else ready. */
+static void after_hello(struct smtp_client *c)
+{
+    c->established = true;
+    if (!c->tls_on && c->tlsmode != SMTP_TLS_NONE) {
+        if (c->ext.starttls && c->tls_ctx && !c->starttls_sent) {
+            c->starttls_sent = true;
+            set_state(c, SMTP_ST_STARTTLS);
+            send_cmd(c, "STARTTLS\r\n");
+            return;
+        }
+        if (c->tlsmode == SMTP_TLS_VERIFY) {
+            /* RFC 8461 4.2 and Postfix's wording for a required TLS. */
+            fail_session(c, SMTP_ACT_DEFER, "4.7.4", ERR_TLS, 0,
+                         c->tls_ctx ? "TLS is required, but was not offered by host %s[%s]"
+                                    : "TLS is required, but no TLS context is available for "
+                                      "host %s[%s]",
+                         c->host, c->ip);
+            return;
+        }
+    }
+    set_state(c, SMTP_ST_IDLE);
+    emit(c, SMTP_EV_READY);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static void process_input(struct smtp_client *c);
+static int take_plain(struct smtp_client *c, const char *p, size_t n);
+
+static void tls_plain_in(void *arg, const void *data, size_t n)
+{
+    struct smtp_client *c = arg;
+    if (c->closing)
+        return;
+    if (take_plain(c, data, n) == 0)
+        process_input(c);
+}
+
+static void tls_handshake(void *arg, int status, const struct tls_facts *facts)
+{
+    struct smtp_client *c = arg;
+    c->facts = *facts;
+    c->tls_tried = true;
+    if (c->closing)
+        return;
+    if (status != 0) {
+        /* RFC 3463 4.7.5: cryptographic failure, for a certificate that did
+         * not verify and for a handshake that did not complete alike. */
+        bool cert = c->tlsmode == SMTP_TLS_VERIFY && facts->failure != TLS_FAIL_HANDSHAKE &&
+                    facts->failure != TLS_FAIL_NONE;
+        fail_session(c, SMTP_ACT_DEFER, "4.7.5", ERR_TLS, 0,
+                     cert ? "Server certificate not verified: %s[%s]: %s"
+                          : "TLS handshake with %s[%s] failed: %s",
+                     c->host, c->ip, facts->text[0] ? facts->text : "handshake failed");
+        return;
+    }
+    c->tls_on = true;
+    log_info(COMPONENT, "%s TLS connection established to %s: %s with cipher %s",
+             facts->verified ? "Verified" : (facts->chain_ok ? "Trusted" : "Untrusted"), c->relay,
+             facts->version, facts->cipher);
+    if (c->tls_check) {
+        struct smtp_outcome o;
+        memset(&o, 0, sizeof(o));
+        if (!c->tls_check(c, facts, &o, c->arg)) {
+            if (o.action == SMTP_ACT_NONE || o.action == SMTP_ACT_SENT)
+                o.action = SMTP_ACT_DEFER;
+            fail_session(c, o.action, o.status[0] ? o.status : "4.7.5", ERR_TLS, o.code, "%s",
+                         o.text[0] ? o.text : "TLS rejected by policy");
+            return;
+        }
+    }
+    /* RFC 3207 4.2: forget everything learned before TLS; EHLO again. */
+    memset(&c->ext, 0, sizeof(c->ext));
+    send_ehlo(c);
+}
+
+static void tls_closed(void *arg, int status)
+{
+    struct smtp_client *c = arg;
+    (void)status;
+    if (c->closing)
+        return;
+    if (c->st == SMTP_ST_QUIT) {
+        close_session(c);
+        return;
+    }
+    fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TLS, 0,
+                 "lost connection with %s[%s] while %s (TLS session ended)", c->host, c->ip,
+                 smtp_stage_name(c->st));
+}
+
+static void start_tls(struct smtp_client *c)
+{
+    static const struct tls_callbacks cbs = {
+        .on_cipher_out = tls_cipher_out,
+        .on_plain_in = tls_plain_in,
+        .on_handshake = tls_handshake,
+        .on_closed = tls_closed,
+    };
+    /* RFC 3207 5: the server's 220 must be the last plaintext it sends. */
+    if (c->in.len > 0) {
+        /* Reported as a TLS failure: opportunistic callers may retry the
+         * host in plaintext, as after a failed handshake. */
+        c->tls_tried = true;
+        fail_session(c, SMTP_ACT_DEFER, "4.7.5", ERR_TLS, 0,
+                     "TLS handshake with %s[%s] failed: plaintext after the STARTTLS reply",
+                     c->host, c->ip);
+        return;
+    }
+    enum tls_verify v = c->tlsmode == SMTP_TLS_VERIFY ? TLS_VERIFY_HOST : TLS_VERIFY_NONE;
+    c->tls = tls_conn_client_new(c->tls_ctx, c->verify_host ? c->verify_host : c->host, v, &cbs, c);
+    if (!c->tls) {
+        fail_session(c, SMTP_ACT_DEFER, "4.3.0", ERR_NOMEM, 0,
+                     "cannot start TLS with %s[%s]: out of memory", c->host, c->ip);
+        return;
+    }
+    set_state(c, SMTP_ST_TLS);
+    c->tls_tried = true;
+    if (tls_conn_start(c->tls) != 0 || c->broken)
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0,
+                     "lost connection with %s[%s] while starting TLS", c->host, c->ip);
+}
+
+/* ---- the transaction ------------------------------------------------------ */
+
+static bool pend_push(struct smtp_client *c, enum pend_kind k, size_t idx)
+{
+    /* Capacity: MAIL + every RCPT + DATA + the empty dot, set in send(). */
+    c->pend[c->pend_tail].kind = k;
+    c->pend[c->pend_tail].idx = idx;
+    c->pend_tail++;
+    return true;
+}
+
+static bool addr_ok(const char *a)
+{
+    size_t n = strlen(a);
+    if (n + 2 > PATH_MAX_OCTETS)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)a[i];
+        if (ch < 0x20 || ch == 0x7f || ch == '<' || ch == '>')
+            return false;
+    }
+    return true;
+}
+
+static bool param_ok(const char *p)
+{
+    if (!p)
+        return true;
+    for (; *p; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+            return false;
+    return true;
+}
+
+static int fmt_rcpt(struct smtp_client *c, struct buf *b, size_t i)
+{
+    const struct smtp_rcpt *r = &c->msg->rcpt[i];
+    int rc = buf_printf(b, "RCPT TO:<%s>", r->addr);
+    if (rc == 0 && c->ext.dsn && r->notify && param_ok(r->notify))
+        rc = buf_printf(b, " NOTIFY=%s", r->notify);
+    if (rc == 0 && c->ext.dsn && r->orcpt && param_ok(r->orcpt))
+        rc = buf_printf(b, " ORCPT=%s", r->orcpt);
+    if (rc == 0)
+        rc = buf_append(b, "\r\n", 2);
+    return rc;
+}
+
+/* The first recipient after from that has no outcome yet. */
+static size_t next_open_rcpt(const struct smtp_client *c, size_t from)
+{
+    while (from < c->msg->nrcpt && c->msg->rcpt[from].out.action != SMTP_ACT_NONE)
+        from++;
+    return from;
+}
+
+static void start_mail(struct smtp_client *c)
+{
+    struct smtp_msg *m = c->msg;
+    struct buf b;
+    buf_init(&b, CMD_MAX);
+    int rc = buf_printf(&b, "MAIL FROM:<%s>", m->sender);
+    if (rc == 0 && c->ext.size)
+        rc = buf_printf(&b, " SIZE=%llu", (unsigned long long)msg_size(m));
+    if (rc == 0 && m->eightbit && c->ext.eightbitmime)
+        rc = buf_append_str(&b, " BODY=8BITMIME");
+    if (rc == 0 && m->smtputf8)
+        rc = buf_append_str(&b, " SMTPUTF8");
+    if (rc == 0 && c->ext.dsn && m->ret && param_ok(m->ret))
+        rc = buf_printf(&b, " RET=%s", m->ret);
+    if (rc == 0 && c->ext.dsn && m->envid && param_ok(m->envid))
+        rc = buf_printf(&b, " ENVID=%s", m->envid);
+    if (rc == 0)
+        rc = buf_append(&b, "\r\n", 2);
+    pend_push(c, P_MAIL, 0);
+    c->next_rcpt = next_open_rcpt(c, 0);
+    if (rc == 0 && c->ext.pipelining) {
+        /* RFC 2920 3.1: MAIL, RCPT and DATA may go in one group; DATA is
+         * the last command of the group. */
+        for (size_t i = c->next_rcpt; rc == 0 && i < m->nrcpt; i = next_open_rcpt(c, i + 1)) {
+            rc = fmt_rcpt(c, &b, i);
+            pend_push(c, P_RCPT, i);
+        }
+        if (rc == 0)
+            rc = buf_append(&b, "DATA\r\n", 6);
+        pend_push(c, P_DATA, 0);
+        c->next_rcpt = m->nrcpt;
+    }
+    m->attempted = true;
+    c->need_rset = true;
+    set_state(c, SMTP_ST_MAIL);
+    if (rc == 0)
+        rc = send_bytes(c, b.data, b.len);
+    buf_free(&b);
+    if (rc != 0)
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", rc, 0, "lost connection with %s[%s] while %s",
+                     c->host, c->ip, "sending MAIL FROM");
+}
+
+/* Without PIPELINING: send the next RCPT, or DATA, or end the message. */
+static void next_step(struct smtp_client *c)
+{
+    struct smtp_msg *m = c->msg;
+    if (c->next_rcpt < m->nrcpt) {
+        size_t i = c->next_rcpt;
+        c->next_rcpt = next_open_rcpt(c, i + 1);
+        struct buf b;
+        buf_init(&b, CMD_MAX);
+        int rc = fmt_rcpt(c, &b, i);
+        pend_push(c, P_RCPT, i);
+        set_state(c, SMTP_ST_RCPT);
+        if (rc == 0)
+            rc = send_bytes(c, b.data, b.len);
+        buf_free(&b);
+        if (rc != 0)
+            fail_session(c, SMTP_ACT_DEFER, "4.4.2", rc, 0,
+                         "lost connection with %s[%s] while sending RCPT TO", c->host, c->ip);
+        return;
+    }
+    if (c->naccepted == 0) {
+        finish_msg(c);
+        return;
+    }
+    pend_push(c, P_DATA, 0);
+    set_state(c, SMTP_ST_DATA);
+    send_cmd(c, "DATA\r\n");
+}
+
+static void start_body(struct smtp_client *c)
+{
+    smtp_stuff_init(&c->stuff);
+    c->body_off = 0;
+    c->body_end_sent = false;
+    c->msg->wire_bytes = 0;
+    set_state(c, SMTP_ST_BODY);
+    pump_body(c);
+}
+
+/* Encode and write body chunks while little is in flight; after the last,
+ * the end-of-data dot. */
+static void pump_body(struct smtp_client *c)
+{
+    struct smtp_msg *m = c->msg;
+    uint64_t total = msg_size(m);
+    while (!c->closing && c->st == SMTP_ST_BODY && !c->body_end_sent &&
+           c->inflight < BODY_INFLIGHT_MAX) {
+        buf_reset(&c->out);
+        uint64_t left = total - c->body_off;
+        size_t n = left > BODY_CHUNK ? BODY_CHUNK : (size_t)left;
+        const char *src = m->body.ptr ? m->body.ptr + c->body_off : "";
+        if (m->read && n > 0) {
+            /* Content from the owner's reader: a short or failed read must
+             * not end the message with a dot (the next hop would take a
+             * truncated message): drop the connection instead. */
+            size_t got = 0;
+            int rr = m->read(m->read_arg, c->body_off, c->chunk, n, &got);
+            if (rr != 0 || got == 0) {
+                fail_session(c, SMTP_ACT_DEFER, "4.3.0", rr ? rr : ERR_IO, 0,
+                             "cannot read the message content: %s", err_str(rr ? rr : ERR_IO));
+                return;
+            }
+            n = got;
+            src = c->chunk;
+        }
+        int rc = smtp_stuff_feed(&c->stuff, src, n, &c->out);
+        c->body_off += n;
+        bool last = c->body_off >= total;
+        if (rc == 0 && last)
+            rc = smtp_stuff_finish(&c->stuff, &c->out);
+        if (rc == 0)
+            rc = send_bytes(c, c->out.data, c->out.len);
+        if (rc != 0) {
+            fail_session(c, SMTP_ACT_DEFER, "4.4.2", rc, 0,
+                         "lost connection with %s[%s] while sending message body", c->host, c->ip);
+            return;
+        }
+        m->wire_bytes += c->out.len;
+        if (last) {
+            c->body_end_sent = true;
+            /* RFC 5321 4.5.3.2.6: the end-of-data timer starts now. */
+            set_state(c, SMTP_ST_DOT);
+        }
+    }
+}
+
+/* A reply to one of the pending transaction commands. */
+static void on_txn_reply(struct smtp_client *c)
+{
+    if (c->pend_head == c->pend_tail) {
+        /* A reply nobody asked for (e.g. 421 on an idle session). */
+        fail_by_reply(c, NULL);
+        return;
+    }
+    struct pend p = c->pend[c->pend_head++];
+    struct smtp_msg *m = c->msg;
+    int cls = c->reply.code / 100;
+    switch (p.kind) {
+    case P_MAIL:
+        if (cls == 2) {
+            c->mail_ok = true;
+        } else {
+            c->mail_failed = true;
+            for (size_t i = 0; i < m->nrcpt; i++)
+                if (m->rcpt[i].out.action == SMTP_ACT_NONE)
+                    outcome_from_reply(c, &m->rcpt[i].out, "MAIL FROM command");
+        }
+        if (!c->ext.pipelining) {
+            if (c->mail_failed) {
+                finish_msg(c);
+                return;
+            }
+            next_step(c);
+            return;
+        }
+        break;
+    case P_RCPT:
+        if (!c->mail_failed && m->rcpt[p.idx].out.action == SMTP_ACT_NONE) {
+            if (cls == 2) {
+                c->accepted[p.idx] = true;
+                c->naccepted++;
+            } else {
+                outcome_from_reply(c, &m->rcpt[p.idx].out, "RCPT TO command");
+            }
+        }
+        if (!c->ext.pipelining) {
+            next_step(c);
+            return;
+        }
+        break;
+    case P_DATA:
+        if (c->reply.code == 354) {
+            if (c->naccepted > 0 && c->mail_ok) {
+                start_body(c);
+                return;
+            }
+            /* RFC 2920 3.1: DATA was accepted although no RCPT was: send an
+             * empty message end and ignore its reply. */
+            pend_push(c, P_DOT_EMPTY, 0);
+            set_state(c, SMTP_ST_DOT);
+            send_cmd(c, ".\r\n");
+            return;
+        }
+        for (size_t i = 0; i < m->nrcpt; i++)
+            if (c->accepted[i] && m->rcpt[i].out.action == SMTP_ACT_NONE) {
+                outcome_from_reply(c, &m->rcpt[i].out, "DATA command");
+                if (m->rcpt[i].out.action == SMTP_ACT_SENT)
+                    m->rcpt[i].out.action = SMTP_ACT_DEFER; /* 2xx instead of 354 */
+            }
+        break;
+    case P_DOT_EMPTY:
+        break;
+    }
+    if (c->pend_head == c->pend_tail && !c->closing && c->st != SMTP_ST_BODY)
+        finish_msg(c);
+}
+
+/* The final reply after the dot: it decides every accepted recipient. */
+static void on_dot_reply(struct smtp_client *c)
+{
+    struct smtp_msg *m = c->msg;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (c->accepted[i] && m->rcpt[i].out.action == SMTP_ACT_NONE)
+            outcome_from_reply(
+                c, &m->rcpt[i].out,
+                reply_action(c->reply.code) == SMTP_ACT_SENT ? NULL : "end of DATA command");
+    finish_msg(c);
+}
+
+/* ---- replies by state ------------------------------------------------------ */
+
+static void on_reply(struct smtp_client *c)
+{
+    int cls = c->reply.code / 100;
+    switch (c->st) {
+    case SMTP_ST_GREETING:
+        if (cls == 2) {
+            send_ehlo(c);
+        } else {
+            char status[12];
+            struct buf one;
+            buf_init(&one, 512);
+            smtp_reply_oneline(&c->reply, &one);
+            reply_status(&c->reply, status, sizeof(status));
+            str_copy(c->fail_reply, one.data ? one.data : "", sizeof(c->fail_reply));
+            fail_session(c, cls == 5 ? SMTP_ACT_BOUNCE : SMTP_ACT_DEFER, status, ERR_PROTO,
+                         c->reply.code, "host %s[%s] refused to talk to me: %s", c->host, c->ip,
+                         one.data ? one.data : "");
+            buf_free(&one);
+        }
+        break;
+    case SMTP_ST_EHLO:
+        if (cls == 2) {
+            parse_ehlo(c);
+            after_hello(c);
+        } else if (cls == 5 && !c->tried_helo && !c->tls_on) {
+            /* RFC 5321 3.2: fall back to HELO for servers without ESMTP. */
+            c->tried_helo = true;
+            set_state(c, SMTP_ST_HELO);
+            send_cmd(c, "HELO %s\r\n", c->helo);
+        } else {
+            fail_by_reply(c, "EHLO command");
+        }
+        break;
+    case SMTP_ST_HELO:
+        if (cls == 2) {
+            memset(&c->ext, 0, sizeof(c->ext));
+            after_hello(c);
+        } else {
+            fail_by_reply(c, "HELO command");
+        }
+        break;
+    case SMTP_ST_STARTTLS:
+        if (c->reply.code == 220) {
+            start_tls(c);
+        } else if (c->tlsmode == SMTP_TLS_VERIFY) {
+            struct smtp_outcome o;
+            outcome_from_reply(c, &o, "STARTTLS command");
+            str_copy(c->fail_reply, o.reply, sizeof(c->fail_reply));
+            fail_session(c, SMTP_ACT_DEFER, "4.7.4", ERR_TLS, o.code,
+                         "TLS is required, but host %s[%s] refused to start TLS: %s", c->host,
+                         c->ip, o.text);
+        } else {
+            /* Opportunistic: go on in plaintext. */
+            set_state(c, SMTP_ST_IDLE);
+            emit(c, SMTP_EV_READY);
+        }
+        break;
+    case SMTP_ST_RSET:
+        if (cls == 2) {
+            c->need_rset = false;
+            start_mail(c);
+        } else {
+            /* The message was not attempted; the caller may use another
+             * session for it. */
+            fail_by_reply(c, "RSET command");
+        }
+        break;
+    case SMTP_ST_MAIL:
+    case SMTP_ST_RCPT:
+    case SMTP_ST_DATA:
+        on_txn_reply(c);
+        break;
+    case SMTP_ST_DOT:
+        if (c->pend_head < c->pend_tail && c->pend[c->pend_head].kind == P_DOT_EMPTY) {
+            c->pend_head++;
+            finish_msg(c);
+        } else {
+            on_dot_reply(c);
+        }
+        break;
+    case SMTP_ST_BODY:
+        /* A reply in the middle of the body: the server gave up on this
+         * message. It decides the accepted recipients (never as sent), and
+         * the session cannot be trusted with another message. */
+        c->broken = true;
+        for (size_t i = 0; i < c->msg->nrcpt; i++)
+            if (c->accepted[i] && c->msg->rcpt[i].out.action == SMTP_ACT_NONE) {
+                outcome_from_reply(c, &c->msg->rcpt[i].out, "message body");
+                if (c->msg->rcpt[i].out.action == SMTP_ACT_SENT)
+                    c->msg->rcpt[i].out.action = SMTP_ACT_DEFER;
+            }
+        fail_by_reply(c, "message body");
+        break;
+    case SMTP_ST_QUIT:
+        close_session(c);
+        break;
+    case SMTP_ST_IDLE:
+        /* Typically "421 idle timeout": the server is leaving. */
+        fail_by_reply(c, NULL);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- reading --------------------------------------------------------------- */
+
+static int take_plain(struct smtp_client *c, const char *p, size_t n)
+{
+    if (buf_append(&c->in, p, n) != 0) {
+        fail_session(c, SMTP_ACT_DEFER, "4.5.0", ERR_TOOBIG, 0,
+                     "host %s[%s] sent a line longer than %d octets", c->host, c->ip,
+                     SMTP_REPLY_LINE_MAX);
+        return ERR_TOOBIG;
+    }
+    return 0;
+}
+
+/* Split buffered input into lines and feed the reply parser. */
+static void process_input(struct smtp_client *c)
+{
+    while (!c->closing && c->in.len > 0) {
+        char *nl = memchr(c->in.data, '\n', c->in.len);
+        if (!nl) {
+            if (c->in.len > SMTP_REPLY_LINE_MAX)
+                fail_session(c, SMTP_ACT_DEFER, "4.5.0", ERR_TOOBIG, 0,
+                             "host %s[%s] sent a line longer than %d octets", c->host, c->ip,
+                             SMTP_REPLY_LINE_MAX);
+            return;
+        }
+        size_t n = (size_t)(nl - c->in.data);
+        size_t used = n + 1;
+        if (n > 0 && c->in.data[n - 1] == '\r')
+            n--;
+        int rc = smtp_reply_feed(&c->reply, c->in.data, n);
+        buf_consume(&c->in, used);
+        if (rc < 0) {
+            fail_session(c, SMTP_ACT_DEFER, "4.5.0", ERR_PROTO, 0,
+                         "host %s[%s] sent a malformed reply while in state %s", c->host, c->ip,
+                         smtp_stage_name(c->st));
+            return;
+        }
+        if (rc == 0) {
+            bool had_tls = c->tls != NULL;
+            on_reply(c);
+            smtp_reply_reset(&c->reply);
+            if (!had_tls && c->tls)
+                return; /* TLS started: start_tls() judged what was left */
+        }
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct smtp_client *c = h->data;
+    (void)suggested;
+    *b = uv_buf_init(c->rbuf, READ_CHUNK);
+}
+
+static const char *lost_while(const struct smtp_client *c)
+{
+    switch (c->st) {
+    case SMTP_ST_GREETING:
+        return "receiving the initial server greeting";
+    case SMTP_ST_EHLO:
+    case SMTP_ST_HELO:
+        return "performing the EHLO handshake";
+    case SMTP_ST_STARTTLS:
+    case SMTP_ST_TLS:
+        return "performing the TLS handshake";
+    case SMTP_ST_RSET:
+        return "sending RSET";
+    case SMTP_ST_MAIL:
+        return "sending MAIL FROM";
+    case SMTP_ST_RCPT:
+        return "sending RCPT TO";
+    case SMTP_ST_DATA:
+        return "sending DATA command";
+    case SMTP_ST_BODY:
+        return "sending message body";
+    case SMTP_ST_DOT:
+        return "sending end of data -- message may be sent more than once";
+    case SMTP_ST_QUIT:
+        return "sending QUIT";
+    default:
+        return "idle";
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct smtp_client *c = s->data;
+    (void)b;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        if (c->st == SMTP_ST_QUIT) {
+            close_session(c);
+            return;
+        }
+        if (c->tls && c->st == SMTP_ST_TLS) {
+            tls_conn_eof(c->tls); /* reports the failed handshake */
+            if (!c->closing)
+                fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TLS, 0,
+                             "lost connection with %s[%s] while %s", c->host, c->ip, lost_while(c));
+            return;
+        }
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0, "lost connection with %s[%s] while %s",
+                     c->host, c->ip, lost_while(c));
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (c->tls) {
+        if (tls_conn_feed(c->tls, c->rbuf, (size_t)nread) != 0 && !c->closing)
+            fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TLS, 0,
+                         "lost connection with %s[%s] while %s (TLS)", c->host, c->ip,
+                         lost_while(c));
+        return;
+    }
+    if (take_plain(c, c->rbuf, (size_t)nread) == 0)
+        process_input(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct smtp_client *c = t->data;
+    if (c->closing)
+        return;
+    if (c->st == SMTP_ST_QUIT) {
+        close_session(c);
+        return;
+    }
+    if (c->st == SMTP_ST_CONNECT) {
+        fail_session(c, SMTP_ACT_DEFER, "4.4.1", ERR_TIMEOUT, 0,
+                     "connect to %s[%s]:%u: Connection timed out", c->host, c->ip, c->port);
+        return;
+    }
+    fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TIMEOUT, 0,
+                 "conversation with %s[%s] timed out while %s", c->host, c->ip, lost_while(c));
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct smtp_client *c = req->data;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        fail_session(c, SMTP_ACT_DEFER, "4.4.1", ERR_IO, 0, "connect to %s[%s]:%u: %s", c->host,
+                     c->ip, c->port, uv_strerror(status));
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    set_state(c, SMTP_ST_GREETING);
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc < 0)
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0, "cannot read from %s[%s]: %s", c->host,
+                     c->ip, uv_strerror(rc));
+}
+
+/* ---- public ---------------------------------------------------------------- */
+
+struct smtp_client *smtp_client_new(uv_loop_t *loop, const struct smtp_client_opts *o, int *err)
+{
+    int dummy;
+    if (!err)
+        err = &dummy;
+    *err = ERR_INVAL;
+    if (!loop || !o || !o->helo_name || !o->host || !o->addr || !o->cb)
+        return NULL;
+    if (o->addr->sa_family != AF_INET && o->addr->sa_family != AF_INET6)
+        return NULL;
+    *err = ERR_NOMEM;
+    struct smtp_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    c->helo = dup_str(o->helo_name);
+    c->host = dup_str(o->host);
+    c->verify_host = dup_str(o->verify_host);
+    c->rbuf = malloc(READ_CHUNK);
+    if (!c->helo || !c->host || (o->verify_host && !c->verify_host) || !c->rbuf) {
+        free(c->helo);
+        free(c->host);
+        free(c->verify_host);
+        free(c->rbuf);
+        free(c);
+        return NULL;
+    }
+    size_t alen =
+        o->addr->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    memcpy(&c->addr, o->addr, alen);
+    unsigned port;
+    if (o->addr->sa_family == AF_INET) {
+        uv_ip4_name((const struct sockaddr_in *)o->addr, c->ip, sizeof(c->ip));
+        port = ntohs(((const struct sockaddr_in *)o->addr)->sin_port);
+    } else {
+        uv_ip6_name((const struct sockaddr_in6 *)o->addr, c->ip, sizeof(c->ip));
+        port = ntohs(((const struct sockaddr_in6 *)o->addr)->sin6_port);
+    }
+    c->port = port;
+    snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u", c->host, c->ip, port);
+    c->tlsmode = o->tls;
+    c->tls_ctx = o->tls_ctx ? tls_ctx_ref(o->tls_ctx) : NULL;
+    c->tls_check = o->tls_check;
+    c->to = o->timeouts;
+    c->cb = o->cb;
+    c->arg = o->arg;
+    buf_init(&c->in, IN_MAX + READ_CHUNK);
+    buf_init(&c->out, 2 * BODY_CHUNK + 16);
+    smtp_reply_init(&c->reply);
+    c->st = SMTP_ST_CONNECT;
+
+    uv_tcp_init(loop, &c->tcp);
+    uv_timer_init(loop, &c->timer);
+    uv_timer_init(loop, &c->later);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->later.data = c;
+    c->creq.data = c;
+    c->open_handles = 3;
+    arm_timer(c);
+    int rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&c->addr, on_connect);
+    if (rc < 0) {
+        /* Reported through events, as every other failure. */
+        fail_session(c, SMTP_ACT_DEFER, "4.4.1", ERR_IO, 0, "connect to %s[%s]:%u: %s", c->host,
+                     c->ip, port, uv_strerror(rc));
+    }
+    *err = 0;
+    return c;
+}
+
+int smtp_client_send(struct smtp_client *c, struct smtp_msg *m)
+{
+    if (!c || !m || c->closing || c->st != SMTP_ST_IDLE || c->msg || c->broken || m->nrcpt == 0 ||
+        !m->sender || !m->rcpt)
+        return ERR_INVAL;
+    if (m->read && !c->chunk && !(c->chunk = malloc(BODY_CHUNK)))
+        return ERR_NOMEM;
+    size_t need = m->nrcpt + 4;
+    struct pend *np = realloc(c->pend, need * sizeof(*np));
+    bool *acc = calloc(m->nrcpt, sizeof(*acc));
+    if (!np || !acc) {
+        if (np)
+            c->pend = np;
+        free(acc);
+        return ERR_NOMEM;
+    }
+    c->pend = np;
+    c->accepted = acc;
+    c->naccepted = 0;
+    c->pend_head = c->pend_tail = 0;
+    c->mail_ok = c->mail_failed = false;
+    c->msg = m;
+    m->attempted = false;
+    m->wire_bytes = 0;
+    for (size_t i = 0; i < m->nrcpt; i++)
+        memset(&m->rcpt[i].out, 0, sizeof(m->rcpt[i].out));
+
+    /* Reasons that end the message before any command: decided here, reported
+     * from the loop (never inside this call). */
+    char text[512];
+    const char *status = NULL;
+    if (!addr_ok(m->sender)) {
+        status = "5.1.7";
+        snprintf(text, sizeof(text), "bad sender address syntax");
+    } else if (m->smtputf8 && !c->ext.smtputf8) {
+        /* RFC 6531 3.4: no downgrade; the message cannot go to this host. */
+        status = "5.6.7";
+        snprintf(text, sizeof(text), "SMTPUTF8 is required, but was not offered by host %s[%s]",
+                 c->host, c->ip);
+    } else if (c->ext.size && msg_size(m) > c->ext.size) {
+        /* RFC 1870 6.1: don't send what the server said it will not take. */
+        status = "5.3.4";
+        snprintf(text, sizeof(text), "message size %llu exceeds size limit %llu of server %s[%s]",
+                 (unsigned long long)msg_size(m), (unsigned long long)c->ext.size, c->host, c->ip);
+    }
+    size_t bad = 0;
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        if (status)
+            outcome_set(&m->rcpt[i].out, SMTP_ACT_BOUNCE, 0, status, 0, text);
+        else if (!m->rcpt[i].addr || !addr_ok(m->rcpt[i].addr)) {
+            outcome_set(&m->rcpt[i].out, SMTP_ACT_BOUNCE, 0, "5.1.3", 0,
+                        "bad recipient address syntax");
+            bad++;
+        }
+    }
+    if (status || bad == m->nrcpt) {
+        c->done_pending = true;
+        uv_timer_start(&c->later, on_later, 0, 0);
+        return 0;
+    }
+    c->in_send = true;
+    if (c->need_rset) {
+        set_state(c, SMTP_ST_RSET);
+        send_cmd(c, "RSET\r\n");
+    } else {
+        start_mail(c);
+    }
+    c->in_send = false;
+    return 0;
+}
+
+void smtp_client_quit(struct smtp_client *c)
+{
+    if (!c || c->closing)
+        return;
+    if (c->st == SMTP_ST_IDLE && !c->msg)
+        start_quit(c);
+    else
+        smtp_client_abort(c);
+}
+
+void smtp_client_abort(struct smtp_client *c)
+{
+    if (!c || c->closing)
+        return;
+    fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_CLOSED, 0, "delivery to %s[%s] was cancelled",
+                 c->host, c->ip);
+}
+
+void smtp_client_free(struct smtp_client *c)
+{
+    if (!c)
+        return;
+    if (c->st == SMTP_ST_CLOSED) {
+        really_free(c);
+        return;
+    }
+    c->free_on_close = true;
+    c->cb = NULL;
+    if (!c->closing)
+        close_session(c);
+}
+
+bool smtp_client_usable(const struct smtp_client *c)
+{
+    return c && !c->closing && !c->broken && c->st == SMTP_ST_IDLE && !c->msg;
+}
+
+enum smtp_stage smtp_client_stage(const struct smtp_client *c)
+{
+    return c->st;
+}
+
+const struct smtp_ext *smtp_client_ext(const struct smtp_client *c)
+{
+    return &c->ext;
+}
+
+const struct tls_facts *smtp_client_tls(const struct smtp_client *c)
+{
+    return c->tls_tried ? &c->facts : NULL;
+}
+
+const struct smtp_outcome *smtp_client_result(const struct smtp_client *c)
+{
+    return &c->result;
+}
+
+const char *smtp_client_relay(const struct smtp_client *c)
+{
+    return c->relay;
+}
+
+const char *smtp_client_ip(const struct smtp_client *c)
+{
+    return c->ip;
+}
+
+bool smtp_client_established(const struct smtp_client *c)
+{
+    return c->established;
+}
+
+unsigned smtp_client_messages(const struct smtp_client *c)
+{
+    return c->nmsgs;
+}

@@ -1,0 +1,1720 @@
+/*
+ * server.c - SMTP server sessions (submission): listeners, the session
+ * state machine, replies, STARTTLS, AUTH, DATA and BDAT, and the handoff of
+ * a finished message to the owner.
+ *
+ * Standards: RFC 5321 (3.3 mail transactions, 4.1 commands, 4.2 replies,
+ * 4.3.2 command-reply sequences, 4.5.3 limits and timeouts); RFC 2920
+ * (PIPELINING: replies are sent when the input runs dry); RFC 1870 (SIZE);
+ * RFC 6152 (8BITMIME); RFC 2034 / 3463 (enhanced status codes); RFC 6531
+ * (SMTPUTF8); RFC 3461 (DSN); RFC 3207 (STARTTLS); RFC 4954, 4616 (AUTH
+ * PLAIN, LOGIN); RFC 3030 (CHUNKING); RFC 5322 3.6 (Date:, Message-ID:).
+ *
+ * Shape (see STYLE.md): uv_tcp_t -> tls_conn (after STARTTLS) -> input
+ * buffer -> line reader or DATA/BDAT reader -> command handlers -> the
+ * owner's on_message callback -> smtpd_session_done() -> the reply.
+ *
+ * Invariants:
+ *  - One state enum with a name table; set_state() is the only writer and
+ *    re-arms the session's single timer with that state's timeout.
+ *  - A session is freed only in its handles' close callbacks, and only when
+ *    nothing else (the owner, a password check) still holds it.
+ *  - Memory per session is bounded: the input buffer (IN_MAX), unsent
+ *    output (reading stops past WRITE_HIGH), one command line, and the
+ *    message (message_size_limit plus HDR_RESERVE).
+ *  - After STARTTLS every plaintext byte that followed the command is
+ *    discarded, and HELO/EHLO, AUTH and transaction state are forgotten
+ *    (CVE-2011-0411).
+ *  - The client is told 250 for a message only after the owner has said the
+ *    message is safely stored.
+ */
+#include "server_int.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define READ_CHUNK (64 * 1024)
+#define IN_MAX (4 * READ_CHUNK)
+#define WRITE_HIGH (256 * 1024)
+#define OUT_MAX (1024 * 1024)
+/* Room left in front of the message for Received:, Date: and Message-ID:. */
+#define HDR_RESERVE 4096
+#define CLOSE_TIMEOUT_MS 10000
+
+#define DEF_RECIPIENT_LIMIT 1000
+#define DEF_ERROR_LIMIT 20
+#define DEF_SESSION_LIMIT 100
+#define DEF_CLIENT_LIMIT 50
+#define DEF_TIMEOUT_MS 300000
+#define DEF_DATA_TIMEOUT_MS 600000
+
+/* ---- configuration snapshots ------------------------------------------- */
+
+struct smtpd_cfg {
+    int refs;
+    struct smtpd_opts o; /* strings point at the copies below */
+    char *hostname;
+    char *banner;
+};
+
+static void cfg_unref(struct smtpd_cfg *c)
+{
+    if (!c || --c->refs > 0)
+        return;
+    tls_ctx_free(c->o.tls);
+    smtpd_credentials_free(c->o.creds);
+    free(c->hostname);
+    free(c->banner);
+    free(c);
+}
+
+static struct smtpd_cfg *cfg_new(const struct smtpd_opts *o, struct buf *err)
+{
+    if (!o->hostname || !*o->hostname || !o->on_message || o->message_size_limit == 0) {
+        buf_append_str(err, "smtpd: hostname, message_size_limit and on_message are required\n");
+        return NULL;
+    }
+    struct smtpd_cfg *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->refs = 1;
+    c->o = *o;
+    c->hostname = strdup(o->hostname);
+    c->banner = strdup(o->banner && *o->banner ? o->banner : "ESMTP Convoy");
+    c->o.tls = o->tls ? tls_ctx_ref(o->tls) : NULL;
+    c->o.creds = smtpd_credentials_ref(o->creds);
+    if (!c->hostname || !c->banner) {
+        cfg_unref(c);
+        buf_append_str(err, "smtpd: out of memory\n");
+        return NULL;
+    }
+    c->o.hostname = c->hostname;
+    c->o.banner = c->banner;
+    if (!c->o.recipient_limit)
+        c->o.recipient_limit = DEF_RECIPIENT_LIMIT;
+    if (!c->o.hard_error_limit)
+        c->o.hard_error_limit = DEF_ERROR_LIMIT;
+    if (!c->o.session_limit)
+        c->o.session_limit = DEF_SESSION_LIMIT;
+    if (!c->o.client_limit)
+        c->o.client_limit = DEF_CLIENT_LIMIT;
+    if (!c->o.timeout_ms)
+        c->o.timeout_ms = DEF_TIMEOUT_MS;
+    if (!c->o.data_timeout_ms)
+        c->o.data_timeout_ms = DEF_DATA_TIMEOUT_MS;
+    return c;
+}
+
+/* ---- the server and its sessions ---------------------------------------- */
+
+struct listener {
+    uv_tcp_t tcp;
+    struct smtpd *d;
+    struct listener *next;
+    char name[80];
+};
+
+struct smtpd {
+    uv_loop_t *loop;
+    struct smtpd_cfg *cfg;
+    struct listener *listeners;
+    size_t listeners_open; /* listener handles not yet closed */
+    struct smtpd_session *sessions;
+    size_t n_sessions; /* in the list: from accept until freed */
+    bool freeing;
+};
+
+/* Session states. Transaction progress (MAIL, RCPT) is part of the state so
+ * "command out of sequence" is a property of the state alone. */
+enum sstate {
+    SS_CONNECTED, /* greeting sent; HELO/EHLO not yet (or forgotten by STARTTLS) */
+    SS_READY,     /* HELO/EHLO done, no transaction */
+    SS_MAIL,      /* MAIL accepted, no recipient yet */
+    SS_RCPT,      /* at least one recipient */
+    SS_DATA,      /* reading DATA up to CRLF.CRLF */
+    SS_BDAT,      /* reading a BDAT chunk */
+    SS_AUTH,      /* waiting for a SASL response line */
+    SS_TLS,       /* TLS handshake after STARTTLS */
+    SS_WAIT,      /* waiting for the owner or a password check */
+    SS_CLOSING,   /* last reply going out */
+    SS_COUNT
+};
+
+static const char *const sstate_names[SS_COUNT] = {
+    "connected", "ready", "mail", "rcpt", "data", "bdat", "auth", "tls", "wait", "closing",
+};
+
+enum auth_step { AUTH_NONE, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+
+struct wreq {
+    uv_write_t req;
+    struct smtpd_session *s;
+    size_t n;
+    char data[];
+};
+
+struct smtpd_session {
+    struct smtpd *d;
+    struct smtpd_cfg *cfg;
+    struct smtpd_session *prev, *next;
+
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shut;
+    int handles_open;
+    bool closing;     /* close started */
+    bool hard_closed; /* uv_close called */
+    int holds;        /* the owner or a password check still refers to us */
+    enum sstate state;
+    enum sstate resume; /* the state to go back to after SS_WAIT / SS_BDAT / SS_AUTH */
+
+    struct sockaddr_storage peer;
+    char addr[INET6_ADDRSTRLEN];
+    char helo[256];
+    bool helo_seen;
+    bool esmtp;
+
+    /* TLS */
+    struct tls_conn *tls;
+    bool tls_active;
+    bool tls_ended;
+    char tls_desc[96]; /* "TLSv1.3 TLS_AES_128_GCM_SHA256" */
+    char tls_version[16];
+    char tls_cipher[64];
+
+    /* AUTH */
+    enum auth_step auth_step;
+    char auth_user[256];
+    char auth_try_user[256];
+    const char *auth_method;
+
+    /* the transaction */
+    struct smtp_mail_args mail;
+    struct smtpd_rcpt *rcpts;
+    size_t n_rcpts, cap_rcpts;
+    size_t rcpt_tried;
+    bool bdat_active;
+    bool bdat_last;
+    bool bdat_discard;
+    const char *bdat_reply;
+    uint64_t bdat_left;
+    struct buf body;
+    struct smtp_data data;
+    int64_t data_deadline;
+    bool timer_is_deadline; /* the armed timer is the data deadline */
+
+    /* the owner */
+    bool owner_pending;
+    bool in_owner_cb;
+    bool owner_answered;
+    int owner_status;
+    char qid[64];
+    struct smtpd_message msg;
+    char proto[16];
+
+    /* input and output */
+    char *rbuf;
+    bool reading;
+    struct buf in;
+    size_t in_off;
+    struct smtp_lines lines;
+    char cmdline[SMTP_CMD_LINE_MAX];
+    struct buf out;
+    size_t write_pending;
+
+    /* counters for the disconnect line, as Postfix logs them */
+    unsigned errors;
+    unsigned commands, commands_ok;
+    unsigned cnt_all[SMTP_V_COUNT], cnt_ok[SMTP_V_COUNT];
+    enum smtp_verb last_verb;
+    bool quit;
+    bool in_process; /* process() is on the stack: do not re-enter it */
+};
+
+static void process(struct smtpd_session *s);
+static void session_close(struct smtpd_session *s, bool graceful);
+static void flush(struct smtpd_session *s);
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void reply(struct smtpd_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void reply(struct smtpd_session *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    size_t before = s->out.len;
+    int rc = buf_vprintf(&s->out, fmt, ap);
+    va_end(ap);
+    if (rc == 0)
+        rc = buf_append(&s->out, "\r\n", 2);
+    if (rc) {
+        /* Output cannot grow: the client is not reading. Give up on it. */
+        s->out.len = before;
+        session_close(s, false);
+        return;
+    }
+    char c = s->out.data[before];
+    if ((c == '4' || c == '5') && s->out.data[before + 3] == ' ')
+        s->errors++;
+}
+
+static const char *client_name(const struct smtpd_session *s)
+{
+    (void)s;
+    return "unknown"; /* no DNS in this module (DESIGN.md) */
+}
+
+static void set_timer(struct smtpd_session *s, uint64_t ms);
+
+static void arm_state_timer(struct smtpd_session *s)
+{
+    switch (s->state) {
+    case SS_DATA:
+    case SS_BDAT: {
+        int64_t left = s->data_deadline - time_mono_ms();
+        if (left < 1)
+            left = 1;
+        uint64_t ms = s->cfg->o.timeout_ms;
+        set_timer(s, (uint64_t)left <= ms ? (uint64_t)left : ms);
+        s->timer_is_deadline = (uint64_t)left <= ms;
+        break;
+    }
+    case SS_WAIT:
+        uv_timer_stop(&s->timer);
+        break;
+    case SS_CLOSING:
+        set_timer(s, CLOSE_TIMEOUT_MS);
+        break;
+    default:
+        set_timer(s, s->cfg->o.timeout_ms);
+        break;
+    }
+}
+
+static void set_state(struct smtpd_session *s, enum sstate st)
+{
+    if (s->state != st)
+        log_debug("smtpd", "%s[%s]: state %s -> %s", client_name(s), s->addr,
+                  sstate_names[s->state], sstate_names[st]);
+    s->state = st;
+    if (!s->hard_closed)
+        arm_state_timer(s);
+}
+
+static void transaction_reset(struct smtpd_session *s)
+{
+    for (size_t i = 0; i < s->n_rcpts; i++) {
+        free((char *)s->rcpts[i].addr);
+        if (s->rcpts[i].orcpt[0])
+            free((char *)s->rcpts[i].orcpt);
+    }
+    s->n_rcpts = 0;
+    s->rcpt_tried = 0;
+    memset(&s->mail, 0, sizeof(s->mail));
+    s->bdat_active = false;
+    buf_free(&s->body);
+}
+
+/* The state for "no transaction" in this session. */
+static enum sstate idle_state(const struct smtpd_session *s)
+{
+    return s->helo_seen ? SS_READY : SS_CONNECTED;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void update_reading(struct smtpd_session *s);
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct wreq *w = (struct wreq *)req;
+    struct smtpd_session *s = w->s;
+    s->write_pending -= w->n;
+    free(w);
+    if (status < 0 && !s->closing) {
+        log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
+                 client_name(s), s->addr);
+        session_close(s, false);
+        return;
+    }
+    /* Input held back while replies piled up can go on now. */
+    if (!s->closing && !s->in_process && s->in_off < s->in.len && s->write_pending < WRITE_HIGH / 2)
+        process(s);
+    else
+        update_reading(s);
+}
+
+static void raw_write(struct smtpd_session *s, const void *p, size_t n)
+{
+    if (s->hard_closed || n == 0)
+        return;
+    /* Most replies fit in the socket buffer: try that first. libuv refuses
+     * (UV_EAGAIN) while earlier writes are queued, so order is kept. */
+    uv_buf_t tb = uv_buf_init((char *)p, (unsigned)n);
+    int tw = uv_try_write((uv_stream_t *)&s->tcp, &tb, 1);
+    if (tw > 0) {
+        if ((size_t)tw == n)
+            return;
+        p = (const char *)p + tw;
+        n -= (size_t)tw;
+    } else if (tw != UV_EAGAIN) {
+        session_close(s, false);
+        return;
+    }
+    struct wreq *w = malloc(sizeof(*w) + n);
+    if (!w) {
+        session_close(s, false);
+        return;
+    }
+    w->s = s;
+    w->n = n;
+    memcpy(w->data, p, n);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write) != 0) {
+        free(w);
+        session_close(s, false);
+        return;
+    }
+    s->write_pending += n;
+}
+
+static void flush(struct smtpd_session *s)
+{
+    if (s->out.len == 0 || s->hard_closed)
+        return;
+    if (s->tls_active) {
+        if (tls_conn_write(s->tls, s->out.data, s->out.len) != 0) {
+            buf_reset(&s->out);
+            session_close(s, false);
+            return;
+        }
+    } else {
+        raw_write(s, s->out.data, s->out.len);
+    }
+    buf_reset(&s->out);
+}
+
+/* ---- TLS callbacks ------------------------------------------------------ */
+
+static void tls_cipher_out(void *arg, const void *data, size_t n)
+{
+    raw_write(arg, data, n);
+}
+
+static void tls_plain_in(void *arg, const void *data, size_t n)
+{
+    struct smtpd_session *s = arg;
+    if (s->closing)
+        return;
+    if (s->in_off > 0) {
+        buf_consume(&s->in, s->in_off);
+        s->in_off = 0;
+    }
+    if (buf_append(&s->in, data, n) != 0) {
+        log_warn("smtpd", "%s[%s]: input buffer overflow", client_name(s), s->addr);
+        session_close(s, false);
+    }
+}
+
+static void tls_handshake(void *arg, int status, const struct tls_facts *f)
+{
+    struct smtpd_session *s = arg;
+    if (status != 0) {
+        log_info("smtpd", "SSL_accept error from %s[%s]: %s", client_name(s), s->addr,
+                 f && f->text[0] ? f->text : "handshake failed");
+        session_close(s, false);
+        return;
+    }
+    s->tls_active = true;
+    snprintf(s->tls_desc, sizeof(s->tls_desc), "%s %s", f->version, f->cipher);
+    str_copy(s->tls_version, f->version, sizeof(s->tls_version));
+    str_copy(s->tls_cipher, f->cipher, sizeof(s->tls_cipher));
+    log_info("smtpd", "Anonymous TLS connection established from %s[%s]: %s with cipher %s",
+             client_name(s), s->addr, f->version, f->cipher);
+    /* RFC 3207 4.2: forget everything learnt before TLS; the client must
+     * say EHLO again. */
+    transaction_reset(s);
+    s->helo_seen = false;
+    s->esmtp = false;
+    s->helo[0] = '\0';
+    s->auth_user[0] = '\0';
+    smtp_lines_reset(&s->lines);
+    set_state(s, SS_CONNECTED);
+}
+
+static void tls_closed(void *arg, int status)
+{
+    struct smtpd_session *s = arg;
+    (void)status;
+    s->tls_ended = true;
+}
+
+static const struct tls_callbacks tls_cbs = {
+    .on_cipher_out = tls_cipher_out,
+    .on_plain_in = tls_plain_in,
+    .on_handshake = tls_handshake,
+    .on_closed = tls_closed,
+};
+
+/* ---- closing and freeing -------------------------------------------------- */
+
+static void server_maybe_free(struct smtpd *d)
+{
+    if (!d->freeing || d->listeners_open > 0 || d->n_sessions > 0)
+        return;
+    while (d->listeners) {
+        struct listener *l = d->listeners;
+        d->listeners = l->next;
+        free(l);
+    }
+    cfg_unref(d->cfg);
+    free(d);
+}
+
+static void session_maybe_free(struct smtpd_session *s)
+{
+    if (s->handles_open > 0 || s->holds > 0)
+        return;
+    struct smtpd *d = s->d;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        d->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    d->n_sessions--;
+    transaction_reset(s);
+    free(s->rcpts);
+    tls_conn_free(s->tls);
+    buf_free(&s->in);
+    buf_free(&s->out);
+    free(s->rbuf);
+    cfg_unref(s->cfg);
+    free(s);
+    server_maybe_free(d);
+}
+
+static void on_handle_close(uv_handle_t *h)
+{
+    struct smtpd_session *s = h->data;
+    s->handles_open--;
+    session_maybe_free(s);
+}
+
+static void hard_close(struct smtpd_session *s)
+{
+    if (s->hard_closed)
+        return;
+    s->hard_closed = true;
+    s->closing = true;
+    /* Someone else (a loop-wide walk at exit) may have closed a handle
+     * already; closing twice is not allowed. */
+    if (!uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, on_handle_close);
+    if (!uv_is_closing((uv_handle_t *)&s->timer))
+        uv_close((uv_handle_t *)&s->timer, on_handle_close);
+}
+
+static void log_disconnect(struct smtpd_session *s)
+{
+    char line[512];
+    size_t o = 0;
+    static const enum smtp_verb order[] = {
+        SMTP_V_HELO, SMTP_V_EHLO, SMTP_V_STARTTLS, SMTP_V_AUTH, SMTP_V_MAIL,
+        SMTP_V_RCPT, SMTP_V_DATA, SMTP_V_BDAT,     SMTP_V_RSET, SMTP_V_NOOP,
+        SMTP_V_VRFY, SMTP_V_EXPN, SMTP_V_HELP,     SMTP_V_QUIT, SMTP_V_UNKNOWN,
+    };
+    line[0] = '\0';
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]) && o < sizeof(line) - 40; i++) {
+        enum smtp_verb v = order[i];
+        if (!s->cnt_all[v])
+            continue;
+        char name[16];
+        size_t k = 0;
+        for (const char *p = smtp_verb_name(v); *p && k < sizeof(name) - 1; p++)
+            name[k++] = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+        name[k] = '\0';
+        int n;
+        if (s->cnt_ok[v] == s->cnt_all[v])
+            n = snprintf(line + o, sizeof(line) - o, " %s=%u", name, s->cnt_all[v]);
+        else
+            n = snprintf(line + o, sizeof(line) - o, " %s=%u/%u", name, s->cnt_ok[v],
+                         s->cnt_all[v]);
+        if (n > 0)
+            o += (size_t)n;
+    }
+    if (s->commands_ok == s->commands)
+        log_info("smtpd", "disconnect from %s[%s]%s commands=%u", client_name(s), s->addr, line,
+                 s->commands);
+    else
+        log_info("smtpd", "disconnect from %s[%s]%s commands=%u/%u", client_name(s), s->addr, line,
+                 s->commands_ok, s->commands);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct smtpd_session *s = req->data;
+    (void)status;
+    hard_close(s);
+}
+
+/*
+ * Close the session. graceful: send what is queued (and a TLS close_notify),
+ * then shut the TCP connection down; the closing timer bounds the wait.
+ */
+static void session_close(struct smtpd_session *s, bool graceful)
+{
+    if (s->closing) {
+        if (!graceful)
+            hard_close(s);
+        return;
+    }
+    s->closing = true;
+    log_disconnect(s);
+    if (s->reading) {
+        uv_read_stop((uv_stream_t *)&s->tcp);
+        s->reading = false;
+    }
+    if (!graceful) {
+        hard_close(s);
+        return;
+    }
+    set_state(s, SS_CLOSING);
+    flush(s);
+    if (s->tls_active)
+        tls_conn_shutdown(s->tls);
+    if (s->hard_closed)
+        return;
+    s->shut.data = s;
+    if (uv_shutdown(&s->shut, (uv_stream_t *)&s->tcp, on_shutdown) != 0)
+        hard_close(s);
+}
+
+/* Reply and close: for 421 and 521. */
+static void reply_close(struct smtpd_session *s, const char *text)
+{
+    reply(s, "%s", text);
+    session_close(s, true);
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct smtpd_session *s = h->data;
+    (void)suggested;
+    if (!s->rbuf)
+        s->rbuf = malloc(READ_CHUNK);
+    *b = uv_buf_init(s->rbuf, s->rbuf ? READ_CHUNK : 0);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    struct smtpd_session *s = st->data;
+    if (nread == 0 || s->closing)
+        return;
+    if (nread < 0) {
+        if (s->tls)
+            tls_conn_eof(s->tls);
+        if (!s->closing) {
+            log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
+                     client_name(s), s->addr);
+            session_close(s, false);
+        }
+        return;
+    }
+    if (s->tls) {
+        if (tls_conn_feed(s->tls, b->base, (size_t)nread) != 0 && !s->closing) {
+            session_close(s, false);
+            return;
+        }
+    } else {
+        if (s->in_off > 0) {
+            buf_consume(&s->in, s->in_off);
+            s->in_off = 0;
+        }
+        if (buf_append(&s->in, b->base, (size_t)nread) != 0) {
+            log_warn("smtpd", "%s[%s]: input buffer overflow", client_name(s), s->addr);
+            session_close(s, false);
+            return;
+        }
+    }
+    if (s->closing)
+        return;
+    if (s->state == SS_DATA || s->state == SS_BDAT)
+        arm_state_timer(s);
+    process(s);
+    if (s->tls_ended && !s->closing) {
+        log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
+                 client_name(s), s->addr);
+        session_close(s, false);
+    }
+}
+
+static void update_reading(struct smtpd_session *s)
+{
+    if (s->closing)
+        return;
+    bool want = s->state != SS_WAIT && s->write_pending < WRITE_HIGH &&
+                (s->state == SS_TLS || s->in.len - s->in_off < READ_CHUNK);
+    if (want && !s->reading) {
+        if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
+            s->reading = true;
+        else
+            session_close(s, false);
+    } else if (!want && s->reading) {
+        uv_read_stop((uv_stream_t *)&s->tcp);
+        s->reading = false;
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct smtpd_session *s = t->data;
+    if (s->state == SS_CLOSING || s->closing) {
+        hard_close(s);
+        return;
+    }
+    bool data = s->state == SS_DATA || s->state == SS_BDAT;
+    if (data && s->timer_is_deadline)
+        log_info("smtpd", "timeout after %s (data too slow) from %s[%s]",
+                 smtp_verb_name(s->last_verb), client_name(s), s->addr);
+    else
+        log_info("smtpd", "timeout after %s from %s[%s]", smtp_verb_name(s->last_verb),
+                 client_name(s), s->addr);
+    if (s->state == SS_TLS) {
+        session_close(s, false);
+        return;
+    }
+    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->hostname);
+    session_close(s, true);
+}
+
+static void set_timer(struct smtpd_session *s, uint64_t ms)
+{
+    uv_timer_start(&s->timer, on_timer, ms, 0);
+}
+
+/* ---- the message -------------------------------------------------------- */
+
+static void begin_body(struct smtpd_session *s, bool bdat, bool prev_crlf)
+{
+    static const char zeros[HDR_RESERVE];
+    buf_free(&s->body);
+    buf_init(&s->body, HDR_RESERVE + s->cfg->o.message_size_limit + SMTP_TEXT_LINE_MAX + 2);
+    int rc = buf_append(&s->body, zeros, HDR_RESERVE);
+    smtp_data_init(&s->data,
+                   s->cfg->o.bare_newline == SMTPD_BARE_NORMALIZE ? SMTP_BARE_NORMALIZE
+                                                                  : SMTP_BARE_REJECT,
+                   bdat, s->cfg->o.message_size_limit, prev_crlf, &s->body);
+    if (rc)
+        s->data.flags |= SMTP_DATA_NOMEM;
+    s->data_deadline = time_mono_ms() + s->cfg->o.data_timeout_ms;
+}
+
+static void make_proto(struct smtpd_session *s)
+{
+    const char *base = s->mail.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP";
+    snprintf(s->proto, sizeof(s->proto), "%s%s%s", base, s->tls_active ? "S" : "",
+             s->auth_user[0] ? "A" : "");
+}
+
+/* Put Received: (and Date:, Message-ID: when missing) in front of the body
+ * and fill s->msg. */
+static int build_message(struct smtpd_session *s)
+{
+    struct buf h;
+    buf_init(&h, HDR_RESERVE);
+    char date[64];
+    time_t now = time(NULL);
+    time_format_rfc5322(now, date, sizeof(date));
+    make_proto(s);
+    int rc = buf_printf(&h, "Received: from %s (%s [%s])\r\n", s->helo[0] ? s->helo : "unknown",
+                        client_name(s), s->addr);
+    if (!rc && s->tls_active)
+        rc = buf_printf(&h, "\t(using %s with cipher %s)\r\n", s->tls_version, s->tls_cipher);
+    if (!rc)
+        rc = buf_printf(&h, "\tby %s (Convoy) with %s", s->cfg->hostname, s->proto);
+    /* As Postfix: name the recipient only when there is one, for privacy. */
+    if (!rc && s->n_rcpts == 1)
+        rc = buf_printf(&h, "\r\n\tfor <%s>", s->rcpts[0].addr);
+    if (!rc)
+        rc = buf_printf(&h, "; %s\r\n", date);
+    if (!rc && !s->data.seen_date)
+        rc = buf_printf(&h, "Date: %s\r\n", date);
+    if (!rc && !s->data.seen_msgid) {
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+            r = (uint64_t)time_now_ms() ^ ((uint64_t)(uintptr_t)s << 16);
+        char stamp[32];
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(stamp, sizeof(stamp), "%Y%m%d%H%M%S", &tm);
+        rc = buf_printf(&h, "Message-ID: <%s.%016llx@%s>\r\n", stamp, (unsigned long long)r,
+                        s->cfg->hostname);
+    }
+    if (rc) {
+        buf_free(&h);
+        return rc;
+    }
+    char *start = s->body.data + HDR_RESERVE - h.len;
+    memcpy(start, h.data, h.len);
+    struct smtpd_message *m = &s->msg;
+    memset(m, 0, sizeof(*m));
+    m->sender = s->mail.addr;
+    m->rcpts = s->rcpts;
+    m->n_rcpts = s->n_rcpts;
+    m->ret = s->mail.ret == SMTP_PARSE_RET_FULL   ? SMTPD_RET_FULL
+             : s->mail.ret == SMTP_PARSE_RET_HDRS ? SMTPD_RET_HDRS
+                                                  : SMTPD_RET_NONE;
+    m->envid = s->mail.envid;
+    m->smtputf8 = s->mail.smtputf8;
+    m->eightbitmime = s->mail.body == SMTP_BODY_8BITMIME;
+    m->client_name = client_name(s);
+    m->client_addr = s->addr;
+    m->helo = s->helo;
+    m->protocol = s->proto;
+    m->tls = s->tls_active ? s->tls_desc : "";
+    m->auth_user = s->auth_user;
+    m->body = (struct view){start, s->body.len - HDR_RESERVE + h.len};
+    buf_free(&h);
+    return 0;
+}
+
+static void owner_finish(struct smtpd_session *s)
+{
+    s->owner_pending = false;
+    s->holds--;
+    if (s->closing) {
+        session_maybe_free(s);
+        return;
+    }
+    int st = s->owner_status;
+    if (st == 0) {
+        log_info("smtpd", "%s: client=%s[%s]%s%s%s%s", s->qid, client_name(s), s->addr,
+                 s->auth_user[0] ? ", sasl_method=" : "",
+                 s->auth_user[0] ? (s->auth_method ? s->auth_method : "") : "",
+                 s->auth_user[0] ? ", sasl_username=" : "", s->auth_user);
+        log_info("smtpd", "%s: from=<%s>, size=%zu, nrcpt=%zu (queue active)", s->qid, s->mail.addr,
+                 s->msg.body.len, s->n_rcpts);
+        reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+    } else {
+        log_warn("smtpd", "NOQUEUE: %s[%s]: message from=<%s> not queued: %s", client_name(s),
+                 s->addr, s->mail.addr, err_str(st));
+        if (st == ERR_FULL)
+            reply(s, "452 4.3.1 Insufficient system storage");
+        else if (st == ERR_TOOBIG)
+            reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        else
+            reply(s, "451 4.3.0 Error: queue file write error");
+    }
+    if (st == 0)
+        s->cnt_ok[s->last_verb]++, s->commands_ok++;
+    transaction_reset(s);
+    set_state(s, idle_state(s));
+    if (!s->in_process)
+        process(s);
+}
+
+void smtpd_session_done(struct smtpd_session *s, int status, const char *queue_id)
+{
+    if (!s || !s->owner_pending || s->owner_answered)
+        return;
+    s->owner_answered = true;
+    s->owner_status = status;
+    str_copy(s->qid, status == 0 && queue_id ? queue_id : "NOQUEUE", sizeof(s->qid));
+    if (s->in_owner_cb)
+        return; /* finished when the callback returns */
+    owner_finish(s);
+}
+
+static void log_reject(struct smtpd_session *s, const char *verb, const char *text, const char *to)
+{
+    log_info("smtpd", "NOQUEUE: reject: %s from %s[%s]: %s; from=<%s>%s%s%s proto=%s helo=<%s>",
+             verb, client_name(s), s->addr, text, s->mail.addr, to ? " to=<" : "", to ? to : "",
+             to ? ">" : "", s->esmtp ? "ESMTP" : "SMTP", s->helo);
+}
+
+/* The end of a message (DATA's dot or BDAT LAST). */
+static bool message_complete(struct smtpd_session *s)
+{
+    const char *rej = smtp_data_reject_reply(&s->data);
+    const char *verb = s->data.bdat ? "BDAT" : "DATA";
+    if (rej) {
+        log_reject(s, verb, rej, NULL);
+        reply(s, "%s", rej);
+        transaction_reset(s);
+        set_state(s, idle_state(s));
+        return false;
+    }
+    if (build_message(s) != 0) {
+        reply(s, "451 4.3.0 Error: insufficient memory");
+        transaction_reset(s);
+        set_state(s, idle_state(s));
+        return false;
+    }
+    s->bdat_active = false;
+    s->owner_pending = true;
+    s->owner_answered = false;
+    s->holds++;
+    set_state(s, SS_WAIT);
+    /* Send earlier pipelined replies now; the 250 comes with the owner. */
+    flush(s);
+    s->in_owner_cb = true;
+    s->cfg->o.on_message(s->cfg->o.arg, s, &s->msg);
+    s->in_owner_cb = false;
+    if (s->owner_answered)
+        owner_finish(s);
+    return true;
+}
+
+/* A bare CR or LF in reject mode: the end of the line or of the data is
+ * unknowable, so answer and disconnect (as Postfix's
+ * smtpd_forbid_bare_newline does). */
+static void bare_newline_abort(struct smtpd_session *s, bool lf)
+{
+    log_info("smtpd", "improper line ending (bare <%s>) after %s from %s[%s]", lf ? "LF" : "CR",
+             smtp_verb_name(s->last_verb), client_name(s), s->addr);
+    reply(s, "521 5.5.2 %s Error: bare <%s> received", s->cfg->hostname, lf ? "LF" : "CR");
+    transaction_reset(s);
+    session_close(s, true);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static bool cmd_helo(struct smtpd_session *s, struct view arg, bool esmtp)
+{
+    if (arg.len == 0) {
+        reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        return false;
+    }
+    /* RFC 5321 4.1.1.1: a domain or an address literal. Accept any printable
+     * ASCII word (many clients send odd names), nothing else. */
+    if (arg.len >= sizeof(s->helo) || memchr(arg.ptr, ' ', arg.len) ||
+        smtp_has_8bit(arg.ptr, arg.len)) {
+        reply(s, "501 5.5.2 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        return false;
+    }
+    for (size_t i = 0; i < arg.len; i++) {
+        if (arg.ptr[i] < 33 || arg.ptr[i] > 126) {
+            reply(s, "501 5.5.2 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+            return false;
+        }
+    }
+    memcpy(s->helo, arg.ptr, arg.len);
+    s->helo[arg.len] = '\0';
+    /* RFC 5321 4.1.4: EHLO in a transaction resets it. */
+    transaction_reset(s);
+    s->helo_seen = true;
+    s->esmtp = esmtp;
+    set_state(s, SS_READY);
+    const struct smtpd_opts *o = &s->cfg->o;
+    if (!esmtp) {
+        reply(s, "250 %s", o->hostname);
+        return true;
+    }
+    reply(s, "250-%s", o->hostname);
+    reply(s, "250-PIPELINING");
+    reply(s, "250-SIZE %llu", (unsigned long long)o->message_size_limit);
+    if (o->tls && !s->tls_active)
+        reply(s, "250-STARTTLS");
+    if (o->creds && s->tls_active && !s->auth_user[0])
+        reply(s, "250-AUTH PLAIN LOGIN");
+    reply(s, "250-ENHANCEDSTATUSCODES");
+    reply(s, "250-8BITMIME");
+    reply(s, "250-DSN");
+    reply(s, "250-SMTPUTF8");
+    reply(s, "250 CHUNKING");
+    return true;
+}
+
+static bool in_transaction(const struct smtpd_session *s)
+{
+    return s->state == SS_MAIL || s->state == SS_RCPT;
+}
+
+static bool cmd_mail(struct smtpd_session *s, struct view arg)
+{
+    if (!s->helo_seen) {
+        reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        return false;
+    }
+    if (in_transaction(s)) {
+        reply(s, "503 5.5.1 Error: nested MAIL command");
+        return false;
+    }
+    const char *why = NULL;
+    struct smtp_mail_args m;
+    if (smtp_parse_mail(arg, s->esmtp, &m, &why) != 0) {
+        log_reject(s, "MAIL", why, NULL);
+        reply(s, "%s", why);
+        return false;
+    }
+    if (!s->esmtp && (m.has_size || m.body || m.ret || m.envid[0])) {
+        reply(s, "555 5.5.4 MAIL parameters need EHLO");
+        return false;
+    }
+    if (m.has_size && m.size > s->cfg->o.message_size_limit) {
+        reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        return false;
+    }
+    s->mail = m;
+    set_state(s, SS_MAIL);
+    reply(s, "250 2.1.0 Ok");
+    return true;
+}
+
+static bool cmd_rcpt(struct smtpd_session *s, struct view arg)
+{
+    if (!in_transaction(s)) {
+        reply(s, "503 5.5.1 Error: need MAIL command");
+        return false;
+    }
+    s->rcpt_tried++;
+    const char *why = NULL;
+    struct smtp_rcpt_args r;
+    if (smtp_parse_rcpt(arg, s->mail.smtputf8, &r, &why) != 0) {
+        log_reject(s, "RCPT", why, NULL);
+        reply(s, "%s", why);
+        return false;
+    }
+    if (s->n_rcpts >= s->cfg->o.recipient_limit) {
+        reply(s, "452 4.5.3 Error: too many recipients");
+        return false;
+    }
+    const struct smtpd_opts *o = &s->cfg->o;
+    bool allowed = s->auth_user[0] ||
+                   (o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer));
+    if (!allowed) {
+        char text[SMTP_PATH_MAX + 64];
+        snprintf(text, sizeof(text), "554 5.7.1 <%s>: Relay access denied", r.addr);
+        log_reject(s, "RCPT", text, r.addr);
+        reply(s, "%s", text);
+        return false;
+    }
+    if (s->n_rcpts == s->cap_rcpts) {
+        size_t ncap = s->cap_rcpts ? s->cap_rcpts * 2 : 8;
+        struct smtpd_rcpt *nv = realloc(s->rcpts, ncap * sizeof(*nv));
+        if (!nv) {
+            reply(s, "452 4.3.1 Insufficient system resources");
+            return false;
+        }
+        s->rcpts = nv;
+        s->cap_rcpts = ncap;
+    }
+    struct smtpd_rcpt *x = &s->rcpts[s->n_rcpts];
+    x->addr = strdup(r.addr);
+    x->orcpt = r.orcpt[0] ? strdup(r.orcpt) : "";
+    x->notify = r.notify; /* the bit values match SMTPD_NOTIFY_* */
+    if (!x->addr || !x->orcpt) {
+        free((char *)x->addr);
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return false;
+    }
+    s->n_rcpts++;
+    set_state(s, SS_RCPT);
+    reply(s, "250 2.1.5 Ok");
+    return true;
+}
+
+/* DATA or BDAT: is a message body allowed now? NULL or the reply. */
+static const char *body_refusal(const struct smtpd_session *s)
+{
+    if (s->state == SS_RCPT)
+        return NULL;
+    if (s->state == SS_MAIL && s->rcpt_tried > 0)
+        return "554 5.5.1 Error: no valid recipients";
+    if (!s->helo_seen)
+        return "503 5.5.1 Error: send HELO/EHLO first";
+    if (s->state == SS_MAIL)
+        return "503 5.5.1 Error: need RCPT command";
+    return "503 5.5.1 Error: need MAIL command";
+}
+
+static bool cmd_data(struct smtpd_session *s, struct view arg, enum smtp_eol eol)
+{
+    if (arg.len) {
+        reply(s, "501 5.5.4 Syntax: DATA");
+        return false;
+    }
+    const char *no = body_refusal(s);
+    if (no) {
+        reply(s, "%s", no);
+        return false;
+    }
+    if (s->bdat_active) {
+        reply(s, "503 5.5.1 Error: DATA after BDAT");
+        return false;
+    }
+    begin_body(s, false, eol == SMTP_EOL_CRLF);
+    set_state(s, SS_DATA);
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+    return true;
+}
+
+static void bdat_chunk_done(struct smtpd_session *s);
+
+static bool cmd_bdat(struct smtpd_session *s, struct view arg)
+{
+    uint64_t size;
+    bool last;
+    if (smtp_parse_bdat(arg, &size, &last) != 0) {
+        /* Without a size the chunk cannot be skipped: whatever follows
+         * could be read as commands. Refuse and disconnect. */
+        reply_close(s, "501 5.5.4 Syntax: BDAT count [LAST]; closing connection");
+        return false;
+    }
+    const char *no = body_refusal(s);
+    s->bdat_discard = no != NULL;
+    s->bdat_reply = no;
+    s->bdat_left = size;
+    s->bdat_last = last;
+    s->resume = s->state;
+    if (!no && !s->bdat_active) {
+        begin_body(s, true, true);
+        s->bdat_active = true;
+    }
+    if (s->bdat_discard)
+        s->data_deadline = time_mono_ms() + s->cfg->o.data_timeout_ms;
+    set_state(s, SS_BDAT);
+    if (size == 0)
+        bdat_chunk_done(s);
+    return !no;
+}
+
+static void bdat_chunk_done(struct smtpd_session *s)
+{
+    if (s->bdat_discard) {
+        reply(s, "%s", s->bdat_reply);
+        set_state(s, s->resume);
+        return;
+    }
+    if (s->bdat_last) {
+        if (smtp_data_finish(&s->data) != 0) {
+            bare_newline_abort(s, false);
+            return;
+        }
+        message_complete(s);
+        return;
+    }
+    const char *rej = smtp_data_reject_reply(&s->data);
+    if (rej) {
+        /* RFC 3030 2: after a failed chunk the transaction is over; later
+         * chunks are refused until a new MAIL. */
+        log_reject(s, "BDAT", rej, NULL);
+        reply(s, "%s", rej);
+        transaction_reset(s);
+        set_state(s, idle_state(s));
+        return;
+    }
+    reply(s, "250 2.0.0 Ok: %llu octets received", (unsigned long long)s->data.size);
+    s->cnt_ok[SMTP_V_BDAT]++;
+    s->commands_ok++;
+    set_state(s, SS_RCPT);
+}
+
+static bool cmd_starttls(struct smtpd_session *s, struct view arg)
+{
+    if (!s->cfg->o.tls) {
+        reply(s, "502 5.5.1 Error: command not implemented");
+        return false;
+    }
+    if (arg.len) {
+        reply(s, "501 5.5.4 Syntax: STARTTLS");
+        return false;
+    }
+    if (s->tls) {
+        reply(s, "554 5.5.1 Error: TLS already active");
+        return false;
+    }
+    if (in_transaction(s)) {
+        reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+        return false;
+    }
+    /* RFC 3207 4.2 / CVE-2011-0411: nothing the client sent after STARTTLS
+     * in the clear may be read as a command under TLS. */
+    size_t extra = s->in.len - s->in_off;
+    if (extra > 0) {
+        log_warn("smtpd", "%s[%s]: %zu bytes of plaintext pipelined after STARTTLS discarded",
+                 client_name(s), s->addr, extra);
+        s->in_off = s->in.len;
+    }
+    smtp_lines_reset(&s->lines);
+    s->tls = tls_conn_server_new(s->cfg->o.tls, &tls_cbs, s);
+    if (!s->tls) {
+        reply(s, "454 4.7.0 TLS not available due to local problem");
+        return false;
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    flush(s);
+    set_state(s, SS_TLS);
+    if (tls_conn_start(s->tls) != 0)
+        session_close(s, false);
+    return true;
+}
+
+/* ---- AUTH -------------------------------------------------------------- */
+
+static void auth_done(void *arg, bool ok)
+{
+    struct smtpd_session *s = arg;
+    s->holds--;
+    if (s->closing) {
+        session_maybe_free(s);
+        return;
+    }
+    if (ok) {
+        str_copy(s->auth_user, s->auth_try_user, sizeof(s->auth_user));
+        log_info("smtpd", "%s[%s]: sasl_method=%s, sasl_username=%s", client_name(s), s->addr,
+                 s->auth_method, s->auth_user);
+        reply(s, "235 2.7.0 Authentication successful");
+        s->cnt_ok[SMTP_V_AUTH]++;
+        s->commands_ok++;
+    } else {
+        log_warn("smtpd", "%s[%s]: SASL %s authentication failed", client_name(s), s->addr,
+                 s->auth_method);
+        reply(s, "535 5.7.8 Error: authentication failed");
+    }
+    memset(s->auth_try_user, 0, sizeof(s->auth_try_user));
+    set_state(s, idle_state(s));
+    if (!s->in_process)
+        process(s);
+}
+
+static void auth_check(struct smtpd_session *s, const char *user, const char *pass)
+{
+    str_copy(s->auth_try_user, user, sizeof(s->auth_try_user));
+    if (strlen(user) >= sizeof(s->auth_try_user) ||
+        smtpd_auth_check(s->d->loop, s->cfg->o.creds, user, pass, auth_done, s) != 0) {
+        reply(s, "454 4.7.0 Temporary authentication failure");
+        set_state(s, idle_state(s));
+        return;
+    }
+    s->holds++;
+    set_state(s, SS_WAIT);
+}
+
+/* Decode one SASL response. Returns its length or -1 after replying. */
+static int auth_decode(struct smtpd_session *s, struct view v, unsigned char *out, size_t size)
+{
+    if (v.len == 1 && v.ptr[0] == '*') {
+        reply(s, "501 5.7.0 Authentication aborted");
+        return -1;
+    }
+    if (v.len == 1 && v.ptr[0] == '=')
+        return 0; /* RFC 4954 4: an empty initial response */
+    int n = smtp_base64_decode(v.ptr, v.len, out, size - 1);
+    if (n < 0) {
+        reply(s, "501 5.5.2 Cannot decode response");
+        return -1;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static void auth_plain(struct smtpd_session *s, struct view v)
+{
+    unsigned char dec[SMTP_CMD_LINE_MAX];
+    int n = auth_decode(s, v, dec, sizeof(dec));
+    if (n < 0) {
+        set_state(s, idle_state(s));
+        return;
+    }
+    /* RFC 4616 2: [authzid] NUL authcid NUL passwd */
+    const char *p = (const char *)dec;
+    const char *z1 = memchr(p, '\0', (size_t)n);
+    const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t)(p + n - z1 - 1)) : NULL;
+    if (!z1 || !z2 || memchr(z2 + 1, '\0', (size_t)(p + n - z2 - 1)) || z2 == z1 + 1) {
+        reply(s, "501 5.5.2 Malformed PLAIN response");
+        set_state(s, idle_state(s));
+        return;
+    }
+    const char *authz = p, *user = z1 + 1, *pass = z2 + 1;
+    if (*authz && strcmp(authz, user) != 0) {
+        reply(s, "535 5.7.8 Error: authorization identity not allowed");
+        set_state(s, idle_state(s));
+        return;
+    }
+    auth_check(s, user, pass);
+    memset(dec, 0, sizeof(dec));
+}
+
+static void auth_line(struct smtpd_session *s, struct view v)
+{
+    if (s->auth_step == AUTH_PLAIN) {
+        auth_plain(s, v);
+        return;
+    }
+    unsigned char dec[SMTP_CMD_LINE_MAX];
+    int n = auth_decode(s, v, dec, sizeof(dec));
+    if (n < 0 || memchr(dec, '\0', (size_t)n)) {
+        if (n >= 0)
+            reply(s, "501 5.5.2 Malformed LOGIN response");
+        set_state(s, idle_state(s));
+        return;
+    }
+    if (s->auth_step == AUTH_LOGIN_USER) {
+        str_copy(s->auth_try_user, (const char *)dec, sizeof(s->auth_try_user));
+        s->auth_step = AUTH_LOGIN_PASS;
+        reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+        set_state(s, SS_AUTH);
+        return;
+    }
+    char user[256];
+    str_copy(user, s->auth_try_user, sizeof(user));
+    auth_check(s, user, (const char *)dec);
+    memset(dec, 0, sizeof(dec));
+}
+
+static bool cmd_auth(struct smtpd_session *s, struct view arg)
+{
+    if (!s->cfg->o.creds) {
+        reply(s, "502 5.5.1 Error: authentication not enabled");
+        return false;
+    }
+    if (!s->tls_active) {
+        reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        return false;
+    }
+    if (!s->esmtp) {
+        reply(s, "503 5.5.1 Error: send EHLO first");
+        return false;
+    }
+    if (s->auth_user[0]) {
+        reply(s, "503 5.5.1 Error: already authenticated");
+        return false;
+    }
+    if (in_transaction(s)) {
+        reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+        return false;
+    }
+    size_t m = 0;
+    while (m < arg.len && arg.ptr[m] != ' ')
+        m++;
+    struct view mech = {arg.ptr, m};
+    struct view init = {arg.ptr + m, 0};
+    while (init.ptr < arg.ptr + arg.len && *init.ptr == ' ')
+        init.ptr++;
+    init.len = (size_t)(arg.ptr + arg.len - init.ptr);
+    if (view_eq_ci(mech, "PLAIN")) {
+        s->auth_method = "PLAIN";
+        s->auth_step = AUTH_PLAIN;
+        if (init.len) {
+            auth_plain(s, init);
+        } else {
+            reply(s, "334 ");
+            set_state(s, SS_AUTH);
+        }
+        return true;
+    }
+    if (view_eq_ci(mech, "LOGIN")) {
+        s->auth_method = "LOGIN";
+        s->auth_step = AUTH_LOGIN_USER;
+        if (init.len) {
+            auth_line(s, init);
+        } else {
+            reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+            set_state(s, SS_AUTH);
+        }
+        return true;
+    }
+    reply(s, "504 5.5.4 Unrecognized authentication type");
+    return false;
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
+{
+    if (eol != SMTP_EOL_CRLF && s->cfg->o.bare_newline == SMTPD_BARE_REJECT) {
+        bare_newline_abort(s, eol == SMTP_EOL_LF);
+        return;
+    }
+    if (s->state == SS_AUTH) {
+        if (s->lines.overflow) {
+            reply(s, "500 5.5.2 Error: line too long");
+            set_state(s, idle_state(s));
+            return;
+        }
+        auth_line(s, (struct view){s->lines.line, s->lines.len});
+        return;
+    }
+    s->commands++;
+    if (s->lines.overflow) {
+        s->cnt_all[SMTP_V_UNKNOWN]++;
+        s->last_verb = SMTP_V_UNKNOWN;
+        reply(s, "500 5.5.2 Error: line too long");
+        return;
+    }
+    struct smtp_cmd c;
+    const char *why = NULL;
+    if (smtp_cmd_parse(s->lines.line, s->lines.len, &c, &why) != 0) {
+        s->cnt_all[SMTP_V_UNKNOWN]++;
+        s->last_verb = SMTP_V_UNKNOWN;
+        reply(s, "%s", why);
+        return;
+    }
+    s->last_verb = c.verb;
+    s->cnt_all[c.verb]++;
+    bool ok = false;
+    switch (c.verb) {
+    case SMTP_V_EHLO:
+        ok = cmd_helo(s, c.arg, true);
+        break;
+    case SMTP_V_HELO:
+        ok = cmd_helo(s, c.arg, false);
+        break;
+    case SMTP_V_MAIL:
+        ok = cmd_mail(s, c.arg);
+        break;
+    case SMTP_V_RCPT:
+        ok = cmd_rcpt(s, c.arg);
+        break;
+    case SMTP_V_DATA:
+        /* Counted when the message is answered (owner_finish). */
+        cmd_data(s, c.arg, eol);
+        return;
+    case SMTP_V_BDAT:
+        /* Counted when the chunk is answered. */
+        cmd_bdat(s, c.arg);
+        return;
+    case SMTP_V_RSET:
+        if (c.arg.len) {
+            reply(s, "501 5.5.4 Syntax: RSET");
+            break;
+        }
+        transaction_reset(s);
+        set_state(s, idle_state(s));
+        reply(s, "250 2.0.0 Ok");
+        ok = true;
+        break;
+    case SMTP_V_NOOP:
+        reply(s, "250 2.0.0 Ok");
+        ok = true;
+        break;
+    case SMTP_V_QUIT:
+        s->quit = true;
+        s->cnt_ok[c.verb]++;
+        s->commands_ok++;
+        reply_close(s, "221 2.0.0 Bye");
+        return;
+    case SMTP_V_VRFY:
+        if (c.arg.len == 0) {
+            reply(s, "501 5.5.4 Syntax: VRFY address");
+            break;
+        }
+        /* RFC 5321 3.5.3: 252 when we will not verify but will try. */
+        reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+        ok = true;
+        break;
+    case SMTP_V_EXPN:
+        reply(s, "502 5.5.1 Error: command not implemented");
+        break;
+    case SMTP_V_HELP:
+        reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP "
+                 "STARTTLS AUTH");
+        ok = true;
+        break;
+    case SMTP_V_STARTTLS:
+        ok = cmd_starttls(s, c.arg);
+        break;
+    case SMTP_V_AUTH:
+        /* Counted when the exchange ends (auth_done). */
+        cmd_auth(s, c.arg);
+        return;
+    default:
+        reply(s, "502 5.5.2 Error: command not recognized");
+        break;
+    }
+    if (ok) {
+        s->cnt_ok[c.verb]++;
+        s->commands_ok++;
+    }
+}
+
+/*
+ * Run the state machine over the input we hold, until it is used up or the
+ * session has to wait. Then send the replies (RFC 2920 3.2: a server sends
+ * its replies when its input is empty) and decide whether to read more.
+ */
+static void process(struct smtpd_session *s)
+{
+    s->in_process = true;
+again:
+    while (!s->closing && s->in_off < s->in.len) {
+        const char *p = s->in.data + s->in_off;
+        size_t n = s->in.len - s->in_off;
+        if (s->state == SS_WAIT || s->state == SS_TLS || s->state == SS_CLOSING)
+            break;
+        /* A client that pipelines without reading its replies waits for
+         * them to drain before more commands are run (RFC 2920 3.1). */
+        if (s->out.len + s->write_pending > WRITE_HIGH)
+            break;
+        if (s->state == SS_DATA) {
+            long k = smtp_data_feed(&s->data, p, n);
+            if (k < 0) {
+                bare_newline_abort(s, (s->data.flags & SMTP_DATA_BARE_LF) != 0);
+                break;
+            }
+            s->in_off += (size_t)k;
+            if (s->data.done)
+                message_complete(s); /* counted in owner_finish() */
+            continue;
+        }
+        if (s->state == SS_BDAT) {
+            size_t k = n < s->bdat_left ? n : (size_t)s->bdat_left;
+            if (!s->bdat_discard) {
+                long used = smtp_data_feed(&s->data, p, k);
+                if (used < 0) {
+                    bare_newline_abort(s, (s->data.flags & SMTP_DATA_BARE_LF) != 0);
+                    break;
+                }
+            }
+            s->in_off += k;
+            s->bdat_left -= k;
+            if (s->bdat_left == 0)
+                bdat_chunk_done(s);
+            continue;
+        }
+        bool complete;
+        enum smtp_eol eol;
+        s->in_off += smtp_lines_feed(&s->lines, p, n, &complete, &eol);
+        if (!complete)
+            continue;
+        handle_line(s, eol);
+        smtp_lines_next(&s->lines);
+        if (!s->closing && s->errors >= s->cfg->o.hard_error_limit) {
+            log_info("smtpd", "too many errors after %s from %s[%s]", smtp_verb_name(s->last_verb),
+                     client_name(s), s->addr);
+            reply_close(s, "421 4.7.0 Error: too many errors");
+            break;
+        }
+        if (!s->closing && s->state != SS_WAIT && s->state != SS_DATA && s->state != SS_BDAT)
+            arm_state_timer(s);
+    }
+    if (s->in_off == s->in.len) {
+        buf_reset(&s->in);
+        s->in_off = 0;
+    }
+    flush(s);
+    /* Stopped for the output above and it all went out at once: go on. */
+    if (!s->closing && s->in_off < s->in.len && s->write_pending == 0 && s->state != SS_WAIT &&
+        s->state != SS_TLS)
+        goto again;
+    s->in_process = false;
+    update_reading(s);
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+static size_t count_from(const struct smtpd *d, const char *addr, size_t *total)
+{
+    size_t n = 0;
+    *total = 0;
+    for (const struct smtpd_session *x = d->sessions; x; x = x->next) {
+        if (x->closing)
+            continue;
+        (*total)++;
+        if (strcmp(x->addr, addr) == 0)
+            n++;
+    }
+    return n;
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct listener *l = server->data;
+    struct smtpd *d = l->d;
+    if (status < 0) {
+        log_warn("smtpd", "accept on %s: %s", l->name, uv_strerror(status));
+        return;
+    }
+    struct smtpd_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return;
+    s->d = d;
+    s->cfg = d->cfg;
+    s->cfg->refs++;
+    uv_tcp_init(d->loop, &s->tcp);
+    uv_timer_init(d->loop, &s->timer);
+    s->tcp.data = s;
+    s->timer.data = s;
+    s->handles_open = 2;
+    buf_init(&s->in, IN_MAX);
+    buf_init(&s->out, OUT_MAX);
+    buf_init(&s->body, 0);
+    smtp_lines_init(&s->lines, s->cmdline, sizeof(s->cmdline));
+    s->state = SS_CONNECTED;
+    s->last_verb = SMTP_V_UNKNOWN;
+    s->next = d->sessions;
+    if (d->sessions)
+        d->sessions->prev = s;
+    d->sessions = s;
+    d->n_sessions++;
+    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0) {
+        s->closing = true;
+        hard_close(s);
+        return;
+    }
+    int len = sizeof(s->peer);
+    uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&s->peer, &len);
+    if (s->peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&s->peer;
+        uv_ip6_name(a6, s->addr, sizeof(s->addr));
+        /* Show a v4-mapped address as IPv4, as Postfix does. */
+        if (strncmp(s->addr, "::ffff:", 7) == 0 && strchr(s->addr + 7, '.'))
+            memmove(s->addr, s->addr + 7, strlen(s->addr + 7) + 1);
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)&s->peer, s->addr, sizeof(s->addr));
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+    log_info("smtpd", "connect from %s[%s]", client_name(s), s->addr);
+    size_t total;
+    size_t mine = count_from(d, s->addr, &total);
+    const struct smtpd_opts *o = &s->cfg->o;
+    if (total > o->session_limit) {
+        log_warn("smtpd", "too many sessions: refusing %s[%s]", client_name(s), s->addr);
+        reply_close(s, "421 4.7.0 Error: too many connections");
+        return;
+    }
+    /* As Postfix's smtpd_client_event_limit_exceptions: clients that may
+     * relay (mynetworks) are trusted not to flood us. */
+    if (mine > o->client_limit &&
+        !(o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer))) {
+        log_warn("smtpd", "too many connections from %s[%s]", client_name(s), s->addr);
+        reply(s, "421 4.7.0 %s Error: too many connections from %s", o->hostname, s->addr);
+        session_close(s, true);
+        return;
+    }
+    reply(s, "220 %s %s", o->hostname, o->banner);
+    set_state(s, SS_CONNECTED);
+    flush(s);
+    update_reading(s);
+}
+
+/* ---- the server ------------------------------------------------------------ */
+
+struct smtpd *smtpd_new(uv_loop_t *loop, const struct smtpd_opts *opts, struct buf *err)
+{
+    struct smtpd *d = calloc(1, sizeof(*d));
+    if (!d) {
+        buf_append_str(err, "smtpd: out of memory\n");
+        return NULL;
+    }
+    d->loop = loop;
+    d->cfg = cfg_new(opts, err);
+    if (!d->cfg) {
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+int smtpd_set_opts(struct smtpd *d, const struct smtpd_opts *opts, struct buf *err)
+{
+    struct smtpd_cfg *c = cfg_new(opts, err);
+    if (!c)
+        return ERR_INVAL;
+    cfg_unref(d->cfg);
+    d->cfg = c;
+    return 0;
+}
+
+static void sockaddr_text(const struct sockaddr *sa, char *out, size_t size)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        uv_ip6_name(a, ip, sizeof(ip));
+        snprintf(out, size, "[%s]:%u", ip, ntohs(a->sin6_port));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        uv_ip4_name(a, ip, sizeof(ip));
+        snprintf(out, size, "%s:%u", ip, ntohs(a->sin_port));
+    }
+}
+
+static void on_listener_close(uv_handle_t *h)
+{
+    struct listener *l = h->data;
+    struct smtpd *d = l->d;
+    d->listeners_open--;
+    /* Unlink and free. */
+    for (struct listener **pp = &d->listeners; *pp; pp = &(*pp)->next) {
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    }
+    free(l);
+    server_maybe_free(d);
+}
+
+int smtpd_listen(struct smtpd *d, const struct sockaddr *sa, struct buf *err)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    if (!l)
+        return ERR_NOMEM;
+    l->d = d;
+    sockaddr_text(sa, l->name, sizeof(l->name));
+    uv_tcp_init(d->loop, &l->tcp);
+    l->tcp.data = l;
+    l->next = d->listeners;
+    d->listeners = l;
+    d->listeners_open++;
+    int rc = uv_tcp_bind(&l->tcp, sa, sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, 128, on_connection);
+    if (rc != 0) {
+        buf_printf(err, "cannot listen on %s: %s\n", l->name, uv_strerror(rc));
+        uv_close((uv_handle_t *)&l->tcp, on_listener_close);
+        return rc == UV_EADDRINUSE ? ERR_EXISTS : ERR_IO;
+    }
+    log_info("smtpd", "listening on %s", l->name);
+    return 0;
+}
+
+void smtpd_stop_listening(struct smtpd *d)
+{
+    for (struct listener *l = d->listeners; l; l = l->next)
+        if (!uv_is_closing((uv_handle_t *)&l->tcp))
+            uv_close((uv_handle_t *)&l->tcp, on_listener_close);
+}
+
+size_t smtpd_active(const struct smtpd *d)
+{
+    return d ? d->n_sessions : 0;
+}
+
+void smtpd_close_sessions(struct smtpd *d)
+{
+    for (struct smtpd_session *s = d->sessions; s; s = s->next) {
+        if (s->closing)
+            continue;
+        /* The 421 goes out if the socket takes it now; the connection is
+         * closed at once either way, so the server is gone when the loop
+         * has run once more. */
+        if (s->state != SS_TLS) {
+            reply(s, "421 4.3.2 %s Service shutting down, closing transmission channel",
+                  s->cfg->hostname);
+            flush(s);
+        }
+        log_info("smtpd", "%s[%s]: session dropped at shutdown", client_name(s), s->addr);
+        session_close(s, false);
+    }
+}
+
+void smtpd_free(struct smtpd *d)
+{
+    if (!d)
+        return;
+    d->freeing = true;
+    smtpd_stop_listening(d);
+    smtpd_close_sessions(d);
+    server_maybe_free(d);
+}
