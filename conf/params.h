@@ -95,6 +95,38 @@
     P(smtp_tls_CAfile, STR, "", "path",                                                            \
       "PEM file of trusted root certificates for verified TLS (MX hosts and MTA-STS policy "       \
       "hosts); empty means the system trust store")                                                \
+    P(smtp_destination_port, INT, "25", "1..65535",                                                \
+      "TCP port of MX hosts (and of relayhost when it names no port); 25 except in tests")         \
+    P(smtp_tls_security_level, ENUM, "may", "none may verify",                                     \
+      "TLS when delivering: none; may (STARTTLS when offered, no certificate check, plaintext "    \
+      "retry if the handshake fails); verify (STARTTLS required and the certificate must name "    \
+      "the MX host)")                                                                              \
+    P(smtp_mx_address_limit, INT, "5", "1..100",                                                   \
+      "Most addresses (of all MX hosts together) tried in one delivery attempt")                   \
+    P(smtp_connection_limit, INT, "100", "1..10000",                                               \
+      "Most delivery connections open at once, over all destinations")                             \
+    P(smtp_connection_reuse_count_limit, INT, "100", "1..100000",                                  \
+      "Most messages carried by one delivery connection")                                          \
+    P(smtp_connection_cache_time_limit, TIME, "2s", "1s..5m",                                      \
+      "How long an idle delivery connection is kept for the next message to the same "             \
+      "destination")                                                                               \
+    P(smtp_helo_timeout, TIME, "300s", "1s..1h",                                                   \
+      "Time allowed for the server greeting and the EHLO/HELO reply (RFC 5321 4.5.3.2.1)")         \
+    P(smtp_starttls_timeout, TIME, "300s", "1s..1h",                                               \
+      "Time allowed for the STARTTLS reply and the TLS handshake")                                 \
+    P(smtp_mail_timeout, TIME, "300s", "1s..1h",                                                   \
+      "Time allowed for the MAIL FROM reply (RFC 5321 4.5.3.2.2)")                                 \
+    P(smtp_rcpt_timeout, TIME, "300s", "1s..1h",                                                   \
+      "Time allowed for each RCPT TO reply (RFC 5321 4.5.3.2.3)")                                  \
+    P(smtp_data_init_timeout, TIME, "120s", "1s..1h",                                              \
+      "Time allowed for the DATA reply (RFC 5321 4.5.3.2.4)")                                      \
+    P(smtp_data_xfer_timeout, TIME, "180s", "1s..1h",                                              \
+      "Time allowed for each block of message content to be sent (RFC 5321 4.5.3.2.5)")            \
+    P(smtp_data_done_timeout, TIME, "600s", "1s..1h",                                              \
+      "Time allowed for the reply to the final dot (RFC 5321 4.5.3.2.6)")                          \
+    P(smtp_rset_timeout, TIME, "20s", "1s..1h",                                                    \
+      "Time allowed for the RSET reply before a reused connection takes the next message")         \
+    P(smtp_quit_timeout, TIME, "300s", "1s..1h", "Time allowed for the QUIT reply")                \
     /* --- MTA-STS --- */                                                                          \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \

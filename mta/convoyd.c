@@ -31,6 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "delivery.h"
 #include "mta.h"
 
 #define EX_USAGE_ 2
@@ -163,6 +164,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static void finish_stop(void)
 {
     submission_close(&g_mta);
+    delivery_close(&g_mta);
     control_stop(&g_mta);
     uv_timer_stop(&stop_timer);
     uv_signal_stop(&sig_term);
@@ -174,13 +176,14 @@ static void finish_stop(void)
 static void stop_timer_cb(uv_timer_t *t)
 {
     (void)t;
-    size_t active = submission_active(&g_mta);
+    size_t active = submission_active(&g_mta) + delivery_active(&g_mta);
     if (active == 0) {
         finish_stop();
         return;
     }
     if (time_mono_ms() >= stop_deadline) {
-        log_warn("convoyd", "shutdown timeout: closing %zu sessions still in progress", active);
+        log_warn("convoyd",
+                 "shutdown timeout: closing %zu sessions and deliveries still in progress", active);
         finish_stop();
     }
 }
@@ -191,6 +194,7 @@ static void begin_stop(int signum)
     log_info("convoyd", "terminating on signal %d", signum);
     notify("STOPPING=1\nSTATUS=stopping");
     submission_stop(&g_mta);
+    delivery_stop(&g_mta);
     stop_deadline = time_mono_ms() + g_mta.conf->daemon_shutdown_timeout * 1000;
     uv_timer_start(&stop_timer, stop_timer_cb, 0, 100);
 }
@@ -422,7 +426,7 @@ int main(int argc, char **argv)
     struct buf err;
     buf_init(&err, 4096);
     if (mta_queue_open(&g_mta, &err) != 0 || control_start(&g_mta, &err) != 0 ||
-        submission_start(&g_mta, &err) != 0) {
+        submission_start(&g_mta, &err) != 0 || delivery_start(&g_mta, &err) != 0) {
         log_err("convoyd", "fatal: %s", err.data ? err.data : "start-up failed");
         if (g_foreground)
             fprintf(stderr, "convoyd: %s\n", err.data ? err.data : "start-up failed");
@@ -438,6 +442,7 @@ int main(int argc, char **argv)
     buf_free(&err);
 
     submission_close(&g_mta);
+    delivery_close(&g_mta);
     control_stop(&g_mta);
     mta_queue_close(&g_mta);
     uv_walk(g_mta.loop, close_walk_cb, NULL);

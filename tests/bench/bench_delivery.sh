@@ -24,6 +24,7 @@ BUILD=${1:?usage: bench_delivery.sh BUILD_DIR [RESULTS_FILE]}
 OUT=${2:-/dev/stdout}
 CONVOYD=${CONVOYD:-$BUILD/mta/convoyd}
 WORK=$(mktemp -d /tmp/convoy-bench-dlv-XXXXXX)
+chmod 755 "$WORK" # Postfix's daemons run as the postfix user
 CPORT=${CPORT:-26125}
 PPORT=${PPORT:-26126}
 SINK=${SINK:-26127}
@@ -55,6 +56,7 @@ CPID=$!
 
 # ---- a private, otherwise stock Postfix ------------------------------------
 mkdir -p "$PF/etc" "$PF/spool" "$PF/data"
+chown postfix "$PF/data" # master's lock file lives there
 cp /etc/postfix/master.cf /etc/postfix/dynamicmaps.cf "$PF/etc/"
 cat >"$PF/etc/main.cf" <<CONF
 compatibility_level = 3.6
@@ -71,6 +73,7 @@ relayhost = [127.0.0.1]:$SINK
 smtp_tls_security_level = none
 default_destination_concurrency_limit = 20
 maillog_file = $PF/maillog
+maillog_file_prefixes = $WORK
 CONF
 postconf -c "$PF/etc" -F '*/*/chroot = n'
 postconf -c "$PF/etc" -M# smtp/inet

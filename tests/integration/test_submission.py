@@ -145,6 +145,12 @@ def check_sanitizers(daemon):
             raise AssertionError("sanitizer report in convoyd's log:\n" + log[log.index(marker) - 200:])
 
 
+# Accepted mail must stay in the queue for these tests to read it back:
+# delivery goes to a relayhost on a loopback port where nothing listens, so
+# every attempt is deferred (connection refused) and nothing leaves.
+PARK = "relayhost = [127.0.0.1]:%d" % free_port()
+
+
 def queued_id(text):
     assert "queued as " in text, text
     return text.split("queued as ")[1].split()[0]
@@ -201,6 +207,7 @@ class Strict(Base):
             listen += ", [::1]:%d" % cls.port
         conf = "\n".join([
             "myhostname = " + HOST,
+            PARK,
             "smtpd_listen = " + listen,
             "mynetworks = 127.0.0.0/8",
             "message_size_limit = %d" % SIZE_LIMIT,
@@ -692,6 +699,7 @@ class Lenient(Base):
         cls.port = free_port()
         cls.daemon = Daemon("\n".join([
             "myhostname = " + HOST,
+            PARK,
             "smtpd_listen = 127.0.0.1:%d" % cls.port,
             "smtpd_forbid_bare_newline = normalize",
             "",
@@ -763,7 +771,7 @@ class Shutdown(unittest.TestCase):
         """On SIGTERM sessions in progress may finish within
         daemon_shutdown_timeout; the rest get 421 and are closed."""
         port = free_port()
-        d = Daemon("\n".join(["myhostname = " + HOST, "smtpd_listen = 127.0.0.1:%d" % port,
+        d = Daemon("\n".join(["myhostname = " + HOST, PARK, "smtpd_listen = 127.0.0.1:%d" % port,
                                "daemon_shutdown_timeout = 2s", ""]))
         self.addCleanup(d.close)
         d.start()

@@ -1,0 +1,68 @@
+/*
+ * deliver_int.h - private to the delivery engine (mta/deliver*.c,
+ * mta/sched*.c, mta/bounce.c): the DSN builder and small helpers that the
+ * unit tests reach directly. The daemon uses mta/delivery.h only.
+ */
+#ifndef CONVOY_DELIVER_INT_H
+#define CONVOY_DELIVER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base.h"
+
+/* ---- bounce.c: delivery status notifications (RFC 3464) ----------------- */
+
+/* One recipient of a DSN's per-recipient part (RFC 3464 2.3). */
+struct dsn_rcpt {
+    const char *addr;        /* Final-Recipient (rfc822) */
+    const char *orcpt;       /* RFC 3461 ORCPT as given ("rfc822;a@b"), or NULL */
+    const char *action;      /* "failed" or "delayed" (RFC 3464 2.3.3) */
+    const char *status;      /* "5.1.1" */
+    const char *remote_mta;  /* MX host name, or NULL when none was reached */
+    const char *diag;        /* the remote reply ("550 5.1.1 ..."), or NULL */
+    const char *reason;      /* human text for the first part */
+    int64_t last_attempt_ms; /* 0: not given */
+};
+
+/* A DSN to build. */
+struct dsn_msg {
+    const char *reporting_mta; /* our host name */
+    const char *queue_id;      /* of the original message */
+    const char *sender;        /* the original sender: the DSN goes there */
+    const char *envid;         /* RFC 3461 ENVID (xtext), or NULL */
+    int64_t arrival_ms;
+    int64_t now_ms;
+    bool ret_full;        /* RET=FULL: whole message, else headers */
+    bool delayed;         /* a delay warning, not a failure */
+    struct view original; /* the original message as queued */
+    const struct dsn_rcpt *rcpts;
+    size_t nrcpt;
+};
+
+/*
+ * Build the DSN message (RFC 3464 multipart/report; RFC 6522 report-type
+ * delivery-status) with CRLF line ends: a human-readable part, the
+ * message/delivery-status part, then the original headers
+ * (text/rfc822-headers) or, with ret_full, the whole original
+ * (message/rfc822). The boundary is checked not to occur in the original.
+ * 0, ERR_TOOBIG (out's max), ERR_INVAL (no recipients, null sender).
+ */
+int dsn_build(const struct dsn_msg *d, struct buf *out);
+
+/* The length of the header section of msg (up to and including the empty
+ * line, CRLF or LF), or msg.len when there is no body. */
+size_t dsn_header_len(struct view msg);
+
+/* ---- deliver.c helpers ---------------------------------------------------- */
+
+/* The domain of an address ("a@B.example" -> "b.example", lower-cased) into
+ * out; "" for an address without '@'. */
+void deliver_domain_of(const char *addr, char *out, size_t size);
+
+/* Postfix's delay numbers: "0.12", "3.4", "12", "1234" (two significant
+ * decimals below 10 s, one below 100 s, none above). */
+void deliver_format_delay(int64_t ms, char *out, size_t size);
+
+#endif

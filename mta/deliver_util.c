@@ -1,0 +1,43 @@
+/*
+ * deliver_util.c - small pure helpers of the delivery engine: the domain of
+ * an address and Postfix's delay notation for log lines.
+ *
+ * Invariants: no allocation, bounded output, always NUL-terminated.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "deliver_int.h"
+
+void deliver_domain_of(const char *addr, char *out, size_t size)
+{
+    if (size == 0)
+        return;
+    out[0] = '\0';
+    const char *at = addr ? strrchr(addr, '@') : NULL;
+    if (!at)
+        return;
+    size_t k = 0;
+    for (const char *p = at + 1; *p && k + 1 < size; p++) {
+        char ch = *p;
+        if (ch >= 'A' && ch <= 'Z')
+            ch = (char)(ch - 'A' + 'a');
+        out[k++] = ch;
+    }
+    /* One trailing dot names the same domain. */
+    if (k > 0 && out[k - 1] == '.')
+        k--;
+    out[k] = '\0';
+}
+
+void deliver_format_delay(int64_t ms, char *out, size_t size)
+{
+    if (ms < 0)
+        ms = 0;
+    if (ms < 10000)
+        snprintf(out, size, "%lld.%02lld", (long long)(ms / 1000), (long long)(ms % 1000 / 10));
+    else if (ms < 100000)
+        snprintf(out, size, "%lld.%lld", (long long)(ms / 1000), (long long)(ms % 1000 / 100));
+    else
+        snprintf(out, size, "%lld", (long long)(ms / 1000));
+}
