@@ -128,6 +128,27 @@
       "Time allowed for the RSET reply before a reused connection takes the next message")         \
     P(smtp_quit_timeout, TIME, "300s", "1s..1h", "Time allowed for the QUIT reply")                \
     /* --- MTA-STS --- */                                                                          \
+    P(sts_fetch_timeout, TIME, "60s", "1s..10m",                                                   \
+      "Time allowed for one MTA-STS policy fetch, from connect to the last byte (RFC 8461 3.3)")   \
+    P(sts_connect_timeout, TIME, "10s", "1s..5m",                                                  \
+      "Time allowed to open the TCP connection to an MTA-STS policy host")                         \
+    P(sts_max_policy_size, SIZE, "64k", "1k..1M",                                                  \
+      "Largest MTA-STS policy file accepted, in bytes (RFC 8461 3.3 suggests 64 KB)")              \
+    P(sts_policy_https_port, INT, "443", "1..65535",                                               \
+      "HTTPS port of mta-sts.DOMAIN policy hosts; 443 except in tests")                            \
+    P(sts_txt_check_interval, TIME, "5m", "0..1d",                                                 \
+      "How long a cached MTA-STS policy is used without looking at its _mta-sts TXT record "       \
+      "again; after that the record is checked in the background on the next delivery")            \
+    P(sts_refresh_interval, TIME, "1d", "1h..30d",                                                 \
+      "Cached MTA-STS policies are checked for a new id this often, and fetched again when "       \
+      "they expire within this time, so they never lapse (RFC 8461 10.2)")                         \
+    P(sts_fetch_retry_time, TIME, "5m", "5m..1d",                                                  \
+      "Least time before a failed MTA-STS policy fetch is tried again for the same id (RFC "       \
+      "8461 3.3: at least five minutes)")                                                          \
+    P(tls_policy_file, STR, "", "path",                                                            \
+      "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
+      "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \
+      "\"example.org encrypt\", \"example.com none\"; empty means none")                           \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \

@@ -29,6 +29,8 @@ static void usage(FILE *f)
                "  config doc                        print the parameter reference (Markdown)\n"
                "  queue list [--json]               list queued messages\n"
                "  dns mx|a|aaaa|txt NAME            what the resolver sees\n"
+               "  sts parse|show|list|forget|refresh|check ...\n"
+               "                                    MTA-STS policies (convoyctl sts for details)\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
                "  version                           print the version\n");
@@ -154,7 +156,7 @@ static const struct {
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
     {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},
-    {"status", ctl_status}, {"reload", ctl_reload},
+    {"status", ctl_status}, {"reload", ctl_reload}, {"sts", ctl_sts},
 };
 
 int main(int argc, char **argv)

@@ -1,12 +1,515 @@
 /*
- * policy.h - public contract of the policy module (see DESIGN.md).
+ * policy.h - public contract of the policy module: MTA-STS (RFC 8461)
+ * discovery, fetch, parse, cache and MX matching, the TLS a delivery must
+ * have, and the operator's TLS policy overrides.
  *
- * Not yet implemented: policy_status() reports ERR_NOTYET.
+ * Layers, from pure to effectful (each usable on its own):
+ *  1. Parsers and rules, no I/O: the TXT record (RFC 8461 3.1), the policy
+ *     file (3.2), MX pattern matching (4.1), the HTTP response checks (3.3),
+ *     the override file, and the TLS requirement of one MX host.
+ *  2. The cache: one LMDB environment file holding one record per policy
+ *     domain; it survives restarts and may be read (and written) by
+ *     convoyctl while convoyd runs.
+ *  3. The engine (struct policy): on a libuv loop, answers "which policy
+ *     applies to DOMAIN?" from the cache or by TXT lookup (dns/) and HTTPS
+ *     fetch (tls/ over uv_tcp), one discovery per domain at a time.
+ *
+ * Standards: RFC 8461 (MTA-STS), RFC 8460 4.3 (TLS-RPT result types of
+ * policy failures), RFC 6125 via tls/ for the policy host's certificate,
+ * RFC 9112 (HTTP/1.1 message syntax) via http-parser.
+ *
+ * How delivery uses it (mta/), per destination domain D:
+ *   1. policy_get(p, D, cb, ...) -> struct policy_result r (copy r.policy
+ *      with policy_sts_copy() if kept past the callback); then MX lookup.
+ *   2. ov = policy_override_find(overrides, D); for each MX host h in DNS
+ *      order: q = policy_tls_requirement(r.have_policy ? r.policy : NULL,
+ *      ov, h). Skip h when !q.deliver (enforce, no match: log it). Use TLS
+ *      q.level: VERIFY = STARTTLS required and the certificate verified for
+ *      h (never a plaintext retry), MAY = opportunistic, NONE = plaintext,
+ *      ENCRYPT = STARTTLS required without verification. For an override
+ *      with VERIFY, judge the facts with policy_override_cert_ok().
+ *      q.report_only (testing): deliver as MAY, report facts.verified.
+ *   3. enforce and no usable host: defer (4.7.5), never bounce at once;
+ *      before the deferral becomes a bounce, policy_recheck(p, D, ...) and
+ *      retry if it returns a different policy.
+ *   4. A timer calls policy_refresh_due(p, N) every minute or so.
+ *
+ * Threads: the engine and everything it hands out belong to the loop
+ * thread. The parsers and the cache functions are reentrant.
+ *
+ * Ownership: strings passed in are copied. A struct policy_result passed to
+ * a callback, and everything it points to, is valid only during the
+ * callback: copy what you keep (policy_sts_copy()).
  */
 #ifndef CONVOY_POLICY_H
 #define CONVOY_POLICY_H
 
-/* ERR_NOTYET until the module is built. */
-int policy_status(void);
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base.h"
+#include "tls.h"
+
+/* ==== parsed values ===================================================== */
+
+/* RFC 8461 3.1: id is 1..32 letters or digits. */
+#define POLICY_ID_MAX 32
+/* Bounds we put on a policy (the RFC has none): more mx lines is invalid. */
+#define POLICY_MX_MAX 128
+/* A domain or MX host name in presentation form, with its NUL. */
+#define POLICY_NAME_MAX 256
+
+enum policy_mode {
+    POLICY_MODE_NONE = 0, /* "none": deliver as without a policy */
+    POLICY_MODE_TESTING,  /* "testing": deliver anyway, report failures */
+    POLICY_MODE_ENFORCE,  /* "enforce": only matching MX hosts, verified TLS */
+};
+/* "none", "testing", "enforce". Never NULL. */
+const char *policy_mode_name(enum policy_mode m);
+
+/* A parsed MTA-STS policy (RFC 8461 3.2). mx holds n_mx patterns, lower
+ * case, without a trailing dot; a pattern is "host.domain" or "*.domain". */
+struct sts_policy {
+    enum policy_mode mode;
+    uint32_t max_age; /* seconds, 0..31557600 */
+    size_t n_mx;
+    char **mx;
+};
+
+/* Free what a parsed policy owns and zero it. NULL is fine. */
+void policy_sts_clear(struct sts_policy *p);
+/* Deep copy. 0 or ERR_NOMEM (dst is then zeroed). */
+int policy_sts_copy(struct sts_policy *dst, const struct sts_policy *src);
+
+/*
+ * RFC 8461 3.1: parse one TXT record (its strings already concatenated).
+ * 0 with the id (NUL-terminated) in id_out, or ERR_INVAL with the reason in
+ * why ("id missing", ...). The grammar is applied exactly: "v=STSv1" first
+ * (case-sensitive), then ";"-separated fields with optional spaces or tabs
+ * around the ";", an optional final ";". Extension fields key=value are
+ * checked for syntax and ignored; if id repeats, the first wins.
+ */
+int policy_txt_parse(const char *rec, size_t len, char id_out[POLICY_ID_MAX + 1], char *why,
+                     size_t why_size);
+
+/* Does this TXT record count as an MTA-STS record at all (it starts with
+ * "v=STSv1" followed by ';', a space or a tab)? Records that
+ * do not are discarded before counting (RFC 8461 3.1). */
+bool policy_txt_is_sts(const char *rec, size_t len);
+
+/*
+ * RFC 8461 3.1 over a whole answer: discard non-STS records; exactly one
+ * must remain and parse. 0 with the id; ERR_NOTFOUND when no record is an
+ * MTA-STS record; ERR_INVAL when more than one is, or the one does not
+ * parse (why says which).
+ */
+int policy_txt_select(const char *const *recs, const size_t *lens, size_t n,
+                      char id_out[POLICY_ID_MAX + 1], char *why, size_t why_size);
+
+/*
+ * RFC 8461 3.2: parse a policy file. Lines end in CRLF or LF; fields are
+ * "key:" then optional spaces/tabs then the value, then optional spaces or
+ * tabs. Keys are case-sensitive. version (STSv1), mode and max_age are
+ * required, mx at least once unless mode is none; a repeated non-mx field
+ * is ignored after its first occurrence; unknown fields with a valid syntax
+ * are ignored. Anything else (blank lines, spaces before a key, bad values)
+ * makes the policy invalid. 0 and *out (free with policy_sts_clear()), or
+ * ERR_INVAL with "line N: reason" in why, or ERR_NOMEM.
+ */
+int policy_parse(const char *text, size_t len, struct sts_policy *out, char *why, size_t why_size);
+
+/*
+ * RFC 8461 4.1: does an MX host match one pattern? ASCII case-insensitive;
+ * one trailing dot on either side is ignored; "*.rest" matches a host whose
+ * labels after the first (non-empty) one equal rest exactly, so
+ * "*.example.com" matches "mx.example.com" but neither "example.com" nor
+ * "a.b.example.com".
+ */
+bool policy_pattern_matches(const char *pattern, const char *host);
+/* Does host match any mx pattern of the policy? */
+bool policy_mx_matches(const struct sts_policy *p, const char *host);
+
+/*
+ * Normalise a domain for lookups and cache keys: lower case, no trailing
+ * dot, an internationalised name converted to its A-label form (IDNA 2008,
+ * libidn2). 0 or ERR_INVAL (empty, too long, not a valid name).
+ */
+int policy_domain_normalize(const char *in, char out[POLICY_NAME_MAX]);
+
+/* ==== the HTTP response of a policy fetch (RFC 8461 3.3) ================= */
+
+/*
+ * Incremental response reader (http-parser underneath). Accepts only
+ * status 200 (a 3xx is a redirect and is never followed), a Content-Type
+ * whose media type is text/plain (parameters allowed, case-insensitive), and
+ * a body of at most max_body bytes, whether sent with Content-Length,
+ * chunked, or delimited by the end of the connection.
+ */
+struct policy_http;
+
+/* Why a response was refused, mapped onto RFC 8460 4.3 result types by
+ * policy_failure_result_type(). */
+enum policy_failure {
+    POLICY_FAIL_NONE = 0,
+    POLICY_FAIL_FETCH,   /* sts-policy-fetch-error: connect, DNS of the policy
+                            host, timeout, status, redirect, size, HTTP syntax */
+    POLICY_FAIL_INVALID, /* sts-policy-invalid: media type, policy syntax,
+                            TXT record syntax */
+    POLICY_FAIL_WEBPKI,  /* sts-webpki-invalid: the policy host's certificate */
+};
+/* "sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid";
+ * NULL for POLICY_FAIL_NONE. */
+const char *policy_failure_result_type(enum policy_failure f);
+
+struct policy_http *policy_http_new(size_t max_body);
+void policy_http_free(struct policy_http *h);
+/*
+ * Feed response bytes. Returns 0 when more are needed, 1 when the response
+ * is complete and acceptable (policy_http_body()), or an error: ERR_PROTO
+ * (not HTTP, or a status other than 200; why names it), ERR_TOOBIG (body
+ * over the bound), ERR_INVAL (media type; *failure is then
+ * POLICY_FAIL_INVALID). After a non-zero return, further calls return it
+ * again. why receives the reason for the log.
+ */
+int policy_http_feed(struct policy_http *h, const char *data, size_t n);
+/* The connection ended: completes a body delimited by the close (1), or
+ * fails a truncated response (ERR_PROTO). */
+int policy_http_eof(struct policy_http *h);
+/* The body once complete; NUL-terminated for convenience (the NUL is not
+ * counted in len), but a body may itself contain NUL bytes. */
+struct view policy_http_body(const struct policy_http *h);
+int policy_http_status(const struct policy_http *h);
+const char *policy_http_why(const struct policy_http *h);
+enum policy_failure policy_http_failure(const struct policy_http *h);
+
+/* One-shot helper for tests and fuzzers: the whole response, then EOF.
+ * Returns what the reader ended with (1 or an error). */
+int policy_http_parse_all(const char *data, size_t n, size_t max_body, struct buf *body, char *why,
+                          size_t why_size);
+
+/* ==== operator overrides (tls_policy_file) ============================== */
+
+/*
+ * A table in the syntax of Postfix smtp_tls_policy_maps (a text file as
+ * postmap reads it): "DOMAIN LEVEL [name=value ...]", '#' comments, blank
+ * lines, and lines starting with whitespace continue the previous one.
+ * DOMAIN is a domain or ".domain" for its sub-domains. LEVEL is none, may,
+ * encrypt, verify or secure; match=a:b:c lists the names a certificate
+ * must carry for verify/secure ("hostname" the MX host, "nexthop" the
+ * domain, "dot-nexthop" its sub-domains, ".example.com" any sub-domain, or
+ * a literal host name). Other attributes (ciphers=, protocols=, ...) are
+ * kept but not used. An override applies before MTA-STS: a domain listed
+ * here gets exactly its level, whatever its MTA-STS policy says.
+ */
+enum policy_tls_level {
+    POLICY_TLS_NONE = 0, /* plaintext only, never STARTTLS */
+    POLICY_TLS_MAY,      /* STARTTLS when offered, no verification */
+    POLICY_TLS_ENCRYPT,  /* STARTTLS required, certificate not checked */
+    POLICY_TLS_VERIFY,   /* STARTTLS required, certificate verified */
+};
+/* "none", "may", "encrypt", "verify". */
+const char *policy_tls_level_name(enum policy_tls_level l);
+
+#define POLICY_MATCH_MAX 16
+
+struct policy_override {
+    char domain[POLICY_NAME_MAX]; /* lower case; ".x" means sub-domains of x */
+    enum policy_tls_level level;
+    bool secure; /* the level was written "secure" (match default differs) */
+    size_t n_match;
+    char match[POLICY_MATCH_MAX][POLICY_NAME_MAX];
+    const char *file; /* for messages */
+    unsigned line;
+};
+
+struct policy_overrides;
+
+/* Load a table. NULL on error with every problem appended to err as
+ * "FILE:LINE: reason" lines. An empty path gives an empty table. */
+struct policy_overrides *policy_overrides_load(const char *path, struct buf *err);
+/* The same from memory; name stands for the file in messages. */
+struct policy_overrides *policy_overrides_load_mem(const char *name, const char *text, size_t len,
+                                                   struct buf *err);
+void policy_overrides_free(struct policy_overrides *o);
+size_t policy_overrides_count(const struct policy_overrides *o);
+/* The entry for a (normalised) domain: an exact entry, else the nearest
+ * ".parent" entry. NULL when none. */
+const struct policy_override *policy_override_find(const struct policy_overrides *o,
+                                                   const char *domain);
+/* For verify/secure: does the certificate (its facts) carry a name the
+ * entry's match list allows for this domain and MX host? Without a match
+ * list: verify means "hostname", secure means "nexthop:dot-nexthop". */
+bool policy_override_cert_ok(const struct policy_override *ov, const char *domain,
+                             const char *mx_host, const struct tls_facts *facts);
+
+/* ==== the decision for one MX host ======================================= */
+
+enum policy_origin {
+    POLICY_ORIGIN_DEFAULT = 0, /* no override, no MTA-STS policy: opportunistic */
+    POLICY_ORIGIN_OVERRIDE,    /* the tls_policy_file entry */
+    POLICY_ORIGIN_STS,         /* the MTA-STS policy */
+};
+
+struct policy_tls_req {
+    enum policy_tls_level level;
+    enum policy_origin origin;
+    enum policy_mode sts_mode;              /* the MTA-STS mode that applies (NONE if none) */
+    bool mx_matches;                        /* MTA-STS: the host matches a pattern (true
+                                               when no policy applies) */
+    bool deliver;                           /* false: do not use this host at all (enforce
+                                               and no match) */
+    bool report_only;                       /* testing: failures are reported, not fatal:
+                                               level is MAY, but the caller records whether
+                                               VERIFY would have passed (tls facts) */
+    const struct policy_override *override; /* when origin is OVERRIDE */
+};
+
+/*
+ * The TLS a delivery to mx_host must have (DESIGN: "policy/ decides").
+ * sts may be NULL (no policy). Order: an override entry wins; then
+ * enforce: a matching host needs VERIFY for mx_host, a non-matching host
+ * is not used (deliver false); testing: MAY, report_only, mx_matches says
+ * whether it would have been allowed; none or no policy: MAY.
+ */
+struct policy_tls_req policy_tls_requirement(const struct sts_policy *sts,
+                                             const struct policy_override *ov, const char *mx_host);
+
+/*
+ * Filter and order MX candidates (hosts in DNS order: by preference, ties
+ * shuffled) by the policy. Writes to keep[] the indexes of the hosts to try,
+ * in order, and returns their number; matches[i] (may be NULL) says for
+ * every input host whether it matched. enforce: matching hosts only, in
+ * their order (0 kept means: defer, RFC 8461 5); testing, none, NULL: all
+ * hosts. keep must have room for n entries.
+ */
+size_t policy_filter_mx(const struct sts_policy *sts, const char *const *hosts, size_t n,
+                        size_t *keep, bool *matches);
+
+/* ==== the cache ========================================================== */
+
+/* One record per policy domain. The policy fields are valid when
+ * have_policy; the attempt fields record the last discovery or fetch. */
+struct policy_entry {
+    char domain[POLICY_NAME_MAX];
+    bool have_policy;
+    char id[POLICY_ID_MAX + 1]; /* TXT id the policy was fetched under */
+    struct sts_policy policy;
+    char *text; /* the policy file as fetched (NUL-terminated) */
+    size_t text_len;
+    int64_t fetched; /* seconds since the epoch */
+    int64_t expires; /* fetched + max_age */
+    /* The last fetch attempt, successful or not. */
+    int64_t last_attempt;
+    char attempt_id[POLICY_ID_MAX + 1];
+    bool attempt_failed;
+    enum policy_failure last_failure;
+    char last_error[256];
+    int64_t txt_checked; /* last TXT lookup that gave a usable answer */
+};
+
+void policy_entry_clear(struct policy_entry *e);
+/* Is the cached policy there and unexpired at now (seconds)? */
+bool policy_entry_valid(const struct policy_entry *e, int64_t now);
+/*
+ * Should a policy be fetched for TXT id txt_id now? Yes when there is no
+ * policy, the id differs or the policy expired; force asks for a refetch of
+ * the same id (refresh, recheck). Never within retry_after seconds of a
+ * failed attempt for the same id (RFC 8461 3.3: at least five minutes).
+ */
+bool policy_entry_should_fetch(const struct policy_entry *e, const char *txt_id, bool force,
+                               int64_t now, int64_t retry_after);
+/* Record a failed attempt: the cached policy (if any) is left untouched. */
+void policy_entry_fail(struct policy_entry *e, const char *txt_id, int64_t now,
+                       enum policy_failure f, const char *why);
+/* Record a fetched policy (text is copied, policy deep-copied). */
+int policy_entry_success(struct policy_entry *e, const char *txt_id, const char *text, size_t len,
+                         const struct sts_policy *p, int64_t now);
+
+struct policy_cache;
+
+#define POLICY_CACHE_FILE "sts.lmdb"
+#define POLICY_CACHE_VERSION 1
+
+/* Open (creating unless readonly) the LMDB file at path (MDB_NOSUBDIR; the
+ * lock file is path + "-lock"). ERR_VERSION for a file of another layout
+ * version. why gets the reason. */
+int policy_cache_open(const char *path, bool readonly, struct policy_cache **out, char *why,
+                      size_t why_size);
+void policy_cache_close(struct policy_cache *c);
+/* Read the record of a domain into *e (clear it after). ERR_NOTFOUND. */
+int policy_cache_get(struct policy_cache *c, const char *domain, struct policy_entry *e);
+/* Write (replace) a record in one committed transaction. */
+int policy_cache_put(struct policy_cache *c, const struct policy_entry *e);
+/* Remove a record. ERR_NOTFOUND. */
+int policy_cache_del(struct policy_cache *c, const char *domain);
+/* Call cb for every record in domain order; a non-zero return stops. The
+ * entry is valid only during the call. */
+typedef int (*policy_cache_cb)(void *arg, const struct policy_entry *e);
+int policy_cache_each(struct policy_cache *c, policy_cache_cb cb, void *arg);
+
+/* ==== the engine ========================================================= */
+
+struct dns;
+struct policy;
+struct policy_req;
+
+struct policy_options {
+    const char *cache_path;      /* LMDB file; NULL: memory only */
+    const char *ca_file;         /* trust store for the policy host; NULL or
+                                    "": the system store (the same store as
+                                    for MX certificates) */
+    uint16_t https_port;         /* 443 */
+    uint32_t fetch_timeout_ms;   /* whole fetch, from TCP connect to the
+                                    last byte: 60000 */
+    uint32_t connect_timeout_ms; /* each TCP connect: 10000 */
+    size_t max_policy_size;      /* body bound: 65536 */
+    uint32_t txt_check_s;        /* a cached policy is used without any DNS
+                                    for this long after its last TXT check:
+                                    300 */
+    uint32_t refresh_s;          /* policy_refresh_due(): recheck policies
+                                    whose TXT check is older than this, and
+                                    refetch those expiring within it (or
+                                    past half their max_age): 86400 */
+    uint32_t retry_after_s;      /* after a failed fetch, the same id is not
+                                    fetched again for this long: 300 (RFC
+                                    8461 3.3: at least 5 minutes) */
+    const char *user_agent;      /* "Convoy/VERSION" */
+    int64_t (*now)(void);        /* wall clock in seconds; NULL: time(2) */
+};
+
+/* The defaults above. */
+void policy_options_default(struct policy_options *o);
+
+/* What applies to a domain. */
+enum policy_source {
+    POLICY_SRC_NONE = 0, /* no policy applies */
+    POLICY_SRC_CACHE,    /* a cached policy */
+    POLICY_SRC_FETCHED,  /* fetched during this lookup */
+};
+
+struct policy_result {
+    const char *domain;
+    bool have_policy; /* a policy applies (its mode may still be none) */
+    const struct sts_policy *policy;
+    const char *id;
+    int64_t fetched, expires;
+    enum policy_source source;
+    /* What went wrong during this discovery, even when a cached policy
+     * still applies (for TLS-RPT and the log). NONE and "" otherwise. */
+    enum policy_failure failure;
+    const char *error;
+};
+
+typedef void (*policy_cb)(void *arg, const struct policy_result *r);
+
+/*
+ * Create the engine on loop, using dns for lookups (not owned; it must
+ * outlive the engine). Opens the cache and builds its own TLS client
+ * context from o->ca_file. 0 or an error with why.
+ */
+int policy_new(uv_loop_t *loop, struct dns *dns, const struct policy_options *o,
+               struct policy **out, char *why, size_t why_size);
+/*
+ * Free the engine: pending requests end without their callbacks; fetches
+ * in progress are dropped (their handles close; the loop must run
+ * afterwards). NULL does nothing. Not from inside a policy callback.
+ */
+void policy_free(struct policy *p);
+
+/*
+ * The policy for a domain (RFC 8461 5.1). The callback runs exactly once,
+ * never before policy_get() returns, unless policy_cancel() or
+ * policy_free() comes first. domain is normalised (case, trailing dot,
+ * IDNA A-label).
+ *  - A cached, unexpired policy whose TXT record was checked within
+ *    txt_check_s answers without any network I/O; when the check is due the
+ *    answer still comes from the cache at once and a TXT check runs in the
+ *    background (a changed id makes the next lookup use the new policy).
+ *  - Otherwise TXT lookup, then a fetch if the id is new, the cached policy
+ *    expired, or there is none (at most one fetch per id per retry_after_s
+ *    after a failure); concurrent lookups of one domain share that work.
+ *  - A failed discovery or fetch never removes a cached policy: an
+ *    unexpired one applies (have_policy, SRC_CACHE, failure set).
+ * Returns 0, ERR_INVAL (bad domain: the callback does not run), ERR_NOMEM.
+ * req (may be NULL) receives a handle for policy_cancel().
+ */
+int policy_get(struct policy *p, const char *domain, policy_cb cb, void *arg,
+               struct policy_req **req);
+
+/*
+ * RFC 8461 5: before a failure caused by an enforce policy becomes final,
+ * look for a newer policy: a TXT lookup now, and a fetch even if the id did
+ * not change (unless one was tried within retry_after_s). Same callback
+ * rules as policy_get().
+ */
+int policy_recheck(struct policy *p, const char *domain, policy_cb cb, void *arg,
+                   struct policy_req **req);
+
+/* Cancel a request whose callback has not run: it never will. */
+void policy_cancel(struct policy_req *req);
+
+/*
+ * Proactive refresh (RFC 8461 10.2 / 5.1): for unexpired cached policies
+ * whose TXT check is older than refresh_s, start a background check; for
+ * those near expiry (within refresh_s, or in the second half of their
+ * max_age if that is sooner) a refetch even if the id is unchanged. Never
+ * within retry_after_s of the last attempt; at most max_jobs. Records with
+ * no policy, or one expired for 30 days, and no attempt for as long, are
+ * deleted. Returns how many jobs were started. Call it periodically (e.g.
+ * each minute) from the daemon.
+ */
+size_t policy_refresh_due(struct policy *p, size_t max_jobs);
+
+/* Discoveries in progress (for shutdown and tests). */
+size_t policy_active(const struct policy *p);
+
+/* ==== a one-off fetch (convoyctl sts check / refresh) ==================== */
+
+/* Everything one discovery saw, step by step. */
+struct policy_probe {
+    char domain[POLICY_NAME_MAX];
+    /* TXT */
+    bool txt_found; /* at least one v=STSv1 record */
+    bool txt_valid;
+    char txt_id[POLICY_ID_MAX + 1];
+    char txt_error[256];
+    /* fetch */
+    bool fetched; /* an acceptable HTTP response arrived */
+    bool policy_valid;
+    struct sts_policy policy;
+    char *text;
+    size_t text_len;
+    int http_status;
+    enum policy_failure failure;
+    char policy_error[256];
+    struct tls_facts tls; /* the policy host's TLS facts */
+    bool tls_done;
+};
+
+typedef void (*policy_probe_cb)(void *arg, const struct policy_probe *r);
+
+/*
+ * Discover and fetch the policy of a domain now, ignoring and not touching
+ * the cache (fetch_anyway: fetch even if the TXT record is missing or
+ * invalid). For admin tools. The callback runs exactly once, never before
+ * the call returns; the result is the probe's own (valid during the
+ * callback). Let a probe finish before policy_free().
+ */
+int policy_probe(struct policy *p, const char *domain, bool fetch_anyway, policy_probe_cb cb,
+                 void *arg);
+void policy_probe_clear(struct policy_probe *r);
+
+/*
+ * convoyctl sts refresh: a TXT lookup and a fetch now, whatever the cache
+ * and the backoff say; the result is stored as any fetch is (a failure
+ * never removes the cached policy). Same callback rules as policy_get().
+ */
+int policy_refresh(struct policy *p, const char *domain, policy_cb cb, void *arg,
+                   struct policy_req **req);
+
+/* The engine's cache (NULL when memory only), for admin tools. */
+struct policy_cache *policy_cache(struct policy *p);
 
 #endif

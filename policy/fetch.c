@@ -1,0 +1,406 @@
+/*
+ * fetch.c - one HTTPS GET of an MTA-STS policy on the libuv loop:
+ * A/AAAA of mta-sts.DOMAIN (dns/), uv_tcp connect (each address in turn),
+ * TLS through tls/ with SNI and the certificate verified for mta-sts.DOMAIN
+ * against the one configured trust store, then the HTTP/1.1 exchange read
+ * by http.c.
+ *
+ * RFC 8461 3.3: certificate valid for the policy host (RFC 6125 via tls/),
+ * status 200 only, no redirects, text/plain, bounded size and time, no
+ * HTTP caching (we send no conditional or cache headers).
+ *
+ * Invariants:
+ *  - One timer bounds the whole fetch (fetch_timeout); each connect is
+ *    also bounded (connect_timeout).
+ *  - A body delimited only by the end of the connection is accepted only
+ *    after the server's TLS close_notify, so a cut TCP stream cannot pass
+ *    for a shorter policy.
+ *  - The struct is freed only from close callbacks, once every handle it
+ *    owns has closed; callbacks of tls/ may finish the fetch, so every
+ *    caller of a tls_conn_* function checks f->done afterwards.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy_int.h"
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_connect_t creq; /* per connection: a timed-out connect is still
+                          pending while the next address is tried */
+    struct fetch *f;
+};
+
+struct fetch {
+    struct fetch_params fp;
+    char domain[POLICY_NAME_MAX];
+    char host[POLICY_NAME_MAX + 8];
+    fetch_cb cb;
+    void *arg;
+    struct dns_query *q;
+    struct dns_addr addrs[16];
+    size_t n_addr, next_addr;
+    struct conn *conn;
+    uv_timer_t timer;
+    int64_t deadline;
+    struct tls_conn *tls;
+    struct policy_http *http;
+    bool done, aborted, sent;
+    int refs; /* open handles + 1 until done */
+    struct fetch_result res;
+    char last_conn_err[128];
+};
+
+struct wreq {
+    uv_write_t req;
+    size_t n;
+    char data[];
+};
+
+static void unref(struct fetch *f)
+{
+    if (--f->refs == 0) {
+        tls_conn_free(f->tls);
+        policy_http_free(f->http);
+        free(f);
+    }
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    unref(h->data);
+}
+
+static void conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    struct fetch *f = c->f;
+    free(c);
+    unref(f);
+}
+
+static void close_conn(struct fetch *f)
+{
+    if (f->conn) {
+        uv_close((uv_handle_t *)&f->conn->tcp, conn_closed);
+        f->conn = NULL;
+    }
+}
+
+/* End the fetch with status rc; reports to the owner once. */
+static void finish(struct fetch *f, int rc, enum policy_failure fl, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void finish(struct fetch *f, int rc, enum policy_failure fl, const char *fmt, ...)
+{
+    if (f->done)
+        return;
+    f->done = true;
+    if (f->q) {
+        dns_cancel(f->q);
+        f->q = NULL;
+    }
+    f->res.status = rc;
+    f->res.failure = rc ? fl : POLICY_FAIL_NONE;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(f->res.why, sizeof(f->res.why), fmt, ap);
+        va_end(ap);
+    }
+    if (f->tls) {
+        f->res.tls_done = true;
+        f->res.tls = *tls_conn_facts(f->tls);
+    }
+    if (f->http) {
+        f->res.http_status = policy_http_status(f->http);
+        if (rc == 0) {
+            struct view v = policy_http_body(f->http);
+            f->res.body = v.ptr;
+            f->res.body_len = v.len;
+        }
+    }
+    uv_timer_stop(&f->timer);
+    if (!f->aborted && f->cb)
+        f->cb(f->arg, &f->res);
+    f->res.body = NULL;
+    close_conn(f);
+    uv_close((uv_handle_t *)&f->timer, timer_closed);
+    unref(f); /* the "until done" reference */
+}
+
+static void http_result(struct fetch *f, int rc)
+{
+    if (rc == 1)
+        finish(f, 0, POLICY_FAIL_NONE, NULL);
+    else if (rc < 0)
+        finish(f, rc, policy_http_failure(f->http), "%s", policy_http_why(f->http));
+}
+
+/* ---- TLS over the socket -------------------------------------------------- */
+
+static void write_done(uv_write_t *req, int status)
+{
+    (void)status;
+    free(req->data);
+}
+
+static void on_cipher_out(void *arg, const void *data, size_t n)
+{
+    struct fetch *f = arg;
+    if (!f->conn || n == 0)
+        return;
+    struct wreq *w = malloc(sizeof(*w) + n);
+    if (!w)
+        return; /* the exchange stalls and the timer ends it */
+    memcpy(w->data, data, n);
+    w->n = n;
+    w->req.data = w;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t *)&f->conn->tcp, &b, 1, write_done) != 0)
+        free(w);
+}
+
+static void on_plain_in(void *arg, const void *data, size_t n)
+{
+    struct fetch *f = arg;
+    if (f->done)
+        return;
+    http_result(f, policy_http_feed(f->http, data, n));
+}
+
+static bool cert_failure(enum tls_failure t)
+{
+    return t == TLS_FAIL_HOST_MISMATCH || t == TLS_FAIL_CERT_EXPIRED ||
+           t == TLS_FAIL_CERT_NOT_TRUSTED || t == TLS_FAIL_VALIDATION;
+}
+
+static void on_handshake(void *arg, int status, const struct tls_facts *facts)
+{
+    struct fetch *f = arg;
+    if (f->done)
+        return;
+    if (status != 0) {
+        /* RFC 8460 4.3: a certificate that does not validate is
+         * sts-webpki-invalid; other handshake trouble is a fetch error. */
+        if (cert_failure(facts->failure))
+            finish(f, ERR_TLS, POLICY_FAIL_WEBPKI, "%s: %s", f->host,
+                   facts->text[0] ? facts->text : tls_failure_str(facts->failure));
+        else
+            finish(f, ERR_TLS, POLICY_FAIL_FETCH, "%s: TLS handshake failed: %s", f->host,
+                   facts->text[0] ? facts->text : tls_failure_str(facts->failure));
+        return;
+    }
+    char req[1024];
+    char hostport[POLICY_NAME_MAX + 16];
+    if (f->fp.port == 443)
+        snprintf(hostport, sizeof(hostport), "%s", f->host);
+    else
+        snprintf(hostport, sizeof(hostport), "%s:%u", f->host, (unsigned)f->fp.port);
+    int n = snprintf(req, sizeof(req),
+                     "GET /.well-known/mta-sts.txt HTTP/1.1\r\n"
+                     "Host: %s\r\n"
+                     "User-Agent: %s\r\n"
+                     "Accept: text/plain\r\n"
+                     "Connection: close\r\n"
+                     "\r\n",
+                     hostport, f->fp.user_agent ? f->fp.user_agent : "Convoy");
+    if (n < 0 || (size_t)n >= sizeof(req)) {
+        finish(f, ERR_INVAL, POLICY_FAIL_FETCH, "request too long");
+        return;
+    }
+    f->sent = true;
+    if (tls_conn_write(f->tls, req, (size_t)n) != 0)
+        finish(f, ERR_TLS, POLICY_FAIL_FETCH, "%s: TLS write failed", f->host);
+}
+
+static void on_closed(void *arg, int status)
+{
+    struct fetch *f = arg;
+    if (f->done)
+        return;
+    if (status == 0) {
+        /* close_notify: the end of a close-delimited body is genuine. */
+        http_result(f, policy_http_eof(f->http));
+        return;
+    }
+    finish(f, ERR_PROTO, POLICY_FAIL_FETCH, "%s: connection closed %s", f->host,
+           status == ERR_CLOSED ? "without TLS close_notify before the end of the response"
+                                : "by a TLS error");
+}
+
+/* ---- TCP ------------------------------------------------------------------ */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    static char slab[16384]; /* loop thread only; consumed before the next read */
+    *b = uv_buf_init(slab, sizeof(slab));
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = s->data;
+    struct fetch *f = c->f;
+    if (f->done || f->conn != c)
+        return;
+    if (nread > 0) {
+        tls_conn_feed(f->tls, b->base, (size_t)nread);
+        return;
+    }
+    if (nread == 0)
+        return;
+    tls_conn_eof(f->tls);
+    if (!f->done)
+        finish(f, ERR_IO, POLICY_FAIL_FETCH, "%s: connection closed: %s", f->host,
+               nread == UV_EOF ? "end of stream" : uv_strerror((int)nread));
+}
+
+static void try_next(struct fetch *f);
+static void arm_timer(struct fetch *f, bool connecting);
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+    struct conn *c = req->handle->data;
+    struct fetch *f = c->f;
+    if (f->done || f->conn != c)
+        return;
+    if (status != 0) {
+        snprintf(f->last_conn_err, sizeof(f->last_conn_err), "%s", uv_strerror(status));
+        close_conn(f);
+        try_next(f);
+        return;
+    }
+    arm_timer(f, false);
+    static const struct tls_callbacks cbs = {on_cipher_out, on_plain_in, on_handshake, on_closed};
+    f->tls = tls_conn_client_new(f->fp.tls, f->host, TLS_VERIFY_HOST, &cbs, f);
+    f->http = policy_http_new(f->fp.max_body);
+    if (!f->tls || !f->http) {
+        finish(f, ERR_NOMEM, POLICY_FAIL_FETCH, "out of memory");
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
+        finish(f, ERR_IO, POLICY_FAIL_FETCH, "%s: cannot read", f->host);
+        return;
+    }
+    tls_conn_start(f->tls);
+}
+
+static void try_next(struct fetch *f)
+{
+    while (f->next_addr < f->n_addr) {
+        const struct dns_addr *a = &f->addrs[f->next_addr++];
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        if (a->family == AF_INET) {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+            s4->sin_family = AF_INET;
+            s4->sin_port = htons(f->fp.port);
+            memcpy(&s4->sin_addr, a->bytes, 4);
+        } else {
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+            s6->sin6_family = AF_INET6;
+            s6->sin6_port = htons(f->fp.port);
+            memcpy(&s6->sin6_addr, a->bytes, 16);
+        }
+        struct conn *c = calloc(1, sizeof(*c));
+        if (!c) {
+            finish(f, ERR_NOMEM, POLICY_FAIL_FETCH, "out of memory");
+            return;
+        }
+        c->f = f;
+        if (uv_tcp_init(f->fp.loop, &c->tcp) != 0) {
+            free(c);
+            continue;
+        }
+        c->tcp.data = c;
+        f->refs++;
+        f->conn = c;
+        int rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&ss, connect_cb);
+        if (rc != 0) {
+            snprintf(f->last_conn_err, sizeof(f->last_conn_err), "%s", uv_strerror(rc));
+            close_conn(f);
+            continue;
+        }
+        arm_timer(f, true);
+        return;
+    }
+    finish(f, ERR_IO, POLICY_FAIL_FETCH, "%s: cannot connect: %s", f->host,
+           f->last_conn_err[0] ? f->last_conn_err : "no address");
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+    struct fetch *f = t->data;
+    if (f->done)
+        return;
+    if (uv_now(f->fp.loop) >= (uint64_t)f->deadline) {
+        finish(f, ERR_TIMEOUT, POLICY_FAIL_FETCH, "%s: timed out after %u ms", f->host,
+               f->fp.timeout_ms);
+        return;
+    }
+    /* The connect timeout of this address: try the next one. */
+    snprintf(f->last_conn_err, sizeof(f->last_conn_err), "connect timed out");
+    close_conn(f);
+    try_next(f);
+}
+
+static void arm_timer(struct fetch *f, bool connecting)
+{
+    int64_t now = (int64_t)uv_now(f->fp.loop);
+    int64_t left = f->deadline - now;
+    if (left < 0)
+        left = 0;
+    if (connecting && f->fp.connect_timeout_ms && (int64_t)f->fp.connect_timeout_ms < left)
+        left = f->fp.connect_timeout_ms;
+    uv_timer_start(&f->timer, timer_cb, (uint64_t)left, 0);
+}
+
+static void addrs_cb(void *arg, const struct dns_result *r)
+{
+    struct fetch *f = arg;
+    f->q = NULL;
+    if (f->done)
+        return;
+    if (r->status != DNS_OK || r->n_addr == 0) {
+        finish(f, ERR_DNS, POLICY_FAIL_FETCH, "%s: address lookup failed: %s", f->host,
+               r->why && *r->why ? r->why : dns_status_name(r->status));
+        return;
+    }
+    f->n_addr = r->n_addr < 16 ? r->n_addr : 16;
+    memcpy(f->addrs, r->addr, f->n_addr * sizeof(struct dns_addr));
+    try_next(f);
+}
+
+struct fetch *fetch_start(const struct fetch_params *fp, const char *domain, fetch_cb cb, void *arg)
+{
+    struct fetch *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    f->fp = *fp;
+    f->cb = cb;
+    f->arg = arg;
+    str_copy(f->domain, domain, sizeof(f->domain));
+    snprintf(f->host, sizeof(f->host), "mta-sts.%s", domain);
+    uv_timer_init(fp->loop, &f->timer);
+    f->timer.data = f;
+    f->refs = 2; /* the timer handle + "until done" */
+    f->deadline = (int64_t)uv_now(fp->loop) + fp->timeout_ms;
+    uv_timer_start(&f->timer, timer_cb, fp->timeout_ms, 0);
+    if (dns_addrs(fp->dns, f->host, addrs_cb, f, &f->q) != 0) {
+        f->aborted = true;
+        finish(f, ERR_NOMEM, POLICY_FAIL_FETCH, "out of memory");
+        return NULL;
+    }
+    return f;
+}
+
+void fetch_abort(struct fetch *f)
+{
+    if (!f)
+        return;
+    f->aborted = true;
+    finish(f, ERR_CLOSED, POLICY_FAIL_FETCH, "aborted");
+}

@@ -1,0 +1,49 @@
+/*
+ * policy_int.h - private to policy/: the HTTPS fetcher used by the engine
+ * and the probe.
+ */
+#ifndef CONVOY_POLICY_INT_H
+#define CONVOY_POLICY_INT_H
+
+#include "dns.h"
+#include "policy.h"
+
+struct fetch;
+
+/* How a fetch ended; read it in the done callback. */
+struct fetch_result {
+    int status; /* 0: a 200 text/plain body arrived; else an enum err */
+    enum policy_failure failure;
+    char why[256];
+    int http_status;
+    bool tls_done;
+    struct tls_facts tls;
+    const char *body; /* valid during the callback */
+    size_t body_len;
+};
+
+typedef void (*fetch_cb)(void *arg, const struct fetch_result *r);
+
+struct fetch_params {
+    uv_loop_t *loop;
+    struct dns *dns;
+    struct tls_ctx *tls;
+    uint16_t port;
+    uint32_t timeout_ms;
+    uint32_t connect_timeout_ms;
+    size_t max_body;
+    const char *user_agent;
+};
+
+/*
+ * Fetch https://mta-sts.DOMAIN/.well-known/mta-sts.txt (RFC 8461 3.3). The
+ * callback runs exactly once, never before this returns, unless
+ * fetch_abort() is called first. The fetch frees itself after the callback
+ * (its handles close on the loop). NULL on allocation failure.
+ */
+struct fetch *fetch_start(const struct fetch_params *fp, const char *domain, fetch_cb cb,
+                          void *arg);
+/* Stop a fetch: its callback will not run. */
+void fetch_abort(struct fetch *f);
+
+#endif
