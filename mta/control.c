@@ -7,6 +7,28 @@
  * and gets one JSON object per line back, in order:
  *   {"ok": true, ...} or {"ok": false, "error": "text"}.
  *
+ * Commands (request fields besides "cmd" -> response fields besides "ok"):
+ *   status        -> running, pid, version, uptime (s), config_file,
+ *                    queue_directory, stopping, and what status hooks add:
+ *                    queue {messages, queued, active, deferred, held,
+ *                    delivered, bounced, map_size, map_used}, paused [{domain
+ *                    (null: everything), reason, since, until, remaining}],
+ *                    and the delivery engine's own (MTA-STS policy cache).
+ *   reload        -> config_file; or ok false with "error": one problem a line.
+ *   queue.retry, queue.hold, queue.release, queue.delete, queue.bounce
+ *                 {ids: [ID...] (at most 100000), reason: TEXT (bounce only,
+ *                 optional)} -> done (messages acted on), recipients (bounce:
+ *                 recipients bounced), missing [ID] (not in the queue),
+ *                 skipped [ID] (bounce: every open recipient in flight),
+ *                 failed [{id, error}]. The answer comes when every change
+ *                 is committed. A bad ID fails the whole request.
+ *   pause         {domain: D or null (everything), for: seconds or null
+ *                 (until resumed), reason: TEXT (required)} -> domain, until
+ *                 (epoch seconds or null).
+ *   resume        {domain: D or null (every pause)} -> resumed (pauses
+ *                 ended).
+ * Errors are {"ok": false, "error": "text"}; unknown commands get one too.
+ *
  * Who may use it: the kernel checks write permission on the socket file
  * (owner and group of the daemon, mode 0660), so root and members of the
  * daemon's group get in and others get EACCES, which convoyctl explains.
@@ -313,6 +335,7 @@ int control_start(struct mta *m, struct buf *err)
 {
     control_register("status", handle_status);
     control_register("reload", handle_reload);
+    control_queue_register();
     if (control_socket_path(m->conf, sock_path, sizeof(sock_path)) != 0 ||
         strlen(sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         buf_printf(err, "control socket path %s/control.sock is too long",

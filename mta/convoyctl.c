@@ -27,12 +27,24 @@ static void usage(FILE *f)
                "  config show [-n] [NAME...] [--json]\n"
                "                                    print parameters (-n: only non-defaults)\n"
                "  config doc                        print the parameter reference (Markdown)\n"
-               "  queue list [--json]               list queued messages\n"
+               "  queue list [FILTER] [--count] [--json]\n"
+               "                                    list queued messages\n"
+               "  queue summary [--by domain|reason] [FILTER] [--json]\n"
+               "                                    messages by domain and age (qshape)\n"
+               "  queue show ID [--headers|--body] [--json]\n"
+               "                                    one message: envelope, recipients, text\n"
+               "  queue retry|hold|release|delete|bounce (ID...|-|FILTER|--all --yes)\n"
+               "        [--why TEXT] [--dry-run]    act on messages (needs convoyd)\n"
+               "      FILTER: --state S --from RE --to RE --domain D --reason RE\n"
+               "              --older DUR --younger DUR\n"
                "  dns mx|a|aaaa|txt NAME            what the resolver sees\n"
                "  sts parse|show|list|forget|refresh|check ...\n"
                "                                    MTA-STS policies (convoyctl sts for details)\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
+               "  pause [--domain D] [--for DUR] --reason TEXT\n"
+               "                                    stop new delivery attempts\n"
+               "  resume [--domain D]               deliver again\n"
                "  version                           print the version\n");
 }
 
@@ -155,8 +167,8 @@ static const struct {
     const char *name;
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
-    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},
-    {"status", ctl_status}, {"reload", ctl_reload}, {"sts", ctl_sts},
+    {"config", cmd_config}, {"queue", ctl_queue}, {"dns", ctl_dns},     {"status", ctl_status},
+    {"reload", ctl_reload}, {"sts", ctl_sts},     {"pause", ctl_pause}, {"resume", ctl_resume},
 };
 
 int main(int argc, char **argv)

@@ -125,7 +125,7 @@ static int mta_reload(struct mta *m, struct buf *errors)
 {
     notify("RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)monotonic_usec());
     struct conf *c = load(m->conf_path, errors);
-    if (c && submission_reload(m, c, errors) != 0) {
+    if (c && (delivery_reload(m, c, errors) != 0 || submission_reload(m, c, errors) != 0)) {
         conf_unref(c);
         c = NULL;
     }

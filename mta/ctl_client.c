@@ -116,6 +116,35 @@ static bool has_flag(int argc, char **argv, const char *flag)
     return false;
 }
 
+/* "paused: example.com for 1h59m more: their MX is moving" per pause. */
+static void print_pauses(json_t *a)
+{
+    if (json_array_size(a) == 0)
+        printf("paused: no\n");
+    size_t i;
+    json_t *p;
+    json_array_foreach(a, i, p)
+    {
+        const char *d = json_string_value(json_object_get(p, "domain"));
+        json_t *left = json_object_get(p, "remaining");
+        char dur[48] = "";
+        if (json_is_integer(left)) {
+            long long t = json_integer_value(left), h = t / 3600, mi = t / 60 % 60, se = t % 60;
+            if (t < 0)
+                t = h = mi = se = 0;
+            /* 1h59m5s; zero parts left out (a zero value prints no digits
+             * with precision 0). */
+            snprintf(dur, sizeof(dur), "%.0lld%s%.0lld%s%.0lld%s", h, h ? "h" : "", mi,
+                     mi ? "m" : "", se, se || t == 0 ? "s" : "");
+            if (t == 0)
+                str_copy(dur, "0s", sizeof(dur));
+        }
+        printf("paused: %s%s%s%s: %s\n", d ? d : "all delivery", dur[0] ? " for " : "", dur,
+               dur[0] ? " more" : " until resumed",
+               json_string_value(json_object_get(p, "reason")));
+    }
+}
+
 int ctl_status(struct conf *c, int argc, char **argv)
 {
     bool as_json = has_flag(argc, argv, "--json");
@@ -146,6 +175,10 @@ int ctl_status(struct conf *c, int argc, char **argv)
         {
             if (strcmp(key, "ok") == 0)
                 continue;
+            if (strcmp(key, "paused") == 0 && json_is_array(v)) {
+                print_pauses(v);
+                continue;
+            }
             if (json_is_object(v)) {
                 const char *k2;
                 json_t *v2;
@@ -192,5 +225,88 @@ int ctl_reload(struct conf *c, int argc, char **argv)
     }
     printf("Configuration reloaded.\n");
     json_decref(resp);
+    return 0;
+}
+
+/* Print the daemon's error and return 1, or return 0 when it said ok. */
+static int answer_ok(const char *what, json_t *resp)
+{
+    if (json_is_true(json_object_get(resp, "ok")))
+        return 0;
+    const char *e = json_string_value(json_object_get(resp, "error"));
+    fprintf(stderr, "convoyctl: %s: %s\n", what, e ? e : "failed");
+    return 1;
+}
+
+int ctl_pause(struct conf *c, int argc, char **argv)
+{
+    const char *domain = NULL, *reason = NULL, *dur = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char **slot = strcmp(argv[i], "--domain") == 0   ? &domain
+                            : strcmp(argv[i], "--for") == 0    ? &dur
+                            : strcmp(argv[i], "--reason") == 0 ? &reason
+                                                               : NULL;
+        if (!slot || i + 1 >= argc) {
+            fprintf(stderr, "usage: convoyctl pause [--domain D] [--for DURATION] --reason TEXT\n");
+            return 2;
+        }
+        *slot = argv[++i];
+    }
+    if (!reason || !reason[0]) {
+        fprintf(stderr, "convoyctl: pause: say why with --reason (it is shown in status)\n");
+        return 2;
+    }
+    int64_t secs = 0;
+    if (dur && (time_parse_duration(dur, &secs) != 0 || secs <= 0)) {
+        fprintf(stderr, "convoyctl: pause: bad duration \"%s\" (like 30m, 2h, 1d)\n", dur);
+        return 2;
+    }
+    json_t *req = json_pack("{s:s, s:s}", "cmd", "pause", "reason", reason);
+    if (domain)
+        json_object_set_new(req, "domain", json_string(domain));
+    if (secs)
+        json_object_set_new(req, "for", json_integer((json_int_t)secs));
+    json_t *resp = NULL;
+    int rc = ctl_request(c, req, &resp, 10000);
+    json_decref(req);
+    if (rc != 0)
+        return rc;
+    rc = answer_ok("pause", resp);
+    json_decref(resp);
+    if (rc)
+        return rc;
+    printf("Delivery%s%s paused%s%s.\n", domain ? " to " : "", domain ? domain : "",
+           dur ? " for " : " until resumed", dur ? dur : "");
+    return 0;
+}
+
+int ctl_resume(struct conf *c, int argc, char **argv)
+{
+    const char *domain = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--domain") != 0 || i + 1 >= argc) {
+            fprintf(stderr, "usage: convoyctl resume [--domain D]\n");
+            return 2;
+        }
+        domain = argv[++i];
+    }
+    json_t *req = json_pack("{s:s}", "cmd", "resume");
+    if (domain)
+        json_object_set_new(req, "domain", json_string(domain));
+    json_t *resp = NULL;
+    int rc = ctl_request(c, req, &resp, 60000);
+    json_decref(req);
+    if (rc != 0)
+        return rc;
+    rc = answer_ok("resume", resp);
+    json_int_t n = json_integer_value(json_object_get(resp, "resumed"));
+    json_decref(resp);
+    if (rc)
+        return rc;
+    if (n == 0) {
+        printf("Delivery%s%s was not paused.\n", domain ? " to " : "", domain ? domain : "");
+        return 0;
+    }
+    printf("Resumed %lld pause%s.\n", (long long)n, n == 1 ? "" : "s");
     return 0;
 }

@@ -37,17 +37,12 @@ static void dns_usage(void)
     fprintf(stderr, "usage: convoyctl dns mx|a|aaaa|txt NAME [--json]\n");
 }
 
-/* The settings of conf mapped onto the resolver's own options. */
+/* The daemon's resolver settings, without a cache: one lookup has nothing
+ * to reuse. */
 static int options_from_conf(const struct conf *c, struct dns_options *o)
 {
-    dns_options_default(o);
-    o->servers = (const char *const *)c->dns_servers.v;
-    o->n_servers = c->dns_servers.n;
-    if (c->dns_timeout > 0 && c->dns_timeout <= 3600)
-        o->timeout_ms = (int)(c->dns_timeout * 1000);
-    if (c->dns_tries > 0 && c->dns_tries <= 100)
-        o->tries = (int)c->dns_tries;
-    o->cache_size = 0; /* one lookup: nothing to reuse */
+    mta_dns_options(c, o);
+    o->cache_size = 0;
     return 0;
 }
 

@@ -446,11 +446,7 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
     memset(v, 0, sizeof(*v));
     uv_loop_init(&v->loop);
     struct dns_options dno;
-    dns_options_default(&dno);
-    dno.servers = (const char *const *)c->dns_servers.v;
-    dno.n_servers = c->dns_servers.n;
-    dno.timeout_ms = (int)(c->dns_timeout * 1000);
-    dno.tries = (int)c->dns_tries;
+    mta_dns_options(c, &dno);
     int rc = dns_new(&v->loop, &dno, &v->dns);
     if (rc != 0) {
         fprintf(stderr, "convoyctl: DNS resolver: %s\n", err_str(rc));
@@ -458,7 +454,7 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
         return rc;
     }
     struct policy_options o;
-    policy_options_default(&o);
+    mta_policy_options(c, &o);
     char path[4096];
     cache_path(c, path, sizeof(path));
     if (with_cache) {
@@ -471,14 +467,6 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
         }
         o.cache_path = path;
     }
-    o.ca_file = c->smtp_tls_CAfile;
-    o.https_port = (uint16_t)c->sts_policy_https_port;
-    o.fetch_timeout_ms = (uint32_t)(c->sts_fetch_timeout * 1000);
-    o.connect_timeout_ms = (uint32_t)(c->sts_connect_timeout * 1000);
-    o.max_policy_size = (size_t)c->sts_max_policy_size;
-    o.txt_check_s = (uint32_t)c->sts_txt_check_interval;
-    o.refresh_s = (uint32_t)c->sts_refresh_interval;
-    o.retry_after_s = (uint32_t)c->sts_fetch_retry_time;
     char why[512] = "";
     rc = policy_new(&v->loop, v->dns, &o, &v->pol, why, sizeof(why));
     if (rc != 0) {
@@ -1075,17 +1063,6 @@ static void check_mx_cb(void *arg, const struct dns_mx_result *r)
     }
 }
 
-static void helo_name(const struct conf *c, char *out, size_t size)
-{
-    if (c->smtp_helo_name && c->smtp_helo_name[0])
-        str_copy(out, c->smtp_helo_name, size);
-    else if (c->myhostname && c->myhostname[0])
-        str_copy(out, c->myhostname, size);
-    else if (gethostname(out, size) != 0 || !out[0])
-        str_copy(out, "localhost", size);
-    out[size - 1] = '\0';
-}
-
 static int sts_check(const struct conf *c, int argc, char **argv)
 {
     bool as_json = false;
@@ -1192,7 +1169,7 @@ static int sts_check(const struct conf *c, int argc, char **argv)
     if (!ctx)
         fprintf(stderr, "convoyctl: TLS client context: %s\n", why);
     char helo[256];
-    helo_name(c, helo, sizeof(helo));
+    mta_helo_name(c, helo, sizeof(helo));
     json_t *jmx = json_array();
     size_t usable = 0;
     for (size_t i = 0; mx_ok && i < s->n_hosts; i++) {

@@ -23,6 +23,19 @@
  *    refused, TLS failure). With smtp_tls_security_level=may a failed TLS
  *    handshake is retried once on the same address in plaintext.
  *
+ * TLS policy (RFC 8461 4 and 5; docs/mta-sts.md): before its MX lookup a
+ * destination asks policy/ for its MTA-STS policy (from the cache without
+ * network I/O once fetched); per MX host policy_tls_requirement() says what
+ * the session needs, a tls_policy_file entry first. enforce: hosts matching
+ * no pattern are skipped, matching ones need SMTP_TLS_VERIFY for the MX
+ * name and are never retried in plaintext; when no host is left the
+ * recipients are deferred with 4.7.5 and the policy's reason, and an expired
+ * recipient deferred so gets a policy_recheck() before its bounce. testing:
+ * opportunistic, the RFC 8460 result type of what would have failed is
+ * logged, counted and kept with the recipient's result. Overrides: none,
+ * may, encrypt (SMTP_TLS_ENCRYPT), verify/secure (SMTP_TLS_ENCRYPT plus
+ * conn_tls_check(): trusted chain and a match= name).
+ *
  * Outcomes (the one place that maps results to queue actions, as Postfix's
  * smtp_trouble.c does): the SMTP client's per-recipient action is applied as
  * is: SENT -> queue_delivered, DEFER -> queue_defer (backoff by the queue),
@@ -34,8 +47,10 @@
  *
  * Logs: one line per recipient and attempt,
  *   ID: to=<r>, relay=host[ip]:port, delay=D, delays=a/b/c/d, dsn=X.Y.Z,
- *   status=sent|deferred|bounced (reply or reason)
- * where a = arrival to lease, b = lease to connection start (queueing and
+ *   status=sent|deferred|bounced (reply or reason)[, POLICY, tls=VERDICT]
+ * (POLICY: sts=enforce id=X, sts=testing id=X, sts=none, tls_policy=LEVEL;
+ * VERDICT: verified, encrypted, none; a testing failure adds
+ * sts_failure=TYPE), where a = arrival to lease, b = lease to connection start (queueing and
  * DNS), c = connection set-up (greeting, EHLO, TLS), d = transmission.
  * The SMTP client logs one line per TLS session.
  *
@@ -51,6 +66,7 @@
  * needs the original (headers, or all of it with RET=FULL), read then.
  */
 #include <arpa/inet.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +77,7 @@
 #include "delivery.h"
 #include "dns.h"
 #include "mta.h"
+#include "policy.h"
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
@@ -110,6 +127,12 @@ struct job {
     char mx[256];
     char ip[64];
     char tls[160];
+    /* The policy that applied to the last attempt (MTA-STS or override). */
+    char sts_mode[12];
+    char sts_id[POLICY_ID_MAX + 1];
+    char label[96];   /* "sts=enforce id=X", "tls_policy=secure", "sts=none" */
+    char verdict[16]; /* "verified", "encrypted", "none" */
+    char report[48];  /* testing: the RFC 8460 result type of a failure */
 };
 
 struct conn {
@@ -127,6 +150,14 @@ struct conn {
     int64_t idle_since;
     struct smtp_outcome last;
     char last_relay[320];
+    /* The policy of the current target (RFC 8461 4 and 5, or an override). */
+    struct policy_tls_req req;
+    bool have_ov;
+    struct policy_override ov; /* a copy: a reload may free the table */
+    bool have_sts_fail;        /* a host failed the policy in this attempt */
+    struct smtp_outcome sts_fail;
+    char report[48]; /* testing: result type of the failure seen, or "" */
+    char report_text[256];
 };
 
 enum dest_state { D_NEW, D_RESOLVING, D_READY };
@@ -144,6 +175,11 @@ struct dest {
     size_t njobs;
     size_t nconns;
     struct conn *idle;
+    /* The MTA-STS policy found before the MX lookup (a copy). */
+    struct policy_req *preq;
+    bool sts_have;
+    struct sts_policy sts;
+    char sts_id[POLICY_ID_MAX + 1];
 };
 
 struct delivery {
@@ -170,6 +206,14 @@ struct delivery {
     /* relayhost, parsed */
     bool relay;
     struct conf_hostport relayhost;
+    /* MTA-STS (policy/) and the operator's tls_policy_file. */
+    struct policy *pol;
+    struct policy_overrides *ov;
+    uv_timer_t sts_timer;
+    uint64_t sts_testing_failures;
+    uint64_t sts_enforce_failures;
+    uint64_t sts_rechecks;
+    struct recheck *rechecks; /* expiring recipients waiting for policy_recheck() */
 };
 
 /* One engine per daemon: struct mta has no field for it (yet). */
@@ -177,10 +221,16 @@ static struct delivery *g_dl;
 
 static void dest_run(struct dest *d);
 static void conn_connect(struct conn *cn);
+static void job_policy(struct job *j, const struct conn *cn);
+static void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res,
+                               const struct tls_facts *f);
+static void conn_report(struct conn *cn, const char *type, const char *text);
 static void maybe_free(struct delivery *dl);
 static void schedule_lease(struct delivery *dl, uint64_t delay_ms);
 static void on_sweep(uv_timer_t *t);
 static void arm_due(struct delivery *dl);
+static bool pause_all(struct delivery *dl);
+static bool pause_postpone(struct delivery *dl, const struct queue_due *due, int64_t now);
 
 /* ---- small helpers ----------------------------------------------------------- */
 
@@ -343,15 +393,6 @@ static void on_dsn_queued(void *arg, int status, const char *dsn_id)
     maybe_free(dl);
 }
 
-/* Does NOTIFY (RFC 3461 4.1) ask for a failure DSN? 0 means not given:
- * failures are reported by default. */
-static bool wants_failure_dsn(unsigned notify)
-{
-    if (notify == 0)
-        return true;
-    return (notify & QUEUE_NOTIFY_FAILURE) != 0;
-}
-
 /*
  * Bounce a set of recipients of one message: build the DSN from qm and body
  * (which the caller read), queue it, then mark the recipients bounced.
@@ -379,7 +420,7 @@ static void bounce_send(struct delivery *dl, const char *id, const struct queue_
         unsigned notify = 0;
         if (qm && items[i].rcpt < qm->n_rcpts)
             notify = qm->rcpts[items[i].rcpt].notify;
-        if (wants_failure_dsn(notify))
+        if (deliver_wants_failure_dsn(notify))
             drs[k++] = drs[i];
     }
     if (!qm) {
@@ -478,7 +519,7 @@ static const char *status_word(enum smtp_action a)
 
 static void log_rcpt(const char *id, const char *addr, const char *relay, int64_t arrival,
                      int64_t lease, int64_t conn, int64_t ready, int64_t done,
-                     const struct smtp_outcome *o)
+                     const struct smtp_outcome *o, const char *extra)
 {
     char delay[24], a[24], b[24], c[24], d[24];
     if (conn == 0)
@@ -490,10 +531,10 @@ static void log_rcpt(const char *id, const char *addr, const char *relay, int64_
     deliver_format_delay(conn - lease, b, sizeof(b));
     deliver_format_delay(ready - conn, c, sizeof(c));
     deliver_format_delay(done - ready, d, sizeof(d));
-    log_info(COMPONENT,
-             "%s: to=<%s>, relay=%s, delay=%s, delays=%s/%s/%s/%s, dsn=%s, status=%s (%s)", id,
-             addr, relay && relay[0] ? relay : "none", delay, a, b, c, d,
-             o->status[0] ? o->status : "4.0.0", status_word(o->action), o->text);
+    log_info(
+        COMPONENT, "%s: to=<%s>, relay=%s, delay=%s, delays=%s/%s/%s/%s, dsn=%s, status=%s (%s)%s",
+        id, addr, relay && relay[0] ? relay : "none", delay, a, b, c, d,
+        o->status[0] ? o->status : "4.0.0", status_word(o->action), o->text, extra ? extra : "");
 }
 
 /* ---- jobs -------------------------------------------------------------------------- */
@@ -531,6 +572,18 @@ static void tls_summary(const struct smtp_client *c, char *out, size_t size)
 static void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all)
 {
     int64_t now = time_now_ms();
+    /* The policy that applied and the TLS verdict, after the Postfix-shaped
+     * part of the log line; a testing failure is kept with the TLS facts of
+     * the recipient's last result (RFC 8460 result type, for reports). */
+    char extra[256] = "", tlsrec[256];
+    if (!j->label[0] && j->dest)
+        job_policy(j, NULL);
+    if (j->label[0])
+        snprintf(extra, sizeof(extra), ", %s, tls=%s%s%s", j->label,
+                 j->verdict[0] ? j->verdict : "none", j->report[0] ? ", sts_failure=" : "",
+                 j->report);
+    snprintf(tlsrec, sizeof(tlsrec), "%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
+             j->report);
     struct bounce_item *items = calloc(j->n ? j->n : 1, sizeof(*items));
     struct dsn_rcpt *drs = calloc(j->n ? j->n : 1, sizeof(*drs));
     size_t nb = 0;
@@ -546,15 +599,15 @@ static void job_finish(struct delivery *dl, struct job *j, const struct smtp_out
             o = &fallback;
         }
         log_rcpt(j->id, j->r[i].addr, j->relay, j->arrival_ms, j->lease_ms, j->conn_ms, j->ready_ms,
-                 now, o);
+                 now, o, extra);
         struct queue_result res = {.smtp_code = o->code,
                                    .dsn = o->status,
                                    .text = o->text,
                                    .mx = j->mx,
                                    .ip = j->ip,
-                                   .tls = j->tls,
-                                   .sts_mode = "",
-                                   .sts_id = ""};
+                                   .tls = tlsrec,
+                                   .sts_mode = j->sts_mode,
+                                   .sts_id = j->sts_id};
         dl->inflight--;
         if (o->action == SMTP_ACT_SENT) {
             report(dl, queue_delivered, "delivery", j->id, j->r[i].idx, &res);
@@ -724,6 +777,7 @@ static bool conn_send(struct conn *cn, struct job *j)
     str_copy(j->relay, smtp_client_relay(cn->c), sizeof(j->relay));
     str_copy(j->ip, smtp_client_ip(cn->c), sizeof(j->ip));
     tls_summary(cn->c, j->tls, sizeof(j->tls));
+    job_policy(j, cn);
     int rc = job_load(dl, j);
     if (rc != 0) {
         cn->job = NULL;
@@ -803,7 +857,12 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
     struct dest *d = cn->dest;
     struct delivery *dl = d->dl;
     switch (ev) {
-    case SMTP_EV_READY:
+    case SMTP_EV_READY: {
+        const struct tls_facts *rf = smtp_client_tls(c);
+        if (cn->req.report_only && !cn->req.mx_matches)
+            conn_report(cn, "validation-failure", "MX host matches no pattern of the policy");
+        if (cn->req.report_only && (!rf || !rf->handshake_done))
+            conn_report(cn, "starttls-not-supported", "no TLS session");
         if (cn->job) {
             cn->job->ready_ms = time_now_ms();
             struct job *j = cn->job;
@@ -814,6 +873,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
             conn_next(cn);
         }
         break;
+    }
     case SMTP_EV_DONE: {
         struct job *j = cn->job;
         cn->job = NULL;
@@ -853,6 +913,8 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
                      sizeof(cn->job->relay));
             str_copy(cn->job->mx, conn_target(cn)->host, sizeof(cn->job->mx));
             str_copy(cn->job->ip, smtp_client_ip(c), sizeof(cn->job->ip));
+            conn_closed_policy(cn, res, smtp_client_tls(c));
+            job_policy(cn->job, cn);
             bool tls_failed = res->err == ERR_TLS && smtp_client_tls(c) != NULL;
             smtp_client_free(c);
             cn->c = NULL;
@@ -888,6 +950,190 @@ static enum smtp_tls_mode tls_level(const struct delivery *dl)
     return SMTP_TLS_MAY;
 }
 
+/* ---- MTA-STS and tls_policy_file, per MX host (RFC 8461 4 and 5) --------------------- */
+
+/* Does MTA-STS apply to this destination at all? Not to relayhost (the
+ * relay is the operator's choice, not the recipient domain's MX) and not to
+ * address literals. */
+static bool dest_sts_applies(const struct dest *d)
+{
+    return !d->dl->relay && d->name[0] != '[';
+}
+
+/* The policy of the connection's current target: an override entry wins,
+ * then the domain's MTA-STS policy (policy_tls_requirement()). */
+static void conn_policy(struct conn *cn)
+{
+    struct dest *d = cn->dest;
+    struct delivery *dl = d->dl;
+    const struct policy_override *ov =
+        dest_sts_applies(d) ? policy_override_find(dl->ov, d->name) : NULL;
+    cn->have_ov = ov != NULL;
+    if (ov)
+        cn->ov = *ov;
+    cn->req = policy_tls_requirement(d->sts_have ? &d->sts : NULL, cn->have_ov ? &cn->ov : NULL,
+                                     conn_target(cn)->host);
+    cn->report[0] = cn->report_text[0] = '\0';
+}
+
+/* The SMTP client's TLS mode for the connection's policy. */
+static enum smtp_tls_mode conn_tls_mode(const struct conn *cn)
+{
+    const struct policy_tls_req *q = &cn->req;
+    if (q->origin == POLICY_ORIGIN_OVERRIDE) {
+        switch (q->level) {
+        case POLICY_TLS_NONE:
+            return SMTP_TLS_NONE;
+        case POLICY_TLS_MAY:
+            return SMTP_TLS_MAY;
+        default:
+            /* encrypt; verify and secure are judged by conn_tls_check()
+             * against the entry's match= names. */
+            return SMTP_TLS_ENCRYPT;
+        }
+    }
+    if (q->level == POLICY_TLS_VERIFY)
+        return SMTP_TLS_VERIFY; /* enforce: a matching MX host, RFC 8461 4.2 */
+    return tls_level(cn->dest->dl);
+}
+
+/* "sts=enforce id=X", "sts=testing id=X", "sts=none", "tls_policy=secure". */
+static void dest_label(const struct dest *d, const struct conn *cn, char *out, size_t size)
+{
+    if (cn && cn->req.origin == POLICY_ORIGIN_OVERRIDE)
+        snprintf(out, size, "tls_policy=%s",
+                 cn->ov.secure ? "secure" : policy_tls_level_name(cn->ov.level));
+    else if (!cn && dest_sts_applies(d) && policy_override_find(d->dl->ov, d->name)) {
+        const struct policy_override *ov = policy_override_find(d->dl->ov, d->name);
+        snprintf(out, size, "tls_policy=%s",
+                 ov->secure ? "secure" : policy_tls_level_name(ov->level));
+    } else if (d->sts_have)
+        snprintf(out, size, "sts=%s id=%s", policy_mode_name(d->sts.mode), d->sts_id);
+    else if (dest_sts_applies(d))
+        snprintf(out, size, "sts=none");
+    else
+        out[0] = '\0';
+}
+
+/* Record on the job which policy applied to its attempt (log line, queue
+ * result: sts_mode and sts_id), from the connection when there was one. */
+static void job_policy(struct job *j, const struct conn *cn)
+{
+    const struct dest *d = j->dest;
+    dest_label(d, cn, j->label, sizeof(j->label));
+    bool override = cn ? cn->req.origin == POLICY_ORIGIN_OVERRIDE
+                       : dest_sts_applies(d) && policy_override_find(d->dl->ov, d->name);
+    if (!dest_sts_applies(d)) {
+        j->sts_mode[0] = j->sts_id[0] = '\0';
+    } else if (d->sts_have && !override) {
+        str_copy(j->sts_mode, policy_mode_name(d->sts.mode), sizeof(j->sts_mode));
+        str_copy(j->sts_id, d->sts_id, sizeof(j->sts_id));
+    } else {
+        str_copy(j->sts_mode, "none", sizeof(j->sts_mode));
+        j->sts_id[0] = '\0';
+    }
+    const struct tls_facts *f = cn && cn->c ? smtp_client_tls(cn->c) : NULL;
+    str_copy(j->verdict, f && f->handshake_done ? (f->verified ? "verified" : "encrypted") : "none",
+             sizeof(j->verdict));
+    str_copy(j->report, cn ? cn->report : "", sizeof(j->report));
+}
+
+/* testing (RFC 8461 5): the failure a report would carry; delivery goes on.
+ * The first failure of a connection is kept, logged and counted. */
+static void conn_report(struct conn *cn, const char *type, const char *text)
+{
+    struct dest *d = cn->dest;
+    if (cn->report[0])
+        return;
+    str_copy(cn->report, type, sizeof(cn->report));
+    str_copy(cn->report_text, text, sizeof(cn->report_text));
+    d->dl->sts_testing_failures++;
+    log_info(COMPONENT, "sts: testing policy failure domain=%s id=%s mx=%s result=%s (%s)", d->name,
+             d->sts_id, conn_target(cn)->host, type, text);
+}
+
+/* A policy (enforce, or an override's encrypt/verify/secure) made this host
+ * fail: keep the reason; the attempt ends with it if no host succeeds. */
+static void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...)
+{
+    struct smtp_outcome *o = &cn->sts_fail;
+    memset(o, 0, sizeof(*o));
+    o->action = SMTP_ACT_DEFER;
+    o->err = ERR_TLS;
+    str_copy(o->status, status, sizeof(o->status));
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o->text, sizeof(o->text), fmt, ap);
+    va_end(ap);
+    cn->have_sts_fail = true;
+}
+
+/* smtp_client tls_check: judge the handshake's facts by the policy. */
+static bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f,
+                           struct smtp_outcome *out, void *arg)
+{
+    (void)c;
+    struct conn *cn = arg;
+    struct dest *d = cn->dest;
+    const char *host = conn_target(cn)->host;
+    if (cn->req.origin == POLICY_ORIGIN_OVERRIDE && cn->req.level == POLICY_TLS_VERIFY) {
+        /* verify/secure: a trusted chain in date, and a name the entry's
+         * match= list allows (Postfix smtp_tls_policy_maps semantics). */
+        const char *why = NULL;
+        if (!f->chain_ok)
+            why = tls_failure_str(f->failure != TLS_FAIL_NONE ? f->failure
+                                                              : TLS_FAIL_CERT_NOT_TRUSTED);
+        else if (!policy_override_cert_ok(&cn->ov, d->name, host, f))
+            why = "no certificate name matches the policy";
+        if (why) {
+            out->action = SMTP_ACT_DEFER;
+            str_copy(out->status, "4.7.5", sizeof(out->status));
+            snprintf(out->text, sizeof(out->text), "TLS policy %s: certificate for %s: %s",
+                     cn->ov.secure ? "secure" : "verify", host, why);
+            return false;
+        }
+        return true;
+    }
+    if (cn->req.report_only && !f->verified) {
+        const char *type = tls_failure_result_type(f->failure);
+        conn_report(cn, type ? type : "validation-failure",
+                    f->text[0] ? f->text : tls_failure_str(f->failure));
+    }
+    return true;
+}
+
+/* The session ended before it was ready: was the policy the reason? */
+static void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res,
+                               const struct tls_facts *f)
+{
+    const char *host = conn_target(cn)->host;
+    if (res->err != ERR_TLS)
+        return; /* connection trouble: not a policy matter */
+    if (cn->req.origin == POLICY_ORIGIN_STS && cn->req.level == POLICY_TLS_VERIFY) {
+        /* RFC 8461 4.2 failed on this host: never the plaintext retry. */
+        if (strcmp(res->status, "4.7.4") == 0)
+            conn_policy_fail(cn, "4.7.5", "MTA-STS enforce: %s does not offer STARTTLS: %s", host,
+                             res->text);
+        else if (f && f->failure != TLS_FAIL_NONE && f->failure != TLS_FAIL_HANDSHAKE)
+            conn_policy_fail(cn, "4.7.5", "MTA-STS enforce: certificate for %s: %s", host,
+                             tls_failure_str(f->failure));
+        else
+            conn_policy_fail(cn, "4.7.5", "MTA-STS enforce: TLS with %s failed: %s", host,
+                             res->text);
+        return;
+    }
+    if (cn->req.origin == POLICY_ORIGIN_OVERRIDE && cn->req.level >= POLICY_TLS_ENCRYPT) {
+        conn_policy_fail(cn, res->status[0] ? res->status : "4.7.5", "%s", res->text);
+        return;
+    }
+    if (cn->req.report_only) {
+        const char *type = f ? tls_failure_result_type(f->failure) : NULL;
+        conn_report(cn, type ? type : "validation-failure", res->text);
+    }
+}
+
 /* Start a session on the connection's current target, or end the job when
  * the addresses are used up. */
 static void conn_connect(struct conn *cn)
@@ -896,6 +1142,20 @@ static void conn_connect(struct conn *cn)
     struct delivery *dl = d->dl;
     struct job *j = cn->job;
     size_t limit = (size_t)dl->conf->smtp_mx_address_limit;
+    while (!cn->plain_retry && !dl->closing && cn->target < d->ntargets) {
+        conn_policy(cn);
+        if (cn->req.deliver)
+            break;
+        /* RFC 8461 4.1 and 5 (enforce): an MX host that matches no pattern
+         * of the policy is never used. */
+        log_info(COMPONENT, "%s: MTA-STS enforce id=%s: MX host %s matches no pattern: skipped",
+                 d->name, d->sts_id, conn_target(cn)->host);
+        if (!cn->have_sts_fail)
+            conn_policy_fail(cn, "4.7.5",
+                             "MTA-STS enforce: MX host %s matches no pattern of the policy",
+                             conn_target(cn)->host);
+        cn->target++;
+    }
     if (dl->closing || cn->target >= d->ntargets || (cn->tried >= limit && !cn->plain_retry)) {
         cn->job = NULL;
         if (dl->closing) {
@@ -904,6 +1164,16 @@ static void conn_connect(struct conn *cn)
                 dl->inflight--;
             }
             job_free(j);
+        } else if (cn->have_sts_fail) {
+            /* RFC 8461 5: the policy left no usable host: defer (never
+             * bounce for it, never deliver in plaintext or unverified). */
+            struct smtp_outcome o = cn->sts_fail;
+            o.action = SMTP_ACT_DEFER;
+            if (o.status[0] != '4')
+                o.status[0] = '4';
+            if (cn->req.origin == POLICY_ORIGIN_STS)
+                dl->sts_enforce_failures++;
+            job_finish(dl, j, &o);
         } else if (cn->last.action == SMTP_ACT_NONE) {
             job_fail(dl, j, SMTP_ACT_DEFER, "4.4.3", "no address to deliver to");
         } else {
@@ -925,7 +1195,7 @@ static void conn_connect(struct conn *cn)
     }
     const struct target *t = conn_target(cn);
     if (!cn->plain_retry)
-        cn->mode = tls_level(dl);
+        cn->mode = conn_tls_mode(cn);
     const struct conf *cf = dl->conf;
     struct smtp_client_opts o = {
         .helo_name = dl->helo,
@@ -934,6 +1204,7 @@ static void conn_connect(struct conn *cn)
         .tls = cn->mode,
         .verify_host = t->host,
         .tls_ctx = dl->tls_ctx,
+        .tls_check = conn_tls_check,
         .timeouts =
             {
                 .connect = (uint32_t)(cf->smtp_connect_timeout * 1000),
@@ -1083,6 +1354,69 @@ static void on_addrs(void *arg, const struct dns_result *r)
     resolved(d, r->status, r->why, "A");
 }
 
+static void on_policy(void *arg, const struct policy_result *r);
+
+/* Look the domain's MTA-STS policy up before its MX records (DESIGN, the
+ * path of one message, step 4). A cached policy answers without network
+ * I/O (policy_get()). true when the answer will come to on_policy(). */
+static bool dest_policy_lookup(struct dest *d)
+{
+    struct delivery *dl = d->dl;
+    if (!dl->pol || !dest_sts_applies(d))
+        return false;
+    int rc = policy_get(dl->pol, d->name, on_policy, d, &d->preq);
+    if (rc != 0) {
+        /* A name policy/ cannot normalise has no policy. */
+        d->preq = NULL;
+        policy_sts_clear(&d->sts);
+        d->sts_have = false;
+        d->sts_id[0] = '\0';
+        return false;
+    }
+    return true;
+}
+
+/* Idle sessions of a destination were set up under the policy (or the
+ * configuration) of their time: when that changes they are not reused. */
+static void dest_quit_idle(struct dest *d)
+{
+    struct conn *cn;
+    while ((cn = d->idle)) {
+        idle_remove(cn);
+        smtp_client_quit(cn->c);
+    }
+}
+
+static void on_policy(void *arg, const struct policy_result *r)
+{
+    struct dest *d = arg;
+    struct delivery *dl = d->dl;
+    d->preq = NULL;
+    bool had = d->sts_have;
+    char old_id[POLICY_ID_MAX + 1];
+    str_copy(old_id, d->sts_id, sizeof(old_id));
+    if (had != (r->have_policy && r->policy) || (had && strcmp(old_id, r->id ? r->id : "") != 0))
+        dest_quit_idle(d);
+    policy_sts_clear(&d->sts);
+    d->sts_have = false;
+    d->sts_id[0] = '\0';
+    if (r->have_policy && r->policy) {
+        if (policy_sts_copy(&d->sts, r->policy) != 0) {
+            /* Never fall back to no policy for want of memory. */
+            d->state = D_NEW;
+            dest_fail_all(d, SMTP_ACT_DEFER, "4.3.0", "out of memory (MTA-STS policy)");
+            return;
+        }
+        d->sts_have = true;
+        str_copy(d->sts_id, r->id ? r->id : "", sizeof(d->sts_id));
+    }
+    int rc = dns_mx_resolve(dl->dns, d->name, on_mx, d, &d->query);
+    if (rc != 0) {
+        d->query = NULL;
+        resolved(d, DNS_TEMPFAIL, err_str(rc), "MX");
+    }
+}
+
 /* An address literal ("1.2.3.4", "::1", "IPv6:...")? Fill a target. */
 static bool literal_target(struct dest *d, const char *s, uint16_t port)
 {
@@ -1124,6 +1458,8 @@ static void dest_resolve(struct dest *d)
                  "A");
         return;
     } else {
+        if (dest_policy_lookup(d))
+            return; /* on_policy() goes on with the MX lookup */
         rc = dns_mx_resolve(dl->dns, d->name, on_mx, d, &d->query);
     }
     if (rc != 0) {
@@ -1140,7 +1476,13 @@ static void dest_run(struct dest *d)
         return;
     if (d->state == D_RESOLVING)
         return;
-    if (d->state == D_READY && time_mono_ms() - d->resolved_ms > RESOLVE_TTL_MS && d->nconns == 0)
+    /* Addresses (and the MTA-STS policy found with them) are reused for a
+     * while; never longer than sts_txt_check_interval, so a changed policy
+     * id is looked at as often as the policy engine would. */
+    int64_t ttl = RESOLVE_TTL_MS;
+    if (dl->pol && dl->conf->sts_txt_check_interval * 1000 < ttl)
+        ttl = dl->conf->sts_txt_check_interval * 1000;
+    if (d->state == D_READY && time_mono_ms() - d->resolved_ms > ttl && d->nconns == 0)
         d->state = D_NEW;
     if (d->state == D_NEW) {
         dest_resolve(d);
@@ -1186,8 +1528,116 @@ static struct dest *dest_get(struct delivery *dl, const char *name)
 
 /* ---- the scheduler -------------------------------------------------------------------- */
 
-/* Expired recipients: bounce with 4.4.7 and the last result, via a DSN. */
+static void file_due(struct delivery *dl, const struct queue_due *due, int64_t now);
+static void expire_bounce(struct delivery *dl, const struct queue_due *due);
+
+/* An expired recipient whose last attempt an enforce policy deferred waits
+ * for policy_recheck() (RFC 8461 5) before it becomes a bounce. */
+struct recheck {
+    struct recheck *next;
+    struct delivery *dl;
+    struct policy_req *req;
+    struct queue_due due; /* addr and sender point into the strings below */
+    char *addr;
+    char *sender;
+    char old_id[POLICY_ID_MAX + 1];
+};
+
+static void recheck_free(struct recheck *rk)
+{
+    struct recheck **pp = &rk->dl->rechecks;
+    while (*pp && *pp != rk)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = rk->next;
+    free(rk->addr);
+    free(rk->sender);
+    free(rk);
+}
+
+static void on_recheck(void *arg, const struct policy_result *r)
+{
+    struct recheck *rk = arg;
+    struct delivery *dl = rk->dl;
+    rk->req = NULL;
+    dl->pending_reqs--;
+    bool same = r->have_policy && r->policy && r->policy->mode == POLICY_MODE_ENFORCE &&
+                strcmp(r->id ? r->id : "", rk->old_id) == 0;
+    if (dl->stopping) {
+        /* Shutting down: the recipient waits in the queue for the next run. */
+        unlease(dl, rk->due.id, rk->due.rcpt);
+        dl->inflight--;
+    } else if (same) {
+        log_info(QCOMP, "%s: MTA-STS recheck for %s: policy id=%s unchanged", rk->due.id,
+                 rk->due.addr, rk->old_id);
+        expire_bounce(dl, &rk->due);
+    } else {
+        /* A newer policy (or none): one more attempt under it. */
+        log_info(QCOMP, "%s: MTA-STS recheck for %s: policy %s%s, trying again", rk->due.id,
+                 rk->due.addr, r->have_policy ? "id=" : "gone",
+                 r->have_policy && r->id ? r->id : "");
+        rk->due.expired = false;
+        file_due(dl, &rk->due, time_now_ms());
+        for (struct dest *d = dl->dests; d; d = d->next)
+            dest_run(d);
+    }
+    recheck_free(rk);
+    maybe_free(dl);
+}
+
+/* delivery_close(): the rechecks in flight give their recipients back. */
+static void rechecks_drop(struct delivery *dl)
+{
+    while (dl->rechecks) {
+        struct recheck *rk = dl->rechecks;
+        if (rk->req)
+            policy_cancel(rk->req);
+        dl->pending_reqs--;
+        unlease(dl, rk->due.id, rk->due.rcpt);
+        dl->inflight--;
+        recheck_free(rk);
+    }
+}
+
+/* Expired recipients: bounce with 4.4.7 and the last result, via a DSN -
+ * unless the last attempt failed for an enforce policy: then look for a
+ * newer policy first (once per policy id). */
 static void expire(struct delivery *dl, const struct queue_due *due)
+{
+    struct queue_message *qm = NULL;
+    queue_message_read(dl->q, due->id, &qm);
+    const struct queue_rcpt *qr = qm && due->rcpt < qm->n_rcpts ? &qm->rcpts[due->rcpt] : NULL;
+    bool policy_caused = dl->pol && !dl->relay && qr && qr->has_result && qr->last.sts_mode &&
+                         strcmp(qr->last.sts_mode, "enforce") == 0 && qr->last.dsn &&
+                         strcmp(qr->last.dsn, "4.7.5") == 0;
+    struct recheck *rk = policy_caused ? calloc(1, sizeof(*rk)) : NULL;
+    if (rk) {
+        char dom[256];
+        deliver_domain_of(due->addr, dom, sizeof(dom));
+        rk->dl = dl;
+        rk->due = *due;
+        rk->addr = xstrdup(due->addr);
+        rk->sender = xstrdup(due->sender);
+        str_copy(rk->old_id, qr->last.sts_id ? qr->last.sts_id : "", sizeof(rk->old_id));
+        rk->due.addr = rk->addr;
+        rk->due.sender = rk->sender;
+        if (rk->addr && rk->sender && policy_recheck(dl->pol, dom, on_recheck, rk, &rk->req) == 0) {
+            rk->next = dl->rechecks;
+            dl->rechecks = rk;
+            dl->pending_reqs++;
+            dl->sts_rechecks++;
+            queue_message_free(qm);
+            return;
+        }
+        free(rk->addr);
+        free(rk->sender);
+        free(rk);
+    }
+    queue_message_free(qm);
+    expire_bounce(dl, due);
+}
+
+static void expire_bounce(struct delivery *dl, const struct queue_due *due)
 {
     struct queue_message *qm = NULL;
     queue_message_read(dl->q, due->id, &qm);
@@ -1225,7 +1675,7 @@ static void expire(struct delivery *dl, const struct queue_due *due)
     str_copy(o.status, "4.4.7", sizeof(o.status));
     str_copy(o.text, text, sizeof(o.text));
     int64_t now = time_now_ms();
-    log_rcpt(due->id, due->addr, "none", due->arrival_ms, now, now, now, now, &o);
+    log_rcpt(due->id, due->addr, "none", due->arrival_ms, now, now, now, now, &o, NULL);
     size_t blen = 0;
     char *body = qm ? read_body(dl, due->id, qm->env.size, &blen) : NULL;
     bounce_send(dl, due->id, qm, (struct view){body ? body : "", body ? blen : 0}, it, dr, 1);
@@ -1242,6 +1692,8 @@ static void file_due(struct delivery *dl, const struct queue_due *due, int64_t n
         str_copy(name, "[relayhost]", sizeof(name));
     else
         deliver_domain_of(due->addr, name, sizeof(name));
+    if (pause_postpone(dl, due, now))
+        return;
     struct dest *d = name[0] ? dest_get(dl, name) : NULL;
     if (!d) {
         /* No domain (or no memory): nothing sensible to try now. */
@@ -1359,6 +1811,8 @@ static void lease_now(struct delivery *dl)
 {
     if (dl->closing || dl->stopping)
         return;
+    if (pause_all(dl))
+        return;
     if (dl->leasing) {
         dl->want_lease = true;
         return;
@@ -1433,6 +1887,43 @@ static void on_sweep(uv_timer_t *t)
 
 /* ---- life cycle ---------------------------------------------------------------------- */
 
+/* Proactive refresh (RFC 8461 5.1, 10.2): cached policies are checked and
+ * refetched before they lapse, off the delivery path. */
+static void on_sts_timer(uv_timer_t *t)
+{
+    struct delivery *dl = t->data;
+    if (dl->pol && !dl->closing)
+        policy_refresh_due(dl->pol, 20);
+}
+
+static int count_entry(void *arg, const struct policy_entry *e)
+{
+    size_t *n = arg;
+    (void)e;
+    (*n)++;
+    return 0;
+}
+
+/* convoyctl status: "sts": the policy cache and what delivery saw. */
+static void sts_status(struct mta *m, json_t *status)
+{
+    (void)m;
+    struct delivery *dl = g_dl;
+    if (!dl || !dl->pol)
+        return;
+    size_t n = 0;
+    struct policy_cache *c = policy_cache(dl->pol);
+    if (c)
+        policy_cache_each(c, count_entry, &n);
+    json_t *o = json_object();
+    json_object_set_new(o, "policy_cache_size", json_integer((json_int_t)n));
+    json_object_set_new(o, "overrides", json_integer((json_int_t)policy_overrides_count(dl->ov)));
+    json_object_set_new(o, "testing_failures", json_integer((json_int_t)dl->sts_testing_failures));
+    json_object_set_new(o, "enforce_failures", json_integer((json_int_t)dl->sts_enforce_failures));
+    json_object_set_new(o, "rechecks", json_integer((json_int_t)dl->sts_rechecks));
+    json_object_set_new(status, "sts", o);
+}
+
 static void dests_free(struct delivery *dl)
 {
     struct dest *d = dl->dests;
@@ -1444,6 +1935,9 @@ static void dests_free(struct delivery *dl)
                 unlease(dl, j->id, j->r[i].idx);
             job_free(j);
         }
+        if (d->preq)
+            policy_cancel(d->preq);
+        policy_sts_clear(&d->sts);
         free(d->targets);
         free(d);
         d = next;
@@ -1461,6 +1955,7 @@ static void maybe_free(struct delivery *dl)
     if (g_dl == dl)
         g_dl = NULL;
     tls_ctx_free(dl->tls_ctx);
+    policy_overrides_free(dl->ov);
     conf_unref(dl->conf);
     free(dl);
 }
@@ -1472,20 +1967,40 @@ static void on_handle_closed(uv_handle_t *h)
     maybe_free(dl);
 }
 
-static void helo_name(const struct conf *c, char *out, size_t size)
-{
-    if (c->smtp_helo_name && c->smtp_helo_name[0])
-        str_copy(out, c->smtp_helo_name, size);
-    else if (c->myhostname && c->myhostname[0])
-        str_copy(out, c->myhostname, size);
-    else if (gethostname(out, size) != 0 || !out[0])
-        str_copy(out, "localhost", size);
-    out[size - 1] = '\0';
-}
-
 static void new_work(struct mta *m)
 {
     delivery_kick(m);
+}
+
+/* The client context for MX hosts: smtp_tls_CAfile, or the system store -
+ * the same trust store the policy fetch uses (RFC 8461 4.2, 3.3). */
+static struct tls_ctx *delivery_tls_ctx(const struct conf *c, char *why, size_t why_size)
+{
+    const char *ca = c->smtp_tls_CAfile && c->smtp_tls_CAfile[0] ? c->smtp_tls_CAfile : NULL;
+    return tls_ctx_client_new(ca, why, why_size);
+}
+
+/* The MTA-STS engine with its persistent cache in the queue directory
+ * (<queue_directory>/sts.lmdb, where convoyctl sts looks too). */
+static int delivery_policy_new(struct delivery *dl, struct buf *err)
+{
+    const struct conf *c = dl->conf;
+    struct policy_options o;
+    mta_policy_options(c, &o);
+    char path[4096];
+    int n = snprintf(path, sizeof(path), "%s/%s", c->queue_directory, POLICY_CACHE_FILE);
+    if (n < 0 || (size_t)n >= sizeof(path)) {
+        buf_printf(err, "queue_directory: path too long for the MTA-STS cache");
+        return ERR_TOOBIG;
+    }
+    o.cache_path = path;
+    char why[512] = "";
+    int rc = policy_new(dl->loop, dl->dns, &o, &dl->pol, why, sizeof(why));
+    if (rc != 0) {
+        buf_printf(err, "MTA-STS: %s", why[0] ? why : err_str(rc));
+        dl->pol = NULL;
+    }
+    return rc;
 }
 
 int delivery_start(struct mta *m, struct buf *err)
@@ -1505,7 +2020,7 @@ int delivery_start(struct mta *m, struct buf *err)
     dl->m = m;
     dl->conf = conf_ref(m->conf);
     dl->q = m->queue;
-    helo_name(dl->conf, dl->helo, sizeof(dl->helo));
+    mta_helo_name(dl->conf, dl->helo, sizeof(dl->helo));
     if (dl->conf->relayhost && dl->conf->relayhost[0]) {
         if (conf_parse_hostport(dl->conf->relayhost, true, &dl->relayhost) != 0) {
             buf_printf(err, "relayhost: cannot parse \"%s\"", dl->conf->relayhost);
@@ -1516,11 +2031,7 @@ int delivery_start(struct mta *m, struct buf *err)
         dl->relay = true;
     }
     struct dns_options dno;
-    dns_options_default(&dno);
-    dno.servers = (const char *const *)dl->conf->dns_servers.v;
-    dno.n_servers = dl->conf->dns_servers.n;
-    dno.timeout_ms = (int)(dl->conf->dns_timeout * 1000);
-    dno.tries = (int)dl->conf->dns_tries;
+    mta_dns_options(dl->conf, &dno);
     int rc = dns_new(dl->loop, &dno, &dl->dns);
     if (rc != 0) {
         buf_printf(err, "delivery: cannot start the DNS resolver: %s", err_str(rc));
@@ -1528,12 +2039,11 @@ int delivery_start(struct mta *m, struct buf *err)
         free(dl);
         return rc;
     }
-    if (strcmp(dl->conf->smtp_tls_security_level, "none") != 0) {
+    /* The client context exists whatever smtp_tls_security_level says: an
+     * MTA-STS policy or a tls_policy_file entry may require TLS. */
+    {
         char why[256] = "";
-        const char *ca = dl->conf->smtp_tls_CAfile && dl->conf->smtp_tls_CAfile[0]
-                             ? dl->conf->smtp_tls_CAfile
-                             : NULL;
-        dl->tls_ctx = tls_ctx_client_new(ca, why, sizeof(why));
+        dl->tls_ctx = delivery_tls_ctx(dl->conf, why, sizeof(why));
         if (!dl->tls_ctx) {
             if (strcmp(dl->conf->smtp_tls_security_level, "verify") == 0) {
                 buf_printf(err, "smtp_tls_CAfile: %s", why);
@@ -1545,11 +2055,38 @@ int delivery_start(struct mta *m, struct buf *err)
             log_warn(COMPONENT, "TLS for delivery is off: %s", why);
         }
     }
+    dl->ov = policy_overrides_load(dl->conf->tls_policy_file ? dl->conf->tls_policy_file : "", err);
+    if (!dl->ov) {
+        /* One line per problem; the caller prints the text as one. */
+        while (err->len > 0 && err->data[err->len - 1] == '\n')
+            err->data[--err->len] = '\0';
+        tls_ctx_free(dl->tls_ctx);
+        dns_free(dl->dns);
+        conf_unref(dl->conf);
+        free(dl);
+        return ERR_INVAL;
+    }
+    rc = delivery_policy_new(dl, err);
+    if (rc != 0) {
+        policy_overrides_free(dl->ov);
+        tls_ctx_free(dl->tls_ctx);
+        dns_free(dl->dns);
+        conf_unref(dl->conf);
+        free(dl);
+        return rc;
+    }
     uv_timer_init(dl->loop, &dl->due_timer);
     uv_timer_init(dl->loop, &dl->kick_timer);
     uv_timer_init(dl->loop, &dl->sweep_timer);
-    dl->due_timer.data = dl->kick_timer.data = dl->sweep_timer.data = dl;
-    dl->open_handles = 3;
+    uv_timer_init(dl->loop, &dl->sts_timer);
+    dl->due_timer.data = dl->kick_timer.data = dl->sweep_timer.data = dl->sts_timer.data = dl;
+    dl->open_handles = 4;
+    uv_timer_start(&dl->sts_timer, on_sts_timer, 60000, 60000);
+    static bool hooked;
+    if (!hooked) {
+        control_add_status_hook(sts_status);
+        hooked = true;
+    }
     g_dl = dl;
     m->on_new_work = new_work;
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
@@ -1614,7 +2151,12 @@ void delivery_close(struct mta *m)
             dns_cancel(d->query);
             d->query = NULL;
         }
+        if (d->preq) {
+            policy_cancel(d->preq);
+            d->preq = NULL;
+        }
     }
+    rechecks_drop(dl);
     /* Abort every session. A message in flight gets its SMTP_EV_DONE inside
      * the abort (its recipients are deferred now); a job whose session was
      * not ready yet goes back to the queue here, so that nothing after this
@@ -1632,9 +2174,139 @@ void delivery_close(struct mta *m)
         }
     }
     dl->q = NULL;
+    policy_free(dl->pol);
+    dl->pol = NULL;
     dns_free(dl->dns);
     dl->dns = NULL;
+    uv_close((uv_handle_t *)&dl->sts_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->due_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->kick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->sweep_timer, on_handle_closed);
+}
+
+/* ---- reload ------------------------------------------------------------------------------- */
+
+int delivery_reload(struct mta *m, struct conf *c, struct buf *err)
+{
+    (void)m;
+    struct delivery *dl = g_dl;
+    if (!dl || dl->closing)
+        return 0;
+    /* The override file first: a broken one refuses the whole reload (a
+     * typo must never loosen TLS). */
+    struct policy_overrides *ov =
+        policy_overrides_load(c->tls_policy_file ? c->tls_policy_file : "", err);
+    if (!ov)
+        return ERR_INVAL;
+    char why[256] = "";
+    struct tls_ctx *ctx = delivery_tls_ctx(c, why, sizeof(why));
+    if (!ctx && strcmp(c->smtp_tls_security_level, "verify") == 0) {
+        buf_printf(err, "smtp_tls_CAfile: %s\n", why);
+        policy_overrides_free(ov);
+        return ERR_TLS;
+    }
+    if (!ctx)
+        log_warn(COMPONENT, "TLS for delivery is off: %s", why);
+    if (strcmp(c->relayhost ? c->relayhost : "", dl->conf->relayhost ? dl->conf->relayhost : "") !=
+        0)
+        log_warn(QCOMP, "relayhost changes take effect at the next restart");
+    /* New sessions use the new snapshot; sessions in progress keep their
+     * context (reference counted) and their copy of the override entry. */
+    policy_overrides_free(dl->ov);
+    dl->ov = ov;
+    for (struct dest *d = dl->dests; d; d = d->next)
+        dest_quit_idle(d);
+    tls_ctx_free(dl->tls_ctx);
+    dl->tls_ctx = ctx;
+    conf_unref(dl->conf);
+    dl->conf = conf_ref(c);
+    mta_helo_name(dl->conf, dl->helo, sizeof(dl->helo));
+    log_info(QCOMP, "delivery: configuration reloaded, %zu TLS policy override(s)",
+             policy_overrides_count(dl->ov));
+    return 0;
+}
+
+/* ---- pauses (the table is in deliver_admin.c) ------------------------------------------ */
+
+#define PAUSE_RECHECK_MS (5 * 60000)
+
+/* Everything paused: lease nothing; look again when the pause ends. */
+static bool pause_all(struct delivery *dl)
+{
+    int64_t until = 0, now = time_now_ms();
+    if (!deliver_paused(NULL, now, &until))
+        return false;
+    if (until)
+        uv_timer_start(&dl->due_timer, on_due_timer, (uint64_t)(until - now) + 1, 0);
+    return true;
+}
+
+/* A leased recipient of a paused domain goes back to the queue, due at the
+ * pause's end (or at the next recheck), without counting an attempt. */
+static bool pause_postpone(struct delivery *dl, const struct queue_due *due, int64_t now)
+{
+    char dom[256];
+    int64_t until = 0;
+    deliver_domain_of(due->addr, dom, sizeof(dom));
+    if (!deliver_paused(dom, now, &until))
+        return false;
+    int64_t when = now + PAUSE_RECHECK_MS;
+    if (until && until < when)
+        when = until;
+    struct req *r = req_new(dl, due->id, due->rcpt, "unlease");
+    if (r && queue_postpone(dl->q, due->id, due->rcpt, when, req_done, r) == 0)
+        dl->pending_reqs++;
+    else
+        free(r);
+    dl->inflight--;
+    return true;
+}
+
+/* Is every recipient of job j paused? */
+static bool job_paused(const struct job *j, int64_t now)
+{
+    for (size_t i = 0; i < j->n; i++) {
+        char dom[256];
+        deliver_domain_of(j->r[i].addr, dom, sizeof(dom));
+        if (!deliver_paused(dom, now, NULL))
+            return false;
+    }
+    return j->n > 0;
+}
+
+void deliver_pause_changed(void)
+{
+    struct delivery *dl = g_dl;
+    if (!dl || dl->closing || dl->stopping)
+        return;
+    int64_t now = time_now_ms();
+    /* Jobs waiting for a connection are not started yet: give them back. */
+    for (struct dest *d = dl->dests; d; d = d->next) {
+        struct job *keep = NULL, *keep_tail = NULL, *j;
+        size_t kept = 0;
+        while ((j = dest_pop(d))) {
+            if (!job_paused(j, now)) {
+                if (keep_tail)
+                    keep_tail->next = j;
+                else
+                    keep = j;
+                keep_tail = j;
+                kept++;
+                continue;
+            }
+            for (size_t i = 0; i < j->n; i++) {
+                /* Counted in inflight while it waited; postponing counts
+                 * it out. */
+                struct queue_due due = {.rcpt = j->r[i].idx, .addr = j->r[i].addr};
+                str_copy(due.id, j->id, sizeof(due.id));
+                pause_postpone(dl, &due, now);
+            }
+            job_free(j);
+        }
+        d->head = keep;
+        d->tail = keep_tail;
+        d->njobs = kept;
+    }
+    if (!deliver_paused(NULL, now, NULL))
+        schedule_lease(dl, 0);
 }

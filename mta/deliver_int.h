@@ -61,6 +61,20 @@ size_t dsn_header_len(struct view msg);
  * out; "" for an address without '@'. */
 void deliver_domain_of(const char *addr, char *out, size_t size);
 
+/* Does a recipient's NOTIFY bits (QUEUE_NOTIFY_*, RFC 3461 4.1) ask for a
+ * failure DSN? 0 means NOTIFY was not given: failures are reported. */
+bool deliver_wants_failure_dsn(unsigned notify);
+
+/* ---- pauses (deliver_admin.c, asked by deliver.c) ---------------------------- */
+
+/* Is delivery to domain paused at now_ms (domain NULL: is everything
+ * paused)? *until_ms is the pause's end (0: until resumed). Ended pauses
+ * are dropped here. */
+bool deliver_paused(const char *domain, int64_t now_ms, int64_t *until_ms);
+/* deliver.c: the pause table changed: give waiting jobs of paused
+ * destinations back to the queue, and lease again if delivery resumed. */
+void deliver_pause_changed(void);
+
 /* Postfix's delay numbers: "0.12", "3.4", "12", "1234" (two significant
  * decimals below 10 s, one below 100 s, none above). */
 void deliver_format_delay(int64_t ms, char *out, size_t size);

@@ -1,6 +1,6 @@
 /*
  * deliver_util.c - small pure helpers of the delivery engine: the domain of
- * an address and Postfix's delay notation for log lines.
+ * an address, Postfix's delay notation for log lines, NOTIFY's meaning.
  *
  * Invariants: no allocation, bounded output, always NUL-terminated.
  */
@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "deliver_int.h"
+#include "queue.h"
 
 void deliver_domain_of(const char *addr, char *out, size_t size)
 {
@@ -40,4 +41,9 @@ void deliver_format_delay(int64_t ms, char *out, size_t size)
         snprintf(out, size, "%lld.%lld", (long long)(ms / 1000), (long long)(ms % 1000 / 100));
     else
         snprintf(out, size, "%lld", (long long)(ms / 1000));
+}
+
+bool deliver_wants_failure_dsn(unsigned notify)
+{
+    return notify == 0 || (notify & QUEUE_NOTIFY_FAILURE) != 0;
 }

@@ -35,5 +35,55 @@ size_t delivery_active(const struct mta *m);
 void delivery_close(struct mta *m);
 /* New work is due (the queue committed a submission, release or retry). */
 void delivery_kick(struct mta *m);
+/*
+ * SIGHUP / convoyctl reload: apply snapshot c to new connections (TLS
+ * trust store, timeouts, limits) and reload tls_policy_file. Call before
+ * the snapshot is put in force: on an error (a broken override file:
+ * "FILE:LINE: reason" lines appended to err) nothing changed and the
+ * reload must be refused. relayhost and the MTA-STS engine's settings
+ * (sts_*) take effect at the next restart. 0 when delivery is not running.
+ */
+struct conf;
+int delivery_reload(struct mta *m, struct conf *c, struct buf *err);
+
+/* ---- operator requests (mta/deliver_admin.c) -------------------------------- */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct json_t;
+
+/* n: recipients bounced. status 0 or a negative enum err. */
+typedef void (*delivery_admin_cb)(void *arg, int status, size_t n);
+
+/*
+ * Bounce message id now: a DSN (RFC 3464, Action: failed, Status: 5.0.0,
+ * "bounced by the mail administrator: REASON") is built with bounce.c as an
+ * expiry bounce is, queued to the sender, and only after it is committed
+ * are the recipients marked bounced. Queued, deferred and held recipients
+ * are bounced; recipients in flight are left to their attempt. No DSN for
+ * the null sender or when NOTIFY excludes FAILURE. Returns 0 and calls cb
+ * exactly once later; or an error and never calls cb: ERR_NOTFOUND (no such
+ * message), ERR_AGAIN (every open recipient is in flight), ERR_NOMEM,
+ * ERR_CORRUPT, ERR_CLOSED.
+ */
+int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, delivery_admin_cb cb,
+                          void *arg);
+
+/*
+ * Pause new delivery attempts to domain (NULL or "": to everything) until
+ * until_ms (0: until resumed), with a reason shown in status. Pausing again
+ * replaces the entry. Sessions in progress finish; waiting mail stays in the
+ * queue. In memory: kept across reload, not across a restart. 0, ERR_TOOBIG
+ * (too many pauses), ERR_INVAL.
+ */
+int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason);
+/* Resume domain (NULL: every pause, of everything and of each domain);
+ * *n_resumed says how many pauses ended. Mail of a resumed domain is due
+ * now. 0 or ERR_NOMEM. */
+int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed);
+/* Add "paused": [{domain, reason, since, until, remaining}] to a status
+ * object (a json_t *). */
+void delivery_pause_status(struct mta *m, struct json_t *status);
 
 #endif

@@ -39,6 +39,17 @@ struct mta {
 };
 
 /*
+ * settings.c: the configuration mapped onto the resolver's and the MTA-STS
+ * engine's options (the caller sets the policy cache path), and the name
+ * Convoy uses in EHLO and DSNs (smtp_helo_name, myhostname, the host name).
+ */
+struct dns_options;
+struct policy_options;
+void mta_dns_options(const struct conf *c, struct dns_options *o);
+void mta_policy_options(const struct conf *c, struct policy_options *o);
+void mta_helo_name(const struct conf *c, char *out, size_t size);
+
+/*
  * daemon_queue.c: open the queue in queue_directory with the settings of
  * m->conf before any service starts; close it (waiting for the writer
  * thread to finish its last commit) after every service has stopped.
@@ -70,7 +81,8 @@ int submission_reload(struct mta *m, struct conf *c, struct buf *err);
  * line-delimited JSON). A handler gets the parsed request object (borrowed)
  * and must call control_reply() exactly once, now or later from the loop;
  * the response is stolen, and "ok": true is added when absent.
- * Built in: "status" (plus what status hooks add) and "reload".
+ * Built in: "status" (plus what status hooks add), "reload", and the
+ * operator commands of control_queue.c.
  */
 struct control_req;
 typedef void (*control_handler)(struct mta *m, struct control_req *req, json_t *request);
@@ -83,6 +95,10 @@ void control_reply(struct control_req *req, json_t *response);
 void control_reply_error(struct control_req *req, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int control_socket_path(const struct conf *c, char *out, size_t size);
+/* control_queue.c: register the operator commands (queue.retry, queue.hold,
+ * queue.release, queue.delete, queue.bounce, pause, resume) and the pause
+ * status hook. Called by control_start(). */
+void control_queue_register(void);
 
 /*
  * ctl_client.c: convoyctl's side. Send one request, wait up to timeout_ms
@@ -102,5 +118,7 @@ int ctl_dns(struct conf *c, int argc, char **argv);
 int ctl_sts(struct conf *c, int argc, char **argv);
 int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
+int ctl_pause(struct conf *c, int argc, char **argv);
+int ctl_resume(struct conf *c, int argc, char **argv);
 
 #endif

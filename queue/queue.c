@@ -235,7 +235,7 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
         goto fail;
     }
     if (!q->read_only) {
-        q->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        q->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
         if (q->lock_fd < 0) {
             err = open_fail(why, queue_mdb_err(errno), "queue: cannot open %s/%s: %s",
                             q->opt.directory, QUEUE_FILE, strerror(errno));
@@ -263,7 +263,7 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
     unsigned flags = MDB_NOSUBDIR | MDB_NOTLS;
     if (q->read_only)
         flags |= MDB_RDONLY;
-    rc = mdb_env_open(q->env, path, flags, 0600);
+    rc = mdb_env_open(q->env, path, flags, 0660);
     if (rc) {
         err = open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
                         mdb_strerror(rc));
@@ -305,6 +305,15 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
         goto fail;
     }
     if (!q->read_only) {
+        /* Members of the daemon's group list the queue read-only: they read
+         * the data file and register in LMDB's reader table, which needs
+         * write access to the lock file. (Set here, not only at creation,
+         * so queues made by older versions with 0600 are opened up too.) */
+        char lpath[4200];
+        if (snprintf(lpath, sizeof(lpath), "%s-lock", path) < (int)sizeof(lpath))
+            chmod(lpath, 0660);
+        if (fchmod(q->lock_fd, 0640) != 0)
+            log_warn("queue", "cannot set the mode of %s: %s", path, strerror(errno));
         /* The data and lock files may be new: make their names durable too,
          * or a power loss could lose the file the first commit went to. */
         int dfd = open(q->opt.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -390,9 +399,28 @@ void queue_message_free(struct queue_message *m)
         free((void *)m->rcpts[i].addr);
         free((void *)m->rcpts[i].orcpt);
         result_free(&m->rcpts[i].last);
+        for (size_t k = 0; k < m->rcpts[i].n_history; k++)
+            result_free(&m->rcpts[i].history[k]);
+        free(m->rcpts[i].history);
     }
     free(m->rcpts);
     free(m);
+}
+
+static int fill_result(struct queue_result *o, const struct qrec_result *l)
+{
+    o->smtp_code = l->code;
+    o->when_ms = l->when_ms;
+    o->dsn = vdup(l->dsn);
+    o->text = vdup(l->text);
+    o->mx = vdup(l->mx);
+    o->ip = vdup(l->ip);
+    o->tls = vdup(l->tls);
+    o->sts_mode = vdup(l->sts_mode);
+    o->sts_id = vdup(l->sts_id);
+    if (!o->dsn || !o->text || !o->mx || !o->ip || !o->tls || !o->sts_mode || !o->sts_id)
+        return ERR_NOMEM;
+    return 0;
 }
 
 static int fill_rcpt(struct queue_rcpt *o, uint32_t index, const struct qrec_rcpt *r)
@@ -405,20 +433,23 @@ static int fill_rcpt(struct queue_rcpt *o, uint32_t index, const struct qrec_rcp
     o->attempts = r->attempts;
     o->next_ms = r->next_ms;
     o->has_result = r->has_result;
-    const struct qrec_result *l = &r->last;
-    o->last.smtp_code = l->code;
-    o->last.when_ms = l->when_ms;
-    o->last.dsn = vdup(l->dsn);
-    o->last.text = vdup(l->text);
-    o->last.mx = vdup(l->mx);
-    o->last.ip = vdup(l->ip);
-    o->last.tls = vdup(l->tls);
-    o->last.sts_mode = vdup(l->sts_mode);
-    o->last.sts_id = vdup(l->sts_id);
-    if (!o->addr || !o->orcpt || !o->last.dsn || !o->last.text || !o->last.mx || !o->last.ip ||
-        !o->last.tls || !o->last.sts_mode || !o->last.sts_id)
-        return ERR_NOMEM;
-    return 0;
+    int err = fill_result(&o->last, &r->last);
+    if (!o->addr || !o->orcpt)
+        err = ERR_NOMEM;
+    if (!err && r->n_hist) {
+        o->history = calloc(r->n_hist, sizeof(*o->history));
+        if (!o->history)
+            return ERR_NOMEM;
+        for (size_t i = 0; i < r->n_hist && !err; i++) {
+            struct qrec_result h;
+            err = qrec_hist_get(r, i, &h);
+            if (!err) {
+                o->n_history++;
+                err = fill_result(&o->history[i], &h);
+            }
+        }
+    }
+    return err;
 }
 
 /* Read message id (16 bytes) in txn into a new struct queue_message. */

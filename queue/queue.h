@@ -7,8 +7,8 @@
  *    chunks of about 64 KiB so no message ever needs one huge value.
  *  - Its recipients, numbered 0..n-1 in the order given, each with its own
  *    state (enum queue_rcpt_state), attempt count, next attempt time and the
- *    result of the last attempt (struct queue_result), so an operator can see
- *    why a recipient waits.
+ *    results of its last QUEUE_HISTORY_MAX attempts (struct queue_result),
+ *    so an operator can see why a recipient waits.
  *  - A schedule ordered by next attempt time; due work is found by a range
  *    scan, never a full scan.
  *
@@ -46,9 +46,11 @@
  * open fails with ERR_AGAIN. Any number of read-only openers (convoyctl) may
  * run beside it.
  *
- * Files in options.directory: queue.lmdb (data) and queue.lmdb-lock (LMDB
- * reader table). The layout of keys and values carries a version; a file of
- * another version is refused with ERR_VERSION and a message saying so.
+ * Files in options.directory: queue.lmdb (data, mode 0640) and
+ * queue.lmdb-lock (LMDB reader table, mode 0660: a read-only opener writes
+ * its slot there), so members of the daemon's group can list the queue.
+ * The layout of keys and values carries a version; a file of another
+ * version is refused with ERR_VERSION and a message saying so.
  */
 #ifndef CONVOY_QUEUE_H
 #define CONVOY_QUEUE_H
@@ -179,6 +181,9 @@ enum queue_rcpt_state {
 /* "queued", "active", ...; "unknown" for other values. */
 const char *queue_rcpt_state_name(int state);
 
+/* Results kept per recipient: the last and the ones before it. */
+#define QUEUE_HISTORY_MAX 10
+
 /* A recipient as stored. */
 struct queue_rcpt {
     uint32_t index;
@@ -187,9 +192,15 @@ struct queue_rcpt {
     unsigned notify;
     enum queue_rcpt_state state;
     uint32_t attempts;
-    int64_t next_ms; /* next attempt (QUEUED/DEFERRED), lease end (ACTIVE), else 0 */
+    int64_t next_ms; /* next attempt (QUEUED/DEFERRED), lease end (ACTIVE, and HELD
+                        while the attempt that was in flight has not reported), else 0 */
     bool has_result; /* false until the first attempt reports */
     struct queue_result last;
+    /* The results before last, oldest first: at most QUEUE_HISTORY_MAX - 1
+     * (older ones are dropped), reply texts cut to 512 bytes. Records
+     * written before the history existed have none. */
+    size_t n_history;
+    struct queue_result *history;
 };
 
 /* A message as stored (without its body). */
@@ -271,11 +282,25 @@ int queue_defer(struct queue *q, const char *id, uint32_t rcpt, const struct que
 int queue_bounce(struct queue *q, const char *id, uint32_t rcpt, const struct queue_result *result,
                  queue_done_cb cb, void *arg);
 int queue_unlease(struct queue *q, const char *id, uint32_t rcpt, queue_done_cb cb, void *arg);
+/*
+ * Give a lease back without an attempt, due again at when_ms (now if that
+ * has passed): for recipients the engine chooses not to try yet (delivery
+ * to their domain is paused). The attempt count and last result stay.
+ * Same errors as queue_unlease.
+ */
+int queue_postpone(struct queue *q, const char *id, uint32_t rcpt, int64_t when_ms,
+                   queue_done_cb cb, void *arg);
 
 /*
  * Operator requests on a whole message (every non-final recipient):
  *  hold:      HELD; off the schedule (a held recipient does not expire).
- *  release:   HELD back to DEFERRED (QUEUED if never tried), due now.
+ *             A recipient held while ACTIVE keeps its lease end in next_ms
+ *             (its attempt goes on and reports as usual; a deferral leaves
+ *             it HELD with next_ms 0, as does a read-write open after a
+ *             crash).
+ *  release:   HELD back to DEFERRED (QUEUED if never tried), due now; a
+ *             recipient held in flight whose lease has not ended becomes
+ *             ACTIVE again instead, so it is never leased twice.
  *  retry:     QUEUED/DEFERRED due now. id NULL: every message.
  *  remove:    the message, its body and recipients are deleted (also a
  *             message whose records no longer decode).

@@ -16,6 +16,13 @@
  * strings as a u32 length and bytes (at most QREC_STR_MAX, no NUL). A value
  * is decoded only if it is exactly as long as its fields; anything else is
  * ERR_CORRUPT. Decoded strings are views into the input bytes.
+ *
+ * RCPT records have two versions, both read: version 1 as above, and
+ * version 2 (QREC_RCPT_VERSION, what is written) which appends the attempt
+ * history: a u8 count (at most QREC_HIST_MAX) and that many results in the
+ * RESULT field layout, oldest first; these are the results before `last`.
+ * A version 1 record without history re-encodes as version 1, so a round
+ * trip is byte-exact; it becomes version 2 when a history is added.
  */
 #ifndef CONVOY_QUEUE_INT_H
 #define CONVOY_QUEUE_INT_H
@@ -30,6 +37,11 @@
 #define QUEUE_LAYOUT_VERSION 1u
 #define QREC_VERSION 1u
 #define QREC_STR_MAX 65536u
+#define QREC_RCPT_VERSION 2u
+/* Results kept before the last one (QUEUE_HISTORY_MAX in all). */
+#define QREC_HIST_MAX (QUEUE_HISTORY_MAX - 1)
+/* Reply text kept in a history entry, in bytes. */
+#define QREC_HIST_TEXT_MAX 512u
 
 enum qrec_type { QREC_META = 1, QREC_MSG = 2, QREC_RCPT = 3, QREC_RESULT = 4 };
 
@@ -65,6 +77,9 @@ struct qrec_rcpt {
     struct view addr, orcpt;
     bool has_result;
     struct qrec_result last;
+    uint8_t version;  /* as decoded: 1 or 2; 0 (new) encodes as 2 */
+    uint8_t n_hist;   /* earlier results, at most QREC_HIST_MAX */
+    struct view hist; /* their encoded bytes (decoded and checked) */
 };
 
 /* Encoders append to out (ERR_TOOBIG/ERR_NOMEM from the buffer, ERR_INVAL
@@ -80,6 +95,14 @@ int qrec_meta_decode(const void *p, size_t n, struct qrec_meta *m);
 int qrec_msg_decode(const void *p, size_t n, struct qrec_msg *m);
 int qrec_rcpt_decode(const void *p, size_t n, struct qrec_rcpt *r);
 int qrec_result_decode(const void *p, size_t n, struct qrec_result *r);
+
+/* Entry i (0 = oldest) of r's history into out (views into r->hist).
+ * ERR_INVAL past the end, ERR_CORRUPT. */
+int qrec_hist_get(const struct qrec_rcpt *r, size_t i, struct qrec_result *out);
+/* The history of r with add appended (the oldest dropped when full; add's
+ * text cut to QREC_HIST_TEXT_MAX) into out; *n is its entry count. */
+int qrec_hist_push(const struct qrec_rcpt *r, const struct qrec_result *add, struct buf *out,
+                   uint8_t *n);
 
 /* A view of a C string (NULL gives an empty view). */
 struct view qrec_view(const char *s);

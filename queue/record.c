@@ -155,7 +155,11 @@ int qrec_rcpt_encode(const struct qrec_rcpt *r, struct buf *out)
 {
     struct enc e = {out, 0};
     size_t start = out->len;
-    put_head(&e, QREC_RCPT);
+    bool v1 = r->version == 1 && r->n_hist == 0;
+    if (r->n_hist > QREC_HIST_MAX)
+        return ERR_INVAL;
+    put_u8(&e, v1 ? 1 : QREC_RCPT_VERSION);
+    put_u8(&e, QREC_RCPT);
     put_u8(&e, r->state);
     put_u8(&e, r->notify);
     put_u32(&e, r->attempts);
@@ -165,6 +169,10 @@ int qrec_rcpt_encode(const struct qrec_rcpt *r, struct buf *out)
     put_u8(&e, r->has_result ? 1 : 0);
     if (r->has_result)
         put_result(&e, &r->last);
+    if (!v1) {
+        put_u8(&e, r->n_hist);
+        put_bytes(&e, r->hist.ptr, r->n_hist ? r->hist.len : 0);
+    }
     return enc_finish(&e, start);
 }
 
@@ -309,7 +317,9 @@ int qrec_rcpt_decode(const void *p, size_t n, struct qrec_rcpt *r)
 {
     struct dec d = {p, n, 0, false};
     memset(r, 0, sizeof(*r));
-    get_head(&d, QREC_RCPT);
+    r->version = get_u8(&d);
+    if (get_u8(&d) != QREC_RCPT || (r->version != 1 && r->version != QREC_RCPT_VERSION))
+        d.bad = true;
     r->state = get_u8(&d);
     r->notify = get_u8(&d);
     r->attempts = get_u32(&d);
@@ -322,9 +332,62 @@ int qrec_rcpt_decode(const void *p, size_t n, struct qrec_rcpt *r)
     r->has_result = has == 1;
     if (r->has_result)
         get_result(&d, &r->last);
+    if (r->version == QREC_RCPT_VERSION) {
+        r->n_hist = get_u8(&d);
+        if (r->n_hist > QREC_HIST_MAX)
+            d.bad = true;
+        size_t at = d.off;
+        for (unsigned i = 0; i < r->n_hist && !d.bad; i++) {
+            struct qrec_result h;
+            get_result(&d, &h);
+        }
+        r->hist.ptr = d.bad ? "" : (const char *)d.p + at;
+        r->hist.len = d.bad ? 0 : d.off - at;
+    }
     if (r->state > QUEUE_RCPT_BOUNCED || r->notify > 0x0f || r->next_ms < 0)
         d.bad = true;
     return dec_finish(&d);
+}
+
+int qrec_hist_get(const struct qrec_rcpt *r, size_t i, struct qrec_result *out)
+{
+    if (i >= r->n_hist)
+        return ERR_INVAL;
+    struct dec d = {(const uint8_t *)r->hist.ptr, r->hist.len, 0, false};
+    for (size_t k = 0; k <= i && !d.bad; k++)
+        get_result(&d, out);
+    return d.bad ? ERR_CORRUPT : 0;
+}
+
+int qrec_hist_push(const struct qrec_rcpt *r, const struct qrec_result *add, struct buf *out,
+                   uint8_t *n)
+{
+    struct enc e = {out, 0};
+    size_t start = out->len;
+    /* n may point into r: count apart and store at the end. */
+    size_t skip = r->n_hist >= QREC_HIST_MAX ? (size_t)r->n_hist - QREC_HIST_MAX + 1 : 0;
+    uint8_t count = 0;
+    for (size_t i = skip; i < r->n_hist && !e.err; i++) {
+        struct qrec_result h;
+        e.err = qrec_hist_get(r, i, &h);
+        if (!e.err)
+            put_result(&e, &h);
+        count++;
+    }
+    struct qrec_result a = *add;
+    if (a.text.len > QREC_HIST_TEXT_MAX) {
+        /* Cut on a UTF-8 character boundary. */
+        size_t len = QREC_HIST_TEXT_MAX;
+        while (len > 0 && ((unsigned char)a.text.ptr[len] & 0xc0) == 0x80)
+            len--;
+        a.text.len = len;
+    }
+    put_result(&e, &a);
+    count++;
+    int err = enc_finish(&e, start);
+    if (!err)
+        *n = count;
+    return err;
 }
 
 int qrec_result_decode(const void *p, size_t n, struct qrec_result *r)

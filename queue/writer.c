@@ -52,6 +52,7 @@ struct qreq {
     char id[QUEUE_ID_LEN + 1]; /* target, or the new message's ID */
     bool all;                  /* retry: every message */
     uint32_t rcpt;
+    int64_t when_ms;  /* unlease: due again at this time (0: now) */
     struct buf rec;   /* submit: MSG record; reports: RESULT record (or empty) */
     struct buf rcpts; /* submit: [u32 length][RCPT record] ... */
     uint32_t n_rcpts;
@@ -146,6 +147,13 @@ static uint64_t rng_next(struct queue *q)
  * schedule and lease entries from the old state/next to the new ones.
  * r's views must not point into LMDB memory (encode happens first).
  */
+/* A lease entry is kept while an attempt is in flight: ACTIVE, or HELD
+ * while the attempt that was in flight has not reported (next_ms != 0). */
+static bool leased(uint8_t state, int64_t next_ms)
+{
+    return state == QUEUE_RCPT_ACTIVE || (state == QUEUE_RCPT_HELD && next_ms != 0);
+}
+
 static int rcpt_write(struct wtx *w, const char *id, uint32_t idx, uint8_t old_state,
                       int64_t old_next, const struct qrec_rcpt *r)
 {
@@ -158,13 +166,14 @@ static int rcpt_write(struct wtx *w, const char *id, uint32_t idx, uint8_t old_s
         sched_key(sk, old_next, id, idx);
         err = wdel(w, QDB_SCHED, sk, sizeof(sk));
     }
-    if (!err && old_state == QUEUE_RCPT_ACTIVE && r->state != QUEUE_RCPT_ACTIVE)
+    bool had_lease = leased(old_state, old_next), has_lease = leased(r->state, r->next_ms);
+    if (!err && had_lease && !has_lease)
         err = wdel(w, QDB_LEASE, rk, sizeof(rk));
     if (!err && scheduled(r->state)) {
         sched_key(sk, r->next_ms, id, idx);
         err = wput(w, QDB_SCHED, sk, sizeof(sk), "", 0, 0);
     }
-    if (!err && r->state == QUEUE_RCPT_ACTIVE && old_state != QUEUE_RCPT_ACTIVE)
+    if (!err && has_lease && !had_lease)
         err = wput(w, QDB_LEASE, rk, sizeof(rk), "", 0, 0);
     if (!err)
         err = wput(w, QDB_RCPT, rk, sizeof(rk), b.data, b.len, 0);
@@ -573,6 +582,8 @@ static int apply_report(struct wtx *w, struct qreq *r)
     struct rcopy c = {0};
     void *msg_raw = NULL;
     struct qrec_msg m;
+    struct buf hist;
+    buf_init(&hist, SIZE_MAX / 2);
     err = rcopy_one(&c, r->rcpt, &v);
     if (!err)
         err = msg_load(w, r->id, &m, &msg_raw);
@@ -586,12 +597,24 @@ static int apply_report(struct wtx *w, struct qreq *r)
     if (r->type == R_UNLEASE) {
         if (old_state == QUEUE_RCPT_ACTIVE) {
             c.r.state = c.r.attempts ? QUEUE_RCPT_DEFERRED : QUEUE_RCPT_QUEUED;
-            c.r.next_ms = r->now_ms;
+            c.r.next_ms = r->when_ms > r->now_ms ? r->when_ms : r->now_ms;
+            err = rcpt_write(w, r->id, r->rcpt, old_state, old_next, &c.r);
+        } else if (old_state == QUEUE_RCPT_HELD && old_next != 0) {
+            /* Held while in flight; the attempt is over without a result. */
+            c.r.next_ms = 0;
             err = rcpt_write(w, r->id, r->rcpt, old_state, old_next, &c.r);
         }
         goto out;
     }
     if (r->rec.len) {
+        /* The last result joins the history (bounded); the new one is last. */
+        if (c.r.has_result) {
+            err = qrec_hist_push(&c.r, &c.r.last, &hist, &c.r.n_hist);
+            if (err)
+                goto out;
+            c.r.hist.ptr = hist.data;
+            c.r.hist.len = hist.len;
+        }
         err = qrec_result_decode(r->rec.data, r->rec.len, &c.r.last);
         if (err)
             goto out;
@@ -629,6 +652,7 @@ static int apply_report(struct wtx *w, struct qreq *r)
 out:
     free(c.raw);
     free(msg_raw);
+    buf_free(&hist);
     return err;
 }
 
@@ -656,12 +680,19 @@ static int apply_message_op(struct wtx *w, struct qreq *r, const char *id)
         int64_t old_next = c->next_ms;
         bool change = false;
         if (r->type == R_HOLD && scheduled(old_state)) {
+            /* A recipient in flight keeps its lease end as next_ms: it is
+             * held, and a release gives the lease back rather than making
+             * it due now, so one recipient is never on two connections. */
             c->state = QUEUE_RCPT_HELD;
-            c->next_ms = 0;
+            c->next_ms = old_state == QUEUE_RCPT_ACTIVE ? old_next : 0;
             change = true;
         } else if (r->type == R_RELEASE && old_state == QUEUE_RCPT_HELD) {
-            c->state = c->attempts ? QUEUE_RCPT_DEFERRED : QUEUE_RCPT_QUEUED;
-            c->next_ms = r->now_ms;
+            if (old_next > r->now_ms) {
+                c->state = QUEUE_RCPT_ACTIVE;
+            } else {
+                c->state = c->attempts ? QUEUE_RCPT_DEFERRED : QUEUE_RCPT_QUEUED;
+                c->next_ms = r->now_ms;
+            }
             change = true;
         } else if (r->type == R_RETRY &&
                    (old_state == QUEUE_RCPT_QUEUED || old_state == QUEUE_RCPT_DEFERRED) &&
@@ -794,6 +825,11 @@ int queue_recover_leases(struct queue *q, MDB_txn *txn)
             c.r.state = c.r.attempts ? QUEUE_RCPT_DEFERRED : QUEUE_RCPT_QUEUED;
             c.r.next_ms = now;
             err = rcpt_write(&w, id, idx, QUEUE_RCPT_ACTIVE, old_next, &c.r);
+        } else if (!err && c.r.state == QUEUE_RCPT_HELD && c.r.next_ms != 0) {
+            /* Held while in flight: that attempt died with the process. */
+            int64_t old_next = c.r.next_ms;
+            c.r.next_ms = 0;
+            err = rcpt_write(&w, id, idx, QUEUE_RCPT_HELD, old_next, &c.r);
         } else if (!err || err == ERR_NOTFOUND || err == ERR_CORRUPT) {
             err = wdel(&w, QDB_LEASE, keys[i], QKEY_RCPT_LEN);
         }
@@ -1236,6 +1272,23 @@ int queue_bounce(struct queue *q, const char *id, uint32_t rcpt, const struct qu
 int queue_unlease(struct queue *q, const char *id, uint32_t rcpt, queue_done_cb cb, void *arg)
 {
     return report(q, R_UNLEASE, id, rcpt, NULL, cb, arg);
+}
+
+int queue_postpone(struct queue *q, const char *id, uint32_t rcpt, int64_t when_ms,
+                   queue_done_cb cb, void *arg)
+{
+    if (!q || !queue_id_valid(id))
+        return ERR_INVAL;
+    int err;
+    struct qreq *r = req_new(q, R_UNLEASE, &err);
+    if (!r)
+        return err;
+    memcpy(r->id, id, QUEUE_ID_LEN + 1);
+    r->rcpt = rcpt;
+    r->when_ms = when_ms;
+    r->cb.done = cb;
+    r->arg = arg;
+    return req_queue(q, r);
 }
 
 static int message_op(struct queue *q, enum qreq_type type, const char *id, queue_done_cb cb,

@@ -570,6 +570,12 @@ static void send_ehlo(struct smtp_client *c)
     send_cmd(c, "EHLO %s\r\n", c->helo);
 }
 
+/* Must this session have TLS before any MAIL (verify or encrypt)? */
+static bool tls_required(const struct smtp_client *c)
+{
+    return c->tlsmode == SMTP_TLS_VERIFY || c->tlsmode == SMTP_TLS_ENCRYPT;
+}
+
 /* After EHLO/HELO: STARTTLS when wanted and possible, else ready. */
 static void after_hello(struct smtp_client *c)
 {
@@ -581,7 +587,7 @@ static void after_hello(struct smtp_client *c)
             send_cmd(c, "STARTTLS\r\n");
             return;
         }
-        if (c->tlsmode == SMTP_TLS_VERIFY) {
+        if (tls_required(c)) {
             /* RFC 8461 4.2 and Postfix's wording for a required TLS. */
             fail_session(c, SMTP_ACT_DEFER, "4.7.4", ERR_TLS, 0,
                          c->tls_ctx ? "TLS is required, but was not offered by host %s[%s]"
@@ -1007,7 +1013,7 @@ static void on_reply(struct smtp_client *c)
     case SMTP_ST_STARTTLS:
         if (c->reply.code == 220) {
             start_tls(c);
-        } else if (c->tlsmode == SMTP_TLS_VERIFY) {
+        } else if (tls_required(c)) {
             struct smtp_outcome o;
             outcome_from_reply(c, &o, "STARTTLS command");
             str_copy(c->fail_reply, o.reply, sizeof(c->fail_reply));

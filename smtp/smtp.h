@@ -295,14 +295,21 @@ const char *smtp_stage_name(enum smtp_stage st);
 
 /* TLS the caller requires of this connection. */
 enum smtp_tls_mode {
-    SMTP_TLS_NONE,   /* never STARTTLS */
-    SMTP_TLS_MAY,    /* STARTTLS when offered, no verification; a failed
-                        handshake fails the session with err ERR_TLS, and the
-                        caller may retry the host with SMTP_TLS_NONE */
-    SMTP_TLS_VERIFY, /* STARTTLS must be offered and the certificate must
-                        chain to a trusted root and name verify_host (RFC
-                        6125); otherwise the session fails with 4.7.4 (not
-                        offered) or 4.7.5 (not verified) before any MAIL */
+    SMTP_TLS_NONE,    /* never STARTTLS */
+    SMTP_TLS_MAY,     /* STARTTLS when offered, no verification; a failed
+                         handshake fails the session with err ERR_TLS, and the
+                         caller may retry the host with SMTP_TLS_NONE */
+    SMTP_TLS_VERIFY,  /* STARTTLS must be offered and the certificate must
+                         chain to a trusted root and name verify_host (RFC
+                         6125); otherwise the session fails with 4.7.4 (not
+                         offered) or 4.7.5 (not verified) before any MAIL */
+    SMTP_TLS_ENCRYPT, /* STARTTLS must be offered and the handshake must
+                         complete (Postfix's "encrypt"), but the certificate
+                         is not checked (its verdict is still in the facts
+                         and may be judged by tls_check); otherwise the
+                         session fails with 4.7.4 (not offered or refused)
+                         or 4.7.5 (handshake failed) before any MAIL, and
+                         is never retried in plaintext by the client */
 };
 
 /* Per-stage timeouts in milliseconds (RFC 5321 4.5.3.2); 0 takes the RFC

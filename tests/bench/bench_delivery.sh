@@ -14,6 +14,11 @@
 # writes only after the sink's 250) divided by the wall-clock time from the
 # first submission to the last delivery.
 #
+# Then the MTA-STS run (tests/bench/bench_sts.py): convoyd alone, delivering
+# by MX lookup to a STARTTLS sink, once to a domain without a policy and once
+# to a domain with an enforce policy (verified TLS on every connection), with
+# the number of policy fetches a burst of 10,000 messages costs.
+#
 # Postfix runs as a private instance with its own configuration, queue and
 # log under a temporary directory; the system's Postfix (if any) is not used
 # or touched, and the private one is stopped on exit. Needs root (Postfix's
@@ -132,3 +137,11 @@ for size in 1024 10240; do
     pres="$prate ($2 in ${1}s)"
     echo "| $((size / 1024)) KiB | $n | $cres | $pres |" >>"$OUT"
 done
+
+# ---- MTA-STS enforce vs no policy (convoyd only) ----------------------------
+{
+    echo
+    echo "MTA-STS: 10000 messages of 1 KiB to one domain, no policy vs enforce"
+    echo
+} >>"$OUT"
+/usr/bin/python3 "$(dirname "$0")/bench_sts.py" "$BUILD" 10000 "$OUT" >/dev/null

@@ -127,10 +127,12 @@ class _Dnsmasq:
         self.proc = None
         self.port = None
 
-    def start(self, probe_name):
+    def start(self, probe_name, port=None):
         last = ""
         for _ in range(5):
-            self.port = free_udp_tcp_port(self.listen)
+            # A restart may keep its port (clients keep their configuration).
+            self.port = port or free_udp_tcp_port(self.listen)
+            port = None
             with open(self.conf_path, "w") as f:
                 f.write("\n".join(self.lines) + "\n")
             log = open(self.log_path, "ab")
@@ -207,7 +209,7 @@ class DnsServer:
             lines.append("host-record=%s,%s" % (name, ",".join(addrs)))
         return lines
 
-    def start(self):
+    def start(self, port=None):
         lines = self.config_lines()
         if self.servfail:
             # The upstream answers every type for these names (so the
@@ -224,15 +226,18 @@ class DnsServer:
         self.front = _Dnsmasq(self.dir, "dnsmasq", lines, listen)
         probe = self.local_zones[0] if self.local_zones else "probe.invalid"
         try:
-            self.front.start(probe)
+            self.front.start(probe, port)
         except Exception:
             self.stop()
             raise
         return self
 
-    def restart(self):
+    def restart(self, keep_port=False):
+        """Stop and start with the current records; keep_port: on the same
+        port when it is still free (the clients' dns_servers stay valid)."""
+        port = self.front.port if keep_port and self.front else None
         self.stop()
-        return self.start()
+        return self.start(port=port)
 
     @property
     def port(self):

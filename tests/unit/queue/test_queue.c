@@ -448,6 +448,72 @@ static void test_hold_release_retry_remove(void **state)
     assert_int_equal(queue_message_read(f->q, id2, &m), ERR_NOTFOUND);
 }
 
+/* Hold while in flight: the attempt goes on; a release gives the lease back
+ * instead of making the recipient due, so it is never leased twice. */
+static void test_hold_in_flight(void **state)
+{
+    struct fx *f = *state;
+    char id[QUEUE_ID_LEN + 1];
+    assert_int_equal(submit(f, "s@example.com", two, 2, "x", 1, id), 0);
+    assert_int_equal(lease(f, 10, NULL), 2);
+    assert_int_equal(msg_op(f, queue_hold, id), 0);
+    assert_int_equal(rcpt_state(f, id, 0), QUEUE_RCPT_HELD);
+    assert_int_equal(msg_op(f, queue_release, id), 0);
+    assert_int_equal(rcpt_state(f, id, 0), QUEUE_RCPT_ACTIVE);
+    assert_int_equal(lease(f, 10, NULL), 0); /* still leased: nothing due */
+    assert_int_equal(msg_op(f, queue_hold, id), 0);
+    /* The attempt reports: delivered is final, a deferral stays held. */
+    assert_int_equal(report(f, queue_delivered, id, 0, NULL), 0);
+    assert_int_equal(rcpt_state(f, id, 0), QUEUE_RCPT_DELIVERED);
+    assert_int_equal(report(f, queue_defer, id, 1, NULL), 0);
+    assert_int_equal(rcpt_state(f, id, 1), QUEUE_RCPT_HELD);
+    assert_int_equal(msg_op(f, queue_release, id), 0);
+    assert_int_equal(rcpt_state(f, id, 1), QUEUE_RCPT_DEFERRED);
+    assert_int_equal(lease(f, 10, NULL), 1); /* due now */
+    /* Held in flight, then given back without an attempt: release makes it
+     * due now. */
+    assert_int_equal(msg_op(f, queue_hold, id), 0);
+    struct done d = {0};
+    assert_int_equal(queue_unlease(f->q, id, 1, on_done, &d), 0);
+    wait_for(f, &d);
+    assert_int_equal(rcpt_state(f, id, 1), QUEUE_RCPT_HELD);
+    assert_int_equal(msg_op(f, queue_release, id), 0);
+    assert_int_equal(lease(f, 10, NULL), 1);
+    /* Held in flight when the process stops: after a restart the attempt
+     * is known to be over, so a release makes it due at once. */
+    assert_int_equal(msg_op(f, queue_hold, id), 0);
+    fx_close(f);
+    assert_int_equal(fx_open(f), 0);
+    assert_int_equal(rcpt_state(f, id, 1), QUEUE_RCPT_HELD);
+    struct queue_message *m;
+    assert_int_equal(queue_message_read(f->q, id, &m), 0);
+    assert_int_equal(m->rcpts[1].next_ms, 0);
+    queue_message_free(m);
+    assert_int_equal(msg_op(f, queue_release, id), 0);
+    assert_int_equal(lease(f, 10, NULL), 1);
+}
+
+/* Postpone: the lease goes back, due at the time given, no attempt. */
+static void test_postpone(void **state)
+{
+    struct fx *f = *state;
+    char id[QUEUE_ID_LEN + 1];
+    assert_int_equal(submit(f, "s@example.com", one, 1, "x", 1, id), 0);
+    assert_int_equal(lease(f, 10, NULL), 1);
+    struct done d = {0};
+    assert_int_equal(queue_postpone(f->q, id, 0, f->now + 60000, on_done, &d), 0);
+    wait_for(f, &d);
+    assert_int_equal(d.status, 0);
+    assert_int_equal(rcpt_state(f, id, 0), QUEUE_RCPT_QUEUED);
+    assert_int_equal(lease(f, 10, NULL), 0);
+    f->now += 60000;
+    struct queue_due *due;
+    assert_int_equal(lease(f, 10, &due), 1);
+    assert_int_equal(due[0].attempts, 0);
+    queue_due_free(due);
+    assert_int_equal(queue_postpone(f->q, "bogus", 0, 0, on_done, &d), ERR_INVAL);
+}
+
 static void test_unlease_and_recovery(void **state)
 {
     struct fx *f = *state;
@@ -817,6 +883,104 @@ static void test_list(void **state)
     assert_string_equal(seen[1], id[2]);
 }
 
+/* RCPT records: version 1 (no history) still reads and round-trips; the
+ * history is bounded and keeps the newest; texts are cut. */
+static void test_codec_history(void **state)
+{
+    (void)state;
+    /* A version 1 record, as written before the history existed. */
+    static const uint8_t v1[] = {1,   QREC_RCPT, QUEUE_RCPT_DEFERRED,
+                                 0,   0,         0,
+                                 0,   2,         0,
+                                 0,   0,         0,
+                                 0,   0,         0,
+                                 5,   0,         0,
+                                 0,   3,         'a',
+                                 '@', 'b',       0,
+                                 0,   0,         0,
+                                 0};
+    struct qrec_rcpt d;
+    assert_int_equal(qrec_rcpt_decode(v1, sizeof(v1), &d), 0);
+    assert_int_equal(d.version, 1);
+    assert_int_equal(d.attempts, 2);
+    assert_int_equal(d.n_hist, 0);
+    struct buf b;
+    buf_init(&b, 1 << 20);
+    assert_int_equal(qrec_rcpt_encode(&d, &b), 0);
+    assert_int_equal(b.len, sizeof(v1));
+    assert_memory_equal(b.data, v1, sizeof(v1));
+
+    /* Push 12 results: 9 kept before last, the newest ones. */
+    char big[2000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    big[QREC_HIST_TEXT_MAX - 1] = (char)0xc3; /* a 2-byte character across the cut */
+    big[QREC_HIST_TEXT_MAX] = (char)0xa9;
+    struct buf h[2];
+    buf_init(&h[0], 1 << 20);
+    buf_init(&h[1], 1 << 20);
+    for (int i = 0; i < 12; i++) {
+        struct qrec_result add = {.code = 400 + i, .text = qrec_view(big)};
+        struct buf *out = &h[i % 2];
+        buf_reset(out);
+        assert_int_equal(qrec_hist_push(&d, &add, out, &d.n_hist), 0);
+        d.hist.ptr = out->data;
+        d.hist.len = out->len;
+    }
+    assert_int_equal(d.n_hist, QREC_HIST_MAX);
+    struct qrec_result r;
+    assert_int_equal(qrec_hist_get(&d, 0, &r), 0);
+    assert_int_equal(r.code, 403);
+    assert_int_equal(r.text.len, QREC_HIST_TEXT_MAX - 1);
+    assert_int_equal(qrec_hist_get(&d, QREC_HIST_MAX - 1, &r), 0);
+    assert_int_equal(r.code, 411);
+    assert_int_equal(qrec_hist_get(&d, QREC_HIST_MAX, &r), ERR_INVAL);
+    /* Written as version 2; decodes to the same; every truncation fails. */
+    buf_reset(&b);
+    assert_int_equal(qrec_rcpt_encode(&d, &b), 0);
+    assert_int_equal((uint8_t)b.data[0], QREC_RCPT_VERSION);
+    struct qrec_rcpt e;
+    assert_int_equal(qrec_rcpt_decode(b.data, b.len, &e), 0);
+    assert_int_equal(e.n_hist, QREC_HIST_MAX);
+    assert_int_equal(qrec_hist_get(&e, 8, &r), 0);
+    assert_int_equal(r.code, 411);
+    for (size_t n = 0; n < b.len; n++)
+        assert_int_equal(qrec_rcpt_decode(b.data, n, &e), ERR_CORRUPT);
+    /* A count over the maximum is refused. */
+    b.data[b.len - d.hist.len - 1] = QREC_HIST_MAX + 1;
+    assert_int_equal(qrec_rcpt_decode(b.data, b.len, &e), ERR_CORRUPT);
+    buf_free(&h[0]);
+    buf_free(&h[1]);
+    buf_free(&b);
+}
+
+/* Each report keeps the previous result in the history. */
+static void test_history(void **state)
+{
+    struct fx *f = *state;
+    char id[QUEUE_ID_LEN + 1];
+    assert_int_equal(submit(f, "s@example.com", one, 1, "x", 1, id), 0);
+    for (int i = 0; i < 12; i++) {
+        assert_int_equal(msg_op(f, queue_retry, id), 0);
+        f->now += 1000;
+        assert_int_equal(lease(f, 10, NULL), 1);
+        char text[32];
+        snprintf(text, sizeof(text), "try %d", i);
+        struct queue_result res = {.smtp_code = 451, .dsn = "4.3.0", .text = text};
+        assert_int_equal(report(f, queue_defer, id, 0, &res), 0);
+    }
+    struct queue_message *m;
+    assert_int_equal(queue_message_read(f->q, id, &m), 0);
+    const struct queue_rcpt *r = &m->rcpts[0];
+    assert_int_equal(r->attempts, 12);
+    assert_string_equal(r->last.text, "try 11");
+    assert_int_equal(r->n_history, QUEUE_HISTORY_MAX - 1);
+    assert_string_equal(r->history[0].text, "try 2");
+    assert_string_equal(r->history[8].text, "try 10");
+    assert_int_equal(r->history[8].smtp_code, 451);
+    queue_message_free(m);
+}
+
 static void test_codec(void **state)
 {
     (void)state;
@@ -843,9 +1007,11 @@ static void test_codec(void **state)
     assert_int_equal(qrec_rcpt_decode(b.data, b.len, &d), ERR_CORRUPT);
     b.len--;
     /* Wrong version byte, wrong type, bad state. */
-    b.data[0] = 2;
+    b.data[0] = 3;
     assert_int_equal(qrec_rcpt_decode(b.data, b.len, &d), ERR_CORRUPT);
-    b.data[0] = QREC_VERSION;
+    b.data[0] = QREC_VERSION; /* version 1 has no history count */
+    assert_int_equal(qrec_rcpt_decode(b.data, b.len, &d), ERR_CORRUPT);
+    b.data[0] = QREC_RCPT_VERSION;
     struct qrec_msg m;
     assert_int_equal(qrec_msg_decode(b.data, b.len, &m), ERR_CORRUPT);
     b.data[2] = 9;
@@ -1003,11 +1169,15 @@ int main(int argc, char **argv)
         str_copy(self_path, argv[0], sizeof(self_path));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_codec),
+        cmocka_unit_test(test_codec_history),
+        cmocka_unit_test_setup_teardown(test_history, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_defer_deliver, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backoff, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hold_release_retry_remove, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hold_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_postpone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unlease_and_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),

@@ -830,6 +830,27 @@ static void test_verify_without_starttls(void **state)
     peer_free(&p);
 }
 
+/* encrypt: STARTTLS required like verify (4.7.4 when not offered or
+ * refused), never a plaintext session. */
+static void test_encrypt_without_starttls(void **state)
+{
+    (void)state;
+    char why[256];
+    run_cctx = tls_ctx_client_new(NULL, why, sizeof(why));
+    assert_non_null(run_cctx);
+    struct peer p = {.greeting = "220 p\r\n", .ehlo = EHLO_FULL};
+    struct run r = {.peer = &p};
+    run_session(&r, 0, SMTP_TLS_ENCRYPT, 5000);
+    assert_int_equal(r.ready, 0);
+    assert_int_equal(r.result.action, SMTP_ACT_DEFER);
+    assert_string_equal(r.result.status, "4.7.4");
+    assert_int_equal(r.result.err, ERR_TLS);
+    assert_null(strstr(p.log.data, "MAIL"));
+    peer_free(&p);
+    tls_ctx_free(run_cctx);
+    run_cctx = NULL;
+}
+
 static void test_bad_addresses(void **state)
 {
     (void)state;
@@ -1000,6 +1021,10 @@ static void test_starttls(void **state)
         {SMTP_TLS_MAY, "wrong.example.com", false, SMTP_ACT_SENT, "2.0.0", false},
         {SMTP_TLS_VERIFY, "mx.example.com", true, SMTP_ACT_DEFER, "4.7.5", true},
         {SMTP_TLS_NONE, NULL, false, SMTP_ACT_SENT, "2.0.0", false},
+        /* encrypt: any certificate will do, a tls_check may still refuse. */
+        {SMTP_TLS_ENCRYPT, "wrong.example.com", false, SMTP_ACT_SENT, "2.0.0", false},
+        {SMTP_TLS_ENCRYPT, "mx.example.com", false, SMTP_ACT_SENT, "2.0.0", true},
+        {SMTP_TLS_ENCRYPT, "wrong.example.com", true, SMTP_ACT_DEFER, "4.7.5", false},
     };
     char why[256];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1071,8 +1096,39 @@ static void test_starttls_handshake_fails(void **state)
     run_cctx = NULL;
     peer_free(&p);
 }
+
+static void test_encrypt_handshake_fails(void **state)
+{
+    (void)state;
+    char why[256];
+    struct peer p = {.greeting = "220 p\r\n",
+                     .ehlo = "250-p\r\n250-STARTTLS\r\n250 PIPELINING\r\n",
+                     .starttls_garbage = true};
+    run_cctx = tls_ctx_client_new(NULL, why, sizeof(why));
+    assert_non_null(run_cctx);
+    struct smtp_rcpt rc[1] = {{.addr = "a@x"}};
+    struct smtp_msg m = {.sender = "s@x", .body = {"x", 1}, .nrcpt = 1, .rcpt = rc};
+    struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
+    run_session(&r, 0, SMTP_TLS_ENCRYPT, 5000);
+    /* encrypt: the same failure; the caller never retries in plaintext. */
+    assert_int_equal(r.ready, 0);
+    assert_false(m.attempted);
+    assert_int_equal(r.result.action, SMTP_ACT_DEFER);
+    assert_int_equal(r.result.err, ERR_TLS);
+    assert_string_equal(r.result.status, "4.7.5");
+    assert_false(r.facts.handshake_done);
+    tls_ctx_free(run_cctx);
+    run_cctx = NULL;
+    peer_free(&p);
+}
 #else
 static void test_starttls_handshake_fails(void **state)
+{
+    (void)state;
+    skip();
+}
+
+static void test_encrypt_handshake_fails(void **state)
 {
     (void)state;
     skip();
@@ -1104,11 +1160,13 @@ int main(void)
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_smtputf8_and_size),
         cmocka_unit_test(test_verify_without_starttls),
+        cmocka_unit_test(test_encrypt_without_starttls),
         cmocka_unit_test(test_bad_addresses),
         cmocka_unit_test(test_large_body),
         cmocka_unit_test(test_body_reader),
         cmocka_unit_test(test_starttls),
         cmocka_unit_test(test_starttls_handshake_fails),
+        cmocka_unit_test(test_encrypt_handshake_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,402 @@
+/*
+ * deliver_admin.c - what the operator asks of the delivery engine through
+ * the control socket: bounce a message now (a DSN to its sender, then the
+ * recipients are marked bounced), and pause or resume delivery, to every
+ * destination or to one domain.
+ *
+ * Bounce (RFC 3464 via bounce.c, as an expiry bounce is made): the DSN says
+ * "Action: failed", "Status: 5.0.0" and the operator's reason; it is queued
+ * first, and only after that commit are the recipients marked bounced, so a
+ * failure leaves the message as it was. Recipients in flight (ACTIVE) are
+ * left alone: their attempt is going on. No DSN for a null sender or for
+ * recipients whose NOTIFY excludes FAILURE (they are bounced silently).
+ *
+ * Pause: a table of at most PAUSE_MAX entries in memory (kept across
+ * reload, lost on restart), one for "everything" and one per domain, each
+ * with a reason and an optional end. The engine asks deliver_paused() before
+ * it leases (everything paused: nothing is leased) and when it files a
+ * leased recipient (its domain paused: the recipient is given back with
+ * queue_postpone, not counted as an attempt, due again at the pause's end or
+ * in PAUSE_RECHECK_MS, whichever is first). Sessions in progress finish.
+ * Resuming a domain makes its waiting mail due now (queue_retry of each
+ * message with a queued or deferred recipient there).
+ *
+ * Threads: loop thread only.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "deliver_int.h"
+#include "delivery.h"
+#include "mta.h"
+#include "queue.h"
+
+#define QCOMP "qmgr"
+#define DSN_MAX (64u << 20)
+#define PAUSE_MAX 256
+
+/* ---- pause ------------------------------------------------------------------ */
+
+struct pause_entry {
+    char domain[256]; /* "" : everything */
+    char reason[256];
+    int64_t since_ms;
+    int64_t until_ms; /* 0: until resumed */
+};
+
+static struct pause_entry pauses[PAUSE_MAX];
+static size_t n_pauses;
+
+static void pause_expire(int64_t now_ms)
+{
+    for (size_t i = 0; i < n_pauses;) {
+        if (pauses[i].until_ms && pauses[i].until_ms <= now_ms) {
+            log_info(QCOMP, "pause of %s ended",
+                     pauses[i].domain[0] ? pauses[i].domain : "delivery");
+            pauses[i] = pauses[--n_pauses];
+            continue;
+        }
+        i++;
+    }
+}
+
+bool deliver_paused(const char *domain, int64_t now_ms, int64_t *until_ms)
+{
+    pause_expire(now_ms);
+    for (size_t i = 0; i < n_pauses; i++) {
+        if (pauses[i].domain[0] == 0 || (domain && strcasecmp(pauses[i].domain, domain) == 0)) {
+            if (until_ms)
+                *until_ms = pauses[i].until_ms;
+            return true;
+        }
+    }
+    return false;
+}
+
+int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason)
+{
+    (void)m;
+    if (!domain)
+        domain = "";
+    if (strlen(domain) >= sizeof(pauses[0].domain))
+        return ERR_INVAL;
+    int64_t now = time_now_ms();
+    pause_expire(now);
+    struct pause_entry *e = NULL;
+    for (size_t i = 0; i < n_pauses && !e; i++)
+        if (strcasecmp(pauses[i].domain, domain) == 0)
+            e = &pauses[i];
+    if (!e) {
+        if (n_pauses == PAUSE_MAX)
+            return ERR_TOOBIG;
+        e = &pauses[n_pauses++];
+        memset(e, 0, sizeof(*e));
+        str_copy(e->domain, domain, sizeof(e->domain));
+        for (char *p = e->domain; *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p - 'A' + 'a');
+    }
+    e->since_ms = now;
+    e->until_ms = until_ms;
+    str_copy(e->reason, reason ? reason : "", sizeof(e->reason));
+    char left[32] = "";
+    if (until_ms)
+        time_format_duration((until_ms - now + 999) / 1000, left, sizeof(left));
+    log_info(QCOMP, "delivery %s%s paused%s%s: %s", domain[0] ? "to " : "", domain[0] ? domain : "",
+             until_ms ? " for " : "", left, e->reason);
+    deliver_pause_changed();
+    return 0;
+}
+
+static void retry_done(void *arg, int status)
+{
+    (void)arg;
+    (void)status;
+}
+
+struct resume_scan {
+    struct mta *m;
+    char (*domains)[256];
+    size_t n;
+    size_t retried;
+};
+
+static int resume_one(void *arg, const struct queue_message *qm)
+{
+    struct resume_scan *s = arg;
+    for (size_t i = 0; i < qm->n_rcpts; i++) {
+        const struct queue_rcpt *r = &qm->rcpts[i];
+        if (r->state != QUEUE_RCPT_QUEUED && r->state != QUEUE_RCPT_DEFERRED)
+            continue;
+        char d[256];
+        deliver_domain_of(r->addr, d, sizeof(d));
+        for (size_t k = 0; k < s->n; k++) {
+            if (s->domains[k][0] == 0 || strcasecmp(s->domains[k], d) == 0) {
+                if (queue_retry(s->m->queue, qm->id, retry_done, NULL) == 0)
+                    s->retried++;
+                return 0;
+            }
+        }
+    }
+    return 0;
+}
+
+int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed)
+{
+    *n_resumed = 0;
+    pause_expire(time_now_ms());
+    struct resume_scan s = {.m = m};
+    s.domains = calloc(n_pauses ? n_pauses : 1, sizeof(*s.domains));
+    if (!s.domains)
+        return ERR_NOMEM;
+    bool had_domains = false;
+    for (size_t i = 0; i < n_pauses;) {
+        if (domain && strcasecmp(pauses[i].domain, domain) != 0) {
+            i++;
+            continue;
+        }
+        if (pauses[i].domain[0]) {
+            str_copy(s.domains[s.n++], pauses[i].domain, sizeof(s.domains[0]));
+            had_domains = true;
+        }
+        log_info(QCOMP, "delivery %s%s resumed", pauses[i].domain[0] ? "to " : "",
+                 pauses[i].domain);
+        pauses[i] = pauses[--n_pauses];
+        (*n_resumed)++;
+    }
+    /* Mail of a paused domain was postponed: make it due now. */
+    if (had_domains && m->queue)
+        queue_list(m->queue, NULL, resume_one, &s);
+    free(s.domains);
+    deliver_pause_changed();
+    return 0;
+}
+
+void delivery_pause_status(struct mta *m, json_t *status)
+{
+    (void)m;
+    int64_t now = time_now_ms();
+    pause_expire(now);
+    json_t *a = json_array();
+    for (size_t i = 0; i < n_pauses; i++) {
+        const struct pause_entry *e = &pauses[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "domain", e->domain[0] ? json_string(e->domain) : json_null());
+        json_object_set_new(o, "reason", json_string(e->reason));
+        json_object_set_new(o, "since", json_integer((json_int_t)(e->since_ms / 1000)));
+        json_object_set_new(
+            o, "until", e->until_ms ? json_integer((json_int_t)(e->until_ms / 1000)) : json_null());
+        json_object_set_new(o, "remaining",
+                            e->until_ms ? json_integer((json_int_t)((e->until_ms - now) / 1000))
+                                        : json_null());
+        json_array_append_new(a, o);
+    }
+    json_object_set_new(status, "paused", a);
+}
+
+/* ---- bounce ------------------------------------------------------------------ */
+
+struct abounce {
+    struct mta *m;
+    char id[QUEUE_ID_LEN + 1];
+    char text[600];
+    struct buf dsn;
+    uint32_t *rcpts;
+    size_t n;
+    size_t pending;
+    int status;
+    delivery_admin_cb cb;
+    void *arg;
+};
+
+static void abounce_free(struct abounce *b)
+{
+    buf_free(&b->dsn);
+    free(b->rcpts);
+    free(b);
+}
+
+static void on_rcpt_bounced(void *arg, int status)
+{
+    struct abounce *b = arg;
+    if (status != 0 && status != ERR_NOTFOUND && b->status == 0)
+        b->status = status;
+    if (--b->pending > 0)
+        return;
+    b->cb(b->arg, b->status, b->n);
+    abounce_free(b);
+}
+
+/* The DSN is committed (or there is none): mark the recipients bounced.
+ * Returns how many requests were made; with none, nothing was called and
+ * b is still the caller's. */
+static size_t mark_bounced(struct abounce *b)
+{
+    struct queue_result res = {.smtp_code = 0,
+                               .dsn = "5.0.0",
+                               .text = b->text,
+                               .mx = "",
+                               .ip = "",
+                               .tls = "",
+                               .sts_mode = "",
+                               .sts_id = ""};
+    size_t made = 0;
+    b->pending = 1; /* held until every request is made */
+    for (size_t i = 0; i < b->n; i++) {
+        if (queue_bounce(b->m->queue, b->id, b->rcpts[i], &res, on_rcpt_bounced, b) == 0)
+            made++, b->pending++;
+        else if (b->status == 0)
+            b->status = ERR_CLOSED;
+    }
+    if (made)
+        on_rcpt_bounced(b, 0); /* the last callback is one of the requests' */
+    return made;
+}
+
+static void on_admin_dsn_queued(void *arg, int status, const char *dsn_id)
+{
+    struct abounce *b = arg;
+    if (status != 0) {
+        log_warn(QCOMP, "%s: cannot queue the non-delivery notification: %s", b->id,
+                 err_str(status));
+        b->cb(b->arg, status, 0);
+        abounce_free(b);
+        return;
+    }
+    log_info(QCOMP, "%s: sender non-delivery notification: %s", b->id, dsn_id);
+    buf_free(&b->dsn);
+    if (mark_bounced(b) == 0) {
+        b->cb(b->arg, ERR_CLOSED, 0);
+        abounce_free(b);
+    }
+}
+
+int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, delivery_admin_cb cb,
+                          void *arg)
+{
+    if (!m->queue || !cb)
+        return ERR_CLOSED;
+    struct queue_message *qm = NULL;
+    int rc = queue_message_read(m->queue, id, &qm);
+    if (rc != 0)
+        return rc;
+    struct abounce *b = calloc(1, sizeof(*b));
+    struct dsn_rcpt *drs = calloc(qm->n_rcpts, sizeof(*drs));
+    if (b)
+        b->rcpts = calloc(qm->n_rcpts, sizeof(*b->rcpts));
+    if (!b || !drs || !b->rcpts) {
+        if (b)
+            free(b->rcpts);
+        free(b);
+        free(drs);
+        queue_message_free(qm);
+        return ERR_NOMEM;
+    }
+    b->m = m;
+    b->cb = cb;
+    b->arg = arg;
+    str_copy(b->id, id, sizeof(b->id));
+    snprintf(b->text, sizeof(b->text), "bounced by the mail administrator%s%.500s",
+             reason && reason[0] ? ": " : "", reason ? reason : "");
+    buf_init(&b->dsn, DSN_MAX);
+    size_t k = 0;
+    int64_t now = time_now_ms();
+    for (size_t i = 0; i < qm->n_rcpts; i++) {
+        const struct queue_rcpt *r = &qm->rcpts[i];
+        if (r->state != QUEUE_RCPT_QUEUED && r->state != QUEUE_RCPT_DEFERRED &&
+            r->state != QUEUE_RCPT_HELD)
+            continue;
+        if (r->state == QUEUE_RCPT_HELD && r->next_ms > now)
+            continue; /* held while its attempt is in flight */
+        b->rcpts[b->n++] = r->index;
+        char delay[24];
+        deliver_format_delay(now - qm->env.arrival_ms, delay, sizeof(delay));
+        log_info("smtp",
+                 "%s: to=<%s>, relay=none, delay=%s, delays=%s/0/0/0, dsn=5.0.0, "
+                 "status=bounced (%s)",
+                 id, r->addr, delay, delay, b->text);
+        if (!deliver_wants_failure_dsn(r->notify))
+            continue;
+        drs[k].addr = r->addr;
+        drs[k].orcpt = r->orcpt[0] ? r->orcpt : NULL;
+        drs[k].action = "failed";
+        drs[k].status = "5.0.0";
+        drs[k].remote_mta = r->has_result && r->last.mx[0] ? r->last.mx : NULL;
+        drs[k].diag = NULL;
+        drs[k].reason = b->text;
+        drs[k].last_attempt_ms = r->has_result ? r->last.when_ms : 0;
+        k++;
+    }
+    if (b->n == 0) {
+        free(drs);
+        queue_message_free(qm);
+        abounce_free(b);
+        return ERR_AGAIN;
+    }
+    if (!qm->env.sender[0] || k == 0) {
+        /* RFC 3464 / RFC 5321 6.1: never a DSN to the null sender. */
+        free(drs);
+        queue_message_free(qm);
+        if (mark_bounced(b) == 0) {
+            abounce_free(b);
+            return ERR_CLOSED;
+        }
+        return 0;
+    }
+    char *body = malloc(qm->env.size + 1);
+    size_t off = 0;
+    while (body && off < qm->env.size) {
+        size_t got = 0;
+        if (queue_body_read(m->queue, id, off, body + off, qm->env.size - off, &got) != 0 ||
+            got == 0)
+            break;
+        off += got;
+    }
+    rc = !body ? ERR_NOMEM : off != qm->env.size ? ERR_CORRUPT : 0;
+    char host[256];
+    mta_helo_name(m->conf, host, sizeof(host));
+    struct dsn_msg d = {
+        .reporting_mta = host,
+        .queue_id = id,
+        .sender = qm->env.sender,
+        .envid = qm->env.envid,
+        .arrival_ms = qm->env.arrival_ms,
+        .now_ms = now,
+        .ret_full = qm->env.ret == QUEUE_RET_FULL,
+        .original = {body ? body : "", off},
+        .rcpts = drs,
+        .nrcpt = k,
+    };
+    if (rc == 0)
+        rc = dsn_build(&d, &b->dsn);
+    if (rc == ERR_TOOBIG && d.ret_full) {
+        buf_reset(&b->dsn);
+        d.ret_full = false;
+        rc = dsn_build(&d, &b->dsn);
+    }
+    if (rc == 0) {
+        struct queue_envelope env = {.sender = "",
+                                     .client_name = "localhost",
+                                     .client_addr = "127.0.0.1",
+                                     .helo = host,
+                                     .auth_user = "",
+                                     .tls = "",
+                                     .envid = "",
+                                     .ret = QUEUE_RET_NONE,
+                                     .flags = 0};
+        struct queue_rcpt_in to = {.addr = qm->env.sender, .orcpt = NULL, .notify = 0};
+        rc = queue_submit(m->queue, &env, &to, 1, b->dsn.data, b->dsn.len, on_admin_dsn_queued, b);
+    }
+    free(body);
+    free(drs);
+    queue_message_free(qm);
+    if (rc != 0) {
+        abounce_free(b);
+        return rc;
+    }
+    return 0;
+}

@@ -1,0 +1,46 @@
+/*
+ * settings.c - the configuration mapped onto the options of the modules the
+ * daemon and convoyctl both start (resolver, MTA-STS engine), and the name
+ * Convoy gives itself in EHLO and in DSNs. One place, so convoyctl's live
+ * checks see what the daemon sees.
+ */
+#include <unistd.h>
+
+#include "dns.h"
+#include "mta.h"
+#include "policy.h"
+
+void mta_dns_options(const struct conf *c, struct dns_options *o)
+{
+    dns_options_default(o);
+    o->servers = (const char *const *)c->dns_servers.v;
+    o->n_servers = c->dns_servers.n;
+    o->timeout_ms = (int)(c->dns_timeout * 1000);
+    o->tries = (int)c->dns_tries;
+}
+
+void mta_policy_options(const struct conf *c, struct policy_options *o)
+{
+    policy_options_default(o);
+    o->ca_file = c->smtp_tls_CAfile;
+    o->https_port = (uint16_t)c->sts_policy_https_port;
+    o->fetch_timeout_ms = (uint32_t)(c->sts_fetch_timeout * 1000);
+    o->connect_timeout_ms = (uint32_t)(c->sts_connect_timeout * 1000);
+    o->max_policy_size = (size_t)c->sts_max_policy_size;
+    o->txt_check_s = (uint32_t)c->sts_txt_check_interval;
+    o->refresh_s = (uint32_t)c->sts_refresh_interval;
+    o->retry_after_s = (uint32_t)c->sts_fetch_retry_time;
+}
+
+void mta_helo_name(const struct conf *c, char *out, size_t size)
+{
+    if (size == 0)
+        return;
+    if (c->smtp_helo_name && c->smtp_helo_name[0])
+        str_copy(out, c->smtp_helo_name, size);
+    else if (c->myhostname && c->myhostname[0])
+        str_copy(out, c->myhostname, size);
+    else if (gethostname(out, size) != 0 || !out[0])
+        str_copy(out, "localhost", size);
+    out[size - 1] = '\0';
+}
