@@ -24,9 +24,11 @@
  *                 is committed. A bad ID fails the whole request.
  *   pause         {domain: D or null (everything), for: seconds or null
  *                 (until resumed), reason: TEXT (required)} -> domain, until
- *                 (epoch seconds or null).
+ *                 (epoch seconds or null), saved (true once the pause
+ *                 file is on disk; false with "warning": the pause is in
+ *                 force but would not survive a restart).
  *   resume        {domain: D or null (every pause)} -> resumed (pauses
- *                 ended).
+ *                 ended), saved and warning as for pause.
  * Errors are {"ok": false, "error": "text"}; unknown commands get one too.
  *
  * Who may use it: the kernel checks write permission on the socket file

@@ -10,9 +10,11 @@
  * command never floods the writer or memory; the answer comes when every
  * one has called back.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "deliver_int.h"
 #include "delivery.h"
 #include "mta.h"
 #include "queue.h"
@@ -201,6 +203,45 @@ static void handle_bounce(struct mta *m, struct control_req *req, json_t *reques
     handle_action(m, req, request, A_BOUNCE);
 }
 
+/* A pause or resume is answered once the table is on disk. */
+struct pause_answer {
+    struct control_req *req;
+    json_t *response;
+    bool resume;
+    size_t resumed; /* resume: how many pauses ended */
+};
+
+static void on_pause_saved(void *arg, int status, const char *why)
+{
+    struct pause_answer *a = arg;
+    if (a->resume)
+        json_object_set_new(a->response, "resumed", json_integer((json_int_t)a->resumed));
+    json_object_set_new(a->response, "saved", json_boolean(status == 0));
+    if (status != 0) {
+        char text[512];
+        snprintf(text, sizeof(text),
+                 "the change is in force but was not saved (%.400s): it will not survive a "
+                 "restart of convoyd",
+                 why ? why : err_str(status));
+        json_object_set_new(a->response, "warning", json_string(text));
+    }
+    control_reply(a->req, a->response);
+    free(a);
+}
+
+static struct pause_answer *pause_answer_new(struct control_req *req, json_t *response)
+{
+    struct pause_answer *a = calloc(1, sizeof(*a));
+    if (!a) {
+        json_decref(response);
+        control_reply_error(req, "out of memory");
+        return NULL;
+    }
+    a->req = req;
+    a->response = response;
+    return a;
+}
+
 static void handle_pause(struct mta *m, struct control_req *req, json_t *request)
 {
     json_t *jd = json_object_get(request, "domain");
@@ -215,21 +256,32 @@ static void handle_pause(struct mta *m, struct control_req *req, json_t *request
         control_reply_error(req, "a reason is required");
         return;
     }
+    if (domain && domain[0] && !pause_domain_ok(domain)) {
+        control_reply_error(req, "not a domain: \"%.100s\"", domain);
+        return;
+    }
+    if (m->stopping) {
+        control_reply_error(req, "convoyd is stopping");
+        return;
+    }
     int64_t secs = jf && json_is_integer(jf) ? (int64_t)json_integer_value(jf) : 0;
     if (secs < 0 || secs > 400LL * 86400) {
         control_reply_error(req, "\"for\" out of range");
         return;
     }
     int64_t until = secs ? time_now_ms() + secs * 1000 : 0;
-    int rc = delivery_pause(m, domain, until, reason);
-    if (rc != 0) {
-        control_reply_error(req, "cannot pause: %s", err_str(rc));
-        return;
-    }
     json_t *r = json_object();
     json_object_set_new(r, "domain", domain && domain[0] ? json_string(domain) : json_null());
     json_object_set_new(r, "until", until ? json_integer((json_int_t)(until / 1000)) : json_null());
-    control_reply(req, r);
+    struct pause_answer *a = pause_answer_new(req, r);
+    if (!a)
+        return;
+    int rc = delivery_pause(m, domain, until, reason, on_pause_saved, a);
+    if (rc != 0) {
+        json_decref(r);
+        free(a);
+        control_reply_error(req, "cannot pause: %s", err_str(rc));
+    }
 }
 
 static void handle_resume(struct mta *m, struct control_req *req, json_t *request)
@@ -240,13 +292,22 @@ static void handle_resume(struct mta *m, struct control_req *req, json_t *reques
         control_reply_error(req, "\"domain\" must be a string");
         return;
     }
-    size_t n = 0;
-    int rc = delivery_resume(m, domain && domain[0] ? domain : NULL, &n);
-    if (rc != 0) {
-        control_reply_error(req, "cannot resume: %s", err_str(rc));
+    if (m->stopping) {
+        control_reply_error(req, "convoyd is stopping");
         return;
     }
-    control_reply(req, json_pack("{s:I}", "resumed", (json_int_t)n));
+    json_t *r = json_object();
+    struct pause_answer *a = pause_answer_new(req, r);
+    if (!a)
+        return;
+    a->resume = true;
+    int rc =
+        delivery_resume(m, domain && domain[0] ? domain : NULL, &a->resumed, on_pause_saved, a);
+    if (rc != 0) {
+        json_decref(r);
+        free(a);
+        control_reply_error(req, "cannot resume: %s", err_str(rc));
+    }
 }
 
 static void pause_status_hook(struct mta *m, json_t *status)

@@ -238,6 +238,14 @@ static int answer_ok(const char *what, json_t *resp)
     return 1;
 }
 
+/* A warning that came with an answer (a pause not saved to disk). */
+static void print_warning(json_t *resp)
+{
+    const char *w = json_string_value(json_object_get(resp, "warning"));
+    if (w)
+        fprintf(stderr, "convoyctl: warning: %s\n", w);
+}
+
 int ctl_pause(struct conf *c, int argc, char **argv)
 {
     const char *domain = NULL, *reason = NULL, *dur = NULL;
@@ -272,6 +280,7 @@ int ctl_pause(struct conf *c, int argc, char **argv)
     if (rc != 0)
         return rc;
     rc = answer_ok("pause", resp);
+    print_warning(resp);
     json_decref(resp);
     if (rc)
         return rc;
@@ -299,6 +308,7 @@ int ctl_resume(struct conf *c, int argc, char **argv)
     if (rc != 0)
         return rc;
     rc = answer_ok("resume", resp);
+    print_warning(resp);
     json_int_t n = json_integer_value(json_object_get(resp, "resumed"));
     json_decref(resp);
     if (rc)

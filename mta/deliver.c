@@ -2089,6 +2089,8 @@ int delivery_start(struct mta *m, struct buf *err)
     }
     g_dl = dl;
     m->on_new_work = new_work;
+    /* Pauses set before a restart hold from the first lease on. */
+    deliver_pause_load(m);
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
              dl->relay ? dl->conf->relayhost : "");
     schedule_lease(dl, 0);
@@ -2133,8 +2135,8 @@ size_t delivery_active(const struct mta *m)
 {
     (void)m;
     if (!g_dl)
-        return 0;
-    return g_dl->nconns + g_dl->pending_reqs;
+        return deliver_pause_busy();
+    return g_dl->nconns + g_dl->pending_reqs + deliver_pause_busy();
 }
 
 void delivery_close(struct mta *m)

@@ -11,22 +11,35 @@
  * left alone: their attempt is going on. No DSN for a null sender or for
  * recipients whose NOTIFY excludes FAILURE (they are bounced silently).
  *
- * Pause: a table of at most PAUSE_MAX entries in memory (kept across
- * reload, lost on restart), one for "everything" and one per domain, each
- * with a reason and an optional end. The engine asks deliver_paused() before
- * it leases (everything paused: nothing is leased) and when it files a
- * leased recipient (its domain paused: the recipient is given back with
- * queue_postpone, not counted as an attempt, due again at the pause's end or
- * in PAUSE_RECHECK_MS, whichever is first). Sessions in progress finish.
- * Resuming a domain makes its waiting mail due now (queue_retry of each
- * message with a queued or deferred recipient there).
+ * Pause: a table of at most PAUSE_MAX entries, one for "everything" and one
+ * per domain, each with a reason and an optional end. The engine asks
+ * deliver_paused() before it leases (everything paused: nothing is leased)
+ * and when it files a leased recipient (its domain paused: the recipient is
+ * given back with queue_postpone, not counted as an attempt, due again at
+ * the pause's end or in PAUSE_RECHECK_MS, whichever is first). Sessions in
+ * progress finish. Resuming a domain makes its waiting mail due now
+ * (queue_retry of each message with a queued or deferred recipient there).
  *
- * Threads: loop thread only.
+ * The table survives restarts and crashes: every change rewrites
+ * <queue_directory>/pauses (pausefile.c's format) by the usual atomic
+ * replace - a temporary file, fsync, rename, fsync of the directory - on a
+ * worker thread, and the operator's request is answered only after that,
+ * so "paused" means "paused on disk". A write that fails leaves the change
+ * in force in memory and says so. The file is read when delivery starts,
+ * before the first lease; pauses that ended meanwhile are dropped, damaged
+ * lines are logged with file and line and skipped (never fatal: the worst
+ * a damaged file can do is leave a domain unpaused).
+ *
+ * Threads: the table is the loop thread's; the worker sees only the text
+ * made from it (sv.text) while sv.busy.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -41,27 +54,261 @@
 
 /* ---- pause ------------------------------------------------------------------ */
 
-struct pause_entry {
-    char domain[256]; /* "" : everything */
-    char reason[256];
-    int64_t since_ms;
-    int64_t until_ms; /* 0: until resumed */
+static struct pause_rec pauses[PAUSE_MAX];
+static size_t n_pauses;
+
+/* Saving the table: the text is written on a worker thread; requests that
+ * come while a write runs are folded into the next one. Generations: each
+ * change of the table makes a new one; a waiter is answered when a write
+ * of its generation (or a later one) has ended. */
+struct save_waiter {
+    struct save_waiter *next;
+    uint64_t gen;
+    delivery_pause_cb cb;
+    void *arg;
 };
 
-static struct pause_entry pauses[PAUSE_MAX];
-static size_t n_pauses;
+static struct {
+    uv_loop_t *loop;
+    char path[4200];
+    char tmp[4220];
+    char dir[4096];
+    uv_work_t work;
+    bool busy;
+    uint64_t wanted;  /* generation of the table in memory */
+    uint64_t writing; /* generation being written */
+    struct buf text;  /* owned by the worker while busy */
+    int status;       /* of the last write */
+    char why[300];
+    struct save_waiter *waiters;
+} sv;
+
+static void save_start(void);
+
+/* Where the table goes: queue_directory of m's configuration (which a
+ * reload cannot change). reset: take it again (delivery starts), unless a
+ * write is using the old one. */
+static void sv_init(struct mta *m, bool reset)
+{
+    if (m && m->loop)
+        sv.loop = m->loop;
+    if ((sv.path[0] && !(reset && !sv.busy)) || !m || !m->conf)
+        return;
+    str_copy(sv.dir, m->conf->queue_directory, sizeof(sv.dir));
+    snprintf(sv.path, sizeof(sv.path), "%s/%s", sv.dir, PAUSE_FILE);
+    snprintf(sv.tmp, sizeof(sv.tmp), "%s.tmp", sv.path);
+}
+
+/* Worker thread: replace the file atomically and durably. Touches only
+ * sv.text, the paths and the result fields while sv.busy. */
+static void save_work(uv_work_t *w)
+{
+    (void)w;
+    sv.status = 0;
+    sv.why[0] = '\0';
+    const char *step = "create";
+    int fd = open(sv.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    bool ok = fd >= 0;
+    if (ok && fchmod(fd, 0640) != 0) /* whatever the umask: the group reads it */
+        ok = false, step = "chmod";
+    for (size_t off = 0; ok && off < sv.text.len;) {
+        ssize_t n = write(fd, sv.text.data + off, sv.text.len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            ok = false, step = "write";
+            break;
+        }
+        off += (size_t)n;
+    }
+    if (ok && fsync(fd) != 0)
+        ok = false, step = "fsync";
+    if (fd >= 0 && close(fd) != 0 && ok)
+        ok = false, step = "close";
+    bool renamed = false;
+    if (ok && rename(sv.tmp, sv.path) != 0)
+        ok = false, step = "rename";
+    if (ok) {
+        renamed = true;
+        /* The new name must be durable too. */
+        int dfd = open(sv.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) != 0)
+            ok = false, step = "fsync directory";
+        if (dfd >= 0)
+            close(dfd);
+    }
+    if (!ok) {
+        int e = errno;
+        if (!renamed)
+            unlink(sv.tmp);
+        sv.status = ERR_IO;
+        snprintf(sv.why, sizeof(sv.why), "%s %.200s: %.60s", step, renamed ? sv.dir : sv.tmp,
+                 strerror(e));
+    }
+}
+
+static void save_after(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+    sv.busy = false;
+    int rc = sv.status;
+    char why[sizeof(sv.why)];
+    str_copy(why, sv.why, sizeof(why));
+    if (rc != 0)
+        log_warn(QCOMP, "cannot save the pauses: %s; they are in force until convoyd stops", why);
+    /* Detach the answered waiters first: a callback may pause again. */
+    struct save_waiter *done = NULL, **pp = &sv.waiters;
+    while (*pp) {
+        struct save_waiter *x = *pp;
+        if (x->gen <= sv.writing) {
+            *pp = x->next;
+            x->next = done;
+            done = x;
+        } else {
+            pp = &x->next;
+        }
+    }
+    if (sv.wanted > sv.writing)
+        save_start();
+    while (done) {
+        struct save_waiter *x = done;
+        done = x->next;
+        x->cb(x->arg, rc, rc ? why : NULL);
+        free(x);
+    }
+}
+
+static void save_start(void)
+{
+    if (sv.busy || !sv.loop || !sv.path[0] || sv.wanted == sv.writing)
+        return;
+    buf_free(&sv.text);
+    buf_init(&sv.text, (PAUSE_MAX + 4) * (PAUSE_DOMAIN_MAX + PAUSE_REASON_MAX + 64));
+    sv.writing = sv.wanted;
+    if (pause_file_format(pauses, n_pauses, &sv.text) != 0) {
+        sv.status = ERR_NOMEM;
+        str_copy(sv.why, "out of memory", sizeof(sv.why));
+        sv.busy = true;
+        save_after(&sv.work, 0);
+        return;
+    }
+    sv.busy = true;
+    if (uv_queue_work(sv.loop, &sv.work, save_work, save_after) != 0) {
+        sv.status = ERR_IO;
+        str_copy(sv.why, "cannot start the writer", sizeof(sv.why));
+        save_after(&sv.work, 0);
+    }
+}
+
+/* The table changed: write it; cb (may be NULL) hears when it is on disk. */
+static int pause_save(delivery_pause_cb cb, void *arg)
+{
+    sv.wanted++;
+    if (cb) {
+        struct save_waiter *x = calloc(1, sizeof(*x));
+        if (!x)
+            return ERR_NOMEM;
+        x->gen = sv.wanted;
+        x->cb = cb;
+        x->arg = arg;
+        x->next = sv.waiters;
+        sv.waiters = x;
+    }
+    save_start();
+    return 0;
+}
+
+size_t deliver_pause_busy(void)
+{
+    size_t n = sv.busy ? 1 : 0;
+    for (struct save_waiter *x = sv.waiters; x; x = x->next)
+        n++;
+    return n;
+}
+
+static void load_problem(void *arg, unsigned line, const char *why)
+{
+    (void)arg;
+    log_warn(QCOMP, "%s:%u: %s", sv.path, line, why);
+}
+
+#define PAUSE_FILE_MAX (4u << 20)
+
+void deliver_pause_load(struct mta *m)
+{
+    sv_init(m, true);
+    n_pauses = 0;
+    int fd = open(sv.path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno != ENOENT)
+            log_warn(QCOMP, "%s: %s; no pauses restored", sv.path, strerror(errno));
+        return;
+    }
+    struct buf text;
+    buf_init(&text, PAUSE_FILE_MAX);
+    char chunk[8192];
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            log_warn(QCOMP, "%s: %s; no pauses restored", sv.path, strerror(errno));
+            rc = ERR_IO;
+            break;
+        }
+        if (n == 0)
+            break;
+        if (buf_append(&text, chunk, (size_t)n) != 0) {
+            log_warn(QCOMP, "%s: larger than %u bytes, not a pause file; no pauses restored",
+                     sv.path, PAUSE_FILE_MAX);
+            rc = ERR_TOOBIG;
+            break;
+        }
+    }
+    close(fd);
+    struct pause_rec *recs = rc == 0 ? calloc(PAUSE_MAX, sizeof(*recs)) : NULL;
+    size_t n = recs ? pause_file_parse(text.data ? text.data : "", text.len, recs, PAUSE_MAX,
+                                       load_problem, NULL)
+                    : 0;
+    buf_free(&text);
+    int64_t now = time_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        const struct pause_rec *r = &recs[i];
+        const char *what = r->domain[0] ? r->domain : "all delivery";
+        if (r->until_ms && r->until_ms <= now) {
+            log_info(QCOMP, "pause of %s ended while convoyd was not running: %s", what, r->reason);
+            sv.wanted++; /* the file is rewritten with the next change */
+            continue;
+        }
+        pauses[n_pauses++] = *r;
+        char left[32] = "";
+        if (r->until_ms)
+            time_format_duration((r->until_ms - now + 999) / 1000, left, sizeof(left));
+        log_info(QCOMP, "delivery %s%s paused%s%s (restored from %s): %s",
+                 r->domain[0] ? "to " : "", r->domain, r->until_ms ? " for " : "", left, sv.path,
+                 r->reason);
+    }
+    free(recs);
+    sv.writing = sv.wanted;
+}
 
 static void pause_expire(int64_t now_ms)
 {
+    bool changed = false;
     for (size_t i = 0; i < n_pauses;) {
         if (pauses[i].until_ms && pauses[i].until_ms <= now_ms) {
             log_info(QCOMP, "pause of %s ended",
                      pauses[i].domain[0] ? pauses[i].domain : "delivery");
             pauses[i] = pauses[--n_pauses];
+            changed = true;
             continue;
         }
         i++;
     }
+    if (changed)
+        pause_save(NULL, NULL);
 }
 
 bool deliver_paused(const char *domain, int64_t now_ms, int64_t *until_ms)
@@ -77,16 +324,17 @@ bool deliver_paused(const char *domain, int64_t now_ms, int64_t *until_ms)
     return false;
 }
 
-int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason)
+int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason,
+                   delivery_pause_cb cb, void *arg)
 {
-    (void)m;
     if (!domain)
         domain = "";
-    if (strlen(domain) >= sizeof(pauses[0].domain))
+    if (domain[0] && !pause_domain_ok(domain))
         return ERR_INVAL;
+    sv_init(m, false);
     int64_t now = time_now_ms();
     pause_expire(now);
-    struct pause_entry *e = NULL;
+    struct pause_rec *e = NULL;
     for (size_t i = 0; i < n_pauses && !e; i++)
         if (strcasecmp(pauses[i].domain, domain) == 0)
             e = &pauses[i];
@@ -102,14 +350,14 @@ int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const ch
     }
     e->since_ms = now;
     e->until_ms = until_ms;
-    str_copy(e->reason, reason ? reason : "", sizeof(e->reason));
+    pause_reason_clean(reason, e->reason, sizeof(e->reason));
     char left[32] = "";
     if (until_ms)
         time_format_duration((until_ms - now + 999) / 1000, left, sizeof(left));
     log_info(QCOMP, "delivery %s%s paused%s%s: %s", domain[0] ? "to " : "", domain[0] ? domain : "",
              until_ms ? " for " : "", left, e->reason);
     deliver_pause_changed();
-    return 0;
+    return pause_save(cb, arg);
 }
 
 static void retry_done(void *arg, int status)
@@ -120,7 +368,7 @@ static void retry_done(void *arg, int status)
 
 struct resume_scan {
     struct mta *m;
-    char (*domains)[256];
+    char (*domains)[PAUSE_DOMAIN_MAX];
     size_t n;
     size_t retried;
 };
@@ -145,9 +393,11 @@ static int resume_one(void *arg, const struct queue_message *qm)
     return 0;
 }
 
-int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed)
+int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed, delivery_pause_cb cb,
+                    void *arg)
 {
     *n_resumed = 0;
+    sv_init(m, false);
     pause_expire(time_now_ms());
     struct resume_scan s = {.m = m};
     s.domains = calloc(n_pauses ? n_pauses : 1, sizeof(*s.domains));
@@ -173,7 +423,7 @@ int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed)
         queue_list(m->queue, NULL, resume_one, &s);
     free(s.domains);
     deliver_pause_changed();
-    return 0;
+    return pause_save(cb, arg);
 }
 
 void delivery_pause_status(struct mta *m, json_t *status)
@@ -183,7 +433,7 @@ void delivery_pause_status(struct mta *m, json_t *status)
     pause_expire(now);
     json_t *a = json_array();
     for (size_t i = 0; i < n_pauses; i++) {
-        const struct pause_entry *e = &pauses[i];
+        const struct pause_rec *e = &pauses[i];
         json_t *o = json_object();
         json_object_set_new(o, "domain", e->domain[0] ? json_string(e->domain) : json_null());
         json_object_set_new(o, "reason", json_string(e->reason));

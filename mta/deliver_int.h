@@ -1,7 +1,8 @@
 /*
  * deliver_int.h - private to the delivery engine (mta/deliver*.c,
- * mta/sched*.c, mta/bounce.c): the DSN builder and small helpers that the
- * unit tests reach directly. The daemon uses mta/delivery.h only.
+ * mta/sched*.c, mta/bounce.c, mta/pausefile.c): the DSN builder and small
+ * helpers that the unit tests reach directly. The daemon uses mta/delivery.h,
+ * and control_queue.c checks pause requests with pause_domain_ok().
  */
 #ifndef CONVOY_DELIVER_INT_H
 #define CONVOY_DELIVER_INT_H
@@ -71,9 +72,48 @@ bool deliver_wants_failure_dsn(unsigned notify);
  * paused)? *until_ms is the pause's end (0: until resumed). Ended pauses
  * are dropped here. */
 bool deliver_paused(const char *domain, int64_t now_ms, int64_t *until_ms);
+/* Read <queue_directory>/pauses into the table (delivery_start(), before
+ * the first lease). Pauses that ended meanwhile are dropped and logged; a
+ * damaged line is logged as FILE:LINE: reason and skipped; an unreadable
+ * file is logged and ignored. Never fails. */
+struct mta;
+void deliver_pause_load(struct mta *m);
+/* Writes of the pause table in progress or waited for (for shutdown). */
+size_t deliver_pause_busy(void);
 /* deliver.c: the pause table changed: give waiting jobs of paused
  * destinations back to the queue, and lease again if delivery resumed. */
 void deliver_pause_changed(void);
+
+/* ---- pausefile.c: the pause table on disk (<queue_directory>/pauses) ------------ */
+
+#define PAUSE_FILE "pauses"
+#define PAUSE_FILE_MAGIC "convoy-pauses 1"
+#define PAUSE_DOMAIN_MAX 256
+#define PAUSE_REASON_MAX 256
+
+/* One pause: of a domain, or of all delivery (domain ""). */
+struct pause_rec {
+    char domain[PAUSE_DOMAIN_MAX]; /* lower case; "": all delivery */
+    char reason[PAUSE_REASON_MAX];
+    int64_t since_ms;
+    int64_t until_ms; /* 0: until resumed */
+};
+
+/* May s name a paused domain: 1..255 bytes, no spaces or control
+ * characters, not "*" (which stands for all delivery in the file)? */
+bool pause_domain_ok(const char *s);
+/* Copy a reason with control characters made spaces, cut to size. */
+void pause_reason_clean(const char *in, char *out, size_t size);
+/* The file's text for n records (the magic line first). 0 or ERR_TOOBIG. */
+int pause_file_format(const struct pause_rec *r, size_t n, struct buf *out);
+/* A problem of the file at line: reported, and the line skipped. */
+typedef void (*pause_problem_cb)(void *arg, unsigned line, const char *why);
+/* Parse a pause file: the good records into out (at most max; a second
+ * record of the same domain is a problem), every problem to cb. Returns how
+ * many records were read. Expired records are returned too: the caller
+ * decides about them. */
+size_t pause_file_parse(const char *text, size_t len, struct pause_rec *out, size_t max,
+                        pause_problem_cb cb, void *arg);
 
 /* Postfix's delay numbers: "0.12", "3.4", "12", "1234" (two significant
  * decimals below 10 s, one below 100 s, none above). */

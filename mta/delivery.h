@@ -70,18 +70,29 @@ typedef void (*delivery_admin_cb)(void *arg, int status, size_t n);
 int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, delivery_admin_cb cb,
                           void *arg);
 
+/* Called once a change of the pause table is on disk: status 0; or an
+ * error with why (the change is in force, but would not survive a restart
+ * of convoyd). */
+typedef void (*delivery_pause_cb)(void *arg, int status, const char *why);
+
 /*
  * Pause new delivery attempts to domain (NULL or "": to everything) until
  * until_ms (0: until resumed), with a reason shown in status. Pausing again
  * replaces the entry. Sessions in progress finish; waiting mail stays in the
- * queue. In memory: kept across reload, not across a restart. 0, ERR_TOOBIG
- * (too many pauses), ERR_INVAL.
+ * queue. The table is kept in <queue_directory>/pauses, rewritten
+ * atomically on each change and read when delivery starts, so a pause holds
+ * across reload, restart and crash. Returns 0 and calls cb (may be NULL)
+ * once the file is written; or ERR_TOOBIG (too many pauses), ERR_INVAL (a
+ * domain with spaces or control characters, or "*"), ERR_NOMEM, and never
+ * calls cb. The change is in force when this returns.
  */
-int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason);
+int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason,
+                   delivery_pause_cb cb, void *arg);
 /* Resume domain (NULL: every pause, of everything and of each domain);
  * *n_resumed says how many pauses ended. Mail of a resumed domain is due
- * now. 0 or ERR_NOMEM. */
-int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed);
+ * now. 0 (cb as for delivery_pause()) or ERR_NOMEM (cb not called). */
+int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed, delivery_pause_cb cb,
+                    void *arg);
 /* Add "paused": [{domain, reason, since, until, remaining}] to a status
  * object (a json_t *). */
 void delivery_pause_status(struct mta *m, struct json_t *status);

@@ -367,6 +367,119 @@ class AdminTest(unittest.TestCase):
         self.ctl("pause", code=2)
         self.assertIn("was not paused", self.ctl("resume").stdout)
 
+    # ---- pauses across restarts --------------------------------------------------
+
+    def restart(self, crash=False):
+        """Stop convoyd (SIGKILL with crash) and start it again on the same
+        queue; returns the log written since."""
+        if crash:
+            self.daemon.proc.kill()
+            self.daemon.proc.wait()
+        else:
+            self.assertEqual(self.daemon.stop(), 0)
+        mark = len(self.log())
+        self.daemon.start()
+        self.daemon.wait_log("delivery started", timeout=5)
+        return lambda: self.log()[mark:]
+
+    def test_pause_survives_restart(self):
+        pauses = os.path.join(self.daemon.queue_dir, "pauses")
+        r = self.ctl("pause", "--domain", "ok.test", "--reason", "their MX is moving")
+        self.assertEqual(r.stderr, "")
+        self.ctl("pause", "--domain", "src.test", "--for", "2s", "--reason", "short one")
+        paused_at = time.time()
+        # On disk before convoyctl was answered, readable by the group.
+        self.assertEqual(stat.S_IMODE(os.stat(pauses).st_mode), 0o640)
+        with open(pauses) as f:
+            text = f.read()
+        self.assertTrue(text.startswith("convoy-pauses 1\n"), text)
+        self.assertRegex(text, r"\nok\.test \d+ 0 their MX is moving\n")
+        self.assertRegex(text, r"\nsrc\.test \d+ \d+ short one\n")
+        self.submit("sender@src.test", ["a@ok.test"], message("held back"))
+        self.wait_for(lambda: len(self.listing()) == 1, "queueing")
+
+        # A crash: convoyd gets no chance to save anything now.
+        time.sleep(max(0, paused_at + 2.5 - time.time()))
+        since = self.restart(crash=True)
+        self.assertIn("pause of src.test ended while convoyd was not running: short one",
+                      since())
+        self.assertIn("delivery to ok.test paused (restored from %s): their MX is moving"
+                      % pauses, since())
+        st = json.loads(self.ctl("status", "--json").stdout)
+        self.assertEqual([(p["domain"], p["reason"], p["until"]) for p in st["paused"]],
+                         [("ok.test", "their MX is moving", None)])
+        self.assertIn("paused: ok.test until resumed: their MX is moving",
+                      self.ctl("status").stdout)
+        # The expired pause is gone: mail to src.test goes out at once.
+        self.submit("sender@src.test", ["b@src.test"], message("not paused any more"))
+        self.assertTrue(self.src_mx.wait_messages(1, timeout=20), since())
+        # The paused domain's mail was not tried: nothing at its MX, no
+        # attempt in the queue or the log.
+        time.sleep(2)
+        self.assertEqual(self.ok_mx.messages, [])
+        (only,) = self.listing().values()
+        self.assertEqual(only["recipients"][0]["address"], "a@ok.test")
+        self.assertEqual(only["recipients"][0]["state"], "queued")
+        self.assertEqual(only["recipients"][0]["attempts"], 0)
+        self.assertNotIn("to=<a@ok.test>", self.log())
+
+        # An orderly restart keeps it as well; resume lets the mail go.
+        since = self.restart()
+        self.assertIn("delivery to ok.test paused (restored from", since())
+        time.sleep(1)
+        self.assertEqual(self.ok_mx.messages, [])
+        r = self.ctl("resume", "--domain", "ok.test")
+        self.assertEqual(r.stdout.strip(), "Resumed 1 pause.")
+        self.assertTrue(self.ok_mx.wait_messages(1, timeout=20), self.log())
+        self.assertEqual(self.ok_mx.messages[0].rcpt_tos, ["a@ok.test"])
+        with open(pauses) as f:
+            self.assertNotIn("ok.test", f.read())
+        since = self.restart()
+        self.assertNotIn("restored from", since())
+        self.assertEqual(json.loads(self.ctl("status", "--json").stdout)["paused"], [])
+
+    def test_pause_file_damaged(self):
+        pauses = os.path.join(self.daemon.queue_dir, "pauses")
+        self.assertEqual(self.daemon.stop(), 0)
+        now_ms = int(time.time() * 1000)
+        with open(pauses, "w") as f:
+            f.write("convoy-pauses 1\n"
+                    "ok.test %d 0 kept\n"
+                    "src.test yesterday 0 broken line\n"
+                    "dest.test %d %d ends before it starts\n" % (now_ms, now_ms, now_ms - 5))
+        mark = len(self.log())
+        self.daemon.start()
+        self.daemon.wait_log("delivery started", timeout=5)
+        since = self.log()[mark:]
+        self.assertIn("%s:3: bad start time" % pauses, since)
+        self.assertIn("%s:4: the pause ends before it starts" % pauses, since)
+        st = json.loads(self.ctl("status", "--json").stdout)
+        self.assertEqual([p["domain"] for p in st["paused"]], ["ok.test"])
+        # The damaged lines cost only their own pauses.
+        self.submit("sender@src.test", ["c@src.test"], message("src not paused"))
+        self.submit("sender@src.test", ["d@ok.test"], message("ok paused"))
+        self.assertTrue(self.src_mx.wait_messages(1, timeout=20), self.log())
+        time.sleep(1)
+        self.assertEqual(self.ok_mx.messages, [])
+
+        # Not a pause file at all: reported, ignored, convoyd runs.
+        self.assertEqual(self.daemon.stop(), 0)
+        with open(pauses, "wb") as f:
+            f.write(b"\x00\xff garbage\n")
+        mark = len(self.log())
+        self.daemon.start()
+        self.daemon.wait_log("delivery started", timeout=5)
+        self.assertIn("%s:1: control character in the line" % pauses, self.log()[mark:])
+        self.assertEqual(json.loads(self.ctl("status", "--json").stdout)["paused"], [])
+        # (Mail given back during the pause waits for its recheck: now.)
+        self.ctl("queue", "retry", "--all", "--yes")
+        self.assertTrue(self.ok_mx.wait_messages(1, timeout=20), self.log())
+        # The next change writes a good file again.
+        self.ctl("pause", "--domain", "dest.test", "--reason", "fresh")
+        with open(pauses) as f:
+            self.assertRegex(f.read(), r"^convoy-pauses 1\n(#.*\n)*dest\.test \d+ 0 fresh\n$")
+        self.ctl("pause", "--domain", "bad domain", "--reason", "x", code=1)
+
     # ---- concurrency ------------------------------------------------------------
 
     def test_admin_while_mail_flows(self):
