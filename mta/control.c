@@ -29,6 +29,8 @@
  *                 force but would not survive a restart).
  *   resume        {domain: D or null (every pause)} -> resumed (pauses
  *                 ended), saved and warning as for pause.
+ *   reload        also refuses what cannot change while the daemon runs
+ *                 (queue_directory), naming the parameter.
  * Errors are {"ok": false, "error": "text"}; unknown commands get one too.
  *
  * Who may use it: the kernel checks write permission on the socket file

@@ -125,10 +125,27 @@ static int mta_reload(struct mta *m, struct buf *errors)
 {
     notify("RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)monotonic_usec());
     struct conf *c = load(m->conf_path, errors);
-    if (c && (delivery_reload(m, c, errors) != 0 || submission_reload(m, c, errors) != 0)) {
+    /* The queue, the MTA-STS policy cache, the pause table and the control
+     * socket are open in queue_directory: it cannot move under them. */
+    if (c && strcmp(c->queue_directory, m->conf->queue_directory) != 0) {
+        buf_printf(errors,
+                   "queue_directory: cannot change from %s to %s while convoyd runs (the "
+                   "queue, the MTA-STS policy cache, the pauses and the control socket are "
+                   "there); restart convoyd to use it\n",
+                   m->conf->queue_directory, c->queue_directory);
         conf_unref(c);
         c = NULL;
     }
+    /* Every part checks the new snapshot before any part applies it. */
+    struct delivery_update *du = NULL;
+    if (c &&
+        (delivery_reload_prepare(m, c, &du, errors) != 0 || submission_reload(m, c, errors) != 0)) {
+        delivery_reload_cancel(du);
+        conf_unref(c);
+        c = NULL;
+    }
+    if (c)
+        delivery_reload_apply(m, du);
     if (!c) {
         log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", errors);
         notify("READY=1\nSTATUS=reload failed; previous configuration in force");

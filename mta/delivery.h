@@ -36,14 +36,26 @@ void delivery_close(struct mta *m);
 /* New work is due (the queue committed a submission, release or retry). */
 void delivery_kick(struct mta *m);
 /*
- * SIGHUP / convoyctl reload: apply snapshot c to new connections (TLS
- * trust store, timeouts, limits) and reload tls_policy_file. Call before
- * the snapshot is put in force: on an error (a broken override file:
- * "FILE:LINE: reason" lines appended to err) nothing changed and the
- * reload must be refused. relayhost and the MTA-STS engine's settings
- * (sts_*) take effect at the next restart. 0 when delivery is not running.
+ * SIGHUP / convoyctl reload, in two steps so the daemon can check every
+ * part before any part changes: delivery_reload_prepare() reads and checks
+ * what snapshot c needs (tls_policy_file, the trust store for MX hosts and
+ * for MTA-STS policy hosts) and changes nothing: on an error ("FILE:LINE:
+ * reason" or "parameter: reason" lines appended to err) the reload must be
+ * refused; on success *u (NULL when delivery is not running) goes to
+ * delivery_reload_apply(), which cannot fail, or to
+ * delivery_reload_cancel(). Applied: new connections use the new TLS
+ * context, limits and timeouts; the MTA-STS engine takes the new sts_*
+ * settings and trust store in place (cached policies, lookups and fetches
+ * in flight are kept: those finish under the settings they started with).
+ * relayhost takes effect at the next restart. delivery_reload() does both
+ * steps.
  */
 struct conf;
+struct delivery_update;
+int delivery_reload_prepare(struct mta *m, struct conf *c, struct delivery_update **u,
+                            struct buf *err);
+void delivery_reload_apply(struct mta *m, struct delivery_update *u);
+void delivery_reload_cancel(struct delivery_update *u);
 int delivery_reload(struct mta *m, struct conf *c, struct buf *err);
 
 /* ---- operator requests (mta/deliver_admin.c) -------------------------------- */

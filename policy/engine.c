@@ -82,6 +82,7 @@ struct policy {
     struct policy_options o;
     char *ca_file;
     char *user_agent;
+    char *cache_path; /* as opened; NULL: memory only */
     struct tls_ctx *tls;
     struct policy_cache *cache;
     struct dom *table[BUCKETS];
@@ -777,8 +778,12 @@ int policy_new(uv_loop_t *loop, struct dns *dns, const struct policy_options *o,
         return ERR_TLS;
     }
     if (o->cache_path) {
-        int rc = policy_cache_open(o->cache_path, false, &p->cache, why, why_size);
+        int rc = ERR_NOMEM;
+        p->cache_path = strdup(o->cache_path);
+        if (p->cache_path)
+            rc = policy_cache_open(o->cache_path, false, &p->cache, why, why_size);
         if (rc != 0) {
+            free(p->cache_path);
             tls_ctx_free(p->tls);
             free(p->user_agent);
             free(p->ca_file);
@@ -790,6 +795,77 @@ int policy_new(uv_loop_t *loop, struct dns *dns, const struct policy_options *o,
     p->idle.data = p;
     *out = p;
     return 0;
+}
+
+/* ---- reconfiguration (reload) ------------------------------------------------------ */
+
+struct policy_update {
+    struct policy_options o;
+    char *ca_file;
+    struct tls_ctx *tls;
+};
+
+int policy_update_prepare(struct policy *p, const struct policy_options *o,
+                          struct policy_update **out, char *why, size_t why_size)
+{
+    *out = NULL;
+    /* The cache stays open: its file cannot move under a running engine. */
+    const char *was = p->cache_path ? p->cache_path : "";
+    const char *now = o->cache_path ? o->cache_path : "";
+    if (strcmp(was, now) != 0) {
+        snprintf(why, why_size, "the policy cache file cannot change while the engine runs");
+        return ERR_INVAL;
+    }
+    struct policy_update *u = calloc(1, sizeof(*u));
+    if (!u)
+        return ERR_NOMEM;
+    u->o = *o;
+    u->ca_file = o->ca_file && *o->ca_file ? strdup(o->ca_file) : NULL;
+    if (o->ca_file && *o->ca_file && !u->ca_file) {
+        free(u);
+        return ERR_NOMEM;
+    }
+    /* The trust store is read again even under the same name: the file may
+     * have been replaced, as for MX hosts on reload. */
+    char w[256] = "";
+    u->tls = tls_ctx_client_new(u->ca_file, w, sizeof(w));
+    if (!u->tls) {
+        snprintf(why, why_size, "TLS client context: %s", w);
+        free(u->ca_file);
+        free(u);
+        return ERR_TLS;
+    }
+    *out = u;
+    return 0;
+}
+
+void policy_update_free(struct policy_update *u)
+{
+    if (!u)
+        return;
+    tls_ctx_free(u->tls);
+    free(u->ca_file);
+    free(u);
+}
+
+void policy_update_apply(struct policy *p, struct policy_update *u)
+{
+    struct policy_options *o = &p->o;
+    o->https_port = u->o.https_port ? u->o.https_port : 443;
+    o->fetch_timeout_ms = u->o.fetch_timeout_ms ? u->o.fetch_timeout_ms : 60000;
+    o->connect_timeout_ms = u->o.connect_timeout_ms;
+    o->max_policy_size = u->o.max_policy_size ? u->o.max_policy_size : 65536;
+    o->txt_check_s = u->o.txt_check_s;
+    o->refresh_s = u->o.refresh_s;
+    o->retry_after_s = u->o.retry_after_s;
+    /* Fetches in progress hold their own reference to the old context
+     * (fetch_start() takes one) and finish with it. */
+    tls_ctx_free(p->tls);
+    p->tls = u->tls;
+    free(p->ca_file);
+    p->ca_file = u->ca_file;
+    o->ca_file = p->ca_file;
+    free(u);
 }
 
 static void engine_closed(uv_handle_t *h)
@@ -830,6 +906,7 @@ void policy_free(struct policy *p)
     tls_ctx_free(p->tls);
     free(p->user_agent);
     free(p->ca_file);
+    free(p->cache_path);
     uv_idle_stop(&p->idle);
     uv_close((uv_handle_t *)&p->idle, engine_closed);
 }

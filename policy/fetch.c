@@ -62,6 +62,7 @@ static void unref(struct fetch *f)
 {
     if (--f->refs == 0) {
         tls_conn_free(f->tls);
+        tls_ctx_free(f->fp.tls);
         policy_http_free(f->http);
         free(f);
     }
@@ -380,6 +381,9 @@ struct fetch *fetch_start(const struct fetch_params *fp, const char *domain, fet
     if (!f)
         return NULL;
     f->fp = *fp;
+    /* Our own reference: a reload may replace the engine's context while
+     * this fetch still waits for its DNS answer or its connection. */
+    f->fp.tls = fp->tls ? tls_ctx_ref(fp->tls) : NULL;
     f->cb = cb;
     f->arg = arg;
     str_copy(f->domain, domain, sizeof(f->domain));

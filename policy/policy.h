@@ -419,6 +419,27 @@ int policy_new(uv_loop_t *loop, struct dns *dns, const struct policy_options *o,
 void policy_free(struct policy *p);
 
 /*
+ * Reconfigure a running engine (convoyd's reload), in two steps so that a
+ * reload can check everything before it changes anything:
+ * policy_update_prepare() checks o and reads the trust store o->ca_file
+ * again (even under an unchanged name: the file may have been replaced);
+ * then either policy_update_apply() (cannot fail; consumes u) or
+ * policy_update_free(). What changes: every field of o but cache_path,
+ * user_agent and now. The cache stays open with every policy in it;
+ * lookups and fetches in progress finish under the settings they started
+ * with (a fetch keeps its own reference to the old TLS context); new
+ * lookups, fetches, back-offs and refreshes use the new ones.
+ * prepare returns 0; ERR_INVAL when o->cache_path differs from the
+ * engine's (the cache file cannot move under a running engine); ERR_TLS
+ * when the trust store cannot be loaded; ERR_NOMEM. why says which.
+ */
+struct policy_update;
+int policy_update_prepare(struct policy *p, const struct policy_options *o,
+                          struct policy_update **u, char *why, size_t why_size);
+void policy_update_apply(struct policy *p, struct policy_update *u);
+void policy_update_free(struct policy_update *u);
+
+/*
  * The policy for a domain (RFC 8461 5.1). The callback runs exactly once,
  * never before policy_get() returns, unless policy_cancel() or
  * policy_free() comes first. domain is normalised (case, trailing dot,

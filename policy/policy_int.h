@@ -39,7 +39,9 @@ struct fetch_params {
  * Fetch https://mta-sts.DOMAIN/.well-known/mta-sts.txt (RFC 8461 3.3). The
  * callback runs exactly once, never before this returns, unless
  * fetch_abort() is called first. The fetch frees itself after the callback
- * (its handles close on the loop). NULL on allocation failure.
+ * (its handles close on the loop). It takes its own reference to fp->tls
+ * (the caller may drop its own at once); the other pointers in fp must
+ * outlive it. NULL on allocation failure.
  */
 struct fetch *fetch_start(const struct fetch_params *fp, const char *domain, fetch_cb cb,
                           void *arg);

@@ -481,6 +481,141 @@ static void test_recheck_refresh_cancel(void **state)
     assert_int_equal(s5.calls, 0);
 }
 
+/* A TCP listener that counts connections and closes each at once: the
+ * fetch gets as far as its TLS handshake. */
+struct counter {
+    uv_tcp_t tcp;
+    uint16_t port;
+    unsigned accepted;
+};
+
+static void counter_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void counter_conn(uv_stream_t *s, int status)
+{
+    struct counter *c = s->data;
+    if (status != 0)
+        return;
+    uv_tcp_t *t = malloc(sizeof(*t));
+    uv_tcp_init(&loop, t);
+    if (uv_accept(s, (uv_stream_t *)t) == 0)
+        c->accepted++;
+    uv_close((uv_handle_t *)t, counter_closed);
+}
+
+static void counter_start(struct counter *c)
+{
+    memset(c, 0, sizeof(*c));
+    uv_tcp_init(&loop, &c->tcp);
+    c->tcp.data = c;
+    struct sockaddr_in sa;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    assert_int_equal(uv_tcp_bind(&c->tcp, (const struct sockaddr *)&sa, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&c->tcp, 8, counter_conn), 0);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &sl);
+    c->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+/* Reload: new settings apply to new fetches; a fetch in flight finishes
+ * under the old ones with the TLS context it started with, though the
+ * engine dropped that context (ASan would see a use after free); the cache
+ * keeps its policies; a moved cache file is refused. */
+static void test_update_in_flight(void **state)
+{
+    (void)state;
+    fake_now = 6000000;
+    zone_add("_mta-sts.u1.test", DNS_T_TXT, "v=STSv1; id=u1");
+    zone_add("mta-sts.u1.test", DNS_T_A, "127.0.0.1");
+    zone_add("_mta-sts.u2.test", DNS_T_TXT, "v=STSv1; id=u2");
+    zone_add("mta-sts.u2.test", DNS_T_A, "127.0.0.1");
+    seed("kept.test", "k1", fake_now, 86400, fake_now);
+    struct counter old_host, new_host;
+    counter_start(&old_host);
+    counter_start(&new_host);
+    struct policy_options o;
+    policy_options_default(&o);
+    o.cache_path = cache_file;
+    o.https_port = old_host.port;
+    o.fetch_timeout_ms = 5000;
+    o.now = clock_fn;
+    struct policy *p;
+    char why[256];
+    assert_int_equal(policy_new(&loop, dns, &o, &p, why, sizeof(why)), 0);
+
+    /* Start a lookup and run until its fetch has asked for the policy
+     * host's address: the fetch exists, its connection does not yet. */
+    unsigned a0 = q_a;
+    struct seen s1 = {0};
+    assert_int_equal(policy_get(p, "u1.test", seen_cb, &s1, NULL), 0);
+    for (int i = 0; i < 100000 && q_a == a0; i++)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(q_a, a0 + 1);
+    assert_int_equal(s1.calls, 0);
+
+    /* A cache elsewhere is refused and changes nothing. */
+    struct policy_update *u = NULL;
+    o.cache_path = "/nonexistent/other.lmdb";
+    assert_int_equal(policy_update_prepare(p, &o, &u, why, sizeof(why)), ERR_INVAL);
+    assert_null(u);
+    assert_non_null(strstr(why, "cache"));
+    /* So is a trust store that cannot be read. */
+    o.cache_path = cache_file;
+    o.ca_file = "/nonexistent/ca.pem";
+    assert_int_equal(policy_update_prepare(p, &o, &u, why, sizeof(why)), ERR_TLS);
+    assert_null(u);
+    /* Prepared and dropped: nothing changes either. */
+    o.ca_file = NULL;
+    assert_int_equal(policy_update_prepare(p, &o, &u, why, sizeof(why)), 0);
+    policy_update_free(u);
+    /* Applied: the new port; the old context goes away now but for the
+     * fetch's own reference. */
+    o.https_port = new_host.port;
+    o.retry_after_s = 600;
+    assert_int_equal(policy_update_prepare(p, &o, &u, why, sizeof(why)), 0);
+    policy_update_apply(p, u);
+
+    run_until_calls(&s1, 1);
+    assert_false(s1.have_policy);
+    assert_int_equal(s1.failure, POLICY_FAIL_FETCH);
+    assert_int_equal(old_host.accepted, 1); /* the old settings, to the end */
+    assert_int_equal(new_host.accepted, 0);
+
+    struct seen s2 = {0};
+    assert_int_equal(policy_get(p, "u2.test", seen_cb, &s2, NULL), 0);
+    run_until_calls(&s2, 1);
+    assert_int_equal(new_host.accepted, 1);
+    assert_int_equal(old_host.accepted, 1);
+
+    /* The new back-off (600 s): five minutes after the failure of u1, the
+     * same id is not fetched again. */
+    fake_now += 400;
+    struct seen s3 = {0};
+    assert_int_equal(policy_get(p, "u1.test", seen_cb, &s3, NULL), 0);
+    run_until_calls(&s3, 1);
+    assert_int_equal(old_host.accepted + new_host.accepted, 2);
+
+    /* The cached policy is still there and answers. */
+    struct seen s4 = {0};
+    assert_int_equal(policy_get(p, "kept.test", seen_cb, &s4, NULL), 0);
+    run_until_calls(&s4, 1);
+    assert_true(s4.have_policy);
+    assert_string_equal(s4.id, "k1");
+    run_idle(p);
+    engine_free(p);
+    uv_close((uv_handle_t *)&old_host.tcp, NULL);
+    uv_close((uv_handle_t *)&new_host.tcp, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    zone_del("_mta-sts.u1.test");
+    zone_del("mta-sts.u1.test");
+    zone_del("_mta-sts.u2.test");
+    zone_del("mta-sts.u2.test");
+}
+
 int main(void)
 {
     (void)queries;
@@ -488,6 +623,7 @@ int main(void)
         cmocka_unit_test(test_shared_discovery_and_backoff),
         cmocka_unit_test(test_cached_policy_survives),
         cmocka_unit_test(test_recheck_refresh_cancel),
+        cmocka_unit_test(test_update_in_flight),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
