@@ -6,17 +6,36 @@
  * Blocking I/O with a poll(2) deadline is right for a command-line tool.
  */
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "mta.h"
 
 #define RESPONSE_MAX (64u << 20)
+
+/* The name of the group that may use the control socket: the socket's, or
+ * (when its directory is closed to us, as queue_directory is to strangers)
+ * the directory's; a number when it has no name. */
+static void daemon_group(const struct conf *c, const char *sock, char *out, size_t size)
+{
+    struct stat st;
+    if (stat(sock, &st) != 0 && stat(c->queue_directory, &st) != 0) {
+        str_copy(out, "of convoyd", size);
+        return;
+    }
+    struct group *gr = getgrgid(st.st_gid);
+    if (gr && gr->gr_name && gr->gr_name[0])
+        str_copy(out, gr->gr_name, size);
+    else
+        snprintf(out, size, "%lu", (unsigned long)st.st_gid);
+}
 
 int ctl_request(const struct conf *c, json_t *request, json_t **response, int timeout_ms)
 {
@@ -41,10 +60,12 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
             return 3;
         }
         if (e == EACCES || e == EPERM) {
+            char group[64];
+            daemon_group(c, path, group, sizeof(group));
             fprintf(stderr,
-                    "convoyctl: permission denied on %s: only root and members of the "
-                    "daemon's group may control convoyd\n",
-                    path);
+                    "convoyctl: permission denied on %s: run as root or as a member of group %s "
+                    "(only they may control convoyd)\n",
+                    path, group);
             return 1;
         }
         fprintf(stderr, "convoyctl: connect %s: %s\n", path, strerror(e));

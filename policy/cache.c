@@ -16,6 +16,9 @@
  * whose text does not parse, or whose fields disagree with it, is reported
  * as corrupt.
  *
+ * Files: sts.lmdb mode 0640 and its lock file sts.lmdb-lock mode 0660, as
+ * the queue's, so members of the daemon's group can read the cache.
+ *
  * Invariants:
  *  - Writers commit one record per transaction; LMDB serialises writers
  *    across processes, so convoyctl may write while convoyd runs.
@@ -269,7 +272,7 @@ int policy_cache_open(const char *path, bool readonly, struct policy_cache **out
     if (rc == 0)
         rc = mdb_env_set_mapsize(c->env, MAP_SIZE);
     if (rc == 0)
-        rc = mdb_env_open(c->env, path, MDB_NOSUBDIR | (readonly ? MDB_RDONLY : 0), 0600);
+        rc = mdb_env_open(c->env, path, MDB_NOSUBDIR | (readonly ? MDB_RDONLY : 0), 0640);
     if (rc != 0) {
         snprintf(why, why_size, "%s: %s", path, mdb_strerror(rc));
         if (c->env)
@@ -318,6 +321,17 @@ int policy_cache_open(const char *path, bool readonly, struct policy_cache **out
         mdb_env_close(c->env);
         free(c);
         return err;
+    }
+    if (!readonly) {
+        /* As the queue's files: the daemon's group reads the cache
+         * (convoyctl sts show, list) and, to do so, registers in LMDB's
+         * reader table, which needs write access to the lock file. Set on
+         * every open, so caches made 0600 by older versions open up too; a
+         * file of another owner keeps its mode. */
+        char lpath[4200];
+        chmod(path, 0640);
+        if (snprintf(lpath, sizeof(lpath), "%s-lock", path) < (int)sizeof(lpath))
+            chmod(lpath, 0660);
     }
     *out = c;
     return 0;

@@ -11,19 +11,22 @@ name: its mail is deferred by the policy, and list, summary and the filters
 show the verdict (policy id and mode, which MX, what failed).
 """
 
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import smtplib
 import socket
 import stat
+import subprocess
 import tempfile
 import threading
 import time
 import unittest
 
-from convoy import Daemon, free_port
+from convoy import CONVOYCTL, Daemon, free_port
 from pki import CA
 from sink import Sink
 from web import Site, Web
@@ -35,6 +38,11 @@ MX_SRC = "127.0.0.23"
 MX_POL = "127.0.0.24"
 HAVE_DNSMASQ = shutil.which(os.environ.get("DNSMASQ", "/usr/sbin/dnsmasq")) is not None
 HAVE_NGINX = shutil.which("/usr/sbin/nginx") is not None
+SETPRIV = shutil.which("setpriv")
+try:
+    NOBODY = pwd.getpwnam("nobody")
+except KeyError:
+    NOBODY = None
 ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{16}$")
 
 
@@ -479,6 +487,60 @@ class AdminTest(unittest.TestCase):
         with open(pauses) as f:
             self.assertRegex(f.read(), r"^convoy-pauses 1\n(#.*\n)*dest\.test \d+ 0 fresh\n$")
         self.ctl("pause", "--domain", "bad domain", "--reason", "x", code=1)
+
+    # ---- who may use it -------------------------------------------------------
+
+    def as_user(self, *args, groups=None):
+        """convoyctl as nobody, without any group, or with the given ones."""
+        cmd = [SETPRIV, "--reuid=%d" % NOBODY.pw_uid, "--regid=%d" % NOBODY.pw_gid]
+        cmd += ["--groups=" + ",".join(str(g) for g in groups)] if groups else ["--clear-groups"]
+        cmd += [CONVOYCTL, "-c", self.daemon.conf_path] + list(args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    @unittest.skipUnless(os.geteuid() == 0 and SETPRIV and NOBODY,
+                         "needs root, setpriv(1) and the user nobody to switch users")
+    def test_access_control(self):
+        # Let nobody reach the configuration; queue_directory stays 0750.
+        os.chmod(self.daemon.dir, 0o755)
+        os.chmod(self.daemon.conf_path, 0o644)
+        qdir = self.daemon.queue_dir
+        sock = os.path.join(qdir, "control.sock")
+        st = os.stat(sock)
+        group = grp.getgrgid(st.st_gid).gr_name
+        self.assertEqual(st.st_gid, os.stat(qdir).st_gid)
+        self.submit("sender@src.test", ["x@dest.test"], message("for listing"))
+        self.wait_for(lambda: len(self.listing("--state", "deferred")) == 1, "deferral")
+        # The MTA-STS cache has the queue's modes.
+        mode = lambda p: stat.S_IMODE(os.stat(os.path.join(qdir, p)).st_mode)
+        self.assertEqual(mode("sts.lmdb"), 0o640)
+        self.assertEqual(mode("sts.lmdb-lock"), 0o660)
+
+        # Outside the group: a clear refusal, no raw errno.
+        want = ("convoyctl: permission denied on %s: run as root or as a member of group %s "
+                "(only they may control convoyd)\n" % (sock, group))
+        for args in (("status",), ("pause", "--reason", "x"), ("reload",),
+                     ("queue", "retry", "0000000000000000")):
+            r = self.as_user(*args)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertEqual(r.stderr, want)
+        r = self.as_user("queue", "list")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("only root and members of the daemon's group may read the queue", r.stderr)
+        self.assertEqual(json.loads(self.ctl("status", "--json").stdout)["paused"], [])
+
+        # A member of the group: control, the queue and the policy cache.
+        r = self.as_user("status", "--json", groups=[st.st_gid])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(json.loads(r.stdout)["running"])
+        r = self.as_user("pause", "--domain", "ok.test", "--reason", "by a member",
+                         groups=[st.st_gid])
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
+        r = self.as_user("queue", "list", "--count", groups=[st.st_gid])
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "1"), r.stderr)
+        r = self.as_user("sts", "list", groups=[st.st_gid])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.as_user("sts", "show", "dest.test", groups=[st.st_gid])
+        self.assertNotIn("ermission denied", r.stderr)
 
     # ---- concurrency ------------------------------------------------------------
 
