@@ -229,7 +229,8 @@ size_t deliver_pause_busy(void)
 
 static void load_problem(void *arg, unsigned line, const char *why)
 {
-    (void)arg;
+    unsigned *problems = arg;
+    (*problems)++;
     log_warn(QCOMP, "%s:%u: %s", sv.path, line, why);
 }
 
@@ -268,9 +269,10 @@ void deliver_pause_load(struct mta *m)
         }
     }
     close(fd);
+    unsigned problems = 0, expired = 0;
     struct pause_rec *recs = rc == 0 ? calloc(PAUSE_MAX, sizeof(*recs)) : NULL;
     size_t n = recs ? pause_file_parse(text.data ? text.data : "", text.len, recs, PAUSE_MAX,
-                                       load_problem, NULL)
+                                       load_problem, &problems)
                     : 0;
     buf_free(&text);
     int64_t now = time_now_ms();
@@ -279,7 +281,7 @@ void deliver_pause_load(struct mta *m)
         const char *what = r->domain[0] ? r->domain : "all delivery";
         if (r->until_ms && r->until_ms <= now) {
             log_info(QCOMP, "pause of %s ended while convoyd was not running: %s", what, r->reason);
-            sv.wanted++; /* the file is rewritten with the next change */
+            expired++;
             continue;
         }
         pauses[n_pauses++] = *r;
@@ -291,7 +293,10 @@ void deliver_pause_load(struct mta *m)
                  r->reason);
     }
     free(recs);
-    sv.writing = sv.wanted;
+    /* Ended pauses leave the file now; a damaged file is left as it is
+     * for the operator to see, until the next change replaces it. */
+    if (expired && !problems && rc == 0)
+        pause_save(NULL, NULL);
 }
 
 static void pause_expire(int64_t now_ms)

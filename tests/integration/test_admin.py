@@ -416,6 +416,13 @@ class AdminTest(unittest.TestCase):
         st = json.loads(self.ctl("status", "--json").stdout)
         self.assertEqual([(p["domain"], p["reason"], p["until"]) for p in st["paused"]],
                          [("ok.test", "their MX is moving", None)])
+
+        def on_disk():
+            with open(pauses) as f:
+                return f.read()
+        # The ended pause leaves the file too; the other stays.
+        self.wait_for(lambda: "src.test" not in on_disk(), "rewrite without the ended pause")
+        self.assertIn("\nok.test ", on_disk())
         self.assertIn("paused: ok.test until resumed: their MX is moving",
                       self.ctl("status").stdout)
         # The expired pause is gone: mail to src.test goes out at once.
