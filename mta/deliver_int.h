@@ -100,7 +100,8 @@ struct pause_rec {
 };
 
 /* May s name a paused domain: 1..255 bytes, no spaces or control
- * characters, not "*" (which stands for all delivery in the file)? */
+ * characters, not "*" (which stands for all delivery in the file), not
+ * starting with '#' (a comment in the file)? */
 bool pause_domain_ok(const char *s);
 /* Copy a reason with control characters made spaces, cut to size. */
 void pause_reason_clean(const char *in, char *out, size_t size);

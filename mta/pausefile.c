@@ -39,7 +39,8 @@
 bool pause_domain_ok(const char *s)
 {
     size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n >= PAUSE_DOMAIN_MAX || strcmp(s, "*") == 0)
+    /* "#..." would read back as a comment. */
+    if (n == 0 || n >= PAUSE_DOMAIN_MAX || strcmp(s, "*") == 0 || s[0] == '#')
         return false;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];

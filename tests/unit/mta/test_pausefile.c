@@ -88,6 +88,7 @@ static void test_damage(void **state)
         {PAUSE_FILE_MAGIC "\na.test 1 0 nul\0byte\nb.test 1 0 fine\n", 1, 1, 2},
         {PAUSE_FILE_MAGIC "\n a.test 1 0 leading space is fine\n", 1, 0, 0},
         {PAUSE_FILE_MAGIC "\n\x01.test 1 0 control\n", 0, 1, 2},
+        {PAUSE_FILE_MAGIC "\n   # 1 0 a domain that is a comment\n", 0, 1, 2},
         {PAUSE_FILE_MAGIC "\na.test 1 0 no newline at the end", 1, 0, 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -135,6 +136,7 @@ static void test_limits(void **state)
     assert_false(pause_domain_ok("*"));
     assert_false(pause_domain_ok("a b"));
     assert_false(pause_domain_ok("a\nb"));
+    assert_false(pause_domain_ok("#a"));
     /* A reason cut inside a UTF-8 sequence loses the whole character. */
     char r[6];
     pause_reason_clean("abcd\xc3\xa9", r, sizeof(r));
