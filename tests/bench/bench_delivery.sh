@@ -64,6 +64,7 @@
 #             sampled every 100 ms during the run (proctree.py peak); for
 #             convoyd also its VmHWM
 #   fetches   policy fetches seen in nginx's access log during the run
+#   sink CPU  the sink's own CPU seconds over the same interval
 # The two MTAs' runs are interleaved (their order alternates). Results go to
 # RESULTS_FILE (default: standard output): every run, then the medians.
 set -eu
@@ -369,6 +370,7 @@ one() {
     c0=$($PT cpu $roots)
     r0=0
     if [ -n "${RPID:-}" ]; then r0=$($PT cpu "$RPID"); fi
+    s0=$($PT cpu "$SPID")
     # shellcheck disable=SC2086
     $PT peak "$WORK/peak.$tag" $roots &
     SAMPID=$!
@@ -392,6 +394,7 @@ one() {
     c1=$($PT cpu $roots)
     r1=0
     if [ -n "${RPID:-}" ]; then r1=$($PT cpu "$RPID"); fi
+    s1=$($PT cpu "$SPID")
     stop_pid "$SAMPID"
     SAMPID=
     got=$(tail -1 "$WORK/sink.$tag" | awk '{print $1}')
@@ -413,12 +416,13 @@ one() {
     stop_pid "$SPID"
     SPID=
     read -r prss ppss samples <"$WORK/peak.$tag"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$phase" "$mode" "$size" "$dest" "$mta" "$run" "$n" "${got:-0}" "$sent" \
         "$(echo "$t0 $t1" | awk '{printf "%.3f", $2 - $1}')" \
         "$(echo "$c0 $c1" | awk '{printf "%.2f", $2 - $1}')" \
         "$prss" "$ppss" "$hwm" "$((f1 - f0))" "$tls" "$ver" \
-        "$(echo "$r0 $r1" | awk '{printf "%.2f", $2 - $1}')" >>"$RAW"
+        "$(echo "$r0 $r1" | awk '{printf "%.2f", $2 - $1}')" \
+        "$(echo "$s0 $s1" | awk '{printf "%.2f", $2 - $1}')" >>"$RAW"
     tail -1 "$RAW" >&2
 }
 
@@ -455,18 +459,18 @@ import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 print("| phase | TLS | size | destination | MTA | run | sent | at sink | delivered (log) | s | msg/s "
       "| CPU s (resolver) | CPU ms/msg | peak RSS MiB (sum) | peak PSS MiB (sum) | VmHWM MiB | fetches "
-      "| TLS sessions (verified) |")
+      "| TLS sessions (verified) | sink CPU s |")
 print("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-      "| ---: | ---: | ---: | ---: | ---: |")
+      "| ---: | ---: | ---: | ---: | ---: | ---: |")
 for (ph, mode, size, dest, mta, run, n, got, sent, secs, cpu, rss, pss, hwm, fet, tls,
-     ver, rcpu) in rows:
+     ver, rcpu, scpu) in rows:
     n, secs, cpu = int(n), float(secs), float(cpu)
     print("| %s | %s | %d KiB | %s | %s | %s | %d | %s | %s | %.2f | %.0f | %.2f%s | %.3f | %.1f "
-          "| %.1f | %s | %s | %s (%s) |" % (
+          "| %.1f | %s | %s | %s (%s) | %s |" % (
               ph, mode, int(size) // 1024, dest, mta, run, n, got, sent, secs, n / secs, cpu,
               " (%s)" % rcpu if float(rcpu) > 0 else "",
               1000 * cpu / n, int(rss) / 1024, int(pss) / 1024,
-              "%.1f" % (int(hwm) / 1024) if hwm != "-" else "-", fet, tls, ver))
+              "%.1f" % (int(hwm) / 1024) if hwm != "-" else "-", fet, tls, ver, scpu))
 print()
 groups = {}
 for r in rows:
