@@ -10,7 +10,9 @@
 #   Environment: RUNS (3) runs of each case; N (2000) messages per relay run;
 #   STS_N (10000) messages per MTA-STS run; SIZES ("1024 10240");
 #   MODES ("tls none"); PHASES ("relay sts"); PF_TLS_REUSE (yes):
-#   Postfix's smtp_tls_connection_reuse.
+#   Postfix's smtp_tls_connection_reuse; LIMIT (6000): give up waiting for
+#   the sink after LIMIT / 20 seconds; KEEP (unset): keep the work directory.
+#   About ten minutes with the defaults. Not part of ctest or the test run.
 #
 # Needs root: it creates a network namespace and runs Postfix's master. It
 # installs what is missing with apt-get (postfix, postfix-mta-sts-resolver,
@@ -89,10 +91,20 @@ if [ -z "${CONVOY_BENCH_NS:-}" ]; then
         if [ ! -e $guard ]; then
             printf '#!/bin/sh\nexit 101\n' >$guard && chmod 755 $guard && placed=1
         fi
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || true
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
             $missing || true
-        [ -n "$placed" ] && rm -f $guard
-        for s in postfix nginx postfix-mta-sts-resolver; do
+        if [ -n "$placed" ]; then rm -f $guard; fi
+        # Only the services of packages installed just now: a machine's own
+        # Postfix or nginx is left as it was.
+        svcs=
+        for p in $missing; do
+            case $p in
+            postfix | postfix-mta-sts-resolver) svcs="$svcs $p" ;;
+            nginx-light) svcs="$svcs nginx" ;;
+            esac
+        done
+        for s in $svcs; do
             if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
                 systemctl disable --now $s >/dev/null 2>&1 || true
             else
@@ -104,20 +116,44 @@ if [ -z "${CONVOY_BENCH_NS:-}" ]; then
         echo "bench_delivery: namespace $NS exists (another run? else: ip netns del $NS)" >&2
         exit 1
     fi
+    WORK=$(mktemp -d /tmp/convoy-bench-dlv-XXXXXX)
+    chmod 755 "$WORK" # Postfix's daemons run as the postfix user
+    IPID=
+    made_etc=
     outer_cleanup() {
+        # The script inside stops what it started; give it time, then stop
+        # whatever is left in the namespace.
+        if [ -n "$IPID" ] && kill -0 "$IPID" 2>/dev/null; then
+            kill "$IPID" 2>/dev/null || true
+            i=0
+            while kill -0 "$IPID" 2>/dev/null && [ $i -lt 150 ]; do
+                sleep 0.1
+                i=$((i + 1))
+            done
+        fi
         for p in $(ip netns pids $NS 2>/dev/null); do kill "$p" 2>/dev/null || true; done
         sleep 1
         for p in $(ip netns pids $NS 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
         ip netns del $NS 2>/dev/null || true
         rm -rf /etc/netns/$NS
+        if [ -n "$made_etc" ]; then rmdir /etc/netns 2>/dev/null || true; fi
+        [ -n "${KEEP:-}" ] || rm -rf "$WORK"
     }
     trap outer_cleanup EXIT
     trap 'exit 130' INT TERM
+    made_etc=
+    [ -d /etc/netns ] || made_etc=1
     ip netns add $NS
     mkdir -p /etc/netns/$NS
     echo "nameserver 127.0.0.1" >/etc/netns/$NS/resolv.conf
-    ip netns exec $NS env CONVOY_BENCH_NS=$NS sh "$0" "$BUILD" "$OUT"
-    exit $?
+    # In the background, so that a signal to this shell is handled at once.
+    ip netns exec $NS env CONVOY_BENCH_NS=$NS CONVOY_BENCH_WORK="$WORK" \
+        sh "$0" "$BUILD" "$OUT" &
+    IPID=$!
+    rc=0
+    wait $IPID || rc=$?
+    IPID=
+    exit $rc
 fi
 
 # ---- inside the namespace ----------------------------------------------------
@@ -128,7 +164,7 @@ SIZES=${SIZES:-1024 10240}
 MODES=${MODES:-tls none}
 PHASES=${PHASES:-relay sts}
 PF_TLS_REUSE=${PF_TLS_REUSE:-yes}
-LIMIT=${LIMIT:-6000} # give up waiting for a run after LIMIT / 20 seconds
+LIMIT=${LIMIT:-6000}
 CONVOYD=${CONVOYD:-$BUILD/mta/convoyd}
 SINKBIN=$BUILD/tests/bench/bench_sink
 PY=/usr/bin/python3
@@ -138,8 +174,7 @@ PPORT=26126
 MX=127.0.0.2
 
 ip link set lo up
-WORK=$(mktemp -d /tmp/convoy-bench-dlv-XXXXXX)
-chmod 755 "$WORK" # Postfix's daemons run as the postfix user
+WORK=$CONVOY_BENCH_WORK
 PF=$WORK/postfix
 RAW=$WORK/raw.tsv
 : >"$RAW"
@@ -171,7 +206,6 @@ cleanup() {
     pf_stop
     stop_pid "${NGPID:-}" QUIT
     stop_pid "${DPID:-}"
-    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
