@@ -288,5 +288,51 @@ class HostileMXTest(unittest.TestCase):
                 self.run_case(mode, reason)
 
 
+@unittest.skipUnless(HAVE_DNSMASQ, "dnsmasq is not installed")
+class HostileMXCheckTest(unittest.TestCase):
+    """convoyctl sts check probes MX hosts itself: one that sends all its
+    replies at once and closes makes the probe write into a closed
+    connection, which must be a failed step, not a SIGPIPE death."""
+
+    def test_sts_check_mx_closes_early(self):
+        port = free_udp_tcp_port((MXIP,))
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((MXIP, port))
+        ls.listen(16)
+        stop = threading.Event()
+
+        def serve():
+            ls.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    c, _ = ls.accept()
+                except socket.timeout:
+                    continue
+                try:
+                    c.sendall(b"220 mx ESMTP\r\n250-mx\r\n250 STARTTLS\r\n220 go ahead\r\n")
+                except OSError:
+                    pass
+                c.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        dns = DnsServer([MX("dest.test", 10, "mx.dest.test"), A("mx.dest.test", MXIP)]).start()
+        d = Daemon("dns_servers = %s\nsmtp_destination_port = %d\nsmtp_connect_timeout = 5s\n"
+                   % (dns.server, port))
+        try:
+            for _ in range(5):
+                r = d.ctl("sts", "check", "dest.test")
+                self.assertGreaterEqual(r.returncode, 0, "killed by signal %d" % -r.returncode)
+                self.assertIn("verdict:", r.stdout)
+                self.assertIn("tls: FAIL", r.stdout)
+        finally:
+            d.close()
+            dns.close()
+            stop.set()
+            t.join()
+            ls.close()
+
+
 if __name__ == "__main__":
     unittest.main()
