@@ -8,8 +8,9 @@
  * the longest kind); then fields separated by 0xFF:
  * sender, envid, then per recipient addr, orcpt, status, remote MTA, diag,
  * reason; whatever follows is the original message. Addresses, ENVID,
- * ORCPT, the status and the MX name are made printable first, as the SMTP
- * server (RFC 3461 xtext) and the DNS parser guarantee for them.
+ * ORCPT, the status and the MX name are made printable and cut to their
+ * limits first (RFC 5321 4.5.3.1.3 paths, RFC 3461 xtext, a valid host
+ * name), as the SMTP server and the resolver guarantee for them.
  *
  * Invariants checked: the DSN has CRLF line ends only and no NUL; every
  * line before the original part fits RFC 5322's 998 octets; the MIME
@@ -25,17 +26,23 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define NFIELDS_MAX (2 + 4 * 6)
+/* RFC 5321 4.5.3.1.3: a path is at most 256 octets with its brackets. */
+#define ADDR_MAX 254
 
 /* 253 octets, the longest name DNS allows (RFC 1035 2.3.4). */
 #define LABEL63 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #define LABEL61 "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 #define LONG_HOST LABEL63 "." LABEL63 "." LABEL63 "." LABEL61
 
-/* The next field up to 0xFF (or the end), as a NUL-terminated copy. */
-static char *field(const uint8_t **p, const uint8_t *end, bool printable)
+/* The next field up to 0xFF (or the end), as a NUL-terminated copy of at
+ * most max octets. */
+static char *field(const uint8_t **p, const uint8_t *end, bool printable, size_t max)
 {
     const uint8_t *ff = memchr(*p, 0xFF, (size_t)(end - *p));
     size_t n = (size_t)((ff ? ff : end) - *p);
+    const uint8_t *next = ff ? ff + 1 : end;
+    if (n > max)
+        n = max;
     char *s = malloc(n + 1);
     if (!s)
         abort();
@@ -46,7 +53,7 @@ static char *field(const uint8_t **p, const uint8_t *end, bool printable)
         s[i] = c;
     }
     s[n] = '\0';
-    *p = ff ? ff + 1 : end;
+    *p = next;
     return s;
 }
 
@@ -68,18 +75,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char *fields[NFIELDS_MAX];
     size_t nf = 0;
-    fields[nf++] = field(&p, end, true); /* sender */
-    fields[nf++] = field(&p, end, true); /* envid */
+    fields[nf++] = field(&p, end, true, ADDR_MAX); /* sender */
+    fields[nf++] = field(&p, end, true, 100);      /* envid */
     struct dsn_rcpt rcpts[4];
     for (size_t i = 0; i < nrcpt; i++) {
         struct dsn_rcpt *r = &rcpts[i];
         memset(r, 0, sizeof(*r));
-        r->addr = fields[nf++] = field(&p, end, true);
-        r->orcpt = fields[nf++] = field(&p, end, true);
-        r->status = fields[nf++] = field(&p, end, true);
-        r->remote_mta = fields[nf++] = field(&p, end, true);
-        r->diag = fields[nf++] = field(&p, end, false);
-        r->reason = fields[nf++] = field(&p, end, false);
+        r->addr = fields[nf++] = field(&p, end, true, ADDR_MAX);
+        r->orcpt = fields[nf++] = field(&p, end, true, 500);
+        r->status = fields[nf++] = field(&p, end, true, 11);
+        r->remote_mta = fields[nf++] = field(&p, end, true, 253);
+        r->diag = fields[nf++] = field(&p, end, false, SIZE_MAX);
+        r->reason = fields[nf++] = field(&p, end, false, SIZE_MAX);
         r->last_attempt_ms = (int64_t)i * 1000;
     }
     struct dsn_msg d;
