@@ -5,8 +5,8 @@
  * delivery side's hostile input: greeting, EHLO answer (extensions, SIZE),
  * replies to MAIL, RCPT, DATA and the final dot, in any cut and order.
  *
- * Input: byte 0 picks the options (bit 0 PIPELINING-style: the whole input
- * is written at once, else in pieces of the size in bits 1-4 plus one;
+ * Input: byte 0 picks the options (bit 0: the whole input is written at
+ * once, else in pieces of the size in bits 1-4 plus one;
  * bit 5 TLS "may" with a client context, so STARTTLS meets garbage; bit 6
  * a body of long lines, bit 7 a third recipient); the rest is the server's
  * byte stream. The server side writes it, half-closes, and reads whatever
