@@ -136,10 +136,14 @@ int dsn_build(const struct dsn_msg *d, struct buf *out)
     if (!d || d->nrcpt == 0 || !d->sender || !d->sender[0])
         return ERR_INVAL;
     const char *host = d->reporting_mta && d->reporting_mta[0] ? d->reporting_mta : "localhost";
-    char boundary[160];
+    /* RFC 2046 5.1.1: a boundary is 1 to 70 characters, so a long host
+     * name is cut; the queue ID, time and counter come first and stay. */
+    char boundary[70 + 1];
     for (unsigned n = 0;; n++) {
-        snprintf(boundary, sizeof(boundary), "%s.%lld.%u/%s", d->queue_id,
-                 (long long)(d->now_ms / 1000), n, host);
+        int k = snprintf(boundary, sizeof(boundary), "%s.%lld.%u/", d->queue_id,
+                         (long long)(d->now_ms / 1000), n);
+        if (k > 0 && (size_t)k < sizeof(boundary) - 1)
+            snprintf(boundary + k, sizeof(boundary) - (size_t)k, "%s", host);
         if (boundary_free(d->original, boundary))
             break;
     }

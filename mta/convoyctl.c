@@ -6,6 +6,7 @@
  * not running.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,6 +224,11 @@ int main(int argc, char **argv)
     }
     if (!have_conf && access("/etc/convoy/convoy.conf", F_OK) == 0)
         g_conf_path = "/etc/convoy/convoy.conf";
+    /* As in convoyd: libuv writes to sockets without MSG_NOSIGNAL, so a
+     * peer that closes while we write (an MX host in "sts check", a policy
+     * host, the daemon's control socket) must give EPIPE, not kill us. A
+     * closed standard output shows as a failed fflush (exit 1). */
+    signal(SIGPIPE, SIG_IGN);
 
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(cargv[0], commands[i].name) != 0)

@@ -238,8 +238,15 @@ static enum smtp_action reply_action(int code)
 
 static void reply_status(const struct smtp_reply *r, char *out, size_t size)
 {
+    /* RFC 3463 3.1: an enhanced status has class 2, 4 or 5 only. A 1xx or
+     * 3xx reply where none is due is a protocol error we defer on: 4.5.0. */
+    int c = r->code / 100;
+    if (c != 2 && c != 4 && c != 5) {
+        str_copy(out, "4.5.0", size);
+        return;
+    }
     /* Without an enhanced code: class.0.0, the class being one digit. */
-    char cls[6] = {(char)('0' + (r->code / 100) % 10), '.', '0', '.', '0', '\0'};
+    char cls[6] = {(char)('0' + c), '.', '0', '.', '0', '\0'};
     str_copy(out, r->status[0] ? r->status : cls, size);
 }
 
@@ -944,8 +951,12 @@ static void on_txn_reply(struct smtp_client *c)
         for (size_t i = 0; i < m->nrcpt; i++)
             if (c->accepted[i] && m->rcpt[i].out.action == SMTP_ACT_NONE) {
                 outcome_from_reply(c, &m->rcpt[i].out, "DATA command");
-                if (m->rcpt[i].out.action == SMTP_ACT_SENT)
-                    m->rcpt[i].out.action = SMTP_ACT_DEFER; /* 2xx instead of 354 */
+                if (m->rcpt[i].out.action == SMTP_ACT_SENT) {
+                    /* 2xx instead of 354: nothing was sent, so a protocol
+                     * error to defer on, not a 2.X.X success code. */
+                    m->rcpt[i].out.action = SMTP_ACT_DEFER;
+                    str_copy(m->rcpt[i].out.status, "4.5.0", sizeof(m->rcpt[i].out.status));
+                }
             }
         break;
     case P_DOT_EMPTY:

@@ -5,9 +5,17 @@ is set there unless the text sets it), starts `convoyd -f -c FILE` with
 NOTIFY_SOCKET pointing at a datagram socket of ours, and waits for READY=1,
 so a test knows the daemon is up without polling ports. Standard error (the
 log) is collected in self.log_path; log_text() reads it.
+
+CONVOY_TEST_WRAPPER, when set, is a command prefix (split like a shell
+would) put before convoyd, for example
+"valgrind --leak-check=full --error-exitcode=99 --log-file=/tmp/vg.%p".
+CONVOY_TEST_CTL_WRAPPER does the same for the convoyctl runs of ctl().
+CONVOY_TEST_TIMEOUT_SCALE (a number, default 1) multiplies how long the
+harness waits for the daemon to become ready and to stop, for slow wrappers.
 """
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,6 +25,9 @@ import time
 BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/mta"))
 CONVOYD = os.path.join(BIN, "convoyd")
 CONVOYCTL = os.path.join(BIN, "convoyctl")
+WRAPPER = shlex.split(os.environ.get("CONVOY_TEST_WRAPPER", ""))
+CTL_WRAPPER = shlex.split(os.environ.get("CONVOY_TEST_CTL_WRAPPER", ""))
+TIMEOUT_SCALE = float(os.environ.get("CONVOY_TEST_TIMEOUT_SCALE", "1"))
 
 
 def free_port(host="127.0.0.1"):
@@ -58,10 +69,10 @@ class Daemon:
         env = dict(os.environ, NOTIFY_SOCKET=sock_path)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [CONVOYD, "-f", "-c", self.conf_path] + self.extra_args,
+            WRAPPER + [CONVOYD, "-f", "-c", self.conf_path] + self.extra_args,
             stdout=self.log, stderr=self.log, env=env)
         if wait_ready:
-            self.wait_notify("READY=1", timeout)
+            self.wait_notify("READY=1", timeout * TIMEOUT_SCALE)
         return self
 
     def wait_notify(self, what, timeout=20):
@@ -94,7 +105,7 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(timeout * TIMEOUT_SCALE)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -118,7 +129,8 @@ class Daemon:
 
     def ctl(self, *args, check=False, input=None):
         """Run convoyctl with this daemon's config; returns CompletedProcess."""
-        r = subprocess.run([CONVOYCTL, "-c", self.conf_path] + list(args), capture_output=True,
+        r = subprocess.run(CTL_WRAPPER + [CONVOYCTL, "-c", self.conf_path] + list(args),
+                           capture_output=True,
                            text=True, input=input, timeout=60)
         if check and r.returncode != 0:
             raise AssertionError("convoyctl %s failed (%d): %s" % (" ".join(args), r.returncode, r.stderr))

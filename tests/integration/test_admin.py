@@ -253,7 +253,10 @@ class AdminTest(unittest.TestCase):
         # retry: a new attempt now (the backoff is an hour).
         r = self.ctl("queue", "retry", ids[3])
         self.assertEqual(r.stdout.strip(), "Scheduled 1 message for delivery now.")
-        self.wait_for(lambda: self.listing()[ids[3]]["recipients"][0]["attempts"] >= 2, "retry")
+        # Wait for the attempt to be over too, not only counted: on a slow
+        # run the released message's own attempt may still be in flight.
+        self.wait_for(lambda: self.listing()[ids[3]]["recipients"][0]["attempts"] >= 2
+                      and self.listing()[ids[3]]["recipients"][0]["state"] == "deferred", "retry")
         # show keeps the attempt history: the earlier result and the last.
         j = json.loads(self.ctl("queue", "show", ids[3], "--json").stdout)
         hist = j["recipients"][0]["history"]

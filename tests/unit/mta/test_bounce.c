@@ -171,6 +171,45 @@ static void test_dsn_ret_full_and_boundary(void **state)
     buf_free(&out);
 }
 
+static void test_dsn_boundary_length(void **state)
+{
+    (void)state;
+    /* RFC 2046 5.1.1: at most 70 characters, even for the longest host
+     * name (253 octets), and still unique against the original. */
+    char host[254];
+    memset(host, 'h', sizeof(host) - 1);
+    for (size_t i = 63; i < sizeof(host) - 1; i += 64)
+        host[i] = '.';
+    host[sizeof(host) - 1] = '\0';
+    const char *qid = "QQQQQQQQQQQQQQQQ";
+    int64_t now = 1764520000000;
+    char orig[512];
+    int k =
+        snprintf(orig, sizeof(orig), "Subject: x\n\n--%s.%lld.0/", qid, (long long)(now / 1000));
+    snprintf(orig + k, sizeof(orig) - (size_t)k, "%s\nbody\n", host);
+    struct dsn_rcpt r = {.addr = "a@b", .status = "5.0.0", .reason = "no"};
+    struct dsn_msg d = {.reporting_mta = host,
+                        .queue_id = qid,
+                        .sender = "s@x",
+                        .now_ms = now,
+                        .ret_full = true,
+                        .original = {orig, strlen(orig)},
+                        .rcpts = &r,
+                        .nrcpt = 1};
+    struct buf out;
+    buf_init(&out, 1 << 20);
+    assert_int_equal(dsn_build(&d, &out), 0);
+    assert_crlf_only(out.data, out.len);
+    char *b = boundary_of(out.data);
+    assert_int_equal(strlen(b), 70);
+    char want[128];
+    snprintf(want, sizeof(want), "%s.%lld.1/", qid, (long long)(now / 1000));
+    assert_memory_equal(b, want, strlen(want));
+    assert_null(strstr(orig, b));
+    free(b);
+    buf_free(&out);
+}
+
 static void test_dsn_refusals_and_folding(void **state)
 {
     (void)state;
@@ -242,6 +281,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dsn_failed_headers_only),
         cmocka_unit_test(test_dsn_ret_full_and_boundary),
+        cmocka_unit_test(test_dsn_boundary_length),
         cmocka_unit_test(test_dsn_refusals_and_folding),
         cmocka_unit_test(test_header_len),
         cmocka_unit_test(test_helpers),

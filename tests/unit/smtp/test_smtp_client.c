@@ -711,6 +711,38 @@ static void test_dot_tempfail(void **state)
     peer_free(&p);
 }
 
+static void test_unexpected_reply_classes(void **state)
+{
+    (void)state;
+    /* A 3xx where 250 is due, and a 250 where 354 is due: deferred as
+     * protocol errors with a valid status (RFC 3463 3.1: classes 2, 4, 5
+     * only), never "3.0.0" nor a 2.X.X code on a deferral. */
+    struct peer p = {
+        .greeting = "220 peer.test\r\n", .ehlo = EHLO_PLAIN, .mail_reply = "354 go on\r\n"};
+    struct smtp_rcpt rc[1] = {{.addr = "a@x"}};
+    struct smtp_msg m = {.sender = "s@x", .body = {"x", 1}, .nrcpt = 1, .rcpt = rc};
+    struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
+    run_session(&r, 0, SMTP_TLS_NONE, 5000);
+    assert_int_equal(rc[0].out.action, SMTP_ACT_DEFER);
+    assert_int_equal(rc[0].out.code, 354);
+    assert_string_equal(rc[0].out.status, "4.5.0");
+    assert_non_null(strstr(rc[0].out.text, "(in reply to MAIL FROM command)"));
+    peer_free(&p);
+
+    struct peer p2 = {.greeting = "220 peer.test\r\n",
+                      .ehlo = EHLO_PLAIN,
+                      .data_reply = "250 2.0.0 ok without data\r\n"};
+    struct smtp_rcpt rc2[1] = {{.addr = "a@x"}};
+    struct smtp_msg m2 = {.sender = "s@x", .body = {"x", 1}, .nrcpt = 1, .rcpt = rc2};
+    struct run r2 = {.peer = &p2, .msgs = &m2, .nmsgs = 1};
+    run_session(&r2, 0, SMTP_TLS_NONE, 5000);
+    assert_int_equal(rc2[0].out.action, SMTP_ACT_DEFER);
+    assert_string_equal(rc2[0].out.status, "4.5.0");
+    assert_non_null(strstr(rc2[0].out.text, "(in reply to DATA command)"));
+    assert_int_equal(p2.messages, 0);
+    peer_free(&p2);
+}
+
 static void test_greeting_4xx(void **state)
 {
     (void)state;
@@ -1154,6 +1186,7 @@ int main(void)
         cmocka_unit_test(test_all_rcpts_rejected_no_data),
         cmocka_unit_test(test_mail_rejected_pipelined),
         cmocka_unit_test(test_dot_tempfail),
+        cmocka_unit_test(test_unexpected_reply_classes),
         cmocka_unit_test(test_greeting_4xx),
         cmocka_unit_test(test_greeting_timeout),
         cmocka_unit_test(test_dot_timeout),
