@@ -325,19 +325,29 @@ static int list_arg(void *arg, int argc, char **argv, int *i)
     return 1;
 }
 
+/* The filter options of a read-only command (extra ones to argfn) and the
+ * queue opened read-only. 0: both ready, the caller frees and closes them;
+ * else nothing is left open. */
+static int open_filtered(struct conf *c, int argc, char **argv, arg_fn argfn, void *arg,
+                         struct qfilter *f, struct queue **q)
+{
+    qfilter_init(f);
+    int rc = parse_args(f, argc, argv, 2, argfn, arg);
+    if (rc == 0)
+        rc = open_ro(c, q);
+    if (rc)
+        qfilter_free(f);
+    return rc;
+}
+
 static int cmd_list(struct conf *c, int argc, char **argv)
 {
     struct qfilter f;
-    qfilter_init(&f);
     struct list_opts lo = {0};
-    int rc = parse_args(&f, argc, argv, 2, list_arg, &lo);
     struct queue *q = NULL;
-    if (rc == 0)
-        rc = open_ro(c, &q);
-    if (rc) {
-        qfilter_free(&f);
+    int rc = open_filtered(c, argc, argv, list_arg, &lo, &f, &q);
+    if (rc)
         return rc;
-    }
     struct list_ctx x = {.f = &f, .now = time_now_ms(), .json = lo.json, .count = lo.count};
     rc = queue_list(q, NULL, list_one, &x);
     queue_close(q);
@@ -526,16 +536,11 @@ static int sum_arg(void *arg, int argc, char **argv, int *i)
 static int cmd_summary(struct conf *c, int argc, char **argv)
 {
     struct qfilter f;
-    qfilter_init(&f);
     struct sum_opts so = {0};
-    int rc = parse_args(&f, argc, argv, 2, sum_arg, &so);
     struct queue *q = NULL;
-    if (rc == 0)
-        rc = open_ro(c, &q);
-    if (rc) {
-        qfilter_free(&f);
+    int rc = open_filtered(c, argc, argv, sum_arg, &so, &f, &q);
+    if (rc)
         return rc;
-    }
     struct sum_ctx x = {.f = &f, .now = time_now_ms(), .by_reason = so.by_reason};
     x.total.key = (char *)"TOTAL";
     rc = queue_list(q, NULL, sum_one, &x);

@@ -14,10 +14,14 @@
 #ifndef CONVOY_DELIVERY_H
 #define CONVOY_DELIVERY_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "base.h"
 
+struct conf;
+struct json_t;
 struct mta;
 
 /* Start delivering from m->queue with m->conf. 0, or a negative enum err
@@ -50,7 +54,6 @@ void delivery_kick(struct mta *m);
  * relayhost takes effect at the next restart. delivery_reload() does both
  * steps.
  */
-struct conf;
 struct delivery_update;
 int delivery_reload_prepare(struct mta *m, struct conf *c, struct delivery_update **u,
                             struct buf *err);
@@ -59,11 +62,6 @@ void delivery_reload_cancel(struct delivery_update *u);
 int delivery_reload(struct mta *m, struct conf *c, struct buf *err);
 
 /* ---- operator requests (mta/deliver_admin.c) -------------------------------- */
-
-#include <stdbool.h>
-#include <stdint.h>
-
-struct json_t;
 
 /* n: recipients bounced. status 0 or a negative enum err. */
 typedef void (*delivery_admin_cb)(void *arg, int status, size_t n);
