@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "deliver_int.h"
 #include "delivery.h"
 #include "mta.h"
 #include "queue.h"
@@ -120,7 +119,7 @@ static void action_pump(struct action_ctx *x)
             rc = queue_remove(q, x->ids[i], on_queue_done, o);
             break;
         default:
-            rc = delivery_admin_bounce(x->m, x->ids[i], x->reason, on_bounce_done, o);
+            rc = delivery_admin_bounce(x->m->delivery, x->ids[i], x->reason, on_bounce_done, o);
             break;
         }
         if (rc != 0) {
@@ -256,7 +255,7 @@ static void handle_pause(struct mta *m, struct control_req *req, json_t *request
         control_reply_error(req, "a reason is required");
         return;
     }
-    if (domain && domain[0] && !pause_domain_ok(domain)) {
+    if (domain && domain[0] && !delivery_pause_domain_ok(domain)) {
         control_reply_error(req, "not a domain: \"%.100s\"", domain);
         return;
     }
@@ -276,7 +275,7 @@ static void handle_pause(struct mta *m, struct control_req *req, json_t *request
     struct pause_answer *a = pause_answer_new(req, r);
     if (!a)
         return;
-    int rc = delivery_pause(m, domain, until, reason, on_pause_saved, a);
+    int rc = delivery_pause(m->delivery, domain, until, reason, on_pause_saved, a);
     if (rc != 0) {
         json_decref(r);
         free(a);
@@ -301,8 +300,8 @@ static void handle_resume(struct mta *m, struct control_req *req, json_t *reques
     if (!a)
         return;
     a->resume = true;
-    int rc =
-        delivery_resume(m, domain && domain[0] ? domain : NULL, &a->resumed, on_pause_saved, a);
+    int rc = delivery_resume(m->delivery, domain && domain[0] ? domain : NULL, &a->resumed,
+                             on_pause_saved, a);
     if (rc != 0) {
         json_decref(r);
         free(a);
@@ -312,7 +311,7 @@ static void handle_resume(struct mta *m, struct control_req *req, json_t *reques
 
 static void pause_status_hook(struct mta *m, json_t *status)
 {
-    delivery_pause_status(m, status);
+    delivery_pause_status(m->delivery, status);
 }
 
 void control_queue_register(void)

@@ -138,14 +138,14 @@ static int mta_reload(struct mta *m, struct buf *errors)
     }
     /* Every part checks the new snapshot before any part applies it. */
     struct delivery_update *du = NULL;
-    if (c &&
-        (delivery_reload_prepare(m, c, &du, errors) != 0 || submission_reload(m, c, errors) != 0)) {
+    if (c && (delivery_reload_prepare(m->delivery, c, &du, errors) != 0 ||
+              submission_reload(m, c, errors) != 0)) {
         delivery_reload_cancel(du);
         conf_unref(c);
         c = NULL;
     }
     if (c)
-        delivery_reload_apply(m, du);
+        delivery_reload_apply(m->delivery, du);
     if (!c) {
         log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", errors);
         notify("READY=1\nSTATUS=reload failed; previous configuration in force");
@@ -181,7 +181,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static void finish_stop(void)
 {
     submission_close(&g_mta);
-    delivery_close(&g_mta);
+    mta_delivery_close(&g_mta);
     control_stop(&g_mta);
     uv_timer_stop(&stop_timer);
     uv_signal_stop(&sig_term);
@@ -193,7 +193,7 @@ static void finish_stop(void)
 static void stop_timer_cb(uv_timer_t *t)
 {
     (void)t;
-    size_t active = submission_active(&g_mta) + delivery_active(&g_mta);
+    size_t active = submission_active(&g_mta) + delivery_active(g_mta.delivery);
     if (active == 0) {
         finish_stop();
         return;
@@ -211,7 +211,7 @@ static void begin_stop(int signum)
     log_info("convoyd", "terminating on signal %d", signum);
     notify("STOPPING=1\nSTATUS=stopping");
     submission_stop(&g_mta);
-    delivery_stop(&g_mta);
+    delivery_stop(g_mta.delivery);
     stop_deadline = time_mono_ms() + g_mta.conf->daemon_shutdown_timeout * 1000;
     uv_timer_start(&stop_timer, stop_timer_cb, 0, 100);
 }
@@ -443,7 +443,7 @@ int main(int argc, char **argv)
     struct buf err;
     buf_init(&err, 4096);
     if (mta_queue_open(&g_mta, &err) != 0 || control_start(&g_mta, &err) != 0 ||
-        submission_start(&g_mta, &err) != 0 || delivery_start(&g_mta, &err) != 0) {
+        submission_start(&g_mta, &err) != 0 || mta_delivery_start(&g_mta, &err) != 0) {
         log_err("convoyd", "fatal: %s", err.data ? err.data : "start-up failed");
         if (g_foreground)
             fprintf(stderr, "convoyd: %s\n", err.data ? err.data : "start-up failed");
@@ -459,7 +459,7 @@ int main(int argc, char **argv)
     buf_free(&err);
 
     submission_close(&g_mta);
-    delivery_close(&g_mta);
+    mta_delivery_close(&g_mta);
     control_stop(&g_mta);
     mta_queue_close(&g_mta);
     uv_walk(g_mta.loop, close_walk_cb, NULL);

@@ -17,6 +17,7 @@
 #include "base.h"
 #include "conf.h"
 
+struct delivery;
 struct queue;
 struct submission;
 
@@ -27,13 +28,14 @@ struct mta {
     const char *conf_path;
     struct queue *queue; /* opened before any listener starts */
     struct submission *submission;
+    struct delivery *delivery; /* the engine (delivery/delivery.h); NULL when not running */
     int64_t started_ms;
     bool stopping;
     /* Reload the configuration from the same file and overrides (set by
      * convoyd). On failure every problem is appended to errors, one per
      * line, and logged; the old snapshot stays in force. */
     int (*reload)(struct mta *m, struct buf *errors);
-    /* Set by the delivery engine: called after a commit made new work due
+    /* Set by mta_delivery_start(): called after a commit made new work due
      * (a submission, a release, a retry), so new mail goes out at once. */
     void (*on_new_work)(struct mta *m);
 };
@@ -60,6 +62,15 @@ int mta_queue_open(struct mta *m, struct buf *err);
  * read-only opens; set read_only there). */
 void mta_queue_options(const struct conf *c, struct queue_options *o);
 void mta_queue_close(struct mta *m);
+
+/*
+ * daemon_delivery.c: the delivery engine of the daemon. mta_delivery_start()
+ * creates it from m->conf and m->queue (delivery_new()), kicks it on new
+ * work and adds its "sts" to status. mta_delivery_close() closes it (it
+ * frees itself once the loop has run) and forgets it.
+ */
+int mta_delivery_start(struct mta *m, struct buf *err);
+void mta_delivery_close(struct mta *m);
 
 /*
  * submission.c: the SMTP listeners that accept mail into the queue.

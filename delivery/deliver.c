@@ -72,152 +72,27 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "conf.h"
 #include "deliver_int.h"
 #include "delivery.h"
 #include "dns.h"
-#include "mta.h"
 #include "policy.h"
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
 
-#define COMPONENT "smtp"
-#define QCOMP "qmgr"
-#define LEASE_BATCH 200
-#define INFLIGHT_MAX 5000    /* leased recipients held in memory at most */
-#define MAX_TARGETS 64       /* addresses kept per destination */
-#define RESOLVE_TTL_MS 60000 /* how long a destination's addresses are reused */
-#define DSN_MAX (64u << 20)
+/* The engine's clocks: the options' fake one, or the real ones. */
+int64_t dl_now(const struct delivery *dl)
+{
+    return dl->opt.clock_ms ? dl->opt.clock_ms(dl->opt.clock_arg) : time_now_ms();
+}
 
-struct delivery;
-struct dest;
-
-struct target {
-    char host[256];
-    struct sockaddr_storage addr;
-};
-
-struct jrcpt {
-    uint32_t idx;
-    char *addr;
-    uint32_t attempts;
-};
-
-struct job {
-    struct job *next;
-    struct dest *dest;
-    char id[QUEUE_ID_LEN + 1];
-    char *sender;
-    unsigned flags;
-    int64_t arrival_ms;
-    int64_t lease_ms;
-    int64_t conn_ms;
-    int64_t ready_ms;
-    size_t n;
-    struct jrcpt *r;
-    /* Filled when the job starts on a connection. */
-    struct queue_message *qm;
-    char *body;
-    size_t body_len;
-    struct smtp_rcpt *srcpt;
-    char (*notify)[40];
-    struct smtp_msg msg;
-    char relay[320]; /* where it was tried last: "host[ip]:port" or "none" */
-    char mx[256];
-    char ip[64];
-    char tls[160];
-    /* The policy that applied to the last attempt (MTA-STS or override). */
-    char sts_mode[12];
-    char sts_id[POLICY_ID_MAX + 1];
-    char label[96];   /* "sts=enforce id=X", "tls_policy=secure", "sts=none" */
-    char verdict[16]; /* "verified", "encrypted", "none" */
-    char report[48];  /* testing: the RFC 8460 result type of a failure */
-};
-
-struct conn {
-    struct conn *next;                /* in the destination's idle list */
-    struct conn *all_prev, *all_next; /* every connection of the engine */
-    struct dest *dest;
-    struct smtp_client *c;
-    struct job *job;
-    size_t target;
-    size_t tried;
-    bool plain_retry;
-    bool idle;
-    unsigned msgs_before;
-    enum smtp_tls_mode mode;
-    int64_t idle_since;
-    struct smtp_outcome last;
-    char last_relay[320];
-    /* The policy of the current target (RFC 8461 4 and 5, or an override). */
-    struct policy_tls_req req;
-    bool have_ov;
-    struct policy_override ov; /* a copy: a reload may free the table */
-    bool have_sts_fail;        /* a host failed the policy in this attempt */
-    struct smtp_outcome sts_fail;
-    char report[48]; /* testing: result type of the failure seen, or "" */
-    char report_text[256];
-};
-
-enum dest_state { D_NEW, D_RESOLVING, D_READY };
-
-struct dest {
-    struct dest *next;
-    struct delivery *dl;
-    char name[256];
-    enum dest_state state;
-    int64_t resolved_ms;
-    struct dns_query *query;
-    struct target *targets;
-    size_t ntargets;
-    struct job *head, *tail;
-    size_t njobs;
-    size_t nconns;
-    struct conn *idle;
-    /* The MTA-STS policy found before the MX lookup (a copy). */
-    struct policy_req *preq;
-    bool sts_have;
-    struct sts_policy sts;
-    char sts_id[POLICY_ID_MAX + 1];
-};
-
-struct delivery {
-    uv_loop_t *loop;
-    struct mta *m;
-    struct conf *conf;
-    struct queue *q;
-    struct dns *dns;
-    struct tls_ctx *tls_ctx;
-    char helo[256];
-    uv_timer_t due_timer;
-    uv_timer_t kick_timer;
-    uv_timer_t sweep_timer;
-    int open_handles;
-    bool leasing;
-    bool want_lease;
-    bool stopping;
-    bool closing;
-    size_t nconns;
-    struct conn *conns; /* every connection, for delivery_close() */
-    size_t inflight;
-    size_t pending_reqs;
-    struct dest *dests;
-    /* relayhost, parsed */
-    bool relay;
-    struct conf_hostport relayhost;
-    /* MTA-STS (policy/) and the operator's tls_policy_file. */
-    struct policy *pol;
-    struct policy_overrides *ov;
-    uv_timer_t sts_timer;
-    uint64_t sts_testing_failures;
-    uint64_t sts_enforce_failures;
-    uint64_t sts_rechecks;
-    struct recheck *rechecks; /* expiring recipients waiting for policy_recheck() */
-};
-
-/* One engine per daemon: struct mta has no field for it (yet). */
-static struct delivery *g_dl;
+int64_t dl_mono(const struct delivery *dl)
+{
+    return dl->opt.clock_ms ? dl->opt.clock_ms(dl->opt.clock_arg) : time_mono_ms();
+}
 
 static void dest_run(struct dest *d);
 static void conn_connect(struct conn *cn);
@@ -225,7 +100,6 @@ static void job_policy(struct job *j, const struct conn *cn);
 static void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res,
                                const struct tls_facts *f);
 static void conn_report(struct conn *cn, const char *type, const char *text);
-static void maybe_free(struct delivery *dl);
 static void schedule_lease(struct delivery *dl, uint64_t delay_ms);
 static void on_sweep(uv_timer_t *t);
 static void arm_due(struct delivery *dl);
@@ -273,7 +147,7 @@ static void req_done(void *arg, int status)
     dl->pending_reqs--;
     if (resched)
         arm_due(dl);
-    maybe_free(dl);
+    deliver_maybe_free(dl);
 }
 
 static struct req *req_new(struct delivery *dl, const char *id, uint32_t rcpt, const char *what)
@@ -390,7 +264,7 @@ static void on_dsn_queued(void *arg, int status, const char *dsn_id)
     }
     bounce_req_free(b);
     dl->pending_reqs--;
-    maybe_free(dl);
+    deliver_maybe_free(dl);
 }
 
 /*
@@ -443,7 +317,7 @@ static void bounce_send(struct delivery *dl, const char *id, const struct queue_
         .sender = sender,
         .envid = qm->env.envid,
         .arrival_ms = qm->env.arrival_ms,
-        .now_ms = time_now_ms(),
+        .now_ms = dl_now(dl),
         .ret_full = qm->env.ret == QUEUE_RET_FULL,
         .original = body,
         .rcpts = drs,
@@ -571,7 +445,7 @@ static void tls_summary(const struct smtp_client *c, char *out, size_t size)
  */
 static void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all)
 {
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     /* The policy that applied and the TLS verdict, after the Postfix-shaped
      * part of the log line; a testing failure is kept with the TLS facts of
      * the recipient's last result (RFC 8460 result type, for reports). */
@@ -771,9 +645,9 @@ static bool conn_send(struct conn *cn, struct job *j)
     struct delivery *dl = cn->dest->dl;
     cn->job = j;
     if (j->conn_ms == 0)
-        j->conn_ms = time_now_ms();
+        j->conn_ms = dl_now(dl);
     if (j->ready_ms == 0)
-        j->ready_ms = time_now_ms();
+        j->ready_ms = dl_now(dl);
     str_copy(j->relay, smtp_client_relay(cn->c), sizeof(j->relay));
     str_copy(j->ip, smtp_client_ip(cn->c), sizeof(j->ip));
     tls_summary(cn->c, j->tls, sizeof(j->tls));
@@ -832,14 +706,14 @@ static void conn_next(struct conn *cn)
     }
     struct job *j = dest_pop(d);
     if (j) {
-        j->conn_ms = time_now_ms();
+        j->conn_ms = dl_now(dl);
         j->ready_ms = j->conn_ms;
         str_copy(j->mx, cn->last_relay, sizeof(j->mx));
         conn_send(cn, j);
         return;
     }
     cn->idle = true;
-    cn->idle_since = time_now_ms();
+    cn->idle_since = dl_now(dl);
     cn->next = d->idle;
     d->idle = cn;
     if (!uv_is_active((uv_handle_t *)&dl->sweep_timer))
@@ -864,7 +738,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
         if (cn->req.report_only && (!rf || !rf->handshake_done))
             conn_report(cn, "starttls-not-supported", "no TLS session");
         if (cn->job) {
-            cn->job->ready_ms = time_now_ms();
+            cn->job->ready_ms = dl_now(dl);
             struct job *j = cn->job;
             str_copy(j->mx, conn_target(cn)->host, sizeof(j->mx));
             str_copy(cn->last_relay, conn_target(cn)->host, sizeof(cn->last_relay));
@@ -934,7 +808,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
         conn_release(cn);
         if (!dl->closing)
             dest_run(d);
-        maybe_free(dl);
+        deliver_maybe_free(dl);
         break;
     }
     }
@@ -1190,7 +1064,7 @@ static void conn_connect(struct conn *cn)
         conn_release(cn);
         if (!dl->closing)
             dest_run(d);
-        maybe_free(dl);
+        deliver_maybe_free(dl);
         return;
     }
     const struct target *t = conn_target(cn);
@@ -1246,7 +1120,7 @@ static void conn_new(struct dest *d, struct job *j)
     }
     cn->dest = d;
     cn->job = j;
-    j->conn_ms = time_now_ms();
+    j->conn_ms = dl_now(dl);
     d->nconns++;
     dl->nconns++;
     cn->all_next = dl->conns;
@@ -1296,7 +1170,7 @@ static void resolved(struct dest *d, enum dns_status st, const char *why, const 
     d->query = NULL;
     if (d->ntargets > 0) {
         d->state = D_READY;
-        d->resolved_ms = time_mono_ms();
+        d->resolved_ms = dl_mono(d->dl);
         dest_run(d);
         return;
     }
@@ -1482,7 +1356,7 @@ static void dest_run(struct dest *d)
     int64_t ttl = RESOLVE_TTL_MS;
     if (dl->pol && dl->conf->sts_txt_check_interval * 1000 < ttl)
         ttl = dl->conf->sts_txt_check_interval * 1000;
-    if (d->state == D_READY && time_mono_ms() - d->resolved_ms > ttl && d->nconns == 0)
+    if (d->state == D_READY && dl_mono(dl) - d->resolved_ms > ttl && d->nconns == 0)
         d->state = D_NEW;
     if (d->state == D_NEW) {
         dest_resolve(d);
@@ -1496,7 +1370,7 @@ static void dest_run(struct dest *d)
             continue;
         }
         struct job *j = dest_pop(d);
-        j->conn_ms = j->ready_ms = time_now_ms();
+        j->conn_ms = j->ready_ms = dl_now(dl);
         str_copy(j->mx, cn->last_relay, sizeof(j->mx));
         conn_send(cn, j);
     }
@@ -1577,12 +1451,12 @@ static void on_recheck(void *arg, const struct policy_result *r)
                  rk->due.addr, r->have_policy ? "id=" : "gone",
                  r->have_policy && r->id ? r->id : "");
         rk->due.expired = false;
-        file_due(dl, &rk->due, time_now_ms());
+        file_due(dl, &rk->due, dl_now(dl));
         for (struct dest *d = dl->dests; d; d = d->next)
             dest_run(d);
     }
     recheck_free(rk);
-    maybe_free(dl);
+    deliver_maybe_free(dl);
 }
 
 /* delivery_close(): the rechecks in flight give their recipients back. */
@@ -1674,7 +1548,7 @@ static void expire_bounce(struct delivery *dl, const struct queue_due *due)
     o.action = SMTP_ACT_BOUNCE;
     str_copy(o.status, "4.4.7", sizeof(o.status));
     str_copy(o.text, text, sizeof(o.text));
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     log_rcpt(due->id, due->addr, "none", due->arrival_ms, now, now, now, now, &o, NULL);
     size_t blen = 0;
     char *body = qm ? read_body(dl, due->id, qm->env.size, &blen) : NULL;
@@ -1753,7 +1627,7 @@ static void on_lease(void *arg, int status, struct queue_due *due, size_t n)
         for (size_t i = 0; i < n; i++)
             unlease(dl, due[i].id, due[i].rcpt);
         queue_due_free(due);
-        maybe_free(dl);
+        deliver_maybe_free(dl);
         return;
     }
     if (status != 0) {
@@ -1762,7 +1636,7 @@ static void on_lease(void *arg, int status, struct queue_due *due, size_t n)
         schedule_lease(dl, 5000);
         return;
     }
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     dl->inflight += n;
     for (size_t i = 0; i < n; i++) {
         if (due[i].expired)
@@ -1796,7 +1670,7 @@ static void arm_due(struct delivery *dl)
     int64_t when = 0;
     uint64_t delay = 60000;
     if (queue_next_due(dl->q, &when) == 0) {
-        int64_t d = when - time_now_ms();
+        int64_t d = when - dl_now(dl);
         if (d < 100)
             d = 100;
         if ((uint64_t)d < delay)
@@ -1865,7 +1739,7 @@ static void schedule_lease(struct delivery *dl, uint64_t delay_ms)
 static void on_sweep(uv_timer_t *t)
 {
     struct delivery *dl = t->data;
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     int64_t limit = dl->conf->smtp_connection_cache_time_limit * 1000;
     bool any = false;
     for (struct dest *d = dl->dests; d; d = d->next) {
@@ -1905,10 +1779,8 @@ static int count_entry(void *arg, const struct policy_entry *e)
 }
 
 /* convoyctl status: "sts": the policy cache and what delivery saw. */
-static void sts_status(struct mta *m, json_t *status)
+void delivery_sts_status(struct delivery *dl, json_t *status)
 {
-    (void)m;
-    struct delivery *dl = g_dl;
     if (!dl || !dl->pol)
         return;
     size_t n = 0;
@@ -1945,15 +1817,15 @@ static void dests_free(struct delivery *dl)
     dl->dests = NULL;
 }
 
-static void maybe_free(struct delivery *dl)
+void deliver_maybe_free(struct delivery *dl)
 {
-    if (!dl->closing || dl->open_handles > 0 || dl->nconns > 0 || dl->pending_reqs > 0)
+    if (!dl->closing || dl->open_handles > 0 || dl->nconns > 0 || dl->pending_reqs > 0 ||
+        deliver_pause_busy(dl) > 0)
         return;
     dests_free(dl);
     if (dl->pending_reqs > 0)
         return; /* unleases just issued: freed when they call back */
-    if (g_dl == dl)
-        g_dl = NULL;
+    buf_free(&dl->pause.text);
     tls_ctx_free(dl->tls_ctx);
     policy_overrides_free(dl->ov);
     conf_unref(dl->conf);
@@ -1964,12 +1836,7 @@ static void on_handle_closed(uv_handle_t *h)
 {
     struct delivery *dl = h->data;
     dl->open_handles--;
-    maybe_free(dl);
-}
-
-static void new_work(struct mta *m)
-{
-    delivery_kick(m);
+    deliver_maybe_free(dl);
 }
 
 /* The client context for MX hosts: smtp_tls_CAfile, or the system store -
@@ -1986,7 +1853,7 @@ static int delivery_policy_new(struct delivery *dl, struct buf *err)
 {
     const struct conf *c = dl->conf;
     struct policy_options o;
-    mta_policy_options(c, &o);
+    dl->opt.policy_options(c, &o);
     char path[4096];
     int n = snprintf(path, sizeof(path), "%s/%s", c->queue_directory, POLICY_CACHE_FILE);
     if (n < 0 || (size_t)n >= sizeof(path)) {
@@ -2003,24 +1870,25 @@ static int delivery_policy_new(struct delivery *dl, struct buf *err)
     return rc;
 }
 
-int delivery_start(struct mta *m, struct buf *err)
+int delivery_new(const struct delivery_options *opt, struct delivery **out, struct buf *err)
 {
-    if (g_dl) {
-        buf_printf(err, "delivery already started");
-        return ERR_EXISTS;
-    }
-    if (!m->queue) {
+    *out = NULL;
+    if (!opt->queue) {
         buf_printf(err, "delivery needs an open queue");
+        return ERR_INVAL;
+    }
+    if (!opt->loop || !opt->conf || !opt->helo_name || !opt->dns_options || !opt->policy_options) {
+        buf_printf(err, "delivery: incomplete options");
         return ERR_INVAL;
     }
     struct delivery *dl = calloc(1, sizeof(*dl));
     if (!dl)
         return ERR_NOMEM;
-    dl->loop = m->loop;
-    dl->m = m;
-    dl->conf = conf_ref(m->conf);
-    dl->q = m->queue;
-    mta_helo_name(dl->conf, dl->helo, sizeof(dl->helo));
+    dl->opt = *opt;
+    dl->loop = opt->loop;
+    dl->conf = conf_ref(opt->conf);
+    dl->q = opt->queue;
+    dl->opt.helo_name(dl->conf, dl->helo, sizeof(dl->helo));
     if (dl->conf->relayhost && dl->conf->relayhost[0]) {
         if (conf_parse_hostport(dl->conf->relayhost, true, &dl->relayhost) != 0) {
             buf_printf(err, "relayhost: cannot parse \"%s\"", dl->conf->relayhost);
@@ -2031,7 +1899,7 @@ int delivery_start(struct mta *m, struct buf *err)
         dl->relay = true;
     }
     struct dns_options dno;
-    mta_dns_options(dl->conf, &dno);
+    dl->opt.dns_options(dl->conf, &dno);
     int rc = dns_new(dl->loop, &dno, &dl->dns);
     if (rc != 0) {
         buf_printf(err, "delivery: cannot start the DNS resolver: %s", err_str(rc));
@@ -2081,33 +1949,25 @@ int delivery_start(struct mta *m, struct buf *err)
     uv_timer_init(dl->loop, &dl->sts_timer);
     dl->due_timer.data = dl->kick_timer.data = dl->sweep_timer.data = dl->sts_timer.data = dl;
     dl->open_handles = 4;
-    uv_timer_start(&dl->sts_timer, on_sts_timer, 60000, 60000);
-    static bool hooked;
-    if (!hooked) {
-        control_add_status_hook(sts_status);
-        hooked = true;
-    }
-    g_dl = dl;
-    m->on_new_work = new_work;
+    uint64_t tick = dl->opt.sts_refresh_tick_ms ? dl->opt.sts_refresh_tick_ms : 60000;
+    uv_timer_start(&dl->sts_timer, on_sts_timer, tick, tick);
     /* Pauses set before a restart hold from the first lease on. */
-    deliver_pause_load(m);
+    deliver_pause_load(dl);
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
              dl->relay ? dl->conf->relayhost : "");
     schedule_lease(dl, 0);
+    *out = dl;
     return 0;
 }
 
-void delivery_kick(struct mta *m)
+void delivery_kick(struct delivery *dl)
 {
-    (void)m;
-    if (g_dl && !g_dl->closing && !g_dl->stopping)
-        schedule_lease(g_dl, 0);
+    if (dl && !dl->closing && !dl->stopping)
+        schedule_lease(dl, 0);
 }
 
-void delivery_stop(struct mta *m)
+void delivery_stop(struct delivery *dl)
 {
-    (void)m;
-    struct delivery *dl = g_dl;
     if (!dl || dl->stopping)
         return;
     dl->stopping = true;
@@ -2131,23 +1991,19 @@ void delivery_stop(struct mta *m)
     }
 }
 
-size_t delivery_active(const struct mta *m)
+size_t delivery_active(const struct delivery *dl)
 {
-    (void)m;
-    if (!g_dl)
-        return deliver_pause_busy();
-    return g_dl->nconns + g_dl->pending_reqs + deliver_pause_busy();
+    if (!dl)
+        return 0;
+    return dl->nconns + dl->pending_reqs + deliver_pause_busy(dl);
 }
 
-void delivery_close(struct mta *m)
+void delivery_close(struct delivery *dl)
 {
-    struct delivery *dl = g_dl;
     if (!dl || dl->closing)
         return;
-    delivery_stop(m);
+    delivery_stop(dl);
     dl->closing = true;
-    if (m && m->on_new_work == new_work)
-        m->on_new_work = NULL;
     for (struct dest *d = dl->dests; d; d = d->next) {
         if (d->query) {
             dns_cancel(d->query);
@@ -2220,11 +2076,12 @@ static bool lists_differ(const struct conf_list *a, const struct conf_list *b)
 }
 
 /* Do two snapshots differ in a setting of the MTA-STS engine? */
-static bool sts_settings_differ(const struct conf *a, const struct conf *b)
+static bool sts_settings_differ(const struct delivery *dl, const struct conf *a,
+                                const struct conf *b)
 {
     struct policy_options x, y;
-    mta_policy_options(a, &x);
-    mta_policy_options(b, &y);
+    dl->opt.policy_options(a, &x);
+    dl->opt.policy_options(b, &y);
     return strcmp(x.ca_file ? x.ca_file : "", y.ca_file ? y.ca_file : "") != 0 ||
            x.https_port != y.https_port || x.fetch_timeout_ms != y.fetch_timeout_ms ||
            x.connect_timeout_ms != y.connect_timeout_ms || x.max_policy_size != y.max_policy_size ||
@@ -2232,12 +2089,10 @@ static bool sts_settings_differ(const struct conf *a, const struct conf *b)
            x.retry_after_s != y.retry_after_s;
 }
 
-int delivery_reload_prepare(struct mta *m, struct conf *c, struct delivery_update **out,
+int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery_update **out,
                             struct buf *err)
 {
-    (void)m;
     *out = NULL;
-    struct delivery *dl = g_dl;
     if (!dl || dl->closing)
         return 0;
     struct delivery_update *u = calloc(1, sizeof(*u));
@@ -2266,7 +2121,7 @@ int delivery_reload_prepare(struct mta *m, struct conf *c, struct delivery_updat
      * refuses the reload, as it would refuse a start. */
     if (dl->pol) {
         struct policy_options o;
-        mta_policy_options(c, &o);
+        dl->opt.policy_options(c, &o);
         char path[4096];
         snprintf(path, sizeof(path), "%s/%s", c->queue_directory, POLICY_CACHE_FILE);
         o.cache_path = path;
@@ -2277,16 +2132,14 @@ int delivery_reload_prepare(struct mta *m, struct conf *c, struct delivery_updat
             delivery_reload_cancel(u);
             return rc;
         }
-        u->sts_changed = sts_settings_differ(dl->conf, c);
+        u->sts_changed = sts_settings_differ(dl, dl->conf, c);
     }
     *out = u;
     return 0;
 }
 
-void delivery_reload_apply(struct mta *m, struct delivery_update *u)
+void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
 {
-    (void)m;
-    struct delivery *dl = g_dl;
     if (!u)
         return;
     if (!dl || dl->closing) {
@@ -2328,18 +2181,18 @@ void delivery_reload_apply(struct mta *m, struct delivery_update *u)
     }
     conf_unref(dl->conf);
     dl->conf = conf_ref(u->conf);
-    mta_helo_name(dl->conf, dl->helo, sizeof(dl->helo));
+    dl->opt.helo_name(dl->conf, dl->helo, sizeof(dl->helo));
     log_info(QCOMP, "delivery: configuration reloaded, %zu TLS policy override(s)",
              policy_overrides_count(dl->ov));
     delivery_reload_cancel(u); /* what is left of it */
 }
 
-int delivery_reload(struct mta *m, struct conf *c, struct buf *err)
+int delivery_reload(struct delivery *dl, struct conf *c, struct buf *err)
 {
     struct delivery_update *u = NULL;
-    int rc = delivery_reload_prepare(m, c, &u, err);
+    int rc = delivery_reload_prepare(dl, c, &u, err);
     if (rc == 0)
-        delivery_reload_apply(m, u);
+        delivery_reload_apply(dl, u);
     return rc;
 }
 
@@ -2350,8 +2203,8 @@ int delivery_reload(struct mta *m, struct conf *c, struct buf *err)
 /* Everything paused: lease nothing; look again when the pause ends. */
 static bool pause_all(struct delivery *dl)
 {
-    int64_t until = 0, now = time_now_ms();
-    if (!deliver_paused(NULL, now, &until))
+    int64_t until = 0, now = dl_now(dl);
+    if (!deliver_paused(dl, NULL, now, &until))
         return false;
     if (until)
         uv_timer_start(&dl->due_timer, on_due_timer, (uint64_t)(until - now) + 1, 0);
@@ -2365,7 +2218,7 @@ static bool pause_postpone(struct delivery *dl, const struct queue_due *due, int
     char dom[256];
     int64_t until = 0;
     deliver_domain_of(due->addr, dom, sizeof(dom));
-    if (!deliver_paused(dom, now, &until))
+    if (!deliver_paused(dl, dom, now, &until))
         return false;
     int64_t when = now + PAUSE_RECHECK_MS;
     if (until && until < when)
@@ -2380,29 +2233,28 @@ static bool pause_postpone(struct delivery *dl, const struct queue_due *due, int
 }
 
 /* Is every recipient of job j paused? */
-static bool job_paused(const struct job *j, int64_t now)
+static bool job_paused(struct delivery *dl, const struct job *j, int64_t now)
 {
     for (size_t i = 0; i < j->n; i++) {
         char dom[256];
         deliver_domain_of(j->r[i].addr, dom, sizeof(dom));
-        if (!deliver_paused(dom, now, NULL))
+        if (!deliver_paused(dl, dom, now, NULL))
             return false;
     }
     return j->n > 0;
 }
 
-void deliver_pause_changed(void)
+void deliver_pause_changed(struct delivery *dl)
 {
-    struct delivery *dl = g_dl;
     if (!dl || dl->closing || dl->stopping)
         return;
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     /* Jobs waiting for a connection are not started yet: give them back. */
     for (struct dest *d = dl->dests; d; d = d->next) {
         struct job *keep = NULL, *keep_tail = NULL, *j;
         size_t kept = 0;
         while ((j = dest_pop(d))) {
-            if (!job_paused(j, now)) {
+            if (!job_paused(dl, j, now)) {
                 if (keep_tail)
                     keep_tail->next = j;
                 else
@@ -2424,6 +2276,6 @@ void deliver_pause_changed(void)
         d->tail = keep_tail;
         d->njobs = kept;
     }
-    if (!deliver_paused(NULL, now, NULL))
+    if (!deliver_paused(dl, NULL, now, NULL))
         schedule_lease(dl, 0);
 }

@@ -31,7 +31,7 @@
  * a damaged file can do is leave a domain unpaused).
  *
  * Threads: the table is the loop thread's; the worker sees only the text
- * made from it (sv.text) while sv.busy.
+ * made from it (sv->text) while sv->busy.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,20 +42,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "conf.h"
 #include "deliver_int.h"
 #include "delivery.h"
-#include "mta.h"
 #include "queue.h"
 
+#undef QCOMP
 #define QCOMP "qmgr"
-#define DSN_MAX (64u << 20)
-#define PAUSE_MAX 256
 
 /* ---- pause ------------------------------------------------------------------ */
-
-static struct pause_rec pauses[PAUSE_MAX];
-static size_t n_pauses;
 
 /* Saving the table: the text is written on a worker thread; requests that
  * come while a write runs are folded into the next one. Generations: each
@@ -68,51 +65,34 @@ struct save_waiter {
     void *arg;
 };
 
-static struct {
-    uv_loop_t *loop;
-    char path[4200];
-    char tmp[4220];
-    char dir[4096];
-    uv_work_t work;
-    bool busy;
-    uint64_t wanted;  /* generation of the table in memory */
-    uint64_t writing; /* generation being written */
-    struct buf text;  /* owned by the worker while busy */
-    int status;       /* of the last write */
-    char why[300];
-    struct save_waiter *waiters;
-} sv;
+static void save_start(struct delivery *dl);
 
-static void save_start(void);
-
-/* Where the table goes: queue_directory of m's configuration (which a
- * reload cannot change). reset: take it again (delivery starts), unless a
- * write is using the old one. */
-static void sv_init(struct mta *m, bool reset)
+/* Where the table goes: queue_directory of the engine's configuration
+ * (which a reload cannot change). */
+static void sv_init(struct delivery *dl)
 {
-    if (m && m->loop)
-        sv.loop = m->loop;
-    if ((sv.path[0] && !(reset && !sv.busy)) || !m || !m->conf)
-        return;
-    str_copy(sv.dir, m->conf->queue_directory, sizeof(sv.dir));
-    snprintf(sv.path, sizeof(sv.path), "%s/%s", sv.dir, PAUSE_FILE);
-    snprintf(sv.tmp, sizeof(sv.tmp), "%s.tmp", sv.path);
+    struct pause_state *sv = &dl->pause;
+    sv->work.data = dl;
+    str_copy(sv->dir, dl->conf->queue_directory, sizeof(sv->dir));
+    snprintf(sv->path, sizeof(sv->path), "%s/%s", sv->dir, PAUSE_FILE);
+    snprintf(sv->tmp, sizeof(sv->tmp), "%s.tmp", sv->path);
 }
 
 /* Worker thread: replace the file atomically and durably. Touches only
- * sv.text, the paths and the result fields while sv.busy. */
+ * sv->text, the paths and the result fields while sv->busy. */
 static void save_work(uv_work_t *w)
 {
-    (void)w;
-    sv.status = 0;
-    sv.why[0] = '\0';
+    struct delivery *dl = w->data;
+    struct pause_state *sv = &dl->pause;
+    sv->status = 0;
+    sv->why[0] = '\0';
     const char *step = "create";
-    int fd = open(sv.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    int fd = open(sv->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     bool ok = fd >= 0;
     if (ok && fchmod(fd, 0640) != 0) /* whatever the umask: the group reads it */
         ok = false, step = "chmod";
-    for (size_t off = 0; ok && off < sv.text.len;) {
-        ssize_t n = write(fd, sv.text.data + off, sv.text.len - off);
+    for (size_t off = 0; ok && off < sv->text.len;) {
+        ssize_t n = write(fd, sv->text.data + off, sv->text.len - off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -126,12 +106,12 @@ static void save_work(uv_work_t *w)
     if (fd >= 0 && close(fd) != 0 && ok)
         ok = false, step = "close";
     bool renamed = false;
-    if (ok && rename(sv.tmp, sv.path) != 0)
+    if (ok && rename(sv->tmp, sv->path) != 0)
         ok = false, step = "rename";
     if (ok) {
         renamed = true;
         /* The new name must be durable too. */
-        int dfd = open(sv.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int dfd = open(sv->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0 || fsync(dfd) != 0)
             ok = false, step = "fsync directory";
         if (dfd >= 0)
@@ -140,28 +120,29 @@ static void save_work(uv_work_t *w)
     if (!ok) {
         int e = errno;
         if (!renamed)
-            unlink(sv.tmp);
-        sv.status = ERR_IO;
-        snprintf(sv.why, sizeof(sv.why), "%s %.200s: %.60s", step, renamed ? sv.dir : sv.tmp,
+            unlink(sv->tmp);
+        sv->status = ERR_IO;
+        snprintf(sv->why, sizeof(sv->why), "%s %.200s: %.60s", step, renamed ? sv->dir : sv->tmp,
                  strerror(e));
     }
 }
 
 static void save_after(uv_work_t *w, int status)
 {
-    (void)w;
     (void)status;
-    sv.busy = false;
-    int rc = sv.status;
-    char why[sizeof(sv.why)];
-    str_copy(why, sv.why, sizeof(why));
+    struct delivery *dl = w->data;
+    struct pause_state *sv = &dl->pause;
+    sv->busy = false;
+    int rc = sv->status;
+    char why[sizeof(sv->why)];
+    str_copy(why, sv->why, sizeof(why));
     if (rc != 0)
         log_warn(QCOMP, "cannot save the pauses: %s; they are in force until convoyd stops", why);
     /* Detach the answered waiters first: a callback may pause again. */
-    struct save_waiter *done = NULL, **pp = &sv.waiters;
+    struct save_waiter *done = NULL, **pp = &sv->waiters;
     while (*pp) {
         struct save_waiter *x = *pp;
-        if (x->gen <= sv.writing) {
+        if (x->gen <= sv->writing) {
             *pp = x->next;
             x->next = done;
             done = x;
@@ -169,81 +150,91 @@ static void save_after(uv_work_t *w, int status)
             pp = &x->next;
         }
     }
-    if (sv.wanted > sv.writing)
-        save_start();
+    if (sv->wanted > sv->writing)
+        save_start(dl);
     while (done) {
         struct save_waiter *x = done;
         done = x->next;
         x->cb(x->arg, rc, rc ? why : NULL);
         free(x);
     }
+    deliver_maybe_free(dl); /* a closed engine waits for its last write */
 }
 
-static void save_start(void)
+static void save_start(struct delivery *dl)
 {
-    if (sv.busy || !sv.loop || !sv.path[0] || sv.wanted == sv.writing)
+    struct pause_state *sv = &dl->pause;
+    if (sv->busy || !sv->path[0] || sv->wanted == sv->writing)
         return;
-    buf_free(&sv.text);
-    buf_init(&sv.text, (PAUSE_MAX + 4) * (PAUSE_DOMAIN_MAX + PAUSE_REASON_MAX + 64));
-    sv.writing = sv.wanted;
-    if (pause_file_format(pauses, n_pauses, &sv.text) != 0) {
-        sv.status = ERR_NOMEM;
-        str_copy(sv.why, "out of memory", sizeof(sv.why));
-        sv.busy = true;
-        save_after(&sv.work, 0);
+    buf_free(&sv->text);
+    buf_init(&sv->text, (PAUSE_MAX + 4) * (PAUSE_DOMAIN_MAX + PAUSE_REASON_MAX + 64));
+    sv->writing = sv->wanted;
+    if (pause_file_format(sv->recs, sv->n, &sv->text) != 0) {
+        sv->status = ERR_NOMEM;
+        str_copy(sv->why, "out of memory", sizeof(sv->why));
+        sv->busy = true;
+        save_after(&sv->work, 0);
         return;
     }
-    sv.busy = true;
-    if (uv_queue_work(sv.loop, &sv.work, save_work, save_after) != 0) {
-        sv.status = ERR_IO;
-        str_copy(sv.why, "cannot start the writer", sizeof(sv.why));
-        save_after(&sv.work, 0);
+    sv->busy = true;
+    if (uv_queue_work(dl->loop, &sv->work, save_work, save_after) != 0) {
+        sv->status = ERR_IO;
+        str_copy(sv->why, "cannot start the writer", sizeof(sv->why));
+        save_after(&sv->work, 0);
     }
 }
 
 /* The table changed: write it; cb (may be NULL) hears when it is on disk. */
-static int pause_save(delivery_pause_cb cb, void *arg)
+static int pause_save(struct delivery *dl, delivery_pause_cb cb, void *arg)
 {
-    sv.wanted++;
+    struct pause_state *sv = &dl->pause;
+    sv->wanted++;
     if (cb) {
         struct save_waiter *x = calloc(1, sizeof(*x));
         if (!x)
             return ERR_NOMEM;
-        x->gen = sv.wanted;
+        x->gen = sv->wanted;
         x->cb = cb;
         x->arg = arg;
-        x->next = sv.waiters;
-        sv.waiters = x;
+        x->next = sv->waiters;
+        sv->waiters = x;
     }
-    save_start();
+    save_start(dl);
     return 0;
 }
 
-size_t deliver_pause_busy(void)
+size_t deliver_pause_busy(const struct delivery *dl)
 {
-    size_t n = sv.busy ? 1 : 0;
-    for (struct save_waiter *x = sv.waiters; x; x = x->next)
+    const struct pause_state *sv = &dl->pause;
+    size_t n = sv->busy ? 1 : 0;
+    for (struct save_waiter *x = sv->waiters; x; x = x->next)
         n++;
     return n;
 }
 
+struct load_ctx {
+    const char *path;
+    unsigned problems;
+};
+
 static void load_problem(void *arg, unsigned line, const char *why)
 {
-    unsigned *problems = arg;
-    (*problems)++;
-    log_warn(QCOMP, "%s:%u: %s", sv.path, line, why);
+    struct load_ctx *lc = arg;
+    lc->problems++;
+    log_warn(QCOMP, "%s:%u: %s", lc->path, line, why);
 }
 
 #define PAUSE_FILE_MAX (4u << 20)
 
-void deliver_pause_load(struct mta *m)
+void deliver_pause_load(struct delivery *dl)
 {
-    sv_init(m, true);
-    n_pauses = 0;
-    int fd = open(sv.path, O_RDONLY | O_CLOEXEC);
+    struct pause_state *sv = &dl->pause;
+    sv_init(dl);
+    sv->n = 0;
+    int fd = open(sv->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno != ENOENT)
-            log_warn(QCOMP, "%s: %s; no pauses restored", sv.path, strerror(errno));
+            log_warn(QCOMP, "%s: %s; no pauses restored", sv->path, strerror(errno));
         return;
     }
     struct buf text;
@@ -255,7 +246,7 @@ void deliver_pause_load(struct mta *m)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            log_warn(QCOMP, "%s: %s; no pauses restored", sv.path, strerror(errno));
+            log_warn(QCOMP, "%s: %s; no pauses restored", sv->path, strerror(errno));
             rc = ERR_IO;
             break;
         }
@@ -263,19 +254,20 @@ void deliver_pause_load(struct mta *m)
             break;
         if (buf_append(&text, chunk, (size_t)n) != 0) {
             log_warn(QCOMP, "%s: larger than %u bytes, not a pause file; no pauses restored",
-                     sv.path, PAUSE_FILE_MAX);
+                     sv->path, PAUSE_FILE_MAX);
             rc = ERR_TOOBIG;
             break;
         }
     }
     close(fd);
-    unsigned problems = 0, expired = 0;
+    struct load_ctx lc = {.path = sv->path};
+    unsigned expired = 0;
     struct pause_rec *recs = rc == 0 ? calloc(PAUSE_MAX, sizeof(*recs)) : NULL;
     size_t n = recs ? pause_file_parse(text.data ? text.data : "", text.len, recs, PAUSE_MAX,
-                                       load_problem, &problems)
+                                       load_problem, &lc)
                     : 0;
     buf_free(&text);
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     for (size_t i = 0; i < n; i++) {
         const struct pause_rec *r = &recs[i];
         const char *what = r->domain[0] ? r->domain : "all delivery";
@@ -284,69 +276,78 @@ void deliver_pause_load(struct mta *m)
             expired++;
             continue;
         }
-        pauses[n_pauses++] = *r;
+        sv->recs[sv->n++] = *r;
         char left[32] = "";
         if (r->until_ms)
             time_format_duration((r->until_ms - now + 999) / 1000, left, sizeof(left));
         log_info(QCOMP, "delivery %s%s paused%s%s (restored from %s): %s",
-                 r->domain[0] ? "to " : "", r->domain, r->until_ms ? " for " : "", left, sv.path,
+                 r->domain[0] ? "to " : "", r->domain, r->until_ms ? " for " : "", left, sv->path,
                  r->reason);
     }
     free(recs);
     /* Ended pauses leave the file now; a damaged file is left as it is
      * for the operator to see, until the next change replaces it. */
-    if (expired && !problems && rc == 0)
-        pause_save(NULL, NULL);
+    if (expired && !lc.problems && rc == 0)
+        pause_save(dl, NULL, NULL);
 }
 
-static void pause_expire(int64_t now_ms)
+static void pause_expire(struct delivery *dl, int64_t now_ms)
 {
+    struct pause_state *sv = &dl->pause;
     bool changed = false;
-    for (size_t i = 0; i < n_pauses;) {
-        if (pauses[i].until_ms && pauses[i].until_ms <= now_ms) {
+    for (size_t i = 0; i < sv->n;) {
+        if (sv->recs[i].until_ms && sv->recs[i].until_ms <= now_ms) {
             log_info(QCOMP, "pause of %s ended",
-                     pauses[i].domain[0] ? pauses[i].domain : "delivery");
-            pauses[i] = pauses[--n_pauses];
+                     sv->recs[i].domain[0] ? sv->recs[i].domain : "delivery");
+            sv->recs[i] = sv->recs[--sv->n];
             changed = true;
             continue;
         }
         i++;
     }
     if (changed)
-        pause_save(NULL, NULL);
+        pause_save(dl, NULL, NULL);
 }
 
-bool deliver_paused(const char *domain, int64_t now_ms, int64_t *until_ms)
+bool deliver_paused(struct delivery *dl, const char *domain, int64_t now_ms, int64_t *until_ms)
 {
-    pause_expire(now_ms);
-    for (size_t i = 0; i < n_pauses; i++) {
-        if (pauses[i].domain[0] == 0 || (domain && strcasecmp(pauses[i].domain, domain) == 0)) {
+    struct pause_state *sv = &dl->pause;
+    pause_expire(dl, now_ms);
+    for (size_t i = 0; i < sv->n; i++) {
+        if (sv->recs[i].domain[0] == 0 || (domain && strcasecmp(sv->recs[i].domain, domain) == 0)) {
             if (until_ms)
-                *until_ms = pauses[i].until_ms;
+                *until_ms = sv->recs[i].until_ms;
             return true;
         }
     }
     return false;
 }
 
-int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const char *reason,
+bool delivery_pause_domain_ok(const char *s)
+{
+    return pause_domain_ok(s);
+}
+
+int delivery_pause(struct delivery *dl, const char *domain, int64_t until_ms, const char *reason,
                    delivery_pause_cb cb, void *arg)
 {
     if (!domain)
         domain = "";
     if (domain[0] && !pause_domain_ok(domain))
         return ERR_INVAL;
-    sv_init(m, false);
-    int64_t now = time_now_ms();
-    pause_expire(now);
+    if (!dl || dl->closing)
+        return ERR_CLOSED;
+    struct pause_state *sv = &dl->pause;
+    int64_t now = dl_now(dl);
+    pause_expire(dl, now);
     struct pause_rec *e = NULL;
-    for (size_t i = 0; i < n_pauses && !e; i++)
-        if (strcasecmp(pauses[i].domain, domain) == 0)
-            e = &pauses[i];
+    for (size_t i = 0; i < sv->n && !e; i++)
+        if (strcasecmp(sv->recs[i].domain, domain) == 0)
+            e = &sv->recs[i];
     if (!e) {
-        if (n_pauses == PAUSE_MAX)
+        if (sv->n == PAUSE_MAX)
             return ERR_TOOBIG;
-        e = &pauses[n_pauses++];
+        e = &sv->recs[sv->n++];
         memset(e, 0, sizeof(*e));
         str_copy(e->domain, domain, sizeof(e->domain));
         for (char *p = e->domain; *p; p++)
@@ -361,8 +362,8 @@ int delivery_pause(struct mta *m, const char *domain, int64_t until_ms, const ch
         time_format_duration((until_ms - now + 999) / 1000, left, sizeof(left));
     log_info(QCOMP, "delivery %s%s paused%s%s: %s", domain[0] ? "to " : "", domain[0] ? domain : "",
              until_ms ? " for " : "", left, e->reason);
-    deliver_pause_changed();
-    return pause_save(cb, arg);
+    deliver_pause_changed(dl);
+    return pause_save(dl, cb, arg);
 }
 
 static void retry_done(void *arg, int status)
@@ -372,7 +373,7 @@ static void retry_done(void *arg, int status)
 }
 
 struct resume_scan {
-    struct mta *m;
+    struct delivery *dl;
     char (*domains)[PAUSE_DOMAIN_MAX];
     size_t n;
     size_t retried;
@@ -389,7 +390,7 @@ static int resume_one(void *arg, const struct queue_message *qm)
         deliver_domain_of(r->addr, d, sizeof(d));
         for (size_t k = 0; k < s->n; k++) {
             if (s->domains[k][0] == 0 || strcasecmp(s->domains[k], d) == 0) {
-                if (queue_retry(s->m->queue, qm->id, retry_done, NULL) == 0)
+                if (queue_retry(s->dl->q, qm->id, retry_done, NULL) == 0)
                     s->retried++;
                 return 0;
             }
@@ -398,47 +399,53 @@ static int resume_one(void *arg, const struct queue_message *qm)
     return 0;
 }
 
-int delivery_resume(struct mta *m, const char *domain, size_t *n_resumed, delivery_pause_cb cb,
-                    void *arg)
+int delivery_resume(struct delivery *dl, const char *domain, size_t *n_resumed,
+                    delivery_pause_cb cb, void *arg)
 {
     *n_resumed = 0;
-    sv_init(m, false);
-    pause_expire(time_now_ms());
-    struct resume_scan s = {.m = m};
-    s.domains = calloc(n_pauses ? n_pauses : 1, sizeof(*s.domains));
+    if (!dl || dl->closing)
+        return ERR_CLOSED;
+    struct pause_state *sv = &dl->pause;
+    pause_expire(dl, dl_now(dl));
+    struct resume_scan s = {.dl = dl};
+    s.domains = calloc(sv->n ? sv->n : 1, sizeof(*s.domains));
     if (!s.domains)
         return ERR_NOMEM;
     bool had_domains = false;
-    for (size_t i = 0; i < n_pauses;) {
-        if (domain && strcasecmp(pauses[i].domain, domain) != 0) {
+    for (size_t i = 0; i < sv->n;) {
+        if (domain && strcasecmp(sv->recs[i].domain, domain) != 0) {
             i++;
             continue;
         }
-        if (pauses[i].domain[0]) {
-            str_copy(s.domains[s.n++], pauses[i].domain, sizeof(s.domains[0]));
+        if (sv->recs[i].domain[0]) {
+            str_copy(s.domains[s.n++], sv->recs[i].domain, sizeof(s.domains[0]));
             had_domains = true;
         }
-        log_info(QCOMP, "delivery %s%s resumed", pauses[i].domain[0] ? "to " : "",
-                 pauses[i].domain);
-        pauses[i] = pauses[--n_pauses];
+        log_info(QCOMP, "delivery %s%s resumed", sv->recs[i].domain[0] ? "to " : "",
+                 sv->recs[i].domain);
+        sv->recs[i] = sv->recs[--sv->n];
         (*n_resumed)++;
     }
     /* Mail of a paused domain was postponed: make it due now. */
-    if (had_domains && m->queue)
-        queue_list(m->queue, NULL, resume_one, &s);
+    if (had_domains && dl->q)
+        queue_list(dl->q, NULL, resume_one, &s);
     free(s.domains);
-    deliver_pause_changed();
-    return pause_save(cb, arg);
+    deliver_pause_changed(dl);
+    return pause_save(dl, cb, arg);
 }
 
-void delivery_pause_status(struct mta *m, json_t *status)
+void delivery_pause_status(struct delivery *dl, json_t *status)
 {
-    (void)m;
-    int64_t now = time_now_ms();
-    pause_expire(now);
     json_t *a = json_array();
-    for (size_t i = 0; i < n_pauses; i++) {
-        const struct pause_rec *e = &pauses[i];
+    if (!dl) {
+        json_object_set_new(status, "paused", a);
+        return;
+    }
+    struct pause_state *sv = &dl->pause;
+    int64_t now = dl_now(dl);
+    pause_expire(dl, now);
+    for (size_t i = 0; i < sv->n; i++) {
+        const struct pause_rec *e = &sv->recs[i];
         json_t *o = json_object();
         json_object_set_new(o, "domain", e->domain[0] ? json_string(e->domain) : json_null());
         json_object_set_new(o, "reason", json_string(e->reason));
@@ -456,7 +463,7 @@ void delivery_pause_status(struct mta *m, json_t *status)
 /* ---- bounce ------------------------------------------------------------------ */
 
 struct abounce {
-    struct mta *m;
+    struct delivery *dl;
     char id[QUEUE_ID_LEN + 1];
     char text[600];
     struct buf dsn;
@@ -502,7 +509,7 @@ static size_t mark_bounced(struct abounce *b)
     size_t made = 0;
     b->pending = 1; /* held until every request is made */
     for (size_t i = 0; i < b->n; i++) {
-        if (queue_bounce(b->m->queue, b->id, b->rcpts[i], &res, on_rcpt_bounced, b) == 0)
+        if (queue_bounce(b->dl->q, b->id, b->rcpts[i], &res, on_rcpt_bounced, b) == 0)
             made++, b->pending++;
         else if (b->status == 0)
             b->status = ERR_CLOSED;
@@ -530,13 +537,13 @@ static void on_admin_dsn_queued(void *arg, int status, const char *dsn_id)
     }
 }
 
-int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, delivery_admin_cb cb,
-                          void *arg)
+int delivery_admin_bounce(struct delivery *dl, const char *id, const char *reason,
+                          delivery_admin_cb cb, void *arg)
 {
-    if (!m->queue || !cb)
+    if (!dl || dl->closing || !dl->q || !cb)
         return ERR_CLOSED;
     struct queue_message *qm = NULL;
-    int rc = queue_message_read(m->queue, id, &qm);
+    int rc = queue_message_read(dl->q, id, &qm);
     if (rc != 0)
         return rc;
     struct abounce *b = calloc(1, sizeof(*b));
@@ -551,7 +558,7 @@ int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, del
         queue_message_free(qm);
         return ERR_NOMEM;
     }
-    b->m = m;
+    b->dl = dl;
     b->cb = cb;
     b->arg = arg;
     str_copy(b->id, id, sizeof(b->id));
@@ -559,7 +566,7 @@ int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, del
              reason && reason[0] ? ": " : "", reason ? reason : "");
     buf_init(&b->dsn, DSN_MAX);
     size_t k = 0;
-    int64_t now = time_now_ms();
+    int64_t now = dl_now(dl);
     for (size_t i = 0; i < qm->n_rcpts; i++) {
         const struct queue_rcpt *r = &qm->rcpts[i];
         if (r->state != QUEUE_RCPT_QUEUED && r->state != QUEUE_RCPT_DEFERRED &&
@@ -606,14 +613,12 @@ int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, del
     size_t off = 0;
     while (body && off < qm->env.size) {
         size_t got = 0;
-        if (queue_body_read(m->queue, id, off, body + off, qm->env.size - off, &got) != 0 ||
-            got == 0)
+        if (queue_body_read(dl->q, id, off, body + off, qm->env.size - off, &got) != 0 || got == 0)
             break;
         off += got;
     }
     rc = !body ? ERR_NOMEM : off != qm->env.size ? ERR_CORRUPT : 0;
-    char host[256];
-    mta_helo_name(m->conf, host, sizeof(host));
+    const char *host = dl->helo;
     struct dsn_msg d = {
         .reporting_mta = host,
         .queue_id = id,
@@ -644,7 +649,7 @@ int delivery_admin_bounce(struct mta *m, const char *id, const char *reason, del
                                      .ret = QUEUE_RET_NONE,
                                      .flags = 0};
         struct queue_rcpt_in to = {.addr = qm->env.sender, .orcpt = NULL, .notify = 0};
-        rc = queue_submit(m->queue, &env, &to, 1, b->dsn.data, b->dsn.len, on_admin_dsn_queued, b);
+        rc = queue_submit(dl->q, &env, &to, 1, b->dsn.data, b->dsn.len, on_admin_dsn_queued, b);
     }
     free(body);
     free(drs);
