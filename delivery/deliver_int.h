@@ -287,11 +287,104 @@ bool deliver_paused(struct delivery *dl, const char *domain, int64_t now_ms, int
  * damaged line is logged as FILE:LINE: reason and skipped; an unreadable
  * file is logged and ignored. Never fails. */
 void deliver_pause_load(struct delivery *dl);
+/* Everything paused: lease nothing; look again when the pause ends. */
+bool pause_all(struct delivery *dl);
+/* A leased recipient of a paused domain goes back to the queue, due at the
+ * pause's end (or at the next recheck), without counting an attempt. */
+bool pause_postpone(struct delivery *dl, const struct queue_due *due, int64_t now);
 /* Writes of the pause table in progress or waited for (for shutdown). */
 size_t deliver_pause_busy(const struct delivery *dl);
 /* The pause table changed: give waiting jobs of paused destinations back
  * to the queue, and lease again if delivery resumed. */
 void deliver_pause_changed(struct delivery *dl);
+
+/* ---- shared between the files of the engine ------------------------------- */
+
+/* A queue report in flight. */
+struct req {
+    struct delivery *dl;
+    char id[QUEUE_ID_LEN + 1];
+    uint32_t rcpt;
+    const char *what;
+};
+
+typedef int (*report_fn)(struct queue *, const char *, uint32_t, const struct queue_result *,
+                         queue_done_cb, void *);
+
+/* A recipient to bounce (dsn.c). */
+struct bounce_item {
+    uint32_t rcpt;
+    int code;
+    char dsn[12];
+    char *text;
+    char mx[256];
+    char ip[64];
+    char tls[160];
+};
+
+/* ---- engine.c: small helpers and the TLS context --------------------------- */
+
+char *dl_strdup(const char *s);
+uint16_t dest_port(const struct delivery *dl);
+struct tls_ctx *delivery_tls_ctx(const struct conf *c, char *why, size_t why_size);
+
+/* ---- job.c: jobs, queue reports, the log line ------------------------------ */
+
+void dl_req_done(void *arg, int status);
+struct req *dl_req_new(struct delivery *dl, const char *id, uint32_t rcpt, const char *what);
+void dl_report(struct delivery *dl, report_fn fn, const char *what, const char *id, uint32_t rcpt,
+               const struct queue_result *res);
+void dl_unlease(struct delivery *dl, const char *id, uint32_t rcpt);
+void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64_t arrival,
+                      int64_t lease, int64_t conn, int64_t ready, int64_t done,
+                      const struct smtp_outcome *o, const char *extra);
+void job_free(struct job *j);
+void conn_tls_summary(const struct smtp_client *c, char *out, size_t size);
+void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all);
+void job_fail(struct delivery *dl, struct job *j, enum smtp_action act, const char *status,
+              const char *text);
+int job_load(struct delivery *dl, struct job *j);
+
+/* ---- dsn.c: the DSN path --------------------------------------------------- */
+
+void bounce_send(struct delivery *dl, const char *id, const struct queue_message *qm,
+                 struct view body, struct bounce_item *items, struct dsn_rcpt *drs, size_t n);
+char *dl_read_body(struct delivery *dl, const char *id, uint64_t size, size_t *len);
+
+/* ---- conn.c: connections --------------------------------------------------- */
+
+void conn_idle_remove(struct conn *cn);
+bool conn_send(struct conn *cn, struct job *j);
+struct job *dest_pop(struct dest *d);
+const struct target *conn_target(const struct conn *cn);
+enum smtp_tls_mode conn_tls_level(const struct delivery *dl);
+void conn_new(struct dest *d, struct job *j);
+
+/* ---- tlspolicy.c: the TLS policy of a connection --------------------------- */
+
+bool dest_sts_applies(const struct dest *d);
+void conn_policy(struct conn *cn);
+enum smtp_tls_mode conn_tls_mode(const struct conn *cn);
+void job_policy(struct job *j, const struct conn *cn);
+void conn_report(struct conn *cn, const char *type, const char *text);
+void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...);
+bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smtp_outcome *out,
+                    void *arg);
+void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const struct tls_facts *f);
+
+/* ---- dest.c: destinations -------------------------------------------------- */
+
+void dest_quit_idle(struct dest *d);
+void dest_run(struct dest *d);
+struct dest *dest_get(struct delivery *dl, const char *name);
+
+/* ---- sched.c: the scheduler ------------------------------------------------ */
+
+void sched_rechecks_drop(struct delivery *dl);
+void sched_arm_due(struct delivery *dl);
+void sched_lease_in(struct delivery *dl, uint64_t delay_ms);
+void sched_on_sweep(uv_timer_t *t);
+void sched_on_due_timer(uv_timer_t *t);
 
 /* Postfix's delay numbers: "0.12", "3.4", "12", "1234" (two significant
  * decimals below 10 s, one below 100 s, none above). */
