@@ -29,6 +29,7 @@
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
+#include "verdict.h"
 
 /* ---- connections ----------------------------------------------------------------------- */
 
@@ -80,7 +81,9 @@ bool conn_send(struct conn *cn, struct job *j)
         cn->job = NULL;
         char text[200];
         snprintf(text, sizeof(text), "cannot read the message from the queue: %s", err_str(rc));
-        job_fail(dl, j, SMTP_ACT_DEFER, "4.3.0", text);
+        struct verdict v;
+        verdict_local(&v);
+        job_fail(dl, j, &v, text);
         smtp_client_quit(cn->c);
         return false;
     }
@@ -88,7 +91,9 @@ bool conn_send(struct conn *cn, struct job *j)
     rc = smtp_client_send(cn->c, &j->msg);
     if (rc != 0) {
         cn->job = NULL;
-        job_fail(dl, j, SMTP_ACT_DEFER, "4.3.0", "internal error: session not ready");
+        struct verdict v;
+        verdict_local(&v);
+        job_fail(dl, j, &v, "internal error: session not ready");
         smtp_client_quit(cn->c);
         return false;
     }
@@ -155,11 +160,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
     struct delivery *dl = d->dl;
     switch (ev) {
     case SMTP_EV_READY: {
-        const struct tls_facts *rf = smtp_client_tls(c);
-        if (cn->req.report_only && !cn->req.mx_matches)
-            conn_report(cn, "validation-failure", "MX host matches no pattern of the policy");
-        if (cn->req.report_only && (!rf || !rf->handshake_done))
-            conn_report(cn, "starttls-not-supported", "no TLS session");
+        conn_ready_policy(cn, smtp_client_tls(c));
         if (cn->job) {
             cn->job->ready_ms = dl_now(dl);
             struct job *j = cn->job;
@@ -191,7 +192,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
             j->conn_ms = j->ready_ms = 0;
             dest_push_front(d, j);
         } else {
-            job_finish(dl, j, NULL);
+            job_finish(dl, j, NULL, NULL);
         }
         if (smtp_client_usable(c))
             conn_next(cn);
@@ -204,9 +205,8 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
         if (cn->job) {
             /* Failed before the session was ready: this address is done. */
             cn->last = *res;
-            /* Postfix's relay=none: no connection was made (4.4.1). */
-            str_copy(cn->job->relay,
-                     strcmp(res->status, "4.4.1") == 0 ? "none" : smtp_client_relay(c),
+            /* Postfix's relay=none: no connection was made. */
+            str_copy(cn->job->relay, verdict_no_connection(res) ? "none" : smtp_client_relay(c),
                      sizeof(cn->job->relay));
             str_copy(cn->job->mx, conn_target(cn)->host, sizeof(cn->job->mx));
             str_copy(cn->job->ip, smtp_client_ip(c), sizeof(cn->job->ip));
@@ -257,16 +257,12 @@ static void conn_connect(struct conn *cn)
     size_t limit = (size_t)dl->conf->smtp_mx_address_limit;
     while (!cn->plain_retry && !dl->closing && cn->target < d->ntargets) {
         conn_policy(cn);
-        if (cn->req.deliver)
-            break;
         /* RFC 8461 4.1 and 5 (enforce): an MX host that matches no pattern
          * of the policy is never used. */
+        if (conn_target_allowed(cn))
+            break;
         log_info(COMPONENT, "%s: MTA-STS enforce id=%s: MX host %s matches no pattern: skipped",
                  d->name, d->sts_id, conn_target(cn)->host);
-        if (!cn->have_sts_fail)
-            conn_policy_fail(cn, "4.7.5",
-                             "MTA-STS enforce: MX host %s matches no pattern of the policy",
-                             conn_target(cn)->host);
         cn->target++;
     }
     if (dl->closing || cn->target >= d->ntargets || (cn->tried >= limit && !cn->plain_retry)) {
@@ -277,28 +273,23 @@ static void conn_connect(struct conn *cn)
                 dl->inflight--;
             }
             job_free(j);
-        } else if (cn->have_sts_fail) {
-            /* RFC 8461 5: the policy left no usable host: defer (never
-             * bounce for it, never deliver in plaintext or unverified). */
-            struct smtp_outcome o = cn->sts_fail;
-            o.action = SMTP_ACT_DEFER;
-            if (o.status[0] != '4')
-                o.status[0] = '4';
-            if (cn->req.origin == POLICY_ORIGIN_STS)
-                dl->sts_enforce_failures++;
-            job_finish(dl, j, &o);
-        } else if (cn->last.action == SMTP_ACT_NONE) {
-            job_fail(dl, j, SMTP_ACT_DEFER, "4.4.3", "no address to deliver to");
         } else {
-            struct smtp_outcome o = cn->last;
-            /* Every address failed: retry later, whatever the last one said
-             * (Postfix's smtp_skip_5xx_greeting: a 5xx greeting does not
-             * bounce mail). */
-            o.action = SMTP_ACT_DEFER;
-            if (o.status[0] != '4') {
-                o.status[0] = '4';
+            /* No session became ready: the verdict says what the attempt
+             * means (a deferral, whatever the hosts said). */
+            struct verdict_attempt_in in = {
+                .policy_status = cn->have_sts_fail ? cn->sts_fail.status : NULL,
+                .last = cn->last.action != SMTP_ACT_NONE ? &cn->last : NULL,
+            };
+            struct verdict v;
+            verdict_attempt(&in, &v);
+            if (v.reason == VR_NO_ADDRESS) {
+                job_fail(dl, j, &v, "no address to deliver to");
+            } else {
+                struct smtp_outcome o = v.reason == VR_POLICY ? cn->sts_fail : cn->last;
+                if (v.reason == VR_POLICY && cn->req.origin == POLICY_ORIGIN_STS)
+                    dl->sts_enforce_failures++;
+                job_finish(dl, j, &o, &v);
             }
-            job_finish(dl, j, &o);
         }
         conn_release(cn);
         if (!dl->closing)
@@ -354,7 +345,9 @@ void conn_new(struct dest *d, struct job *j)
     struct delivery *dl = d->dl;
     struct conn *cn = calloc(1, sizeof(*cn));
     if (!cn) {
-        job_fail(dl, j, SMTP_ACT_DEFER, "4.3.0", "out of memory");
+        struct verdict v;
+        verdict_local(&v);
+        job_fail(dl, j, &v, "out of memory");
         return;
     }
     cn->dest = d;

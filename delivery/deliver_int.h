@@ -21,6 +21,7 @@
 #include "policy.h"
 #include "queue.h"
 #include "smtp.h"
+#include "verdict.h"
 
 /* ---- bounce.c: delivery status notifications (RFC 3464) ----------------- */
 
@@ -340,9 +341,14 @@ void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64
                       const struct smtp_outcome *o, const char *extra);
 void job_free(struct job *j);
 void conn_tls_summary(const struct smtp_client *c, char *out, size_t size);
-void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all);
-void job_fail(struct delivery *dl, struct job *j, enum smtp_action act, const char *status,
-              const char *text);
+/* Report every recipient of a finished job and free it: each recipient's
+ * outcome (all: one for every recipient) goes through the verdict, unless
+ * all_v says what it means for all of them. */
+void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all,
+                const struct verdict *all_v);
+/* A whole job ends as v says, with text (DNS failure, no address, a local
+ * error). */
+void job_fail(struct delivery *dl, struct job *j, const struct verdict *v, const char *text);
 int job_load(struct delivery *dl, struct job *j);
 
 /* ---- dsn.c: the DSN path --------------------------------------------------- */
@@ -371,6 +377,10 @@ void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...)
 bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smtp_outcome *out,
                     void *arg);
 void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const struct tls_facts *f);
+/* Before connecting: false when the policy excludes the current target. */
+bool conn_target_allowed(struct conn *cn);
+/* The session is ready: a testing policy reports what would have failed. */
+void conn_ready_policy(struct conn *cn, const struct tls_facts *f);
 
 /* ---- dest.c: destinations -------------------------------------------------- */
 

@@ -24,15 +24,15 @@
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
+#include "verdict.h"
 
 /* ---- destinations ------------------------------------------------------------------- */
 
-static void dest_fail_all(struct dest *d, enum smtp_action act, const char *status,
-                          const char *text)
+static void dest_fail_all(struct dest *d, const struct verdict *v, const char *text)
 {
     struct job *j;
     while ((j = dest_pop(d)))
-        job_fail(d->dl, j, act, status, text);
+        job_fail(d->dl, j, v, text);
 }
 
 static bool dest_add_target(struct dest *d, const char *host, int family, const uint8_t *bytes,
@@ -70,28 +70,17 @@ static void dest_resolved(struct dest *d, enum dns_status st, const char *why, c
         return;
     }
     d->state = D_NEW;
+    struct verdict v;
+    verdict_dns(st, &v);
     char text[600];
-    switch (st) {
-    case DNS_NULL_MX:
+    if (v.reason == VR_NULL_MX)
         snprintf(text, sizeof(text), "Domain %s does not accept mail (nullMX)", d->name);
-        dest_fail_all(d, SMTP_ACT_BOUNCE, "5.1.10", text);
-        break;
-    case DNS_NXDOMAIN:
-    case DNS_NODATA:
-    case DNS_INVALID:
+    else
         snprintf(text, sizeof(text),
-                 "Host or domain name not found. Name service error for name=%s type=%s: %s",
-                 d->name, qtype, why ? why : dns_status_name(st));
-        dest_fail_all(d, SMTP_ACT_BOUNCE, st == DNS_INVALID ? "5.1.2" : "5.4.4", text);
-        break;
-    default:
-        snprintf(text, sizeof(text),
-                 "Host or domain name not found. Name service error for name=%s type=%s: %s, "
-                 "try again",
-                 d->name, qtype, why ? why : dns_status_name(st));
-        dest_fail_all(d, SMTP_ACT_DEFER, "4.4.3", text);
-        break;
-    }
+                 "Host or domain name not found. Name service error for name=%s type=%s: %s%s",
+                 d->name, qtype, why ? why : dns_status_name(st),
+                 v.action == VERDICT_DEFER ? ", try again" : "");
+    dest_fail_all(d, &v, text);
 }
 
 static void on_mx(void *arg, const struct dns_mx_result *r)
@@ -173,7 +162,9 @@ static void on_policy(void *arg, const struct policy_result *r)
         if (policy_sts_copy(&d->sts, r->policy) != 0) {
             /* Never fall back to no policy for want of memory. */
             d->state = D_NEW;
-            dest_fail_all(d, SMTP_ACT_DEFER, "4.3.0", "out of memory (MTA-STS policy)");
+            struct verdict v;
+            verdict_local(&v);
+            dest_fail_all(d, &v, "out of memory (MTA-STS policy)");
             return;
         }
         d->sts_have = true;

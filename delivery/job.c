@@ -37,6 +37,7 @@
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
+#include "verdict.h"
 
 /* ---- queue reports ------------------------------------------------------------ */
 
@@ -169,7 +170,8 @@ void conn_tls_summary(const struct smtp_client *c, char *out, size_t size)
  * Report every recipient of a finished job with its outcome, and free it.
  * Bounces are gathered into one DSN per job.
  */
-void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all)
+void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *all,
+                const struct verdict *all_v)
 {
     int64_t now = dl_now(dl);
     /* The policy that applied and the TLS verdict, after the Postfix-shaped
@@ -188,16 +190,22 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
     struct dsn_rcpt *drs = calloc(j->n ? j->n : 1, sizeof(*drs));
     size_t nb = 0;
     for (size_t i = 0; i < j->n; i++) {
-        const struct smtp_outcome *o = all ? all : &j->srcpt[i].out;
-        struct smtp_outcome fallback;
-        if (o->action == SMTP_ACT_NONE) {
-            /* Defensive: a recipient the client did not decide is retried. */
-            memset(&fallback, 0, sizeof(fallback));
-            fallback.action = SMTP_ACT_DEFER;
-            str_copy(fallback.status, "4.3.0", sizeof(fallback.status));
-            str_copy(fallback.text, "delivery ended without a result", sizeof(fallback.text));
-            o = &fallback;
+        /* The verdict decides what the outcome means (verdict.c); the
+         * outcome gives the texts. */
+        struct verdict v;
+        const struct smtp_outcome *src = all ? all : &j->srcpt[i].out;
+        if (all_v)
+            v = *all_v;
+        else
+            verdict_reply(src, &v);
+        struct smtp_outcome eff = *src;
+        if (v.reason == VR_NO_RESULT) {
+            memset(&eff, 0, sizeof(eff));
+            str_copy(eff.text, "delivery ended without a result", sizeof(eff.text));
         }
+        eff.action = verdict_smtp_action(v.action);
+        str_copy(eff.status, v.status, sizeof(eff.status));
+        const struct smtp_outcome *o = &eff;
         deliver_log_rcpt(j->id, j->r[i].addr, j->relay, j->arrival_ms, j->lease_ms, j->conn_ms,
                          j->ready_ms, now, o, extra);
         struct queue_result res = {.smtp_code = o->code,
@@ -227,7 +235,7 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
             dr->action = "failed";
             dr->status = it->dsn;
             dr->remote_mta = o->code ? it->mx : NULL;
-            dr->diag = o->reply[0] ? o->reply : NULL;
+            dr->diag = src->reply[0] && v.reason != VR_NO_RESULT ? src->reply : NULL;
             dr->reason = it->text;
             dr->last_attempt_ms = now;
             nb++;
@@ -254,15 +262,12 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
 
 /* A whole job ends without a session outcome per recipient (DNS failure, every
  * address failed). */
-void job_fail(struct delivery *dl, struct job *j, enum smtp_action act, const char *status,
-              const char *text)
+void job_fail(struct delivery *dl, struct job *j, const struct verdict *v, const char *text)
 {
     struct smtp_outcome o;
     memset(&o, 0, sizeof(o));
-    o.action = act;
-    str_copy(o.status, status, sizeof(o.status));
     str_copy(o.text, text, sizeof(o.text));
-    job_finish(dl, j, &o);
+    job_finish(dl, j, &o, v);
 }
 
 /* smtp_msg.read: the job's content straight from the queue. */

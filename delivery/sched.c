@@ -27,6 +27,7 @@
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
+#include "verdict.h"
 
 /* ---- the scheduler -------------------------------------------------------------------- */
 
@@ -109,10 +110,16 @@ static void expire(struct delivery *dl, const struct queue_due *due)
     struct queue_message *qm = NULL;
     queue_message_read(dl->q, due->id, &qm);
     const struct queue_rcpt *qr = qm && due->rcpt < qm->n_rcpts ? &qm->rcpts[due->rcpt] : NULL;
-    bool policy_caused = dl->pol && !dl->relay && qr && qr->has_result && qr->last.sts_mode &&
-                         strcmp(qr->last.sts_mode, "enforce") == 0 && qr->last.dsn &&
-                         strcmp(qr->last.dsn, "4.7.5") == 0;
-    struct recheck *rk = policy_caused ? calloc(1, sizeof(*rk)) : NULL;
+    struct verdict_expiry_in in = {
+        .can_recheck = dl->pol && !dl->relay,
+        .have_last = qr && qr->has_result,
+        .last_mode =
+            qr && qr->has_result ? verdict_mode_parse(qr->last.sts_mode) : POLICY_MODE_NONE,
+        .last_status = verdict_status_parse(qr && qr->has_result ? qr->last.dsn : NULL),
+    };
+    struct verdict v;
+    verdict_expired(&in, &v);
+    struct recheck *rk = v.reason == VR_EXPIRED_RECHECK ? calloc(1, sizeof(*rk)) : NULL;
     if (rk) {
         char dom[256];
         deliver_domain_of(due->addr, dom, sizeof(dom));

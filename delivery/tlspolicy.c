@@ -27,6 +27,7 @@
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
+#include "verdict.h"
 
 /* ---- MTA-STS and tls_policy_file, per MX host (RFC 8461 4 and 5) --------------------- */
 
@@ -146,6 +147,88 @@ void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...)
     cn->have_sts_fail = true;
 }
 
+/* The verdict's input for the connection's current target. */
+static void conn_verdict_in(const struct conn *cn, enum verdict_tls_event ev,
+                            const struct tls_facts *f, const struct smtp_outcome *res,
+                            struct verdict_tls_in *in)
+{
+    const struct policy_tls_req *q = &cn->req;
+    memset(in, 0, sizeof(*in));
+    if (q->origin == POLICY_ORIGIN_OVERRIDE)
+        in->policy = VERDICT_POLICY_OVERRIDE;
+    else if (q->origin == POLICY_ORIGIN_STS || q->report_only)
+        in->policy = VERDICT_POLICY_STS;
+    in->sts_mode = q->report_only ? POLICY_MODE_TESTING : q->sts_mode;
+    in->level = q->level;
+    in->deliver = q->deliver;
+    in->mx_matches = q->mx_matches;
+    in->event = ev;
+    in->facts = f;
+    in->res = res;
+}
+
+/* Act on what the verdict says of a host: a testing report, or a policy
+ * failure with its text. detail: the session's or the facts' text. */
+static void conn_tls_verdict(struct conn *cn, const struct verdict_tls *v, const char *detail)
+{
+    const char *host = conn_target(cn)->host;
+    if (v->report) {
+        const char *type = verdict_result_type_name(v->result_type);
+        if (v->report_mx)
+            conn_report(cn, type, "MX host matches no pattern of the policy");
+        else
+            conn_report(cn, type, detail);
+        return;
+    }
+    if (!v->host_failed)
+        return;
+    switch (v->why) {
+    case VERDICT_TLSF_MX_MISMATCH:
+        conn_policy_fail(cn, v->status,
+                         "MTA-STS enforce: MX host %s matches no pattern of the policy", host);
+        break;
+    case VERDICT_TLSF_NOT_OFFERED:
+        conn_policy_fail(cn, v->status, "MTA-STS enforce: %s does not offer STARTTLS: %s", host,
+                         detail);
+        break;
+    case VERDICT_TLSF_CERT:
+        conn_policy_fail(cn, v->status, "MTA-STS enforce: certificate for %s: %s", host,
+                         tls_failure_str(v->cert_failure));
+        break;
+    case VERDICT_TLSF_HANDSHAKE:
+        conn_policy_fail(cn, v->status, "MTA-STS enforce: TLS with %s failed: %s", host, detail);
+        break;
+    default:
+        conn_policy_fail(cn, v->status, "%s", detail);
+        break;
+    }
+}
+
+/* The verdict on a target before connecting: false if the policy excludes
+ * it (the failure is kept for the attempt's end). */
+bool conn_target_allowed(struct conn *cn)
+{
+    struct verdict_tls_in in;
+    struct verdict_tls v;
+    conn_verdict_in(cn, VERDICT_TLS_SKIP, NULL, NULL, &in);
+    verdict_tls(&in, &v);
+    if (!v.host_failed)
+        return true;
+    if (!cn->have_sts_fail)
+        conn_tls_verdict(cn, &v, "");
+    return false;
+}
+
+/* The session is ready: testing reports what would have failed. */
+void conn_ready_policy(struct conn *cn, const struct tls_facts *f)
+{
+    struct verdict_tls_in in;
+    struct verdict_tls v;
+    conn_verdict_in(cn, VERDICT_TLS_READY, f, NULL, &in);
+    verdict_tls(&in, &v);
+    conn_tls_verdict(cn, &v, "no TLS session");
+}
+
 /* smtp_client tls_check: judge the handshake's facts by the policy. */
 bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smtp_outcome *out,
                     void *arg)
@@ -154,57 +237,34 @@ bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smt
     struct conn *cn = arg;
     struct dest *d = cn->dest;
     const char *host = conn_target(cn)->host;
-    if (cn->req.origin == POLICY_ORIGIN_OVERRIDE && cn->req.level == POLICY_TLS_VERIFY) {
-        /* verify/secure: a trusted chain in date, and a name the entry's
-         * match= list allows (Postfix smtp_tls_policy_maps semantics). */
-        const char *why = NULL;
-        if (!f->chain_ok)
-            why = tls_failure_str(f->failure != TLS_FAIL_NONE ? f->failure
-                                                              : TLS_FAIL_CERT_NOT_TRUSTED);
-        else if (!policy_override_cert_ok(&cn->ov, d->name, host, f))
-            why = "no certificate name matches the policy";
-        if (why) {
-            out->action = SMTP_ACT_DEFER;
-            str_copy(out->status, "4.7.5", sizeof(out->status));
-            snprintf(out->text, sizeof(out->text), "TLS policy %s: certificate for %s: %s",
-                     cn->ov.secure ? "secure" : "verify", host, why);
-            return false;
-        }
-        return true;
+    struct verdict_tls_in in;
+    struct verdict_tls v;
+    conn_verdict_in(cn, VERDICT_TLS_HANDSHAKE, f, NULL, &in);
+    /* verify/secure: a name the entry's match= list allows (Postfix
+     * smtp_tls_policy_maps semantics). */
+    in.name_ok = in.policy == VERDICT_POLICY_OVERRIDE && in.level == POLICY_TLS_VERIFY &&
+                 f->chain_ok && policy_override_cert_ok(&cn->ov, d->name, host, f);
+    verdict_tls(&in, &v);
+    if (v.host_failed) {
+        const char *why = v.why == VERDICT_TLSF_OVERRIDE_CHAIN
+                              ? tls_failure_str(v.cert_failure)
+                              : "no certificate name matches the policy";
+        out->action = SMTP_ACT_DEFER;
+        str_copy(out->status, v.status, sizeof(out->status));
+        snprintf(out->text, sizeof(out->text), "TLS policy %s: certificate for %s: %s",
+                 cn->ov.secure ? "secure" : "verify", host, why);
+        return false;
     }
-    if (cn->req.report_only && !f->verified) {
-        const char *type = tls_failure_result_type(f->failure);
-        conn_report(cn, type ? type : "validation-failure",
-                    f->text[0] ? f->text : tls_failure_str(f->failure));
-    }
+    conn_tls_verdict(cn, &v, f->text[0] ? f->text : tls_failure_str(f->failure));
     return true;
 }
 
 /* The session ended before it was ready: was the policy the reason? */
 void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const struct tls_facts *f)
 {
-    const char *host = conn_target(cn)->host;
-    if (res->err != ERR_TLS)
-        return; /* connection trouble: not a policy matter */
-    if (cn->req.origin == POLICY_ORIGIN_STS && cn->req.level == POLICY_TLS_VERIFY) {
-        /* RFC 8461 4.2 failed on this host: never the plaintext retry. */
-        if (strcmp(res->status, "4.7.4") == 0)
-            conn_policy_fail(cn, "4.7.5", "MTA-STS enforce: %s does not offer STARTTLS: %s", host,
-                             res->text);
-        else if (f && f->failure != TLS_FAIL_NONE && f->failure != TLS_FAIL_HANDSHAKE)
-            conn_policy_fail(cn, "4.7.5", "MTA-STS enforce: certificate for %s: %s", host,
-                             tls_failure_str(f->failure));
-        else
-            conn_policy_fail(cn, "4.7.5", "MTA-STS enforce: TLS with %s failed: %s", host,
-                             res->text);
-        return;
-    }
-    if (cn->req.origin == POLICY_ORIGIN_OVERRIDE && cn->req.level >= POLICY_TLS_ENCRYPT) {
-        conn_policy_fail(cn, res->status[0] ? res->status : "4.7.5", "%s", res->text);
-        return;
-    }
-    if (cn->req.report_only) {
-        const char *type = f ? tls_failure_result_type(f->failure) : NULL;
-        conn_report(cn, type ? type : "validation-failure", res->text);
-    }
+    struct verdict_tls_in in;
+    struct verdict_tls v;
+    conn_verdict_in(cn, VERDICT_TLS_CLOSED, f, res, &in);
+    verdict_tls(&in, &v);
+    conn_tls_verdict(cn, &v, res->text);
 }
