@@ -312,15 +312,39 @@ struct req {
 typedef int (*report_fn)(struct queue *, const char *, uint32_t, const struct queue_result *,
                          queue_done_cb, void *);
 
-/* A recipient to bounce (dsn.c). */
-struct bounce_item {
-    uint32_t rcpt;
+/* A recipient for the DSN path (dsn.c): what its queue record becomes and
+ * what its part of the DSN (RFC 3464 2.3) says. */
+struct dsn_item {
+    uint32_t rcpt; /* index in the message */
+    /* the record */
     int code;
-    char dsn[12];
-    char *text;
+    char dsn[12]; /* enhanced status, also the DSN's Status: */
+    char *text;   /* owned: the reason, also the DSN's human text */
     char mx[256];
     char ip[64];
     char tls[160];
+    /* the DSN's part */
+    char remote_mta[256]; /* "" when none was reached */
+    char *diag;           /* owned: the remote reply, or NULL */
+    int64_t last_attempt_ms;
+};
+
+/* The kind of DSN: a failure (RFC 3464 Action: failed; the recipients are
+ * marked bounced once it is committed) or a delay warning (Action: delayed;
+ * NOTIFY=DELAY recipients only; nothing is marked). */
+enum dsn_kind { DSN_FAILED, DSN_DELAYED };
+
+/* Called once when a DSN's recipients are settled: status 0 or the first
+ * error; n recipients were marked. */
+typedef void (*dsn_done_cb)(void *arg, int status, size_t n);
+
+struct dsn_opts {
+    /* On any failure leave the recipients as they are and report it (the
+     * operator's bounce); otherwise a failure DSN that cannot be queued
+     * leaves them deferred with 4.3.0 "(bounce not sent: why)". */
+    bool keep_on_error;
+    dsn_done_cb cb; /* optional */
+    void *arg;
 };
 
 /* ---- engine.c: small helpers and the TLS context --------------------------- */
@@ -336,8 +360,11 @@ struct req *dl_req_new(struct delivery *dl, const char *id, uint32_t rcpt, const
 void dl_report(struct delivery *dl, report_fn fn, const char *what, const char *id, uint32_t rcpt,
                const struct queue_result *res);
 void dl_unlease(struct delivery *dl, const char *id, uint32_t rcpt);
+/* The one log line per recipient and attempt (Postfix-shaped, see job.c):
+ * the times of arrival, lease, connection start, session ready and the
+ * end; attempted false writes "delays=D/0/0/0" (nothing was tried). */
 void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64_t arrival,
-                      int64_t lease, int64_t conn, int64_t ready, int64_t done,
+                      int64_t lease, int64_t conn, int64_t ready, int64_t done, bool attempted,
                       const struct smtp_outcome *o, const char *extra);
 void job_free(struct job *j);
 void conn_tls_summary(const struct smtp_client *c, char *out, size_t size);
@@ -353,8 +380,21 @@ int job_load(struct delivery *dl, struct job *j);
 
 /* ---- dsn.c: the DSN path --------------------------------------------------- */
 
-void bounce_send(struct delivery *dl, const char *id, const struct queue_message *qm,
-                 struct view body, struct bounce_item *items, struct dsn_rcpt *drs, size_t n);
+/*
+ * The one DSN path, for failure, expiry and operator bounces (and delay
+ * warnings): recipients whose NOTIFY does not ask for the kind are left out
+ * of the DSN; none goes to the null sender (RFC 5321 6.1), the recipients
+ * are then marked without one; a DSN too big with RET=FULL is built again
+ * with the headers only; it is queued from the null sender to the original
+ * sender; a failure DSN marks its recipients bounced only after that
+ * commit. qm NULL: the message could not be read. items (n of them) are
+ * taken over. Returns 0 (o->cb, if any, is called once later); with
+ * o->keep_on_error an error when nothing was done (cb not called).
+ */
+int dsn_send(struct delivery *dl, const char *id, const struct queue_message *qm, struct view body,
+             enum dsn_kind kind, struct dsn_item *items, size_t n, const struct dsn_opts *o);
+/* Free items that dsn_send() did not take. */
+void dsn_items_free(struct dsn_item *items, size_t n);
 char *dl_read_body(struct delivery *dl, const char *id, uint64_t size, size_t *len);
 
 /* ---- conn.c: connections --------------------------------------------------- */

@@ -119,7 +119,7 @@ static const char *status_word(enum smtp_action a)
 }
 
 void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64_t arrival,
-                      int64_t lease, int64_t conn, int64_t ready, int64_t done,
+                      int64_t lease, int64_t conn, int64_t ready, int64_t done, bool attempted,
                       const struct smtp_outcome *o, const char *extra)
 {
     char delay[24], a[24], b[24], c[24], d[24];
@@ -132,6 +132,13 @@ void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64
     deliver_format_delay(conn - lease, b, sizeof(b));
     deliver_format_delay(ready - conn, c, sizeof(c));
     deliver_format_delay(done - ready, d, sizeof(d));
+    if (!attempted) {
+        /* Not taken from the queue for an attempt (the operator's bounce):
+         * all the time was spent waiting. */
+        str_copy(b, "0", sizeof(b));
+        str_copy(c, "0", sizeof(c));
+        str_copy(d, "0", sizeof(d));
+    }
     log_info(
         COMPONENT, "%s: to=<%s>, relay=%s, delay=%s, delays=%s/%s/%s/%s, dsn=%s, status=%s (%s)%s",
         id, addr, relay && relay[0] ? relay : "none", delay, a, b, c, d,
@@ -186,8 +193,7 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
                  j->report);
     snprintf(tlsrec, sizeof(tlsrec), "%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
              j->report);
-    struct bounce_item *items = calloc(j->n ? j->n : 1, sizeof(*items));
-    struct dsn_rcpt *drs = calloc(j->n ? j->n : 1, sizeof(*drs));
+    struct dsn_item *items = calloc(j->n ? j->n : 1, sizeof(*items));
     size_t nb = 0;
     for (size_t i = 0; i < j->n; i++) {
         /* The verdict decides what the outcome means (verdict.c); the
@@ -207,7 +213,7 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
         str_copy(eff.status, v.status, sizeof(eff.status));
         const struct smtp_outcome *o = &eff;
         deliver_log_rcpt(j->id, j->r[i].addr, j->relay, j->arrival_ms, j->lease_ms, j->conn_ms,
-                         j->ready_ms, now, o, extra);
+                         j->ready_ms, now, true, o, extra);
         struct queue_result res = {.smtp_code = o->code,
                                    .dsn = o->status,
                                    .text = o->text,
@@ -219,8 +225,8 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
         dl->inflight--;
         if (o->action == SMTP_ACT_SENT) {
             dl_report(dl, queue_delivered, "delivery", j->id, j->r[i].idx, &res);
-        } else if (o->action == SMTP_ACT_BOUNCE && items && drs) {
-            struct bounce_item *it = &items[nb];
+        } else if (o->action == SMTP_ACT_BOUNCE && items) {
+            struct dsn_item *it = &items[nb++];
             it->rcpt = j->r[i].idx;
             it->code = o->code;
             str_copy(it->dsn, o->status, sizeof(it->dsn));
@@ -228,17 +234,10 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
             str_copy(it->mx, j->mx, sizeof(it->mx));
             str_copy(it->ip, j->ip, sizeof(it->ip));
             str_copy(it->tls, j->tls, sizeof(it->tls));
-            struct dsn_rcpt *dr = &drs[nb];
-            dr->addr = j->r[i].addr;
-            dr->orcpt =
-                j->qm && j->r[i].idx < j->qm->n_rcpts ? j->qm->rcpts[j->r[i].idx].orcpt : NULL;
-            dr->action = "failed";
-            dr->status = it->dsn;
-            dr->remote_mta = o->code ? it->mx : NULL;
-            dr->diag = src->reply[0] && v.reason != VR_NO_RESULT ? src->reply : NULL;
-            dr->reason = it->text;
-            dr->last_attempt_ms = now;
-            nb++;
+            /* A host that replied is the DSN's Remote-MTA. */
+            str_copy(it->remote_mta, o->code ? j->mx : "", sizeof(it->remote_mta));
+            it->diag = o->reply[0] ? dl_strdup(o->reply) : NULL;
+            it->last_attempt_ms = now;
         } else {
             dl_report(dl, queue_defer, "deferral", j->id, j->r[i].idx, &res);
         }
@@ -250,11 +249,10 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
         if (!j->body && j->qm)
             j->body = dl_read_body(dl, j->id, j->qm->env.size, &j->body_len);
         struct view body = {j->body ? j->body : "", j->body ? j->body_len : 0};
-        bounce_send(dl, j->id, j->qm, body, items, drs, nb);
+        dsn_send(dl, j->id, j->qm, body, DSN_FAILED, items, nb, NULL);
         items = NULL;
     }
     free(items);
-    free(drs);
     job_free(j);
     if (dl->inflight < INFLIGHT_MAX && dl->want_lease)
         sched_lease_in(dl, 0);

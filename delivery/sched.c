@@ -152,11 +152,12 @@ static void sched_expire_bounce(struct delivery *dl, const struct queue_due *due
     queue_message_read(dl->q, due->id, &qm);
     const struct queue_rcpt *qr = qm && due->rcpt < qm->n_rcpts ? &qm->rcpts[due->rcpt] : NULL;
     const char *last = qr && qr->has_result ? qr->last.text : "";
-    struct bounce_item *it = calloc(1, sizeof(*it));
-    struct dsn_rcpt *dr = calloc(1, sizeof(*dr));
-    if (!it || !dr) {
-        free(it);
-        free(dr);
+    /* The verdict of an expiry with no recheck left: a bounce, 4.4.7. */
+    struct verdict_expiry_in in = {.can_recheck = false};
+    struct verdict v;
+    verdict_expired(&in, &v);
+    struct dsn_item *it = calloc(1, sizeof(*it));
+    if (!it) {
         queue_message_free(qm);
         dl->inflight--;
         return;
@@ -165,31 +166,27 @@ static void sched_expire_bounce(struct delivery *dl, const struct queue_due *due
     snprintf(text, sizeof(text), "delivery time expired%s%s", last[0] ? ": " : "", last);
     it->rcpt = due->rcpt;
     it->code = qr && qr->has_result ? qr->last.smtp_code : 0;
-    str_copy(it->dsn, "4.4.7", sizeof(it->dsn));
+    str_copy(it->dsn, v.status, sizeof(it->dsn));
     it->text = dl_strdup(text);
     if (qr && qr->has_result) {
         str_copy(it->mx, qr->last.mx ? qr->last.mx : "", sizeof(it->mx));
         str_copy(it->ip, qr->last.ip ? qr->last.ip : "", sizeof(it->ip));
+        it->last_attempt_ms = qr->last.when_ms;
     }
-    dr->addr = due->addr;
-    dr->orcpt = qr ? qr->orcpt : NULL;
-    dr->action = "failed";
-    dr->status = "4.4.7";
-    dr->remote_mta = it->mx[0] ? it->mx : NULL;
-    dr->reason = it->text;
-    dr->last_attempt_ms = qr && qr->has_result ? qr->last.when_ms : 0;
+    str_copy(it->remote_mta, it->mx, sizeof(it->remote_mta));
     struct smtp_outcome o;
     memset(&o, 0, sizeof(o));
-    o.action = SMTP_ACT_BOUNCE;
-    str_copy(o.status, "4.4.7", sizeof(o.status));
+    o.action = verdict_smtp_action(v.action);
+    str_copy(o.status, v.status, sizeof(o.status));
     str_copy(o.text, text, sizeof(o.text));
     int64_t now = dl_now(dl);
-    deliver_log_rcpt(due->id, due->addr, "none", due->arrival_ms, now, now, now, now, &o, NULL);
+    deliver_log_rcpt(due->id, due->addr, "none", due->arrival_ms, now, now, now, now, true, &o,
+                     NULL);
     size_t blen = 0;
     char *body = qm ? dl_read_body(dl, due->id, qm->env.size, &blen) : NULL;
-    bounce_send(dl, due->id, qm, (struct view){body ? body : "", body ? blen : 0}, it, dr, 1);
+    dsn_send(dl, due->id, qm, (struct view){body ? body : "", body ? blen : 0}, DSN_FAILED, it, 1,
+             NULL);
     free(body);
-    free(dr);
     queue_message_free(qm);
     dl->inflight--;
 }
