@@ -9,7 +9,9 @@
  * Cases: enforce with no matching MX host defers with 4.7.5 and never
  * connects; testing delivers anyway and counts the failure; a cached
  * policy is refetched before it expires (only once the fake clock nears
- * the expiry), not before.
+ * the expiry), not before; a recipient an enforce policy kept until its
+ * lifetime ran out gets a policy recheck before its bounce. The queue
+ * shares the fake clock.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -344,6 +346,10 @@ static void world_start(struct world *w)
     qo.directory = w->conf->queue_directory;
     qo.on_new_work = new_work;
     qo.on_new_work_arg = w;
+    /* The queue shares the fake clock: expiry without waiting. */
+    qo.clock_ms = clock_ms;
+    qo.minimal_backoff = 60;
+    qo.maximal_lifetime = 3600;
     if (queue_open(&w->loop, &qo, &w->q, &err) != 0)
         fail_msg("queue: %s", err.data);
     struct delivery_options o = {
@@ -554,6 +560,34 @@ static void test_refetch_before_expiry(void **state)
     world_stop(&w);
 }
 
+static bool recheck_done(struct world *w)
+{
+    return sts_counter(w, "rechecks") == 1 && stats(w).messages == 0;
+}
+
+/* A recipient that an enforce policy kept deferred until its lifetime ran
+ * out gets a policy recheck before its bounce (RFC 8461 5): the TXT record
+ * is asked again; the same policy id means the bounce (4.4.7). */
+static void test_expiry_rechecks_policy(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    seed(&w, "enforce", "mx.elsewhere.test", 86400 * 7, fake_now_ms / 1000);
+    world_start(&w);
+    submit(&w);
+    assert_true(run_until(&w, one_deferred, 10000));
+    assert_int_equal(sts_counter(&w, "rechecks"), 0);
+    unsigned txt_before = q_txt;
+    /* Two hours later: past maximal_lifetime and the backoff. */
+    fake_now_ms += 7200 * 1000;
+    delivery_kick(w.dl);
+    assert_true(run_until(&w, recheck_done, 10000));
+    assert_true(q_txt > txt_before);
+    assert_int_equal(connections, 0);
+    world_stop(&w);
+}
+
 int main(void)
 {
     log_setup("convoy", "mail", LOG_TO_STDERR, false);
@@ -561,6 +595,7 @@ int main(void)
         cmocka_unit_test(test_enforce_defers),
         cmocka_unit_test(test_testing_delivers),
         cmocka_unit_test(test_refetch_before_expiry),
+        cmocka_unit_test(test_expiry_rechecks_policy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
