@@ -131,6 +131,15 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
 void log_vmsg(enum log_level level, const char *component, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 
+/* Batching for an event loop (see log.c): after log_batch_begin(), lines
+ * logged by the calling thread are kept and written by log_flush(), which
+ * the loop calls before it blocks; lines of other threads flush at once,
+ * after those before them. log_batch_end() flushes and stops batching;
+ * exit() flushes. */
+void log_batch_begin(void);
+void log_flush(void);
+void log_batch_end(void);
+
 #define log_err(comp, ...) log_msg(LOGL_ERR, comp, __VA_ARGS__)
 #define log_warn(comp, ...) log_msg(LOGL_WARN, comp, __VA_ARGS__)
 #define log_info(comp, ...) log_msg(LOGL_INFO, comp, __VA_ARGS__)

@@ -336,6 +336,12 @@ static void usage(FILE *f)
                "  -V, --version     print the version\n");
 }
 
+static void log_prepare_cb(uv_prepare_t *h)
+{
+    (void)h;
+    log_flush();
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -454,7 +460,16 @@ int main(int argc, char **argv)
                  conf_path ? conf_path : "(built-in defaults)");
         notify("READY=1\nSTATUS=running\nMAINPID=%ld", (long)getpid());
         tell_parent(0);
+        /* Log lines of the loop thread go out in one write per loop
+         * iteration, just before the loop blocks (base/log.c). The handle
+         * is unref'd: it never keeps the loop alive on its own. */
+        static uv_prepare_t log_prepare;
+        uv_prepare_init(g_mta.loop, &log_prepare);
+        uv_prepare_start(&log_prepare, log_prepare_cb);
+        uv_unref((uv_handle_t *)&log_prepare);
+        log_batch_begin();
         uv_run(g_mta.loop, UV_RUN_DEFAULT);
+        log_batch_end();
     }
     buf_free(&err);
 
