@@ -37,7 +37,7 @@
  * (owner and group of the daemon, mode 0660), so root and members of the
  * daemon's group get in and others get EACCES, which convoyctl explains.
  *
- * Invariants: a request line is at most CONTROL_LINE_MAX bytes (longer input
+ * Invariants: a request line is at most CTL_LINE_MAX bytes (longer input
  * closes the connection with an error reply); handlers may answer later
  * (control_reply() from any loop callback); a connection that goes away
  * while a handler works is freed only after that handler has replied.
@@ -53,7 +53,6 @@
 
 #include "mta.h"
 
-#define CONTROL_LINE_MAX (1 << 20)
 #define CONTROL_MAX_HANDLERS 64
 #define CONTROL_MAX_HOOKS 16
 #define CONTROL_MAX_CLIENTS 64
@@ -106,12 +105,6 @@ void control_add_status_hook(control_status_hook fn)
 {
     if (n_hooks < CONTROL_MAX_HOOKS)
         status_hooks[n_hooks++] = fn;
-}
-
-int control_socket_path(const struct conf *c, char *out, size_t size)
-{
-    int n = snprintf(out, size, "%s/control.sock", c->queue_directory);
-    return n < 0 || (size_t)n >= size ? ERR_TOOBIG : 0;
 }
 
 /* ---- connections ------------------------------------------------------ */
@@ -322,7 +315,7 @@ static void connection_cb(uv_stream_t *server, int status)
     if (!cc)
         return;
     cc->m = m;
-    buf_init(&cc->in, CONTROL_LINE_MAX);
+    buf_init(&cc->in, CTL_LINE_MAX);
     uv_pipe_init(m->loop, &cc->pipe, 0);
     cc->pipe.data = cc;
     n_clients++;
@@ -337,10 +330,10 @@ static void connection_cb(uv_stream_t *server, int status)
 
 int control_start(struct mta *m, struct buf *err)
 {
-    control_register("status", handle_status);
-    control_register("reload", handle_reload);
+    control_register(CTL_CMD_STATUS, handle_status);
+    control_register(CTL_CMD_RELOAD, handle_reload);
     control_queue_register();
-    if (control_socket_path(m->conf, sock_path, sizeof(sock_path)) != 0 ||
+    if (settings_control_socket_path(m->conf, sock_path, sizeof(sock_path)) != 0 ||
         strlen(sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         buf_printf(err, "control socket path %s/control.sock is too long",
                    m->conf->queue_directory);

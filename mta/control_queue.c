@@ -317,12 +317,12 @@ static void pause_status_hook(struct mta *m, json_t *status)
 
 void control_queue_register(void)
 {
-    control_register("queue.retry", handle_retry);
-    control_register("queue.hold", handle_hold);
-    control_register("queue.release", handle_release);
-    control_register("queue.delete", handle_delete);
-    control_register("queue.bounce", handle_bounce);
-    control_register("pause", handle_pause);
-    control_register("resume", handle_resume);
+    control_register(CTL_CMD_QUEUE_RETRY, handle_retry);
+    control_register(CTL_CMD_QUEUE_HOLD, handle_hold);
+    control_register(CTL_CMD_QUEUE_RELEASE, handle_release);
+    control_register(CTL_CMD_QUEUE_DELETE, handle_delete);
+    control_register(CTL_CMD_QUEUE_BOUNCE, handle_bounce);
+    control_register(CTL_CMD_PAUSE, handle_pause);
+    control_register(CTL_CMD_RESUME, handle_resume);
     control_add_status_hook(pause_status_hook);
 }

@@ -35,11 +35,9 @@
 #include <jansson.h>
 
 #include "dns.h"
-#include "mta.h"
+#include "ctl.h"
 #include "policy.h"
 #include "tls.h"
-
-#define EXIT_USAGE 2
 
 /* sts check exit codes: the first step that failed. */
 enum {
@@ -99,16 +97,6 @@ static void cache_path(const struct conf *c, char *out, size_t size)
 
 /* ---- parse ----------------------------------------------------------------- */
 
-static int read_all(FILE *f, struct buf *b)
-{
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        if (buf_append(b, chunk, n) != 0)
-            return ERR_TOOBIG;
-    return ferror(f) ? ERR_IO : 0;
-}
-
 static json_t *mx_json(const struct sts_policy *p)
 {
     json_t *a = json_array();
@@ -152,7 +140,7 @@ static int sts_parse(const struct conf *c, int argc, char **argv)
     }
     struct buf b;
     buf_init(&b, c->sts_max_policy_size ? (size_t)c->sts_max_policy_size : 65536);
-    int rc = read_all(f, &b);
+    int rc = file_read_stream(f, &b);
     if (f != stdin)
         fclose(f);
     struct sts_policy p;
@@ -446,7 +434,7 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
     memset(v, 0, sizeof(*v));
     uv_loop_init(&v->loop);
     struct dns_options dno;
-    mta_dns_options(c, &dno);
+    settings_dns_options(c, &dno);
     int rc = dns_new(&v->loop, &dno, &v->dns);
     if (rc != 0) {
         fprintf(stderr, "convoyctl: DNS resolver: %s\n", err_str(rc));
@@ -454,7 +442,7 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
         return rc;
     }
     struct policy_options o;
-    mta_policy_options(c, &o);
+    settings_policy_options(c, &o);
     char path[4096];
     cache_path(c, path, sizeof(path));
     if (with_cache) {
@@ -1169,7 +1157,7 @@ static int sts_check(const struct conf *c, int argc, char **argv)
     if (!ctx)
         fprintf(stderr, "convoyctl: TLS client context: %s\n", why);
     char helo[256];
-    mta_helo_name(c, helo, sizeof(helo));
+    settings_helo_name(c, helo, sizeof(helo));
     json_t *jmx = json_array();
     size_t usable = 0;
     for (size_t i = 0; mx_ok && i < s->n_hosts; i++) {

@@ -1,16 +1,20 @@
 /*
  * settings.c - the configuration mapped onto the options of the modules the
- * daemon and convoyctl both start (resolver, MTA-STS engine), and the name
- * Convoy gives itself in EHLO and in DSNs. One place, so convoyctl's live
- * checks see what the daemon sees.
+ * daemon and convoyctl both start (resolver, MTA-STS engine, queue), and the
+ * name Convoy gives itself in EHLO and in DSNs. One place, so convoyctl's
+ * live checks see what the daemon sees.
  */
+#include "settings.h"
+
+#include <stdio.h>
 #include <unistd.h>
 
+#include "ctl_proto.h"
 #include "dns.h"
-#include "mta.h"
 #include "policy.h"
+#include "queue.h"
 
-void mta_dns_options(const struct conf *c, struct dns_options *o)
+void settings_dns_options(const struct conf *c, struct dns_options *o)
 {
     dns_options_default(o);
     o->servers = (const char *const *)c->dns_servers.v;
@@ -19,7 +23,7 @@ void mta_dns_options(const struct conf *c, struct dns_options *o)
     o->tries = (int)c->dns_tries;
 }
 
-void mta_policy_options(const struct conf *c, struct policy_options *o)
+void settings_policy_options(const struct conf *c, struct policy_options *o)
 {
     policy_options_default(o);
     o->ca_file = c->smtp_tls_CAfile;
@@ -32,7 +36,18 @@ void mta_policy_options(const struct conf *c, struct policy_options *o)
     o->retry_after_s = (uint32_t)c->sts_fetch_retry_time;
 }
 
-void mta_helo_name(const struct conf *c, char *out, size_t size)
+void settings_queue_options(const struct conf *c, struct queue_options *o)
+{
+    queue_options_default(o);
+    o->directory = c->queue_directory;
+    o->message_size_limit = c->message_size_limit;
+    o->minimal_backoff = c->minimal_backoff_time;
+    o->maximal_backoff = c->maximal_backoff_time;
+    o->maximal_lifetime = c->maximal_queue_lifetime;
+    o->bounce_lifetime = c->bounce_queue_lifetime;
+}
+
+void settings_helo_name(const struct conf *c, char *out, size_t size)
 {
     if (size == 0)
         return;
@@ -43,4 +58,10 @@ void mta_helo_name(const struct conf *c, char *out, size_t size)
     else if (gethostname(out, size) != 0 || !out[0])
         str_copy(out, "localhost", size);
     out[size - 1] = '\0';
+}
+
+int settings_control_socket_path(const struct conf *c, char *out, size_t size)
+{
+    int n = snprintf(out, size, "%s/%s", c->queue_directory, CTL_SOCKET_NAME);
+    return n < 0 || (size_t)n >= size ? ERR_TOOBIG : 0;
 }

@@ -16,7 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "mta.h"
+#include "ctl.h"
 
 #define RESPONSE_MAX (64u << 20)
 
@@ -41,7 +41,8 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
 {
     char path[256];
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (control_socket_path(c, path, sizeof(path)) != 0 || strlen(path) >= sizeof(sun.sun_path)) {
+    if (settings_control_socket_path(c, path, sizeof(path)) != 0 ||
+        strlen(path) >= sizeof(sun.sun_path)) {
         fprintf(stderr, "convoyctl: control socket path under %s is too long\n",
                 c->queue_directory);
         return 1;
@@ -57,7 +58,7 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
         close(fd);
         if (e == ENOENT || e == ECONNREFUSED) {
             fprintf(stderr, "convoyctl: convoyd is not running (no control socket at %s)\n", path);
-            return 3;
+            return EXIT_NOT_RUNNING;
         }
         if (e == EACCES || e == EPERM) {
             char group[64];
@@ -172,14 +173,14 @@ int ctl_status(struct conf *c, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") != 0) {
             fprintf(stderr, "convoyctl: status: unknown argument %s\n", argv[i]);
-            return 2;
+            return EXIT_USAGE;
         }
     }
-    json_t *req = json_pack("{s:s}", "cmd", "status");
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_STATUS);
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 10000);
     json_decref(req);
-    if (rc == 3 && as_json)
+    if (rc == EXIT_NOT_RUNNING && as_json)
         printf("{\"running\": false}\n");
     if (rc != 0)
         return rc;
@@ -229,9 +230,9 @@ int ctl_reload(struct conf *c, int argc, char **argv)
     (void)argv;
     if (argc != 1) {
         fprintf(stderr, "convoyctl: reload takes no arguments\n");
-        return 2;
+        return EXIT_USAGE;
     }
-    json_t *req = json_pack("{s:s}", "cmd", "reload");
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_RELOAD);
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 60000);
     json_decref(req);
@@ -277,20 +278,20 @@ int ctl_pause(struct conf *c, int argc, char **argv)
                                                                : NULL;
         if (!slot || i + 1 >= argc) {
             fprintf(stderr, "usage: convoyctl pause [--domain D] [--for DURATION] --reason TEXT\n");
-            return 2;
+            return EXIT_USAGE;
         }
         *slot = argv[++i];
     }
     if (!reason || !reason[0]) {
         fprintf(stderr, "convoyctl: pause: say why with --reason (it is shown in status)\n");
-        return 2;
+        return EXIT_USAGE;
     }
     int64_t secs = 0;
     if (dur && (time_parse_duration(dur, &secs) != 0 || secs <= 0)) {
         fprintf(stderr, "convoyctl: pause: bad duration \"%s\" (like 30m, 2h, 1d)\n", dur);
-        return 2;
+        return EXIT_USAGE;
     }
-    json_t *req = json_pack("{s:s, s:s}", "cmd", "pause", "reason", reason);
+    json_t *req = json_pack("{s:s, s:s}", CTL_F_CMD, CTL_CMD_PAUSE, "reason", reason);
     if (domain)
         json_object_set_new(req, "domain", json_string(domain));
     if (secs)
@@ -316,11 +317,11 @@ int ctl_resume(struct conf *c, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--domain") != 0 || i + 1 >= argc) {
             fprintf(stderr, "usage: convoyctl resume [--domain D]\n");
-            return 2;
+            return EXIT_USAGE;
         }
         domain = argv[++i];
     }
-    json_t *req = json_pack("{s:s}", "cmd", "resume");
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_RESUME);
     if (domain)
         json_object_set_new(req, "domain", json_string(domain));
     json_t *resp = NULL;
