@@ -13,6 +13,7 @@
 #include "dns.h"
 #include "policy.h"
 #include "queue.h"
+#include "smtp.h"
 
 void settings_dns_options(const struct conf *c, struct dns_options *o)
 {
@@ -45,6 +46,23 @@ void settings_queue_options(const struct conf *c, struct queue_options *o)
     o->maximal_backoff = c->maximal_backoff_time;
     o->maximal_lifetime = c->maximal_queue_lifetime;
     o->bounce_lifetime = c->bounce_queue_lifetime;
+}
+
+void settings_smtp_timeouts(const struct conf *c, struct smtp_timeouts *t)
+{
+    *t = (struct smtp_timeouts){
+        .connect = (uint32_t)(c->smtp_connect_timeout * 1000),
+        .greeting = (uint32_t)(c->smtp_helo_timeout * 1000),
+        .helo = (uint32_t)(c->smtp_helo_timeout * 1000),
+        .starttls = (uint32_t)(c->smtp_starttls_timeout * 1000),
+        .mail = (uint32_t)(c->smtp_mail_timeout * 1000),
+        .rcpt = (uint32_t)(c->smtp_rcpt_timeout * 1000),
+        .data_init = (uint32_t)(c->smtp_data_init_timeout * 1000),
+        .data_block = (uint32_t)(c->smtp_data_xfer_timeout * 1000),
+        .data_done = (uint32_t)(c->smtp_data_done_timeout * 1000),
+        .rset = (uint32_t)(c->smtp_rset_timeout * 1000),
+        .quit = (uint32_t)(c->smtp_quit_timeout * 1000),
+    };
 }
 
 void settings_helo_name(const struct conf *c, char *out, size_t size)
