@@ -147,8 +147,8 @@ static void print_pauses(json_t *a)
     json_t *p;
     json_array_foreach(a, i, p)
     {
-        const char *d = json_string_value(json_object_get(p, "domain"));
-        json_t *left = json_object_get(p, "remaining");
+        const char *d = json_string_value(json_object_get(p, CTL_F_DOMAIN));
+        json_t *left = json_object_get(p, CTL_F_REMAINING);
         char dur[48] = "";
         if (json_is_integer(left)) {
             long long t = json_integer_value(left), h = t / 3600, mi = t / 60 % 60, se = t % 60;
@@ -163,7 +163,7 @@ static void print_pauses(json_t *a)
         }
         printf("paused: %s%s%s%s: %s\n", d ? d : "all delivery", dur[0] ? " for " : "", dur,
                dur[0] ? " more" : " until resumed",
-               json_string_value(json_object_get(p, "reason")));
+               json_string_value(json_object_get(p, CTL_F_REASON)));
     }
 }
 
@@ -238,8 +238,8 @@ int ctl_reload(struct conf *c, int argc, char **argv)
     json_decref(req);
     if (rc != 0)
         return rc;
-    if (!json_is_true(json_object_get(resp, "ok"))) {
-        const char *e = json_string_value(json_object_get(resp, "error"));
+    if (!json_is_true(json_object_get(resp, CTL_F_OK))) {
+        const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
         fprintf(stderr, "convoyctl: reload rejected, configuration unchanged:\n%s",
                 e ? e : "unknown error\n");
         json_decref(resp);
@@ -253,9 +253,9 @@ int ctl_reload(struct conf *c, int argc, char **argv)
 /* Print the daemon's error and return 1, or return 0 when it said ok. */
 static int answer_ok(const char *what, json_t *resp)
 {
-    if (json_is_true(json_object_get(resp, "ok")))
+    if (json_is_true(json_object_get(resp, CTL_F_OK)))
         return 0;
-    const char *e = json_string_value(json_object_get(resp, "error"));
+    const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
     fprintf(stderr, "convoyctl: %s: %s\n", what, e ? e : "failed");
     return 1;
 }
@@ -263,7 +263,7 @@ static int answer_ok(const char *what, json_t *resp)
 /* A warning that came with an answer (a pause not saved to disk). */
 static void print_warning(json_t *resp)
 {
-    const char *w = json_string_value(json_object_get(resp, "warning"));
+    const char *w = json_string_value(json_object_get(resp, CTL_F_WARNING));
     if (w)
         fprintf(stderr, "convoyctl: warning: %s\n", w);
 }
@@ -291,11 +291,11 @@ int ctl_pause(struct conf *c, int argc, char **argv)
         fprintf(stderr, "convoyctl: pause: bad duration \"%s\" (like 30m, 2h, 1d)\n", dur);
         return EXIT_USAGE;
     }
-    json_t *req = json_pack("{s:s, s:s}", CTL_F_CMD, CTL_CMD_PAUSE, "reason", reason);
+    json_t *req = json_pack("{s:s, s:s}", CTL_F_CMD, CTL_CMD_PAUSE, CTL_F_REASON, reason);
     if (domain)
-        json_object_set_new(req, "domain", json_string(domain));
+        json_object_set_new(req, CTL_F_DOMAIN, json_string(domain));
     if (secs)
-        json_object_set_new(req, "for", json_integer((json_int_t)secs));
+        json_object_set_new(req, CTL_F_FOR, json_integer((json_int_t)secs));
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 10000);
     json_decref(req);
@@ -323,7 +323,7 @@ int ctl_resume(struct conf *c, int argc, char **argv)
     }
     json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_RESUME);
     if (domain)
-        json_object_set_new(req, "domain", json_string(domain));
+        json_object_set_new(req, CTL_F_DOMAIN, json_string(domain));
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 60000);
     json_decref(req);
@@ -331,7 +331,7 @@ int ctl_resume(struct conf *c, int argc, char **argv)
         return rc;
     rc = answer_ok("resume", resp);
     print_warning(resp);
-    json_int_t n = json_integer_value(json_object_get(resp, "resumed"));
+    json_int_t n = json_integer_value(json_object_get(resp, CTL_F_RESUMED));
     json_decref(resp);
     if (rc)
         return rc;

@@ -1048,9 +1048,9 @@ static int cmd_action(struct conf *c, const struct action_def *def, int argc, ch
         json_t *ids = json_array();
         for (size_t i = at; i < end; i++)
             json_array_append_new(ids, json_string(o.ids.v[i]));
-        json_t *req = json_pack("{s:s, s:o}", CTL_F_CMD, def->cmd, "ids", ids);
+        json_t *req = json_pack("{s:s, s:o}", CTL_F_CMD, def->cmd, CTL_F_IDS, ids);
         if (o.reason)
-            json_object_set_new(req, "reason", json_string(o.reason));
+            json_object_set_new(req, CTL_F_REASON, json_string(o.reason));
         json_t *resp = NULL;
         rc = ctl_request(c, req, &resp, 300000);
         json_decref(req);
@@ -1063,36 +1063,36 @@ static int cmd_action(struct conf *c, const struct action_def *def, int argc, ch
         }
         if (rc)
             break;
-        if (!json_is_true(json_object_get(resp, "ok"))) {
-            const char *e = json_string_value(json_object_get(resp, "error"));
+        if (!json_is_true(json_object_get(resp, CTL_F_OK))) {
+            const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
             fprintf(stderr, "convoyctl: queue %s: %s\n", def->name, e ? e : "failed");
             json_decref(resp);
             rc = 1;
             break;
         }
-        done += (size_t)json_integer_value(json_object_get(resp, "done"));
-        rcpts += (size_t)json_integer_value(json_object_get(resp, "recipients"));
+        done += (size_t)json_integer_value(json_object_get(resp, CTL_F_DONE));
+        rcpts += (size_t)json_integer_value(json_object_get(resp, CTL_F_RECIPIENTS));
         size_t k;
         json_t *v;
-        json_array_foreach(json_object_get(resp, "missing"), k, v)
+        json_array_foreach(json_object_get(resp, CTL_F_MISSING), k, v)
         {
             missing++;
             if (by_id)
                 fprintf(stderr, "convoyctl: %s: no such message in the queue\n",
                         json_string_value(v));
         }
-        json_array_foreach(json_object_get(resp, "skipped"), k, v)
+        json_array_foreach(json_object_get(resp, CTL_F_SKIPPED), k, v)
         {
             skipped++;
             fprintf(stderr,
                     "convoyctl: %s: not bounced: every open recipient is being delivered now\n",
                     json_string_value(v));
         }
-        json_array_foreach(json_object_get(resp, "failed"), k, v)
+        json_array_foreach(json_object_get(resp, CTL_F_FAILED), k, v)
         {
             failed++;
-            fprintf(stderr, "convoyctl: %s: %s\n", json_string_value(json_object_get(v, "id")),
-                    json_string_value(json_object_get(v, "error")));
+            fprintf(stderr, "convoyctl: %s: %s\n", json_string_value(json_object_get(v, CTL_F_ID)),
+                    json_string_value(json_object_get(v, CTL_F_ERROR)));
         }
         json_decref(resp);
     }

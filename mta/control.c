@@ -190,8 +190,8 @@ void control_reply(struct control_req *req, json_t *response)
         uv_close((uv_handle_t *)&cc->pipe, conn_free_cb);
         return;
     }
-    if (!json_object_get(response, "ok"))
-        json_object_set_new(response, "ok", json_true());
+    if (!json_object_get(response, CTL_F_OK))
+        json_object_set_new(response, CTL_F_OK, json_true());
     send_json(cc, response, false);
     process_lines(cc); /* pipelined requests wait their turn */
 }
@@ -214,7 +214,8 @@ static void handle_status(struct mta *m, struct control_req *req, json_t *reques
     json_object_set_new(r, "pid", json_integer(getpid()));
     json_object_set_new(r, "version", json_string(CONVOY_VERSION));
     json_object_set_new(r, "uptime", json_integer((time_now_ms() - m->started_ms) / 1000));
-    json_object_set_new(r, "config_file", m->conf_path ? json_string(m->conf_path) : json_null());
+    json_object_set_new(r, CTL_F_CONFIG_FILE,
+                        m->conf_path ? json_string(m->conf_path) : json_null());
     json_object_set_new(r, "queue_directory", json_string(m->conf->queue_directory));
     json_object_set_new(r, "stopping", json_boolean(m->stopping));
     for (size_t i = 0; i < n_hooks; i++)
@@ -248,7 +249,7 @@ static void process_lines(struct control_conn *cc)
         json_error_t jerr;
         json_t *request = json_loadb(cc->in.data, n, 0, &jerr);
         buf_consume(&cc->in, n + 1);
-        const char *cmd = request ? json_string_value(json_object_get(request, "cmd")) : NULL;
+        const char *cmd = request ? json_string_value(json_object_get(request, CTL_F_CMD)) : NULL;
         if (!request || !json_is_object(request) || !cmd) {
             json_decref(request);
             send_json(cc,
