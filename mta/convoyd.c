@@ -34,8 +34,6 @@
 #include "delivery.h"
 #include "mta.h"
 
-#define EX_USAGE_ 2
-#define EX_CONFIG_ 78
 #define MAX_OVERRIDES 256
 
 static struct mta g_mta;
@@ -363,7 +361,7 @@ int main(int argc, char **argv)
         case 'o':
             if (g_n_overrides == MAX_OVERRIDES) {
                 fprintf(stderr, "convoyd: too many -o options\n");
-                return EX_USAGE_;
+                return EXIT_USAGE;
             }
             g_overrides[g_n_overrides++] = optarg;
             break;
@@ -385,13 +383,13 @@ int main(int argc, char **argv)
             return 0;
         default:
             usage(stderr);
-            return EX_USAGE_;
+            return EXIT_USAGE;
         }
     }
     if (optind != argc) {
         fprintf(stderr, "convoyd: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
-        return EX_USAGE_;
+        return EXIT_USAGE;
     }
     if (!have_conf)
         conf_path = default_conf_path();
@@ -402,7 +400,7 @@ int main(int argc, char **argv)
     if (!c) {
         fprintf(stderr, "%s", errors.data ? errors.data : "configuration error\n");
         buf_free(&errors);
-        return EX_CONFIG_;
+        return EXIT_CONFIG;
     }
     buf_free(&errors);
     if (check_only) {

@@ -247,6 +247,11 @@ void smtpd_free(struct smtpd *d);
  * the failure as the outcome of every unfinished recipient) before
  * SMTP_EV_CLOSED. An idle session has no timer of its own: the caller quits
  * it when it no longer wants it (the server may also close it: CLOSED).
+ *
+ * A probe (convoyctl sts check) is a session with no message: it calls
+ * smtp_client_quit() on SMTP_EV_READY and reads the facts in SMTP_EV_CLOSED
+ * (smtp_client_greeting(), smtp_client_established(), smtp_client_ext(),
+ * smtp_client_tls(), smtp_client_failed_stage(), smtp_client_result()).
  */
 
 /* Stages, for timeouts, logs and "in reply to" texts. */
@@ -434,6 +439,14 @@ const char *smtp_client_ip(const struct smtp_client *c);
 /* Did the session get a greeting and a successful EHLO/HELO? (The caller
  * uses this to tell a dead address from a live host.) */
 bool smtp_client_established(const struct smtp_client *c);
+/* The stage the session was in when it failed (meaningful in SMTP_EV_CLOSED
+ * when smtp_client_result() is not SENT): SMTP_ST_TLS for a handshake that
+ * failed, SMTP_ST_STARTTLS for a refused STARTTLS, SMTP_ST_EHLO when TLS was
+ * required and not offered, ... */
+enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c);
+/* The server's 2xx greeting on one line ("220 mx.example ESMTP"); "" until
+ * one came. */
+const char *smtp_client_greeting(const struct smtp_client *c);
 /* How many messages this session has carried (SMTP_EV_DONE seen). */
 unsigned smtp_client_messages(const struct smtp_client *c);
 
