@@ -120,5 +120,6 @@ int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
 int ctl_pause(struct conf *c, int argc, char **argv);
 int ctl_resume(struct conf *c, int argc, char **argv);
+int ctl_tls(struct conf *c, int argc, char **argv);
 
 #endif
