@@ -231,6 +231,8 @@ static void data_fold(struct smtp_data *d)
     char *t = d->lr.line;
     size_t len = d->lr.len;
     size_t skip = 0;
+    if (d->lr.nul)
+        d->flags |= SMTP_DATA_NUL; /* before a piece of it is stored */
     if (!d->started) {
         /* RFC 5321 4.5.2: the first piece carries the line's stuffed dot. */
         if (!d->bdat && len > 0 && t[0] == '.')

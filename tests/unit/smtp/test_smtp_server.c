@@ -637,6 +637,13 @@ static void test_data_fold(void **state)
      * the 999 line is folded at 998. */
     assert_non_null(strstr(out.data, " \r\n w"));
     assert_non_null(strstr(out.data, "b\r\n b\r\n"));
+    /* A NUL in a long line is caught before any piece of it is stored. */
+    static char nul[2000];
+    memset(nul, 'n', sizeof(nul));
+    nul[10] = '\0';
+    fold_feed(&d, &out, false, nul, sizeof(nul), sizeof(nul));
+    assert_true(d.flags & SMTP_DATA_NUL);
+    assert_null(memchr(out.data, '\0', out.len));
     buf_free(&out);
 }
 
