@@ -142,8 +142,9 @@ struct smtpd_message {
     const char *tls;       /* "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS */
     const char *auth_user; /* "" when not authenticated */
     /* The message as it is to be stored: CRLF line ends, dot-stuffing
-     * removed, with Received: (and Date:, Message-ID: if they were missing)
-     * prepended. */
+     * removed, lines over 998 octets folded with CRLF SP (unless
+     * reject_long_lines), with Received: (and Date:, Message-ID: if they
+     * were missing) prepended. */
     struct view body;
 };
 
