@@ -74,6 +74,16 @@
     P(smtpd_forbid_bare_newline, ENUM, "reject", "reject normalize",                               \
       "What a bare <CR> or <LF> in commands or message data gets: reject (521 5.5.2 and "          \
       "disconnect) or normalize (read as <CR><LF>, never as part of an end of data)")              \
+    P(smtpd_reject_long_lines, BOOL, "no", "",                                                     \
+      "Refuse a message with a line longer than 998 octets (554 5.6.0) instead of folding the "    \
+      "line at acceptance with <CR><LF><SPACE> as Postfix's smtp_line_length_limit does")          \
+    P(hopcount_limit, INT, "50", "1..1000",                                                        \
+      "Most Received: header fields a message may carry once accepted (the one Convoy adds "       \
+      "included); a message with more is refused with 554 5.4.6 Too many hops, as a mail loop")    \
+    P(postmaster_address, STR, "", "",                                                             \
+      "Address that RCPT TO:<postmaster> (no domain; RFC 5321 4.5.1) is delivered to; empty "      \
+      "means postmaster@ the domain of myhostname (myhostname, or the system host name, minus "    \
+      "its first label when that leaves at least two labels)")                                     \
     P(smtpd_tls_cert_file, STR, "", "path",                                                        \
       "PEM certificate chain (leaf first) for STARTTLS; empty means no STARTTLS")                  \
     P(smtpd_tls_key_file, STR, "", "path",                                                         \

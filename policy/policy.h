@@ -86,17 +86,18 @@ int policy_sts_copy(struct sts_policy *dst, const struct sts_policy *src);
 /*
  * RFC 8461 3.1: parse one TXT record (its strings already concatenated).
  * 0 with the id (NUL-terminated) in id_out, or ERR_INVAL with the reason in
- * why ("id missing", ...). The grammar is applied exactly: "v=STSv1" first
- * (case-sensitive), then ";"-separated fields with optional spaces or tabs
- * around the ";", an optional final ";". Extension fields key=value are
- * checked for syntax and ignored; if id repeats, the first wins.
+ * why ("id missing", ...). The record must begin with exactly "v=STSv1;"
+ * (policy_txt_is_sts()); then ";"-separated fields with optional spaces or
+ * tabs around the ";", an optional final ";", optional spaces or tabs at
+ * the end. Extension fields key=value are checked for syntax and ignored;
+ * if id repeats, the first wins.
  */
 int policy_txt_parse(const char *rec, size_t len, char id_out[POLICY_ID_MAX + 1], char *why,
                      size_t why_size);
 
-/* Does this TXT record count as an MTA-STS record at all (it starts with
- * "v=STSv1" followed by ';', a space or a tab)? Records that
- * do not are discarded before counting (RFC 8461 3.1). */
+/* Does this TXT record count as an MTA-STS record at all? Only when it
+ * begins with exactly "v=STSv1;" (case-sensitive, no space before the ';');
+ * records that do not are discarded before counting (RFC 8461 3.1). */
 bool policy_txt_is_sts(const char *rec, size_t len);
 
 /*

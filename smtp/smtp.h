@@ -142,8 +142,9 @@ struct smtpd_message {
     const char *tls;       /* "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS */
     const char *auth_user; /* "" when not authenticated */
     /* The message as it is to be stored: CRLF line ends, dot-stuffing
-     * removed, with Received: (and Date:, Message-ID: if they were missing)
-     * prepended. */
+     * removed, lines over 998 octets folded with CRLF SP (unless
+     * reject_long_lines), with Received: (and Date:, Message-ID: if they
+     * were missing) prepended. */
     struct view body;
 };
 
@@ -190,6 +191,14 @@ struct smtpd_opts {
     uint32_t timeout_ms;         /* idle / per command / TLS handshake; 0: 300 s */
     uint32_t data_timeout_ms;    /* whole DATA or one BDAT chunk; 0: 600 s */
     enum smtpd_bare_newline bare_newline;
+    bool reject_long_lines;          /* lines over 998 octets: 554 5.6.0; false: fold
+                                        them at acceptance (CRLF SP, as Postfix) */
+    unsigned hopcount_limit;         /* most Received: fields a message may carry as
+                                        queued (with ours); more: 554 5.4.6; 0: 50 */
+    const char *postmaster;          /* where RCPT TO:<postmaster> goes; NULL or "":
+                                        "postmaster@" + the domain of hostname
+                                        (hostname minus its first label when that
+                                        leaves two labels or more, else hostname) */
     struct tls_ctx *tls;             /* server ctx for STARTTLS, or NULL (the server
                                         takes its own reference) */
     struct smtpd_credentials *creds; /* AUTH over TLS, or NULL for no AUTH */

@@ -130,6 +130,47 @@ const char *tls_failure_str(enum tls_failure f);
  * Empty labels, spaces and non-ASCII bytes match nothing. NULL matches
  * nothing. */
 bool tls_name_matches(const char *pattern, const char *host);
+/* The same rule, with the reason: NULL when pattern names host, else a short
+ * static text saying why not ("a wildcard matches one label only, not
+ * several (RFC 6125 6.4.3, RFC 8461 4.1)", "another name", ...).
+ * tls_name_matches() is exactly tls_name_mismatch() == NULL. */
+const char *tls_name_mismatch(const char *pattern, const char *host);
+
+/* ---- an operator's certificate check ----------------------------------- */
+
+#define TLS_CHECK_NAMES_MAX 100
+
+/* What tls_check_cert_file() found. */
+struct tls_cert_check {
+    bool chain_valid; /* every certificate chains to a trusted root and is
+                         within its validity period */
+    bool name_match;  /* a reference name of the leaf names the host */
+    bool expired;     /* the leaf or a certificate after it in the file is
+                         past its notAfter */
+    /* The names the rule was applied to: the leaf's DNS SANs in order, or its
+     * subject CN when it has no DNS SAN at all (names_from_cn). Printable
+     * ASCII; a name that is not becomes "?". */
+    char names[TLS_CHECK_NAMES_MAX][TLS_FACTS_NAME_LEN];
+    size_t n_names;
+    bool names_from_cn;
+    enum tls_failure failure; /* the first reason, as a delivery would
+                                 classify it; TLS_FAIL_NONE when both hold */
+    char error[1024];         /* why not, for people; "" when both hold */
+};
+
+/*
+ * Check a PEM certificate file (the leaf first; a chain may follow) as a
+ * delivery in TLS_VERIFY_HOST mode checks a server's certificate for host:
+ * the trust store of tls_ctx_client_new(ca_file) (NULL: the system store),
+ * wolfSSL's chain verification with the certificates after the leaf as
+ * untrusted intermediates, the same failure classification, and the same
+ * name rule on the same names (DNS SANs, else the CN; tls_name_mismatch()).
+ * Returns 0 with the verdict in *out, or ERR_INVAL / ERR_NOMEM when the
+ * check could not run (no readable certificate in the file, a bad CA file),
+ * with the reason in why.
+ */
+int tls_check_cert_file(const char *cert_file, const char *host, const char *ca_file,
+                        struct tls_cert_check *out, char *why, size_t why_size);
 
 /* ---- contexts --------------------------------------------------------- */
 
