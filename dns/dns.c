@@ -274,8 +274,8 @@ static int decide_trust(struct dns *d, const struct dns_options *o)
     bool all = list != NULL;
     char bad[64] = "";
     for (struct ares_addr_port_node *n = list; n; n = n->next) {
-        const uint8_t *a =
-            n->family == AF_INET ? (const uint8_t *)&n->addr.addr4 : (const uint8_t *)&n->addr.addr6;
+        const uint8_t *a = n->family == AF_INET ? (const uint8_t *)&n->addr.addr4
+                                                : (const uint8_t *)&n->addr.addr6;
         if (!in_validating(o, n->family, a)) {
             all = false;
             inet_ntop(n->family, a, bad, sizeof(bad));
@@ -500,8 +500,8 @@ static void set_security(const struct dns *d, struct dns_result *r)
     r->secure = d->trust_ad && r->ad;
 }
 
-static void result_for(const struct dns *d, struct dns_result *r, int status,
-                       const uint8_t *abuf, int alen, const char *name, uint16_t qtype)
+static void result_for(const struct dns *d, struct dns_result *r, int status, const uint8_t *abuf,
+                       int alen, const char *name, uint16_t qtype)
 {
     memset(r, 0, sizeof(*r));
     if (abuf && alen > 0 &&
@@ -564,7 +564,13 @@ static void ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, in
      * asks every server once with the plain timeout. A new query from inside
      * a c-ares callback is allowed; if it fails at once we are called again,
      * at most tries times. */
-    if ((status == ARES_ETIMEOUT || status == ARES_ECONNREFUSED) && !d->closing &&
+    /* With DNSSEC, c-ares hands us SERVFAIL and REFUSED answers itself
+     * (ARES_FLAG_NOCHECKRESP, see dns_new) so that a validating resolver's
+     * SERVFAIL (bogus data, RFC 4035 5.5) can be told from an unreachable
+     * server; they are retried like timeouts. */
+    bool failed_answer = status == ARES_SUCCESS && abuf && alen >= 4 &&
+                         ((abuf[3] & 0xF) == 2 || (abuf[3] & 0xF) == 5);
+    if ((status == ARES_ETIMEOUT || status == ARES_ECONNREFUSED || failed_answer) && !d->closing &&
         f->attempts < d->opt.tries) {
         f->attempts++;
         log_debug("dns", "%s %s: %s, try %d of %d", f->name, type_name(f->qtype),
@@ -1141,6 +1147,11 @@ int dns_new(uv_loop_t *loop, const struct dns_options *o, struct dns **out)
     /* No search list, no HOSTALIASES: mail domains are fully qualified
      * (RFC 5321 5.1: relays MUST NOT infer FQDNs). */
     ao.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
+    /* DNSSEC: c-ares 1.18 would swallow a SERVFAIL and go on to the next
+     * server, ending in "connection refused"; a validating resolver's
+     * SERVFAIL is its verdict on the data and is wanted as such. */
+    if (o->dnssec)
+        ao.flags |= ARES_FLAG_NOCHECKRESP;
     ao.timeout = o->timeout_ms;
     ao.tries = 1; /* one round per c-ares query; ares_cb retries */
     ao.sock_state_cb = sock_state_cb;

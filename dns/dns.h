@@ -211,14 +211,14 @@ struct dns_options {
      * (resolving them would need DNS). */
     const char *const *servers;
     size_t n_servers;
-    int timeout_ms;       /* wait for an answer from one server, each try */
-    int tries;            /* rounds over the servers before a timeout (or a
-                             failure of every server) is final; a lookup
-                             takes at most timeout_ms x servers x tries */
-    bool ipv6;            /* look up AAAA for hosts (dns_addrs, dns_mx_resolve) */
-    bool prefer_ipv6;     /* list IPv6 addresses before IPv4 */
-    bool dnssec;          /* smtp_dns_support_level = dnssec: ask for and
-                             read the AD bit (see the file header) */
+    int timeout_ms;   /* wait for an answer from one server, each try */
+    int tries;        /* rounds over the servers before a timeout (or a
+                         failure of every server) is final; a lookup
+                         takes at most timeout_ms x servers x tries */
+    bool ipv6;        /* look up AAAA for hosts (dns_addrs, dns_mx_resolve) */
+    bool prefer_ipv6; /* list IPv6 addresses before IPv4 */
+    bool dnssec;      /* smtp_dns_support_level = dnssec: ask for and
+                         read the AD bit (see the file header) */
     /* Resolvers whose AD bit is trusted, as "IP" or "IP/prefix" (IPv6 in
      * brackets or bare); n_validating 0 means loopback (127.0.0.0/8, ::1),
      * as Postfix assumes a local validating resolver. */
@@ -291,8 +291,8 @@ struct dns_mx_host {
                                DNS_INVALID: an IP literal as MX target */
     int err;
     const char *why;
-    bool cname; /* the target was an alias (RFC 2181 10.3 forbids it; it is
-                   followed anyway, as other MTAs do) */
+    bool cname;      /* the target was an alias (RFC 2181 10.3 forbids it; it is
+                        followed anyway, as other MTAs do) */
     char *canonical; /* with cname: the name the chain ends at (where RFC
                         7672 2.2.3 looks for TLSA first); else NULL */
     bool secure;     /* DNSSEC: the address answers used (A, and AAAA with

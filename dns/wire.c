@@ -747,8 +747,8 @@ int dns_build_query(const char *name, uint16_t qtype, bool dnssec, uint8_t *out,
         return ERR_TOOBIG;
     size_t o = 0;
     uint16_t flags = FLAG_RD | (dnssec ? FLAG_AD : 0);
-    uint8_t hdr[12] = {0, 0, (uint8_t)(flags >> 8), (uint8_t)flags, 0, 1, 0, 0, 0, 0, 0,
-                       (uint8_t)(dnssec ? 1 : 0)};
+    uint8_t hdr[12] = {0, 0, (uint8_t)(flags >> 8),    (uint8_t)flags, 0, 1, 0, 0, 0,
+                       0, 0, (uint8_t)(dnssec ? 1 : 0)};
     memcpy(out, hdr, sizeof(hdr));
     o = sizeof(hdr);
     const char *p = name;
@@ -769,10 +769,16 @@ int dns_build_query(const char *name, uint16_t qtype, bool dnssec, uint8_t *out,
     out[o++] = 1; /* IN */
     if (dnssec) {
         const uint8_t opt[11] = {0, /* root owner */
-                                 0, T_OPT, (uint8_t)(EDNS_UDP_SIZE >> 8), (uint8_t)EDNS_UDP_SIZE,
+                                 0,
+                                 T_OPT,
+                                 (uint8_t)(EDNS_UDP_SIZE >> 8),
+                                 (uint8_t)EDNS_UDP_SIZE,
                                  0, /* extended rcode */
                                  0, /* version */
-                                 (uint8_t)(EDNS_DO >> 8), (uint8_t)EDNS_DO, 0, 0 /* rdlen */};
+                                 (uint8_t)(EDNS_DO >> 8),
+                                 (uint8_t)EDNS_DO,
+                                 0,
+                                 0 /* rdlen */};
         memcpy(out + o, opt, sizeof(opt));
         o += sizeof(opt);
     }
