@@ -48,6 +48,11 @@ struct policy_options;
 void mta_dns_options(const struct conf *c, struct dns_options *o);
 void mta_policy_options(const struct conf *c, struct policy_options *o);
 void mta_helo_name(const struct conf *c, char *out, size_t size);
+/* Settings the daemon cannot run with yet although the configuration
+ * accepts them (smtp_tls_security_level = dane / dane-only until DANE is
+ * part of the delivery verdict; smtp_dns_support_level = disabled). 0, or
+ * ERR_NOTYET with one line per problem appended to errors. */
+int mta_conf_check(const struct conf *c, struct buf *errors);
 
 /*
  * daemon_queue.c: open the queue in queue_directory with the settings of
