@@ -157,17 +157,17 @@
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \
       "/etc/resolv.conf")                                                                          \
     P(dns_timeout, TIME, "5s", "1s..1m", "Time to wait for one DNS answer before trying again")    \
-    P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")         \
+    P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")          \
     P(smtp_dns_support_level, ENUM, "enabled", "disabled enabled dnssec",                          \
       "DNS use when delivering, as in Postfix: enabled (plain DNS; no DNSSEC status); dnssec "     \
       "(queries ask for DNSSEC status with the AD and DO bits, and an answer counts as secure "    \
       "when its AD bit comes from a resolver listed in dns_validating_servers - needed by "        \
-      "smtp_tls_security_level = dane); disabled (no DNS lookups: not supported by Convoy yet, "  \
-      "convoyd refuses it)")                                                                      \
+      "smtp_tls_security_level = dane); disabled (no DNS lookups: not supported by Convoy yet, "   \
+      "convoyd refuses it)")                                                                       \
     P(dns_validating_servers, LIST, "127.0.0.0/8 [::1]/128", "cidr",                               \
       "Networks of the DNS resolvers (dns_servers, or /etc/resolv.conf) that validate DNSSEC "     \
       "themselves and whose AD bit Convoy believes with smtp_dns_support_level = dnssec; unless "  \
-      "every resolver in use is inside them no answer counts as secure (a warning says so). "     \
+      "every resolver in use is inside them no answer counts as secure (a warning says so). "      \
       "Loopback by default, as Postfix expects a local validating resolver")
 
 #endif
