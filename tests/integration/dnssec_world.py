@@ -19,6 +19,9 @@ gone when the test ends. Nothing here touches a system service.
     ... world.nsd_port -> the authoritative server, for direct queries
     world.close()      (or use it as a context manager)
 
+    tlsa_rdata("cert.pem", 3, 1, 1) -> "3 1 1 HEX", the record data to
+    publish for a certificate (computed with openssl, not with Convoy).
+
 How trust is set up: each signed zone gets a KSK and a ZSK; the KSK's DS
 record goes into unbound's trust-anchor-file, so the zone itself is a
 trust anchor (there is no signed root or .test here). Unsigned zones are
@@ -44,6 +47,25 @@ UNBOUND = os.environ.get("UNBOUND", "/usr/sbin/unbound")
 NSD = os.environ.get("NSD", "/usr/sbin/nsd")
 LDNS_KEYGEN = os.environ.get("LDNS_KEYGEN", "/usr/bin/ldns-keygen")
 LDNS_SIGNZONE = os.environ.get("LDNS_SIGNZONE", "/usr/bin/ldns-signzone")
+
+
+def tlsa_rdata(pem_path, usage=3, selector=1, mtype=1):
+    """The TLSA record data ("3 1 1 HEX") a zone publishes for the first
+    certificate in a PEM file (RFC 6698 2.1): selector 0 the certificate's
+    DER, 1 its SubjectPublicKeyInfo; matching type 0 the bytes, 1 SHA-256,
+    2 SHA-512. Computed with the openssl CLI and hashlib, independently of
+    Convoy's own matching."""
+    import hashlib
+    der = subprocess.run(["openssl", "x509", "-in", pem_path, "-outform", "DER"],
+                         capture_output=True, check=True).stdout
+    if selector == 1:
+        pub = subprocess.run(["openssl", "x509", "-in", pem_path, "-noout", "-pubkey"],
+                             capture_output=True, check=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub,
+                             capture_output=True, check=True).stdout
+    data = {0: lambda b: b, 1: lambda b: hashlib.sha256(b).digest(),
+            2: lambda b: hashlib.sha512(b).digest()}[mtype](der)
+    return "%d %d %d %s" % (usage, selector, mtype, data.hex())
 
 
 def available():

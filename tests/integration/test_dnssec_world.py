@@ -14,9 +14,10 @@ delivery enforces it.
 import json
 import os
 import subprocess
+import tempfile
 import unittest
 
-from dnssec_world import DnssecWorld, Zone, available
+from dnssec_world import DnssecWorld, Zone, available, tlsa_rdata
 
 BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/mta"))
 CONVOYCTL = os.path.join(BIN, "convoyctl")
@@ -203,6 +204,22 @@ class DnssecWorldTest(unittest.TestCase):
         rc, t, err = self.ctl("tlsa", "mx.secure.test",
                               extra=["dns_validating_servers=127.0.0.1"])
         self.assertTrue(t["secure"])
+
+
+class TlsaRdata(unittest.TestCase):
+    def test_tlsa_rdata(self):
+        with tempfile.TemporaryDirectory() as d:
+            key, pem = os.path.join(d, "k.pem"), os.path.join(d, "c.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", pem,
+                            "-days", "2", "-subj", "/CN=mx.secure.test"],
+                           capture_output=True, check=True)
+            ee = tlsa_rdata(pem)
+            self.assertRegex(ee, r"^3 1 1 [0-9a-f]{64}$")
+            self.assertRegex(tlsa_rdata(pem, 2, 0, 2), r"^2 0 2 [0-9a-f]{128}$")
+            full = tlsa_rdata(pem, 3, 1, 0).split()[3]
+            # An EC P-256 SubjectPublicKeyInfo is 91 octets.
+            self.assertEqual(len(full), 182)
 
 
 class DaneNotYetEnforced(unittest.TestCase):
