@@ -107,10 +107,13 @@
       "hosts); empty means the system trust store")                                                \
     P(smtp_destination_port, INT, "25", "1..65535",                                                \
       "TCP port of MX hosts (and of relayhost when it names no port); 25 except in tests")         \
-    P(smtp_tls_security_level, ENUM, "may", "none may verify",                                     \
+    P(smtp_tls_security_level, ENUM, "may", "none may verify dane dane-only",                      \
       "TLS when delivering: none; may (STARTTLS when offered, no certificate check, plaintext "    \
       "retry if the handshake fails); verify (STARTTLS required and the certificate must name "    \
-      "the MX host)")                                                                              \
+      "the MX host); dane (RFC 7672: where the MX host has DNSSEC-secure TLSA records, "           \
+      "STARTTLS is required and the certificate must match them; elsewhere as may, with "          \
+      "MTA-STS where published; needs smtp_dns_support_level = dnssec, as in Postfix); "           \
+      "dane-only (as dane, but hosts without secure TLSA records get no mail)")                    \
     P(smtp_mx_address_limit, INT, "5", "1..100",                                                   \
       "Most addresses (of all MX hosts together) tried in one delivery attempt")                   \
     P(smtp_connection_limit, INT, "100", "1..10000",                                               \
@@ -164,6 +167,17 @@
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \
       "/etc/resolv.conf")                                                                          \
     P(dns_timeout, TIME, "5s", "1s..1m", "Time to wait for one DNS answer before trying again")    \
-    P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")
+    P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")          \
+    P(smtp_dns_support_level, ENUM, "enabled", "disabled enabled dnssec",                          \
+      "DNS use when delivering, as in Postfix: enabled (plain DNS; no DNSSEC status); dnssec "     \
+      "(queries ask for DNSSEC status with the AD and DO bits, and an answer counts as secure "    \
+      "when its AD bit comes from a resolver listed in dns_validating_servers - needed by "        \
+      "smtp_tls_security_level = dane); disabled (no DNS lookups: not supported by Convoy yet, "   \
+      "convoyd refuses it)")                                                                       \
+    P(dns_validating_servers, LIST, "127.0.0.0/8 [::1]/128", "cidr",                               \
+      "Networks of the DNS resolvers (dns_servers, or /etc/resolv.conf) that validate DNSSEC "     \
+      "themselves and whose AD bit Convoy believes with smtp_dns_support_level = dnssec; unless "  \
+      "every resolver in use is inside them no answer counts as secure (a warning says so). "      \
+      "Loopback by default, as Postfix expects a local validating resolver")
 
 #endif

@@ -33,6 +33,7 @@
 
 #include "delivery.h"
 #include "mta.h"
+#include "settings.h"
 
 #define MAX_OVERRIDES 256
 
@@ -96,7 +97,12 @@ static const char *default_conf_path(void)
 
 static struct conf *load(const char *path, struct buf *errors)
 {
-    return conf_load(path, g_overrides, g_n_overrides, errors);
+    struct conf *c = conf_load(path, g_overrides, g_n_overrides, errors);
+    if (c && settings_conf_check(c, errors) != 0) {
+        conf_unref(c);
+        c = NULL;
+    }
+    return c;
 }
 
 /* Log each line of a multi-line error text. */

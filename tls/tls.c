@@ -1259,3 +1259,24 @@ int tls_check_cert_file(const char *cert_file, const char *host, const char *ca_
         wolfSSL_X509_free(certs[i]);
     return 0;
 }
+
+size_t tls_conn_peer_chain(const struct tls_conn *c, struct tls_der *out, size_t max)
+{
+    /* SESSION_CERTS (Debian's build) keeps the chain as received, leaf
+     * first, for the life of the session. */
+    if (c == NULL || c->ssl == NULL || !c->facts.handshake_done)
+        return 0;
+    WOLFSSL_X509_CHAIN *ch = wolfSSL_get_peer_chain(c->ssl);
+    int n = ch != NULL ? wolfSSL_get_chain_count(ch) : 0;
+    size_t k = 0;
+    for (int i = 0; i < n && k < max; i++) {
+        const unsigned char *der = wolfSSL_get_chain_cert(ch, i);
+        int len = wolfSSL_get_chain_length(ch, i);
+        if (der == NULL || len <= 0)
+            break;
+        out[k].data = der;
+        out[k].len = (size_t)len;
+        k++;
+    }
+    return k;
+}

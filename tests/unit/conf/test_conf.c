@@ -121,6 +121,15 @@ static void test_value_types(void **state)
         {"myhostname = -bad-.example.com", false, "host name"},
         {"dns_servers = 127.0.0.1:5353, [::1]:53 127.0.0.2", true, NULL},
         {"dns_servers = ns.example.com", false, "IP address"},
+        {"smtp_tls_security_level = dane", true, NULL},
+        {"smtp_tls_security_level = dane-only", true, NULL},
+        {"smtp_tls_security_level = secure", false, "dane-only"},
+        {"smtp_dns_support_level = dnssec", true, NULL},
+        {"smtp_dns_support_level = disabled", true, NULL},
+        {"smtp_dns_support_level = DNSSEC", false, "disabled enabled dnssec"},
+        {"smtp_dns_support_level = yes", false, "disabled enabled dnssec"},
+        {"dns_validating_servers = 127.0.0.1 [::1] 10.53.0.0/16", true, NULL},
+        {"dns_validating_servers = resolver.example", false, "bad element"},
     };
     struct buf errors;
     buf_init(&errors, 4096);
