@@ -41,6 +41,7 @@ static void usage(FILE *f)
                "  dns mx|a|aaaa|txt NAME            what the resolver sees\n"
                "  sts parse|show|list|forget|refresh|check ...\n"
                "                                    MTA-STS policies (convoyctl sts for details)\n"
+               "  tlsrpt record|show|list ...       TLS reporting (convoyctl tlsrpt for details)\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
                "  pause [--domain D] [--for DUR] --reason TEXT\n"
@@ -168,8 +169,9 @@ static const struct {
     const char *name;
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
-    {"config", cmd_config}, {"queue", ctl_queue}, {"dns", ctl_dns},     {"status", ctl_status},
-    {"reload", ctl_reload}, {"sts", ctl_sts},     {"pause", ctl_pause}, {"resume", ctl_resume},
+    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},
+    {"status", ctl_status}, {"reload", ctl_reload}, {"sts", ctl_sts},
+    {"pause", ctl_pause},   {"resume", ctl_resume}, {"tlsrpt", ctl_tlsrpt},
 };
 
 int main(int argc, char **argv)

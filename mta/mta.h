@@ -48,6 +48,18 @@ struct policy_options;
 void mta_dns_options(const struct conf *c, struct dns_options *o);
 void mta_policy_options(const struct conf *c, struct policy_options *o);
 void mta_helo_name(const struct conf *c, char *out, size_t size);
+/* The names TLS reports carry (RFC 8460 4.1, 5.3), with their defaults:
+ * submitter = tlsrpt_submitter or myhostname or the host name (lower case);
+ * sender = tlsrpt_sender or noreply-tlsrpt@submitter; organization =
+ * tlsrpt_organization_name or submitter; contact = tlsrpt_contact_info or
+ * sender. */
+struct mta_tlsrpt_names {
+    char submitter[256];
+    char sender[320];
+    char organization[256];
+    char contact[320];
+};
+void mta_tlsrpt_names(const struct conf *c, struct mta_tlsrpt_names *n);
 
 /*
  * daemon_queue.c: open the queue in queue_directory with the settings of
@@ -116,6 +128,7 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
 int ctl_queue(struct conf *c, int argc, char **argv);
 int ctl_dns(struct conf *c, int argc, char **argv);
 int ctl_sts(struct conf *c, int argc, char **argv);
+int ctl_tlsrpt(struct conf *c, int argc, char **argv);
 int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
 int ctl_pause(struct conf *c, int argc, char **argv);

@@ -4,6 +4,8 @@
  * Convoy gives itself in EHLO and in DSNs. One place, so convoyctl's live
  * checks see what the daemon sees.
  */
+#include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "dns.h"
@@ -43,4 +45,35 @@ void mta_helo_name(const struct conf *c, char *out, size_t size)
     else if (gethostname(out, size) != 0 || !out[0])
         str_copy(out, "localhost", size);
     out[size - 1] = '\0';
+}
+
+void mta_tlsrpt_names(const struct conf *c, struct mta_tlsrpt_names *n)
+{
+    if (c->tlsrpt_submitter && c->tlsrpt_submitter[0])
+        str_copy(n->submitter, c->tlsrpt_submitter, sizeof(n->submitter));
+    else if (c->myhostname && c->myhostname[0])
+        str_copy(n->submitter, c->myhostname, sizeof(n->submitter));
+    else if (gethostname(n->submitter, sizeof(n->submitter)) != 0 || !n->submitter[0])
+        str_copy(n->submitter, "localhost", sizeof(n->submitter));
+    n->submitter[sizeof(n->submitter) - 1] = '\0';
+    /* Lower case, no trailing dot: it goes into file names and ids. */
+    for (char *p = n->submitter; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    size_t l = strlen(n->submitter);
+    if (l > 1 && n->submitter[l - 1] == '.')
+        n->submitter[l - 1] = '\0';
+    if (c->tlsrpt_sender && c->tlsrpt_sender[0])
+        str_copy(n->sender, c->tlsrpt_sender, sizeof(n->sender));
+    else
+        snprintf(n->sender, sizeof(n->sender), "noreply-tlsrpt@%s", n->submitter);
+    str_copy(n->organization,
+             c->tlsrpt_organization_name && c->tlsrpt_organization_name[0]
+                 ? c->tlsrpt_organization_name
+                 : n->submitter,
+             sizeof(n->organization));
+    str_copy(n->contact,
+             c->tlsrpt_contact_info && c->tlsrpt_contact_info[0] ? c->tlsrpt_contact_info
+                                                                 : n->sender,
+             sizeof(n->contact));
 }
