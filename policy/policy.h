@@ -785,6 +785,25 @@ int tlsrpt_report_filename(const char *submitter, const char *domain, int64_t be
 int tlsrpt_gzip(const void *data, size_t n, struct buf *out);
 
 /*
+ * Everything one report needs on its way out, built from the store: the
+ * compact JSON, its gzip (the body of an https POST with Content-Type
+ * application/tlsrpt+gzip, and the mail attachment), the report-id, the
+ * file name (seq > 0 adds "!seq" as the unique-id) and the range.
+ * Arguments as tlsrpt_report_json(). Free with tlsrpt_report_clear().
+ */
+struct tlsrpt_report {
+    char report_id[POLICY_NAME_MAX * 2 + 32];
+    char filename[POLICY_NAME_MAX * 2 + 64];
+    int64_t begin, end; /* seconds, as in date-range */
+    struct buf json;
+    struct buf gz;
+};
+int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
+                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                        struct tlsrpt_report *out);
+void tlsrpt_report_clear(struct tlsrpt_report *r);
+
+/*
  * RFC 8460 5.3: the report as a mail message (CRLF line ends, ready to
  * queue): From, To, Date, Message-ID, Subject "Report Domain: D Submitter:
  * S Report-ID: <ID>", TLS-Report-Domain, TLS-Report-Submitter,

@@ -186,3 +186,43 @@ int tlsrpt_mail_build(const struct tlsrpt_mail *m, struct buf *out)
         rc = buf_printf(out, "\r\n--%s--\r\n", boundary);
     return rc;
 }
+
+int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
+                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                        struct tlsrpt_report *out)
+{
+    memset(out, 0, sizeof(*out));
+    buf_init(&out->json, 64 * 1024 * 1024);
+    buf_init(&out->gz, 64 * 1024 * 1024);
+    int64_t begin;
+    int rc = tlsrpt_day_parse(day, &begin);
+    if (rc != 0)
+        return rc;
+    /* The same range tlsrpt_report_json() puts into date-range. */
+    if (end <= begin || end > begin + 86399)
+        end = begin + 86399;
+    out->begin = begin;
+    out->end = end;
+    tlsrpt_report_id(day, seq, domain, info->submitter, out->report_id, sizeof(out->report_id));
+    char uid[16] = "";
+    if (seq > 0)
+        snprintf(uid, sizeof(uid), "%u", seq);
+    rc = tlsrpt_report_filename(info->submitter, domain, begin, end, uid, out->filename,
+                                sizeof(out->filename));
+    if (rc == 0)
+        rc = tlsrpt_report_json(s, day, domain, info, seq, end, false, &out->json);
+    if (rc == 0)
+        rc = tlsrpt_gzip(out->json.data, out->json.len, &out->gz);
+    if (rc != 0)
+        tlsrpt_report_clear(out);
+    return rc;
+}
+
+void tlsrpt_report_clear(struct tlsrpt_report *r)
+{
+    if (!r)
+        return;
+    buf_free(&r->json);
+    buf_free(&r->gz);
+    memset(r, 0, sizeof(*r));
+}

@@ -13,7 +13,11 @@ no lock.
 """
 
 import datetime
+import email
+import email.policy
+import gzip
 import json
+import re
 import os
 import subprocess
 import tempfile
@@ -275,6 +279,65 @@ class Store(unittest.TestCase):
         s = rep["policies"][0]["summary"]
         self.assertEqual(s["total-successful-session-count"] + s["total-failure-session-count"],
                          4200)
+
+    def mail(self, *args):
+        r = subprocess.run([FILL, self.store, "--mail"] + list(args), capture_output=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_mail_message(self):
+        # The message the daemon will queue for a mailto: rua, read back
+        # with Python's own MIME parser (RFC 8460 5.3).
+        self.fill(SESSIONS.format(T=T, T2=T + 3 * 3600, T3=T + 86400))
+        raw = self.mail(DAY, "company-y.example", "reporter.example",
+                        "noreply-tlsrpt@reporter.example", "tlsrpt@company-y.example")
+        self.assertNotIn(b"\n", raw.replace(b"\r\n", b""), "bare LF")
+        self.assertTrue(all(len(l) <= 78 for l in raw.split(b"\r\n")))
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(msg["From"], "noreply-tlsrpt@reporter.example")
+        self.assertEqual(msg["To"], "tlsrpt@company-y.example")
+        self.assertEqual(msg["TLS-Report-Domain"], "company-y.example")
+        self.assertEqual(msg["TLS-Report-Submitter"], "reporter.example")
+        self.assertEqual(msg["TLS-Required"], "No")
+        rid = "20160401.0.company-y.example@reporter.example"
+        self.assertEqual(" ".join(msg["Subject"].split()),
+                         "Report Domain: company-y.example Submitter: reporter.example "
+                         "Report-ID: <%s>" % rid)
+        self.assertEqual(msg["Message-ID"], "<%s>" % rid)
+        self.assertIsNotNone(msg["Date"].datetime)
+        self.assertEqual(msg.get_content_type(), "multipart/report")
+        self.assertEqual(msg.get_param("report-type"), "tlsrpt")
+        parts = list(msg.iter_parts())
+        self.assertEqual([p.get_content_type() for p in parts],
+                         ["text/plain", "application/tlsrpt+gzip"])
+        self.assertIn("company-y.example", parts[0].get_content())
+        att = parts[1]
+        self.assertEqual(att.get_content_disposition(), "attachment")
+        # RFC 8460 5.1: submitter!policy-domain!begin-timestamp!end-timestamp.json.gz
+        self.assertEqual(att.get_filename(),
+                         "reporter.example!company-y.example!1459468800!1459555199.json.gz")
+        report = gzip.decompress(att.get_content())
+        self.assertEqual(tlsrpt_check.check(report, convoy=True), [])
+        rep = json.loads(report)
+        self.assertEqual(rep["report-id"], rid)
+        self.assertEqual(rep["contact-info"], "noreply-tlsrpt@reporter.example")
+        # The attachment is the report `tlsrpt show` prints.
+        shown = self.show("company-y.example", DAY,
+                          extra=["-o", "tlsrpt_submitter=reporter.example",
+                                 "-o", "tlsrpt_organization_name=Test Org"])
+        self.assertEqual(rep, shown)
+
+        # A second report of the same day gets its own id and file name.
+        raw = self.mail(DAY, "company-y.example", "reporter.example",
+                        "noreply-tlsrpt@reporter.example", "tlsrpt@company-y.example", "1")
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        att = list(msg.iter_parts())[1]
+        self.assertEqual(att.get_filename(),
+                         "reporter.example!company-y.example!1459468800!1459555199!1.json.gz")
+        self.assertEqual(json.loads(gzip.decompress(att.get_content()))["report-id"],
+                         "20160401.1.company-y.example@reporter.example")
+        self.assertTrue(re.search(r"Report-ID: <20160401\.1\.", str(msg["Subject"])))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@
  * with id "ID.K" when an id is given). Prints one line per input line:
  * "recorded N", "exists" or the error. Exit 0 unless an error other than
  * ERR_EXISTS happened (2 for a bad line).
+ *
+ *   tlsrpt_fill STORE --mail DAY DOMAIN SUBMITTER FROM TO [SEQ]
+ *
+ * prints the report of (DAY, DOMAIN) as the mail message the daemon will
+ * queue for a mailto: rua (tlsrpt_report_build(), tlsrpt_mail_build()),
+ * organization "Test Org", contact FROM.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +27,55 @@
 
 #define MAX_PATTERNS 16
 
+static int mail(struct tlsrpt_store *s, char **argv, int argc)
+{
+    struct tlsrpt_report_info info = {
+        .organization_name = "Test Org", .contact_info = argv[3], .submitter = argv[2]};
+    uint32_t seq = argc > 5 ? (uint32_t)strtoul(argv[5], NULL, 10) : 0;
+    struct tlsrpt_report rep;
+    int rc = tlsrpt_report_build(s, argv[0], argv[1], &info, seq, 0, &rep);
+    if (rc != 0) {
+        fprintf(stderr, "tlsrpt_fill: report: %s\n", err_str(rc));
+        return 1;
+    }
+    struct tlsrpt_mail m = {
+        .from = argv[3],
+        .to = argv[4],
+        .policy_domain = argv[1],
+        .submitter = argv[2],
+        .report_id = rep.report_id,
+        .filename = rep.filename,
+        .gz = rep.gz.data,
+        .gz_len = rep.gz.len,
+        .date = rep.end + 1 + 3600,
+        .begin = rep.begin,
+        .end = rep.end,
+    };
+    struct buf out;
+    buf_init(&out, 64 * 1024 * 1024);
+    rc = tlsrpt_mail_build(&m, &out);
+    if (rc == 0)
+        fwrite(out.data, 1, out.len, stdout);
+    else
+        fprintf(stderr, "tlsrpt_fill: mail: %s\n", err_str(rc));
+    buf_free(&out);
+    tlsrpt_report_clear(&rep);
+    return rc == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 8 && argc <= 9 && strcmp(argv[2], "--mail") == 0) {
+        struct tlsrpt_store *ms;
+        char mwhy[512];
+        if (tlsrpt_store_open(argv[1], true, &ms, mwhy, sizeof(mwhy)) != 0) {
+            fprintf(stderr, "tlsrpt_fill: %s\n", mwhy);
+            return 1;
+        }
+        int rc = mail(ms, argv + 3, argc - 3);
+        tlsrpt_store_close(ms);
+        return rc;
+    }
     if (argc != 2) {
         fprintf(stderr, "usage: tlsrpt_fill STORE < LINES\n");
         return 2;
