@@ -130,12 +130,19 @@ int tlsrpt_mail_build(const struct tlsrpt_mail *m, struct buf *out)
         return ERR_INVAL;
     char date[64], boundary[128], t0[32], t1[32];
     time_format_rfc5322((time_t)m->date, date, sizeof(date));
-    if (m->boundary)
+    if (m->boundary) {
         str_copy(boundary, m->boundary, sizeof(boundary));
-    else
+    } else {
         /* Cannot occur in base64 or in the text part: "=_" is not base64
-         * and the text part does not contain it. */
+         * and the text part does not contain it. RFC 2046 5.1.1 allows
+         * only bcharsnospace: the report-id's '@' becomes '.'. */
         snprintf(boundary, sizeof(boundary), "=_tlsrpt_%.60s", m->report_id);
+        for (char *p = boundary; *p; p++)
+            if (!strchr(
+                    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=?",
+                    *p))
+                *p = '.';
+    }
     time_t b = (time_t)m->begin, e = (time_t)m->end;
     struct tm tm;
     gmtime_r(&b, &tm);

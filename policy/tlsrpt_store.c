@@ -367,7 +367,13 @@ static int count_into(json_t *o, const struct tlsrpt_session_result *r)
     json_t *want = json_object();
     json_object_set_new(want, "rt", json_string(tlsrpt_result_name(r->result)));
     json_object_set_new(want, "smi", detail_str(r->sending_mta_ip));
-    json_object_set_new(want, "mx", detail_str(r->receiving_mx_hostname));
+    /* The MX host as a name, not as spelled: "MX1.Example.com." and
+     * "mx1.example.com" are one row. */
+    char mxn[POLICY_NAME_MAX];
+    if (r->receiving_mx_hostname && policy_domain_normalize(r->receiving_mx_hostname, mxn) == 0)
+        json_object_set_new(want, "mx", json_string(mxn));
+    else
+        json_object_set_new(want, "mx", detail_str(r->receiving_mx_hostname));
     json_object_set_new(want, "rip", detail_str(r->receiving_ip));
     json_object_set_new(want, "code", detail_str(r->failure_reason_code));
     json_t *details = json_object_get(pol, "details");

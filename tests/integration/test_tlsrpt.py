@@ -308,6 +308,8 @@ class Store(unittest.TestCase):
         self.assertIsNotNone(msg["Date"].datetime)
         self.assertEqual(msg.get_content_type(), "multipart/report")
         self.assertEqual(msg.get_param("report-type"), "tlsrpt")
+        # RFC 2046 5.1.1: 1 to 70 bcharsnospace.
+        self.assertRegex(msg.get_boundary(), r"^[0-9A-Za-z'()+_,./:=?-]{1,70}$")
         parts = list(msg.iter_parts())
         self.assertEqual([p.get_content_type() for p in parts],
                          ["text/plain", "application/tlsrpt+gzip"])

@@ -693,7 +693,10 @@ static void test_mail(void **state)
     assert_memory_equal(dec.data, gz.data, gz.len);
     /* The closing boundary ends the message. */
     assert_non_null(
-        strstr(s, "\r\n--=_tlsrpt_20160401.0.company-y.example@company-x.example--\r\n"));
+        strstr(s, "\r\n--=_tlsrpt_20160401.0.company-y.example.company-x.example--\r\n"));
+    /* RFC 2046 5.1.1: no '@' in a boundary. */
+    assert_non_null(
+        strstr(s, "\tboundary=\"=_tlsrpt_20160401.0.company-y.example.company-x.example\"\r\n"));
     /* Header injection is refused. */
     m.to = "a@b.example\r\nBcc: x@y.example";
     buf_reset(&msg);
