@@ -536,6 +536,24 @@ struct policy_cache *policy_cache(struct policy *p);
 /* ==== TLS-RPT (RFC 8460): records, the store, reports ===================== */
 
 /*
+ * How the daemon is to use this (delivery/ records, mta/ sends):
+ *  - With tlsrpt_enable: s = tlsrpt_store_open(<queue_directory>/
+ *    TLSRPT_STORE_FILE, false, ...) at start; tlsrpt_record_session() once
+ *    per session from the delivery verdict; tlsrpt_store_sync() from a
+ *    one-minute timer; tlsrpt_store_close() at exit.
+ *  - After midnight UTC (plus a random delay), for each (day, domain) of
+ *    tlsrpt_store_each(s, yesterday): TXT _smtp._tls.DOMAIN ->
+ *    tlsrpt_txt_select(); no usable record: tlsrpt_store_delete(). Else
+ *    tlsrpt_report_build(s, day, domain, info, sum.reports, 0, &rep), then
+ *    for each rua: https -> POST rep.gz (Content-Type
+ *    application/tlsrpt+gzip); mailto -> tlsrpt_mailto_address(),
+ *    tlsrpt_mail_build() with rep, DKIM-sign, queue it (sender
+ *    tlsrpt_sender, TLS-Required: No honoured, not itself recorded). When
+ *    every rua is done or given up: tlsrpt_store_delete(). Once a day:
+ *    tlsrpt_store_prune(s, a few days back).
+ */
+
+/*
  * The reporting policy: the TXT RRset at _smtp._tls.DOMAIN (RFC 8460 3).
  *
  *   tlsrpt-record    = %s"v=TLSRPTv1" 1*(field-delim tlsrpt-field) [field-delim]
@@ -613,6 +631,12 @@ int tlsrpt_result_from_name(const char *name, enum tlsrpt_result *out);
 /* The result type of a policy discovery failure (POLICY_FAIL_NONE gives
  * TLSRPT_SUCCESS). */
 enum tlsrpt_result tlsrpt_result_from_policy_failure(enum policy_failure f);
+/* The result type of a TLS failure as tls/ reports it in struct tls_facts
+ * (TLS_FAIL_HANDSHAKE and TLS_FAIL_VALIDATION give validation-failure, RFC
+ * 8460 4.4.3; TLS_FAIL_NONE gives TLSRPT_SUCCESS). For MTA-STS, judge by
+ * facts.failure whenever the policy asked for verification, also in testing
+ * mode where the session went on unverified (RFC 8461 5: report it). */
+enum tlsrpt_result tlsrpt_result_from_tls_failure(enum tls_failure f);
 
 /* RFC 8460 4.5 policy-type. */
 enum tlsrpt_policy_type {
@@ -736,10 +760,15 @@ int tlsrpt_store_each(struct tlsrpt_store *s, const char *day, tlsrpt_summary_cb
 uint64_t tlsrpt_store_dropped(struct tlsrpt_store *s, const char *day);
 
 /*
- * Reserve the next report sequence number of (day, domain): 0 for the first
- * report, 1 for a second one of the same day (convoyctl tlsrpt send --date
- * today, then the full day), ... One committed transaction. ERR_NOTFOUND
- * when there is no record.
+ * Move (day, domain) to its next report sequence number: *seq gets the
+ * number the report just sent used (summary.reports before the call), and
+ * the next report of that day gets one more. Call it after a partial-day
+ * report went out (convoyctl tlsrpt send --date today), so the full day
+ * later gets its own report-id; after a full day's report call
+ * tlsrpt_store_delete() instead. Building a report does not change the
+ * number, so a report rebuilt after a crash before the delete carries the
+ * same report-id and a collector can tell it is a resend. One committed
+ * transaction. ERR_NOTFOUND when there is no record.
  */
 int tlsrpt_store_next_seq(struct tlsrpt_store *s, const char *day, const char *domain,
                           uint32_t *seq);

@@ -65,6 +65,26 @@ enum tlsrpt_result tlsrpt_result_from_policy_failure(enum policy_failure f)
     return TLSRPT_SUCCESS;
 }
 
+enum tlsrpt_result tlsrpt_result_from_tls_failure(enum tls_failure f)
+{
+    switch (f) {
+    case TLS_FAIL_NONE:
+        return TLSRPT_SUCCESS;
+    case TLS_FAIL_STARTTLS_NOT_SUPPORTED:
+        return TLSRPT_STARTTLS_NOT_SUPPORTED;
+    case TLS_FAIL_HOST_MISMATCH:
+        return TLSRPT_CERTIFICATE_HOST_MISMATCH;
+    case TLS_FAIL_CERT_EXPIRED:
+        return TLSRPT_CERTIFICATE_EXPIRED;
+    case TLS_FAIL_CERT_NOT_TRUSTED:
+        return TLSRPT_CERTIFICATE_NOT_TRUSTED;
+    case TLS_FAIL_VALIDATION:
+    case TLS_FAIL_HANDSHAKE:
+        break;
+    }
+    return TLSRPT_VALIDATION_FAILURE;
+}
+
 const char *tlsrpt_policy_type_name(enum tlsrpt_policy_type t)
 {
     switch (t) {

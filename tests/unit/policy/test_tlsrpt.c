@@ -202,6 +202,11 @@ static void test_result_names(void **state)
     assert_int_equal(tlsrpt_result_from_policy_failure(POLICY_FAIL_WEBPKI),
                      TLSRPT_STS_WEBPKI_INVALID);
     assert_int_equal(tlsrpt_result_from_policy_failure(POLICY_FAIL_NONE), TLSRPT_SUCCESS);
+    /* Every TLS failure maps onto the name tls/ itself gives it. */
+    for (int f = TLS_FAIL_STARTTLS_NOT_SUPPORTED; f <= TLS_FAIL_HANDSHAKE; f++)
+        assert_string_equal(tlsrpt_result_name(tlsrpt_result_from_tls_failure((enum tls_failure)f)),
+                            tls_failure_result_type((enum tls_failure)f));
+    assert_int_equal(tlsrpt_result_from_tls_failure(TLS_FAIL_NONE), TLSRPT_SUCCESS);
     assert_string_equal(tlsrpt_policy_type_name(TLSRPT_POLICY_STS), "sts");
     assert_string_equal(tlsrpt_policy_type_name(TLSRPT_POLICY_TLSA), "tlsa");
     assert_string_equal(tlsrpt_policy_type_name(TLSRPT_POLICY_NO_POLICY), "no-policy-found");
