@@ -1,7 +1,8 @@
 /*
  * policy.h - public contract of the policy module: MTA-STS (RFC 8461)
  * discovery, fetch, parse, cache and MX matching, the TLS a delivery must
- * have, and the operator's TLS policy overrides.
+ * have, the operator's TLS policy overrides, and TLS reporting (RFC 8460):
+ * the _smtp._tls record, the store of session results, the reports.
  *
  * Layers, from pure to effectful (each usable on its own):
  *  1. Parsers and rules, no I/O: the TXT record (RFC 8461 3.1), the policy
@@ -13,9 +14,11 @@
  *  3. The engine (struct policy): on a libuv loop, answers "which policy
  *     applies to DOMAIN?" from the cache or by TXT lookup (dns/) and HTTPS
  *     fetch (tls/ over uv_tcp), one discovery per domain at a time.
+ *  4. TLS-RPT (the last section): the record parser and the report and
+ *     mail builders are pure; the store is its own LMDB file.
  *
- * Standards: RFC 8461 (MTA-STS), RFC 8460 4.3 (TLS-RPT result types of
- * policy failures), RFC 6125 via tls/ for the policy host's certificate,
+ * Standards: RFC 8461 (MTA-STS), RFC 8460 (TLS-RPT: 3 the record, 4 the
+ * report, 5 its delivery), RFC 6125 via tls/ for the policy host's certificate,
  * RFC 9112 (HTTP/1.1 message syntax) via http-parser.
  *
  * How delivery uses it (mta/), per destination domain D:
@@ -605,20 +608,20 @@ int tlsrpt_txt_select(const char *const *recs, const size_t *lens, size_t n,
  * 0, or ERR_INVAL when it is not a mailto: URI with one local@domain. */
 int tlsrpt_mailto_address(const char *uri, char *out, size_t size);
 
-/* RFC 8460 4.4 result types (the IANA "STARTTLS Validation Result Types"). */
+/* RFC 8460 4.3 result types (the IANA "STARTTLS Validation Result Types"). */
 enum tlsrpt_result {
     TLSRPT_SUCCESS = 0, /* a successful session, not a result type */
-    /* 4.4.1 negotiation failures */
+    /* 4.3.1 negotiation failures */
     TLSRPT_STARTTLS_NOT_SUPPORTED,
     TLSRPT_CERTIFICATE_HOST_MISMATCH,
     TLSRPT_CERTIFICATE_EXPIRED,
     TLSRPT_CERTIFICATE_NOT_TRUSTED,
-    TLSRPT_VALIDATION_FAILURE, /* also 4.4.3: any failure not covered above */
-    /* 4.4.2.1 DANE */
+    TLSRPT_VALIDATION_FAILURE, /* also 4.3.3: any failure not covered above */
+    /* 4.3.2.1 DANE */
     TLSRPT_TLSA_INVALID,
     TLSRPT_DNSSEC_INVALID,
     TLSRPT_DANE_REQUIRED,
-    /* 4.4.2.2 MTA-STS */
+    /* 4.3.2.2 MTA-STS */
     TLSRPT_STS_POLICY_FETCH_ERROR,
     TLSRPT_STS_POLICY_INVALID,
     TLSRPT_STS_WEBPKI_INVALID,
@@ -633,12 +636,12 @@ int tlsrpt_result_from_name(const char *name, enum tlsrpt_result *out);
 enum tlsrpt_result tlsrpt_result_from_policy_failure(enum policy_failure f);
 /* The result type of a TLS failure as tls/ reports it in struct tls_facts
  * (TLS_FAIL_HANDSHAKE and TLS_FAIL_VALIDATION give validation-failure, RFC
- * 8460 4.4.3; TLS_FAIL_NONE gives TLSRPT_SUCCESS). For MTA-STS, judge by
+ * 8460 4.3.3; TLS_FAIL_NONE gives TLSRPT_SUCCESS). For MTA-STS, judge by
  * facts.failure whenever the policy asked for verification, also in testing
  * mode where the session went on unverified (RFC 8461 5: report it). */
 enum tlsrpt_result tlsrpt_result_from_tls_failure(enum tls_failure f);
 
-/* RFC 8460 4.5 policy-type. */
+/* RFC 8460 4.4 policy-type. */
 enum tlsrpt_policy_type {
     TLSRPT_POLICY_NO_POLICY = 0, /* "no-policy-found" */
     TLSRPT_POLICY_STS,           /* "sts" */
@@ -654,7 +657,7 @@ const char *tlsrpt_policy_type_name(enum tlsrpt_policy_type t);
  * session that carried 50 messages counts once (RFC 8460 counts sessions),
  * and one that failed before STARTTLS with a TLS cause counts once as a
  * failure. Not for sessions that carry TLS-RPT reports themselves (RFC 8460
- * 5.3: no loops), nor for transient network failures (4.4.4: connect
+ * 5.3: no loops), nor for transient network failures (4.3.4: connect
  * refused, timeouts before TLS) which need not be reported.
  * Strings may be NULL or "" (member left out of the report).
  */
@@ -780,7 +783,7 @@ int tlsrpt_store_delete(struct tlsrpt_store *s, const char *day, const char *dom
  * Returns how many (day, domain) records went, or an error. */
 int tlsrpt_store_prune(struct tlsrpt_store *s, const char *before_day);
 
-/* What a report says about its sender (RFC 8460 4.1). */
+/* What a report says about its sender (RFC 8460 4.4). */
 struct tlsrpt_report_info {
     const char *organization_name;
     const char *contact_info; /* an email address */

@@ -10,7 +10,7 @@
  * not usable. Over an RRset, records not beginning with v=TLSRPTv1 are
  * discarded and exactly one must remain.
  *
- * The result-type vocabulary is RFC 8460 4.4 (IANA "STARTTLS Validation
+ * The result-type vocabulary is RFC 8460 4.3 (IANA "STARTTLS Validation
  * Result Types").
  */
 #include <stdarg.h>

@@ -262,7 +262,7 @@ static json_t *str_array(const char *const *v, size_t n)
     return a;
 }
 
-/* RFC 8460 4.5 policy-string for an MTA-STS policy: the policy's fields,
+/* RFC 8460 4.4 policy-string for an MTA-STS policy: the policy's fields,
  * one string per line, in the order of RFC 8461 3.2's example. */
 static json_t *sts_strings(const struct sts_policy *p)
 {

@@ -4,12 +4,12 @@ check(report) returns the list of what is wrong with a report (empty when
 it conforms); assert_valid() raises ReportError with that list. report is
 the JSON text (str or bytes) or the already decoded object.
 
-What is checked (RFC 8460 4.1-4.5, with erratum 6241: mx-host is an array):
+What is checked (RFC 8460 4.1-4.4, with erratum 6241: mx-host is an array):
 - JSON itself: one object, no duplicate member names, counts are integers
   (not floats, not booleans).
 - Top level: exactly organization-name (non-empty string), date-range
   {start-datetime, end-datetime} (RFC 3339 5.6 date-time, start not after
-  end), contact-info (an addr-spec, 4.1), report-id (non-empty string),
+  end), contact-info (an addr-spec, 4.4), report-id (non-empty string),
   policies (a non-empty array).
 - Each policies[] entry: policy {policy-type "sts" | "tlsa" |
   "no-policy-found", policy-string (array of strings; required for sts and
@@ -17,9 +17,9 @@ What is checked (RFC 8460 4.1-4.5, with erratum 6241: mx-host is an array):
   required for sts)}, summary {total-successful-session-count,
   total-failure-session-count: integers >= 0}, failure-details (array,
   optional).
-- Each failure-details[] entry: result-type from the 4.4 vocabulary (and
+- Each failure-details[] entry: result-type from the 4.3 vocabulary (and
   the IANA registry it created), failed-session-count (integer >= 0),
-  optional sending-mta-ip and receiving-ip (IPv4 dotted-decimal as 4.5's
+  optional sending-mta-ip and receiving-ip (IPv4 dotted-decimal as 4.4's
   ABNF, or IPv6), receiving-mx-hostname (a host name), receiving-mx-helo,
   additional-information, failure-reason-code (strings).
 - Members not named by the RFC are errors (allow_unknown=True accepts
@@ -38,12 +38,12 @@ import json
 import re
 
 RESULT_TYPES = frozenset([
-    # 4.4.1 negotiation failures
+    # 4.3.1 negotiation failures
     "starttls-not-supported", "certificate-host-mismatch", "certificate-expired",
     "certificate-not-trusted", "validation-failure",
-    # 4.4.2.1 DANE
+    # 4.3.2.1 DANE
     "tlsa-invalid", "dnssec-invalid", "dane-required",
-    # 4.4.2.2 MTA-STS
+    # 4.3.2.2 MTA-STS
     "sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid",
 ])
 POLICY_TYPES = frozenset(["tlsa", "sts", "no-policy-found"])
@@ -63,7 +63,7 @@ DETAIL = DETAIL_REQUIRED | DETAIL_STRINGS | {"sending-mta-ip", "receiving-mx-hos
 # RFC 3339 5.6: full-date "T" full-time; "T" and "Z" may be lower case (5.6 NOTE).
 DATETIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?"
                       r"([Zz]|[+-](\d{2}):(\d{2}))$")
-# RFC 8460 4.5: IPv4address = dec-octet "." dec-octet "." dec-octet "." dec-octet
+# RFC 8460 4.4: IPv4address = dec-octet "." dec-octet "." dec-octet "." dec-octet
 DEC_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 IPV4 = re.compile(r"^%s\.%s\.%s\.%s$" % ((DEC_OCTET,) * 4))
 LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")

@@ -1,6 +1,6 @@
 /*
  * test_tlsrpt.c - TLS-RPT (RFC 8460): the _smtp._tls record (3) as a table,
- * RRset selection, mailto: addresses, result-type names (4.4), UTC days,
+ * RRset selection, mailto: addresses, result-type names (4.3), UTC days,
  * the LMDB store (counting, reopening, idempotence keys, bounds, pruning),
  * the report JSON (4), the file name (5.1), gzip (5.2) and the mail message
  * (5.3).
