@@ -162,6 +162,21 @@
       "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
       "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \
       "\"example.org encrypt\", \"example.com none\"; empty means none")                           \
+    /* --- TLS reporting --- */                                                                    \
+    P(tlsrpt_enable, BOOL, "no", "",                                                               \
+      "Record the TLS outcome of delivery sessions per recipient domain and send daily "           \
+      "aggregate reports to domains that publish a _smtp._tls TXT record (RFC 8460)")              \
+    P(tlsrpt_organization_name, STR, "", "",                                                       \
+      "organization-name of TLS reports; empty means tlsrpt_submitter")                            \
+    P(tlsrpt_contact_info, STR, "", "",                                                            \
+      "contact-info of TLS reports, an email address; empty means tlsrpt_sender")                  \
+    P(tlsrpt_submitter, STR, "", "hostname",                                                       \
+      "Domain that sends TLS reports: in the report-id, the file name, the Subject and "           \
+      "TLS-Report-Submitter, and the DKIM signing domain of mailed reports; empty means "          \
+      "myhostname")                                                                                \
+    P(tlsrpt_sender, STR, "", "",                                                                  \
+      "From address of mailed TLS reports; empty means noreply-tlsrpt@ followed by "               \
+      "tlsrpt_submitter")                                                                          \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \

@@ -42,6 +42,7 @@ static void usage(FILE *f)
                "                                    MTA-STS policies (convoyctl sts for details)\n"
                "  tls verify CERTFILE --host NAME [--CAfile FILE] [--json]\n"
                "                                    check a certificate as MTA-STS delivery would\n"
+               "  tlsrpt record|show|list ...       TLS reporting (convoyctl tlsrpt for details)\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
                "  pause [--domain D] [--for DUR] --reason TEXT\n"
@@ -169,9 +170,9 @@ static const struct {
     const char *name;
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
-    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},
-    {"status", ctl_status}, {"reload", ctl_reload}, {"sts", ctl_sts},
-    {"pause", ctl_pause},   {"resume", ctl_resume}, {"tls", ctl_tls},
+    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},     {"status", ctl_status},
+    {"reload", ctl_reload}, {"sts", ctl_sts},       {"pause", ctl_pause}, {"resume", ctl_resume},
+    {"tls", ctl_tls},       {"tlsrpt", ctl_tlsrpt},
 };
 
 int main(int argc, char **argv)

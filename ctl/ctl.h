@@ -34,6 +34,7 @@ int ctl_queue(struct conf *c, int argc, char **argv);
 int ctl_dns(struct conf *c, int argc, char **argv);
 int ctl_sts(struct conf *c, int argc, char **argv);
 int ctl_tls(struct conf *c, int argc, char **argv);
+int ctl_tlsrpt(struct conf *c, int argc, char **argv);
 int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
 int ctl_pause(struct conf *c, int argc, char **argv);

@@ -109,3 +109,34 @@ int settings_control_socket_path(const struct conf *c, char *out, size_t size)
     int n = snprintf(out, size, "%s/%s", c->queue_directory, CTL_SOCKET_NAME);
     return n < 0 || (size_t)n >= size ? ERR_TOOBIG : 0;
 }
+
+void settings_tlsrpt_names(const struct conf *c, struct settings_tlsrpt_names *n)
+{
+    if (c->tlsrpt_submitter && c->tlsrpt_submitter[0])
+        str_copy(n->submitter, c->tlsrpt_submitter, sizeof(n->submitter));
+    else if (c->myhostname && c->myhostname[0])
+        str_copy(n->submitter, c->myhostname, sizeof(n->submitter));
+    else if (gethostname(n->submitter, sizeof(n->submitter)) != 0 || !n->submitter[0])
+        str_copy(n->submitter, "localhost", sizeof(n->submitter));
+    n->submitter[sizeof(n->submitter) - 1] = '\0';
+    /* Lower case, no trailing dot: it goes into file names and ids. */
+    for (char *p = n->submitter; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    size_t l = strlen(n->submitter);
+    if (l > 1 && n->submitter[l - 1] == '.')
+        n->submitter[l - 1] = '\0';
+    if (c->tlsrpt_sender && c->tlsrpt_sender[0])
+        str_copy(n->sender, c->tlsrpt_sender, sizeof(n->sender));
+    else
+        snprintf(n->sender, sizeof(n->sender), "noreply-tlsrpt@%s", n->submitter);
+    str_copy(n->organization,
+             c->tlsrpt_organization_name && c->tlsrpt_organization_name[0]
+                 ? c->tlsrpt_organization_name
+                 : n->submitter,
+             sizeof(n->organization));
+    str_copy(n->contact,
+             c->tlsrpt_contact_info && c->tlsrpt_contact_info[0] ? c->tlsrpt_contact_info
+                                                                 : n->sender,
+             sizeof(n->contact));
+}

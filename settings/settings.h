@@ -47,5 +47,17 @@ int settings_control_socket_path(const struct conf *c, char *out, size_t size);
  * part of the delivery verdict; smtp_dns_support_level = disabled). 0, or
  * ERR_NOTYET with one line per problem appended to errors. */
 int settings_conf_check(const struct conf *c, struct buf *errors);
+/* The names TLS reports carry (RFC 8460 4.1, 5.3), with their defaults:
+ * submitter = tlsrpt_submitter or myhostname or the host name (lower case);
+ * sender = tlsrpt_sender or noreply-tlsrpt@submitter; organization =
+ * tlsrpt_organization_name or submitter; contact = tlsrpt_contact_info or
+ * sender. */
+struct settings_tlsrpt_names {
+    char submitter[256];
+    char sender[320];
+    char organization[256];
+    char contact[320];
+};
+void settings_tlsrpt_names(const struct conf *c, struct settings_tlsrpt_names *n);
 
 #endif
