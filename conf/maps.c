@@ -132,6 +132,11 @@ static void lower(char *s)
         *s = (char)tolower((unsigned char)*s);
 }
 
+static bool host_ok(const char *s)
+{
+    return host_name_ok(s, strlen(s), 0);
+}
+
 static bool is_ascii(const char *s)
 {
     for (; *s; s++)
@@ -165,18 +170,17 @@ static void errorf(struct reader *r, unsigned line, const char *fmt, ...)
     r->nerr++;
 }
 
-/* Read the whole file (at most MAP_FILE_MAX) into a NUL-terminated string. */
+/* Read the whole file (at most MAP_FILE_MAX) into a NUL-terminated string
+ * (the caller frees it). */
 static char *read_file(struct reader *r, bool secret)
 {
-    int fd = open(r->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    struct stat st;
+    if (stat(r->path, &st) != 0) {
         errorf(r, 0, "cannot open: %s", strerror(errno));
         return NULL;
     }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st.st_mode)) {
         errorf(r, 0, "not a regular file");
-        close(fd);
         return NULL;
     }
     if (secret && (st.st_mode & (S_IROTH | S_IWOTH))) {
@@ -184,60 +188,27 @@ static char *read_file(struct reader *r, bool secret)
                "holds passwords but is readable or writable by every user (mode %04o): "
                "chmod o-rwx it",
                (unsigned)(st.st_mode & 07777));
-        close(fd);
         return NULL;
     }
-    if ((uint64_t)st.st_size > MAP_FILE_MAX) {
+    struct buf text;
+    buf_init(&text, MAP_FILE_MAX);
+    int rc = file_read_all(r->path, &text);
+    if (rc == ERR_TOOBIG)
         errorf(r, 0, "larger than %u MiB", MAP_FILE_MAX >> 20);
-        close(fd);
-        return NULL;
-    }
-    size_t cap = (size_t)st.st_size + 1, len = 0;
-    char *text = malloc(cap);
-    if (!text) {
-        errorf(r, 0, "out of memory");
-        close(fd);
-        return NULL;
-    }
-    for (;;) {
-        if (len + 1 >= cap) {
-            if (cap > MAP_FILE_MAX) {
-                errorf(r, 0, "larger than %u MiB", MAP_FILE_MAX >> 20);
-                free(text);
-                close(fd);
-                return NULL;
-            }
-            char *t = realloc(text, cap * 2);
-            if (!t) {
-                free(text);
-                close(fd);
-                errorf(r, 0, "out of memory");
-                return NULL;
-            }
-            text = t;
-            cap *= 2;
-        }
-        ssize_t n = read(fd, text + len, cap - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            errorf(r, 0, "read: %s", strerror(errno));
-            free(text);
-            close(fd);
-            return NULL;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    close(fd);
-    text[len] = '\0';
-    if (memchr(text, '\0', len)) {
+    else if (rc == ERR_IO)
+        errorf(r, 0, "cannot read: %s", strerror(errno));
+    else if (rc != 0)
+        errorf(r, 0, "%s", err_str(rc));
+    else if (text.len && memchr(text.data, '\0', text.len))
         errorf(r, 0, "contains a NUL byte: not a text table");
-        free(text);
-        return NULL;
-    }
-    return text;
+    else if (!text.data && buf_append(&text, "", 0) != 0)
+        errorf(r, 0, "out of memory");
+    else
+        return text.data ? text.data : strdup("");
+    if (secret && text.data)
+        explicit_bzero(text.data, text.len);
+    buf_free(&text);
+    return NULL;
 }
 
 /* Split text into logical lines (continuations joined with one space) and
@@ -359,7 +330,7 @@ static bool domain_key_ok(struct reader *r, const char *key, bool star, unsigned
         return false;
     }
     const char *d = key[0] == '.' ? key + 1 : key;
-    if (!conf_hostname_valid(d)) {
+    if (!host_ok(d)) {
         errorf(r, line, "\"%s\" is not a domain name", key);
         return false;
     }
@@ -520,7 +491,7 @@ static void transport_line(struct reader *r, struct conf_map *m, char *key, char
                 return;
             }
             if (conf_parse_hostport(rest, true, &t.nexthop) != 0 ||
-                (!t.nexthop.bracketed && !conf_hostname_valid(t.nexthop.host) &&
+                (!t.nexthop.bracketed && !host_ok(t.nexthop.host) &&
                  strcmp(t.nexthop.host, "*") != 0) ||
                 strcmp(t.nexthop.host, "*") == 0) {
                 errorf(r, line, "\"%s\" is not a next hop (host, host:port, [host] or [host]:port)",
@@ -570,7 +541,7 @@ static void sasl_line(struct reader *r, struct conf_map *m, char *key, char *val
 {
     struct conf_hostport hp;
     if (conf_parse_hostport(key, true, &hp) != 0 || strcmp(hp.host, "*") == 0 ||
-        (!hp.bracketed && !conf_hostname_valid(hp.host))) {
+        (!hp.bracketed && !host_ok(hp.host))) {
         errorf(r, line, "\"%s\" is not a server (host, [host] or [host]:port)", key);
         return;
     }
@@ -629,7 +600,7 @@ int conf_sasl_find(const struct conf_map *m, const char *host, uint16_t port, bo
 static void logins_line(struct reader *r, struct conf_map *m, char *key, char *value, unsigned line)
 {
     const char *at = strchr(key, '@');
-    if (!at || (at != key && strchr(at + 1, '@')) || !conf_hostname_valid(at + 1)) {
+    if (!at || (at != key && strchr(at + 1, '@')) || !host_ok(at + 1)) {
         errorf(r, line, "\"%s\": a key is an address (user@domain) or @domain", key);
         return;
     }
