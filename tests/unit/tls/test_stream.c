@@ -57,7 +57,7 @@ ssize_t write(int fd, const void *buf, size_t n)
 {
     static ssize_t (*real)(int, const void *, size_t);
     if (!real)
-        real = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+        real = (ssize_t(*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
     if (fd == watch_fd && fd >= 0) {
         watch_writes++;
         if (parse_records)
@@ -70,7 +70,7 @@ ssize_t writev(int fd, const struct iovec *iov, int cnt)
 {
     static ssize_t (*real)(int, const struct iovec *, int);
     if (!real)
-        real = (ssize_t (*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
+        real = (ssize_t(*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
     if (fd == watch_fd && fd >= 0) {
         watch_writes++;
         if (parse_records && cnt == 1)
