@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install dependencies, build (normal and ASan+UBSan), and run every test:
-# unit and integration tests under ctest in both builds, a short run of each
+# Install dependencies, build (normal, ASan+UBSan and ThreadSanitizer), and
+# run every test: unit and integration tests under ctest in all three builds
+# (TSAN_SUITES below), a short run of each
 # fuzzer when clang is there, the formatting check and the generated-docs
 # check. Exits non-zero on the first failure.
 set -euo pipefail
@@ -28,6 +29,16 @@ cmake --build build-asan -j"$jobs"
 echo "== tests (ASan+UBSan)"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j"$jobs")
+
+echo "== build (ThreadSanitizer)"
+# The queue's writer thread and the AUTH worker threads share state with the
+# loop thread. halt_on_error: a race fails the test that ran into it (in the
+# daemon too, whose exit the integration tests check).
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVOY_TSAN=ON >/dev/null
+cmake --build build-tsan -j"$jobs"
+echo "== tests (ThreadSanitizer)"
+(cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    ctest --output-on-failure -j"$jobs" -R "${TSAN_SUITES:-.}")
 
 if command -v clang >/dev/null; then
     echo "== fuzzers (short runs)"
