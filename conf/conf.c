@@ -336,7 +336,14 @@ static bool check_kind(const char *kind, const char *v, char *why, size_t whylen
             (conf_hostname_valid(hp.host) || (hp.bracketed && is_ip_literal(hp.host))))
             return true;
         snprintf(why, whylen, "expected host, host:port or [host]:port");
+    } else if (strcmp(kind, "user") == 0) {
+        uid_t uid;
+        gid_t gid;
+        if (!*v || priv_lookup(v, &uid, &gid, why, whylen) == 0)
+            return true;
     } else if (strcmp(kind, "listen") == 0) {
+        if (!*v)
+            return true; /* an empty single address turns the listener off */
         if (conf_parse_hostport(v, false, &hp) == 0 &&
             (strcmp(hp.host, "*") == 0 || is_ip_literal(hp.host)))
             return true;
