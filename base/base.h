@@ -149,6 +149,11 @@ int priv_chown_tree(const char *dir, uid_t uid, gid_t gid);
 /* Become name (uid, gid) for good: setgid, initgroups, setuid, then check
  * that neither root's user nor group id can be taken back. Only as root. */
 int priv_drop(const char *name, uid_t uid, gid_t gid, char *why, size_t whylen);
+/* For convoyctl run as root, so that it never leaves root-owned files in
+ * the state directory: become mail_owner when set, else the owner of dir
+ * when that is not root (creating dir for mail_owner when it is missing).
+ * Does nothing when not root or when dir is root's. */
+int priv_become_dir_owner(const char *mail_owner, const char *dir, char *why, size_t whylen);
 
 /* ---- metrics (metrics.c) ----------------------------------------------- */
 

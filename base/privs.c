@@ -98,3 +98,40 @@ int priv_drop(const char *name, uid_t uid, gid_t gid, char *why, size_t whylen)
     }
     return 0;
 }
+
+int priv_become_dir_owner(const char *mail_owner, const char *dir, char *why, size_t whylen)
+{
+    if (geteuid() != 0)
+        return 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    char name[256] = "";
+    struct stat st;
+    bool exists = stat(dir, &st) == 0;
+    if (mail_owner && *mail_owner) {
+        int rc = priv_lookup(mail_owner, &uid, &gid, why, whylen);
+        if (rc)
+            return rc;
+        str_copy(name, mail_owner, sizeof(name));
+    } else if (exists && st.st_uid != 0) {
+        struct passwd *pw = getpwuid(st.st_uid);
+        uid = st.st_uid;
+        gid = pw ? pw->pw_gid : st.st_gid;
+        if (pw)
+            str_copy(name, pw->pw_name, sizeof(name));
+    } else {
+        return 0; /* root's directory, or none and no mail_owner: stay root */
+    }
+    if (!exists && mkdir(dir, 0750) == 0 && chown(dir, uid, gid) != 0) {
+        snprintf(why, whylen, "cannot give %s to user %ld: %s", dir, (long)uid, strerror(errno));
+        return ERR_IO;
+    }
+    if (*name)
+        return priv_drop(name, uid, gid, why, whylen);
+    /* An owner without a passwd entry: its ids, no supplementary groups. */
+    if (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0 || setuid(0) == 0) {
+        snprintf(why, whylen, "cannot become user %ld: %s", (long)uid, strerror(errno));
+        return ERR_PERM;
+    }
+    return 0;
+}
