@@ -19,6 +19,9 @@ echo "== generated docs are current"
 build/mta/convoyctl config doc | diff -u docs/convoy.conf.5.md - \
     || { echo "docs/convoy.conf.5.md is stale: run build/mta/convoyctl config doc > docs/convoy.conf.5.md" >&2; exit 1; }
 
+echo "== man pages are current and render without warnings"
+scripts/man.sh --check
+
 echo "== tests (RelWithDebInfo)"
 (cd build && ctest --output-on-failure -j"$jobs")
 
@@ -36,4 +39,7 @@ if command -v clang >/dev/null; then
     cmake --build build-fuzz -j"$jobs"
     scripts/run-fuzzers.sh build-fuzz "${CONVOY_FUZZ_SECONDS:-20}"
 fi
+echo "== Debian package: build, lintian, install/upgrade/purge and a running service in a scratch root"
+scripts/package.sh
+tests/package/test-package.sh dist/convoy_*.deb
 echo "== all tests passed"
