@@ -41,5 +41,5 @@ if command -v clang >/dev/null; then
 fi
 echo "== Debian package: build, lintian, install/upgrade/purge and a running service in a scratch root"
 scripts/package.sh
-tests/package/test-package.sh dist/convoy_*.deb
+if [ "$(id -u)" -eq 0 ]; then tests/package/test-package.sh dist/convoy_*.deb; else sudo tests/package/test-package.sh dist/convoy_*.deb; fi
 echo "== all tests passed"
