@@ -124,8 +124,6 @@ int conf_parse_cidr(const char *s, struct conf_cidr *out);
 bool conf_cidr_match(const struct conf_cidr *net, const struct sockaddr *sa);
 /* "host:port", "[v6]:port", "*:port", "host" (port 0 when allow_no_port). */
 int conf_parse_hostport(const char *s, bool allow_no_port, struct conf_hostport *out);
-/* Syntax of a DNS host name (LDH labels, 1..63 octets each, <= 253 total). */
-bool conf_hostname_valid(const char *s);
 
 /* Markdown reference of every parameter (docs/convoy.conf.5.md). */
 int conf_doc_markdown(struct buf *out);

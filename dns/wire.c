@@ -81,28 +81,7 @@ void dns_addr_format(const struct dns_addr *a, char *out, size_t size)
 
 bool dns_name_valid(const char *name)
 {
-    size_t n = strlen(name);
-    if (n > 0 && name[n - 1] == '.')
-        n--;
-    if (n == 0 || n > 253)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        /* Presentation escapes and whitespace would change what c-ares
-         * sends; mail domains never need them. */
-        if (c <= ' ' || c == 0x7f || c == '\\')
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return true;
+    return host_name_ok(name, strlen(name), HOST_NAME_TRAILING_DOT | HOST_NAME_DNS);
 }
 
 bool dns_name_eq(const char *a, const char *b)

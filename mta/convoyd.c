@@ -43,8 +43,6 @@
 #include "delivery.h"
 #include "mta.h"
 
-#define EX_USAGE_ 2
-#define EX_CONFIG_ 78
 #define MAX_OVERRIDES 256
 
 static struct mta g_mta;
@@ -168,14 +166,14 @@ static int mta_reload(struct mta *m, struct buf *errors)
     }
     /* Every part checks the new snapshot before any part applies it. */
     struct delivery_update *du = NULL;
-    if (c &&
-        (delivery_reload_prepare(m, c, &du, errors) != 0 || submission_reload(m, c, errors) != 0)) {
+    if (c && (delivery_reload_prepare(m->delivery, c, &du, errors) != 0 ||
+              submission_reload(m, c, errors) != 0)) {
         delivery_reload_cancel(du);
         conf_unref(c);
         c = NULL;
     }
     if (c)
-        delivery_reload_apply(m, du);
+        delivery_reload_apply(m->delivery, du);
     if (!c) {
         log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", errors);
         notify("READY=1\nSTATUS=reload failed; previous configuration in force");
@@ -211,7 +209,7 @@ static void close_walk_cb(uv_handle_t *h, void *arg)
 static void finish_stop(void)
 {
     submission_close(&g_mta);
-    delivery_close(&g_mta);
+    mta_delivery_close(&g_mta);
     control_stop(&g_mta);
     metrics_stop(&g_mta);
     uv_timer_stop(&stop_timer);
@@ -225,7 +223,7 @@ static void finish_stop(void)
 static void stop_timer_cb(uv_timer_t *t)
 {
     (void)t;
-    size_t active = submission_active(&g_mta) + delivery_active(&g_mta);
+    size_t active = submission_active(&g_mta) + delivery_active(g_mta.delivery);
     if (active == 0) {
         finish_stop();
         return;
@@ -243,7 +241,7 @@ static void begin_stop(int signum)
     log_info("convoyd", "terminating on signal %d", signum);
     notify("STOPPING=1\nSTATUS=stopping");
     submission_stop(&g_mta);
-    delivery_stop(&g_mta);
+    delivery_stop(g_mta.delivery);
     metrics_stop(&g_mta);
     stop_deadline = time_mono_ms() + g_mta.conf->daemon_shutdown_timeout * 1000;
     uv_timer_start(&stop_timer, stop_timer_cb, 0, 100);
@@ -396,6 +394,12 @@ static void usage(FILE *f)
                "  -V, --version     print the version\n");
 }
 
+static void log_prepare_cb(uv_prepare_t *h)
+{
+    (void)h;
+    log_flush();
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -417,7 +421,7 @@ int main(int argc, char **argv)
         case 'o':
             if (g_n_overrides == MAX_OVERRIDES) {
                 fprintf(stderr, "convoyd: too many -o options\n");
-                return EX_USAGE_;
+                return EXIT_USAGE;
             }
             g_overrides[g_n_overrides++] = optarg;
             break;
@@ -439,13 +443,13 @@ int main(int argc, char **argv)
             return 0;
         default:
             usage(stderr);
-            return EX_USAGE_;
+            return EXIT_USAGE;
         }
     }
     if (optind != argc) {
         fprintf(stderr, "convoyd: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
-        return EX_USAGE_;
+        return EXIT_USAGE;
     }
     if (!have_conf)
         conf_path = default_conf_path();
@@ -456,7 +460,7 @@ int main(int argc, char **argv)
     if (!c) {
         fprintf(stderr, "%s", errors.data ? errors.data : "configuration error\n");
         buf_free(&errors);
-        return EX_CONFIG_;
+        return EXIT_CONFIG;
     }
     buf_free(&errors);
     if (check_only) {
@@ -474,7 +478,7 @@ int main(int argc, char **argv)
     if (drop && priv_lookup(c->mail_owner, &owner_uid, &owner_gid, why, sizeof(why)) != 0) {
         fprintf(stderr, "convoyd: mail_owner: %s\n", why);
         conf_unref(c);
-        return EX_CONFIG_;
+        return EXIT_CONFIG;
     }
 
     signal(SIGPIPE, SIG_IGN);
@@ -523,7 +527,8 @@ int main(int argc, char **argv)
     buf_init(&err, 4096);
     if (mta_queue_open(&g_mta, &err) != 0 || control_start(&g_mta, &err) != 0 ||
         submission_start(&g_mta, &err) != 0 || metrics_start(&g_mta, &err) != 0 ||
-        delivery_start(&g_mta, &err) != 0 || become_owner(drop, owner_uid, owner_gid, &err) != 0) {
+        mta_delivery_start(&g_mta, &err) != 0 ||
+        become_owner(drop, owner_uid, owner_gid, &err) != 0) {
         log_err("convoyd", "fatal: %s", err.data ? err.data : "start-up failed");
         if (g_foreground)
             fprintf(stderr, "convoyd: %s\n", err.data ? err.data : "start-up failed");
@@ -539,12 +544,21 @@ int main(int argc, char **argv)
             notify("WATCHDOG=1");
             uv_timer_start(&watchdog_timer, watchdog_cb, wd / 2, wd / 2 ? wd / 2 : 1);
         }
+        /* Log lines of the loop thread go out in one write per loop
+         * iteration, just before the loop blocks (base/log.c). The handle
+         * is unref'd: it never keeps the loop alive on its own. */
+        static uv_prepare_t log_prepare;
+        uv_prepare_init(g_mta.loop, &log_prepare);
+        uv_prepare_start(&log_prepare, log_prepare_cb);
+        uv_unref((uv_handle_t *)&log_prepare);
+        log_batch_begin();
         uv_run(g_mta.loop, UV_RUN_DEFAULT);
+        log_batch_end();
     }
     buf_free(&err);
 
     submission_close(&g_mta);
-    delivery_close(&g_mta);
+    mta_delivery_close(&g_mta);
     control_stop(&g_mta);
     metrics_stop(&g_mta);
     mta_queue_close(&g_mta);

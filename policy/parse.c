@@ -292,36 +292,6 @@ int policy_txt_select(const char *const *recs, const size_t *lens, size_t n,
 
 /* ---- RFC 8461 3.2: the policy file --------------------------------------- */
 
-/* RFC 5321 Domain: sub-domain *("." sub-domain); sub-domain = Let-dig
- * [Ldh-str]. Labels of at most 63, at most 253 in all. */
-static bool domain_syntax_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 253)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '.') {
-            if (label == 0 || s[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (is_alnum(c)) {
-            label++;
-        } else if (c == '-') {
-            if (label == 0)
-                return false;
-            label++;
-        } else {
-            return false;
-        }
-        if (label > 63)
-            return false;
-    }
-    return label > 0 && s[n - 1] != '-';
-}
-
 static char *dup_lower(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
@@ -425,7 +395,7 @@ int policy_parse(const char *text, size_t len, struct sts_policy *out, char *why
             }
             if (dn > 0 && d[dn - 1] == '.')
                 dn--; /* the one liberty: a trailing dot */
-            if (!domain_syntax_ok(d, dn)) {
+            if (!host_name_ok(d, dn, 0)) {
                 set_why(why, why_size, "line %u: invalid mx pattern \"%.*s\"", line,
                         (int)(vlen > 80 ? 80 : vlen), val);
                 goto fail;
@@ -617,7 +587,7 @@ int policy_domain_normalize(const char *in, char out[POLICY_NAME_MAX])
         idn2_free(a);
         n = an;
     }
-    if (!domain_syntax_ok(tmp, n))
+    if (!host_name_ok(tmp, n, 0))
         return ERR_INVAL;
     memcpy(out, tmp, n + 1);
     return 0;

@@ -105,7 +105,11 @@ struct smtp_client {
     bool broken;  /* must not carry another message */
     unsigned nmsgs;
     struct smtp_outcome result;
-    char fail_reply[512]; /* the reply behind the next fail_session(), if any */
+    char fail_reply[512];       /* the reply behind the next fail_session(), if any */
+    bool fail_tls_missing;      /* the next fail_session() is for a required TLS
+                                   not offered or refused */
+    enum smtp_stage fail_stage; /* where fail_session() found the session */
+    char greeting[256];         /* the server's 2xx greeting on one line */
 
     /* The transaction in progress. */
     struct smtp_msg *msg;
@@ -223,6 +227,8 @@ static void outcome_set(struct smtp_outcome *o, enum smtp_action act, int code, 
     o->err = err;
     str_copy(o->text, text ? text : "", sizeof(o->text));
     o->reply[0] = '\0';
+    o->stage = SMTP_ST_IDLE; /* the caller says where, when it matters */
+    o->tls_missing = false;
 }
 
 /* The action and status a reply stands for: RFC 5321 4.2.1 classes, the
@@ -275,6 +281,18 @@ static void outcome_from_reply(struct smtp_client *c, struct smtp_outcome *o, co
     smtp_reply_oneline(&c->reply, &t);
     str_copy(o->reply, t.data ? t.data : "", sizeof(o->reply));
     buf_free(&t);
+    /* The command the reply answered: pipelined replies come in later
+     * stages than the command's. */
+    if (!what || strcmp(what, "end of DATA command") == 0)
+        o->stage = SMTP_ST_DOT;
+    else if (strcmp(what, "MAIL FROM command") == 0)
+        o->stage = SMTP_ST_MAIL;
+    else if (strcmp(what, "RCPT TO command") == 0)
+        o->stage = SMTP_ST_RCPT;
+    else if (strcmp(what, "DATA command") == 0)
+        o->stage = SMTP_ST_DATA;
+    else
+        o->stage = c->st;
 }
 
 /* ---- writing ---------------------------------------------------------- */
@@ -462,12 +480,16 @@ static void fail_session(struct smtp_client *c, enum smtp_action act, const char
 {
     if (c->closing)
         return;
+    c->fail_stage = c->st;
     char text[sizeof(c->result.text)];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     outcome_set(&c->result, act, code, status, err, text);
+    c->result.stage = c->st;
+    c->result.tls_missing = c->fail_tls_missing;
+    c->fail_tls_missing = false;
     str_copy(c->result.reply, c->fail_reply, sizeof(c->result.reply));
     c->fail_reply[0] = '\0';
     log_debug(COMPONENT, "%s: session failed in %s: %s", c->relay, smtp_stage_name(c->st), text);
@@ -596,6 +618,7 @@ static void after_hello(struct smtp_client *c)
         }
         if (tls_required(c)) {
             /* RFC 8461 4.2 and Postfix's wording for a required TLS. */
+            c->fail_tls_missing = true;
             fail_session(c, SMTP_ACT_DEFER, "4.7.4", ERR_TLS, 0,
                          c->tls_ctx ? "TLS is required, but was not offered by host %s[%s]"
                                     : "TLS is required, but no TLS context is available for "
@@ -986,6 +1009,11 @@ static void on_reply(struct smtp_client *c)
     switch (c->st) {
     case SMTP_ST_GREETING:
         if (cls == 2) {
+            struct buf one;
+            buf_init(&one, sizeof(c->greeting) - 1);
+            smtp_reply_oneline(&c->reply, &one);
+            str_copy(c->greeting, one.data ? one.data : "", sizeof(c->greeting));
+            buf_free(&one);
             send_ehlo(c);
         } else {
             char status[12];
@@ -1028,6 +1056,7 @@ static void on_reply(struct smtp_client *c)
             struct smtp_outcome o;
             outcome_from_reply(c, &o, "STARTTLS command");
             str_copy(c->fail_reply, o.reply, sizeof(c->fail_reply));
+            c->fail_tls_missing = true;
             fail_session(c, SMTP_ACT_DEFER, "4.7.4", ERR_TLS, o.code,
                          "TLS is required, but host %s[%s] refused to start TLS: %s", c->host,
                          c->ip, o.text);
@@ -1448,6 +1477,16 @@ const char *smtp_client_relay(const struct smtp_client *c)
 const char *smtp_client_ip(const struct smtp_client *c)
 {
     return c->ip;
+}
+
+enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c)
+{
+    return c->fail_stage;
+}
+
+const char *smtp_client_greeting(const struct smtp_client *c)
+{
+    return c->greeting;
 }
 
 bool smtp_client_established(const struct smtp_client *c)

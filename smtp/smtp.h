@@ -247,28 +247,12 @@ void smtpd_free(struct smtpd *d);
  * the failure as the outcome of every unfinished recipient) before
  * SMTP_EV_CLOSED. An idle session has no timer of its own: the caller quits
  * it when it no longer wants it (the server may also close it: CLOSED).
+ *
+ * A probe (convoyctl sts check) is a session with no message: it calls
+ * smtp_client_quit() on SMTP_EV_READY and reads the facts in SMTP_EV_CLOSED
+ * (smtp_client_greeting(), smtp_client_established(), smtp_client_ext(),
+ * smtp_client_tls(), smtp_client_failed_stage(), smtp_client_result()).
  */
-
-/* What the caller does with a recipient after an attempt. */
-enum smtp_action {
-    SMTP_ACT_NONE = 0, /* not attempted yet */
-    SMTP_ACT_SENT,     /* the remote 250 after the final "." */
-    SMTP_ACT_DEFER,    /* 4xx or connection trouble: retry later */
-    SMTP_ACT_BOUNCE,   /* 5xx or a permanent local reason: return to sender */
-};
-
-/* The outcome of a recipient (or of a session): separate from the mechanical
- * error codes of base.h. */
-struct smtp_outcome {
-    enum smtp_action action;
-    int code;        /* SMTP reply code, 0 when there was no reply */
-    char status[12]; /* enhanced status X.Y.Z, from the reply or derived */
-    int err;         /* mechanical cause (ERR_TIMEOUT, ERR_IO, ...) or 0 */
-    char text[1024]; /* Postfix-shaped reason: "host h[ip] said: 550 5.1.1
-                        ... (in reply to RCPT TO command)" or "250 2.0.0 Ok" */
-    char reply[512]; /* the remote reply alone on one line ("550 5.1.1 ...")
-                        for DSN Diagnostic-Code; "" when there was none */
-};
 
 /* Stages, for timeouts, logs and "in reply to" texts. */
 enum smtp_stage {
@@ -292,6 +276,37 @@ enum smtp_stage {
 };
 /* Short lower-case name of a stage ("greeting", "rcpt", ...). */
 const char *smtp_stage_name(enum smtp_stage st);
+
+/* The client's reading of an outcome, by the reply's class (RFC 5321
+ * 4.2.1). It is a fact for tools that show what a server said; what an
+ * outcome means for a recipient is decided by the caller from the facts
+ * below (code, status, stage, err, tls_missing): delivery's verdict. */
+enum smtp_action {
+    SMTP_ACT_NONE = 0, /* not attempted yet: no outcome */
+    SMTP_ACT_SENT,     /* the remote 250 after the final "." */
+    SMTP_ACT_DEFER,    /* 4xx or connection trouble */
+    SMTP_ACT_BOUNCE,   /* 5xx, or a permanent reason found before sending */
+};
+
+/* The outcome of a recipient (or of a session): separate from the mechanical
+ * error codes of base.h. */
+struct smtp_outcome {
+    enum smtp_action action;
+    enum smtp_stage stage; /* where it arose: the command a reply answered
+                              (SMTP_ST_DOT: the end of DATA), or the stage
+                              the session failed in (SMTP_ST_CONNECT: no
+                              connection was made) */
+    bool tls_missing;      /* TLS was required, but STARTTLS was not
+                              offered, was refused, or no TLS context was
+                              available (status 4.7.4, err ERR_TLS) */
+    int code;              /* SMTP reply code, 0 when there was no reply */
+    char status[12];       /* enhanced status X.Y.Z, from the reply or derived */
+    int err;               /* mechanical cause (ERR_TIMEOUT, ERR_IO, ...) or 0 */
+    char text[1024];       /* Postfix-shaped reason: "host h[ip] said: 550 5.1.1
+                              ... (in reply to RCPT TO command)" or "250 2.0.0 Ok" */
+    char reply[512];       /* the remote reply alone on one line ("550 5.1.1 ...")
+                              for DSN Diagnostic-Code; "" when there was none */
+};
 
 /* TLS the caller requires of this connection. */
 enum smtp_tls_mode {
@@ -424,6 +439,14 @@ const char *smtp_client_ip(const struct smtp_client *c);
 /* Did the session get a greeting and a successful EHLO/HELO? (The caller
  * uses this to tell a dead address from a live host.) */
 bool smtp_client_established(const struct smtp_client *c);
+/* The stage the session was in when it failed (meaningful in SMTP_EV_CLOSED
+ * when smtp_client_result() is not SENT): SMTP_ST_TLS for a handshake that
+ * failed, SMTP_ST_STARTTLS for a refused STARTTLS, SMTP_ST_EHLO when TLS was
+ * required and not offered, ... */
+enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c);
+/* The server's 2xx greeting on one line ("220 mx.example ESMTP"); "" until
+ * one came. */
+const char *smtp_client_greeting(const struct smtp_client *c);
 /* How many messages this session has carried (SMTP_EV_DONE seen). */
 unsigned smtp_client_messages(const struct smtp_client *c);
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_dsn.c - libFuzzer driver for the DSN builder (mta/bounce.c, RFC
+ * fuzz_dsn.c - libFuzzer driver for the DSN builder (delivery/bounce.c, RFC
  * 3464 / RFC 6522): the remote reply, the ORCPT and ENVID a client gave,
  * the reason text and the original message are what others control.
  *

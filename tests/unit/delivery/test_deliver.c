@@ -256,7 +256,7 @@ static void world_start(struct world *w, const char *const *extra, size_t nextra
         fail_msg("conf: %s", err.data);
     if (mta_queue_open(&w->m, &err) != 0)
         fail_msg("queue: %s", err.data);
-    assert_int_equal(delivery_start(&w->m, &err), 0);
+    assert_int_equal(mta_delivery_start(&w->m, &err), 0);
     assert_non_null(w->m.on_new_work);
     buf_free(&err);
 }
@@ -329,14 +329,14 @@ static struct queue_stats stats(struct world *w)
 
 static bool idle_now(struct world *w)
 {
-    return delivery_active(&w->m) == 0;
+    return delivery_active(w->m.delivery) == 0;
 }
 
 static void world_stop(struct world *w)
 {
-    delivery_stop(&w->m);
+    delivery_stop(w->m.delivery);
     run_until(w, idle_now, 5000);
-    delivery_close(&w->m);
+    mta_delivery_close(&w->m);
     mta_queue_close(&w->m);
     peer_stop(&w->peer);
     uv_run(&w->loop, UV_RUN_DEFAULT);

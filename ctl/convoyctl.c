@@ -14,9 +14,8 @@
 
 #include <jansson.h>
 
-#include "mta.h"
+#include "ctl.h"
 
-#define EXIT_USAGE 2
 #define MAX_OVERRIDES 256
 
 static void usage(FILE *f)

@@ -21,9 +21,7 @@
 #include <uv.h>
 
 #include "dns.h"
-#include "mta.h"
-
-#define EXIT_USAGE 2
+#include "ctl.h"
 
 struct ctl_run {
     bool json;
@@ -41,7 +39,7 @@ static void dns_usage(void)
  * to reuse. */
 static int options_from_conf(const struct conf *c, struct dns_options *o)
 {
-    mta_dns_options(c, o);
+    settings_dns_options(c, o);
     o->cache_size = 0;
     return 0;
 }

@@ -1,0 +1,177 @@
+/*
+ * reload.c - reload in two steps: everything a new snapshot needs is read
+ * and checked first (tls_policy_file, trust stores, the MTA-STS engine's
+ * new settings), then applied in place, which cannot fail.
+ */
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "conf.h"
+#include "deliver_int.h"
+#include "delivery.h"
+#include "dns.h"
+#include "policy.h"
+#include "queue.h"
+#include "smtp.h"
+#include "tls.h"
+
+/* ---- reload ------------------------------------------------------------------------------- */
+
+/* Everything a reload needs, built and checked before anything changes. */
+struct delivery_update {
+    struct conf *conf;
+    struct policy_overrides *ov;
+    struct tls_ctx *ctx;
+    struct policy_update *pu;
+    bool sts_changed;
+    char no_tls_why[256]; /* why ctx is NULL (logged when applied) */
+};
+
+void delivery_reload_cancel(struct delivery_update *u)
+{
+    if (!u)
+        return;
+    policy_overrides_free(u->ov);
+    tls_ctx_free(u->ctx);
+    policy_update_free(u->pu);
+    conf_unref(u->conf);
+    free(u);
+}
+
+static bool lists_differ(const struct conf_list *a, const struct conf_list *b)
+{
+    if (a->n != b->n)
+        return true;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->v[i], b->v[i]) != 0)
+            return true;
+    return false;
+}
+
+/* Do two snapshots differ in a setting of the MTA-STS engine? */
+static bool sts_settings_differ(const struct delivery *dl, const struct conf *a,
+                                const struct conf *b)
+{
+    struct policy_options x, y;
+    dl->opt.policy_options(a, &x);
+    dl->opt.policy_options(b, &y);
+    return strcmp(x.ca_file ? x.ca_file : "", y.ca_file ? y.ca_file : "") != 0 ||
+           x.https_port != y.https_port || x.fetch_timeout_ms != y.fetch_timeout_ms ||
+           x.connect_timeout_ms != y.connect_timeout_ms || x.max_policy_size != y.max_policy_size ||
+           x.txt_check_s != y.txt_check_s || x.refresh_s != y.refresh_s ||
+           x.retry_after_s != y.retry_after_s;
+}
+
+int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery_update **out,
+                            struct buf *err)
+{
+    *out = NULL;
+    if (!dl || dl->closing)
+        return 0;
+    struct delivery_update *u = calloc(1, sizeof(*u));
+    if (!u)
+        return ERR_NOMEM;
+    u->conf = conf_ref(c);
+    /* The override file first: a broken one refuses the whole reload (a
+     * typo must never loosen TLS). */
+    u->ov = policy_overrides_load(c->tls_policy_file ? c->tls_policy_file : "", err);
+    if (!u->ov) {
+        delivery_reload_cancel(u);
+        return ERR_INVAL;
+    }
+    char why[512] = "";
+    u->ctx = delivery_tls_ctx(c, why, sizeof(why));
+    if (!u->ctx && strcmp(c->smtp_tls_security_level, "verify") == 0) {
+        buf_printf(err, "smtp_tls_CAfile: %s\n", why);
+        delivery_reload_cancel(u);
+        return ERR_TLS;
+    }
+    if (!u->ctx)
+        str_copy(u->no_tls_why, why, sizeof(u->no_tls_why));
+    /* The MTA-STS engine is reconfigured in place: its cache, the lookups
+     * and fetches in flight stay. Its trust store is read again on every
+     * reload (as the one for MX hosts above); one that cannot be loaded
+     * refuses the reload, as it would refuse a start. */
+    if (dl->pol) {
+        struct policy_options o;
+        dl->opt.policy_options(c, &o);
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s", c->queue_directory, POLICY_CACHE_FILE);
+        o.cache_path = path;
+        int rc = policy_update_prepare(dl->pol, &o, &u->pu, why, sizeof(why));
+        if (rc != 0) {
+            buf_printf(err, "%s: %s\n",
+                       rc == ERR_TLS ? "smtp_tls_CAfile (MTA-STS policy hosts)" : "MTA-STS", why);
+            delivery_reload_cancel(u);
+            return rc;
+        }
+        u->sts_changed = sts_settings_differ(dl, dl->conf, c);
+    }
+    *out = u;
+    return 0;
+}
+
+void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
+{
+    if (!u)
+        return;
+    if (!dl || dl->closing) {
+        delivery_reload_cancel(u);
+        return;
+    }
+    const struct conf *c = u->conf;
+    if (!u->ctx)
+        log_warn(COMPONENT, "TLS for delivery is off: %s", u->no_tls_why);
+    if (strcmp(c->relayhost ? c->relayhost : "", dl->conf->relayhost ? dl->conf->relayhost : "") !=
+        0)
+        log_warn(QCOMP, "relayhost changes take effect at the next restart");
+    if (lists_differ(&c->dns_servers, &dl->conf->dns_servers) ||
+        c->dns_timeout != dl->conf->dns_timeout || c->dns_tries != dl->conf->dns_tries)
+        log_warn(QCOMP, "dns_servers, dns_timeout and dns_tries changes take effect at the next "
+                        "restart");
+    /* New sessions use the new snapshot; sessions in progress keep their
+     * context (reference counted) and their copy of the override entry. */
+    policy_overrides_free(dl->ov);
+    dl->ov = u->ov;
+    u->ov = NULL;
+    for (struct dest *d = dl->dests; d; d = d->next)
+        dest_quit_idle(d);
+    tls_ctx_free(dl->tls_ctx);
+    dl->tls_ctx = u->ctx;
+    u->ctx = NULL;
+    if (u->pu) {
+        policy_update_apply(dl->pol, u->pu);
+        u->pu = NULL;
+        if (u->sts_changed)
+            log_info(QCOMP,
+                     "MTA-STS: new settings in force (https port %lld, fetch timeout %llds, "
+                     "connect timeout %llds, policy size %lld, TXT check %llds, refresh %llds, "
+                     "retry %llds); cached policies kept",
+                     (long long)c->sts_policy_https_port, (long long)c->sts_fetch_timeout,
+                     (long long)c->sts_connect_timeout, (long long)c->sts_max_policy_size,
+                     (long long)c->sts_txt_check_interval, (long long)c->sts_refresh_interval,
+                     (long long)c->sts_fetch_retry_time);
+    }
+    conf_unref(dl->conf);
+    dl->conf = conf_ref(u->conf);
+    dl->opt.helo_name(dl->conf, dl->helo, sizeof(dl->helo));
+    log_info(QCOMP, "delivery: configuration reloaded, %zu TLS policy override(s)",
+             policy_overrides_count(dl->ov));
+    delivery_reload_cancel(u); /* what is left of it */
+}
+
+int delivery_reload(struct delivery *dl, struct conf *c, struct buf *err)
+{
+    struct delivery_update *u = NULL;
+    int rc = delivery_reload_prepare(dl, c, &u, err);
+    if (rc == 0)
+        delivery_reload_apply(dl, u);
+    return rc;
+}
