@@ -184,7 +184,7 @@ struct dkim_check {
     char alg[32];       /* a= */
     char query[600];    /* SELECTOR._domainkey.DOMAIN: the TXT name to look up; "" if unusable */
     enum dkim_result result;
-    char reason[256];
+    char reason[768];
 };
 
 /* Parse the signature in header field index fi of msg. On a malformed

@@ -41,6 +41,9 @@ static void usage(FILE *f)
                "  dns mx|a|aaaa|txt NAME            what the resolver sees\n"
                "  sts parse|show|list|forget|refresh|check ...\n"
                "                                    MTA-STS policies (convoyctl sts for details)\n"
+               "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] --out KEYFILE\n"
+               "                                    new signing key and its DNS record\n"
+               "  dkim verify [FILE|-] [--json]     check a message's DKIM signatures\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
                "  pause [--domain D] [--for DUR] --reason TEXT\n"
@@ -170,6 +173,7 @@ static const struct {
 } commands[] = {
     {"config", cmd_config}, {"queue", ctl_queue}, {"dns", ctl_dns},     {"status", ctl_status},
     {"reload", ctl_reload}, {"sts", ctl_sts},     {"pause", ctl_pause}, {"resume", ctl_resume},
+    {"dkim", ctl_dkim},
 };
 
 int main(int argc, char **argv)

@@ -75,6 +75,8 @@ void submission_stop(struct mta *m);
 size_t submission_active(const struct mta *m);
 void submission_close(struct mta *m);
 int submission_reload(struct mta *m, struct conf *c, struct buf *err);
+/* A domain in lower-case A-label form (IDNA 2008); 0 or an error. */
+int mta_domain_alabel(const char *in, char *out, size_t size);
 
 /*
  * control.c: the control socket (<queue_directory>/control.sock, mode 0660,
@@ -116,6 +118,7 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
 int ctl_queue(struct conf *c, int argc, char **argv);
 int ctl_dns(struct conf *c, int argc, char **argv);
 int ctl_sts(struct conf *c, int argc, char **argv);
+int ctl_dkim(struct conf *c, int argc, char **argv);
 int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
 int ctl_pause(struct conf *c, int argc, char **argv);
