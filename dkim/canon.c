@@ -383,8 +383,8 @@ int dkim_canon_body(enum dkim_canon c, const char *body, size_t len, struct buf 
     return s.rc;
 }
 
-int dkim_body_hash(enum dkim_canon c, const char *body, size_t len, int64_t limit,
-                   uint8_t out[32], uint64_t *canon_len)
+int dkim_body_hash(enum dkim_canon c, const char *body, size_t len, int64_t limit, uint8_t out[32],
+                   uint64_t *canon_len)
 {
     wc_Sha256 sha;
     if (wc_InitSha256(&sha) != 0)

@@ -66,8 +66,8 @@ int dkim_canon_header(enum dkim_canon c, struct view field, struct buf *out);
 int dkim_canon_body(enum dkim_canon c, const char *body, size_t len, struct buf *out);
 /* SHA-256 of the canonical body, of its first limit octets when limit >= 0
  * (the l= tag; *canon_len gets the canonical length when not NULL). */
-int dkim_body_hash(enum dkim_canon c, const char *body, size_t len, int64_t limit,
-                   uint8_t out[32], uint64_t *canon_len);
+int dkim_body_hash(enum dkim_canon c, const char *body, size_t len, int64_t limit, uint8_t out[32],
+                   uint64_t *canon_len);
 
 /* ---- keys ------------------------------------------------------------------ */
 
@@ -108,7 +108,7 @@ typedef int (*dkim_domain_fn)(const char *in, char *out, size_t size);
 
 /* One line of the key table. */
 struct dkim_signer {
-    const char *domain;   /* lower-case A-label */
+    const char *domain; /* lower-case A-label */
     const char *selector;
     const char *keyfile;
     struct dkim_key *key;

@@ -34,8 +34,8 @@ int dkim_key_sign_digest(const struct dkim_key *k, const uint8_t digest[32], str
  * base64-decoded). 0 when it verifies, ERR_INVAL when it does not, ERR_PROTO
  * when the key is unusable (reason in why). */
 int dkim_verify_digest(enum dkim_alg alg, const uint8_t *pub, size_t pub_len,
-                       const uint8_t digest[32], const uint8_t *sig, size_t sig_len,
-                       char *why, size_t why_size);
+                       const uint8_t digest[32], const uint8_t *sig, size_t sig_len, char *why,
+                       size_t why_size);
 
 /* Base64 without line breaks; decode skips FWS. */
 int dkim_b64_encode(const uint8_t *in, size_t n, struct buf *out);

@@ -350,8 +350,9 @@ struct dkim_key *dkim_key_load(const char *path, struct buf *err)
         return NULL;
     }
     if (st.st_mode & (S_IRGRP | S_IROTH | S_IWGRP | S_IWOTH)) {
-        buf_printf(err, "%s: private key is readable or writable by others than its owner "
-                        "(mode %03o); chmod 600 it",
+        buf_printf(err,
+                   "%s: private key is readable or writable by others than its owner "
+                   "(mode %03o); chmod 600 it",
                    path, (unsigned)(st.st_mode & 0777));
         close(fd);
         return NULL;
@@ -460,8 +461,8 @@ int dkim_key_pem(const struct dkim_key *k, struct buf *out)
         return pem_write("RSA PRIVATE KEY", k->der, k->der_len, out);
     /* RFC 8410 7: OneAsymmetricKey with the id-Ed25519 OID (1.3.101.112)
      * and the seed as an OCTET STRING inside the privateKey OCTET STRING. */
-    uint8_t der[48] = {0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
-                       0x04, 0x22, 0x04, 0x20};
+    uint8_t der[48] = {0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06,
+                       0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20};
     memcpy(der + 16, k->der, 32);
     int rc = pem_write("PRIVATE KEY", der, sizeof(der), out);
     memset(der, 0, sizeof(der));
@@ -519,8 +520,8 @@ int dkim_key_sign_digest(const struct dkim_key *k, const uint8_t digest[32], str
 }
 
 int dkim_verify_digest(enum dkim_alg alg, const uint8_t *pub, size_t pub_len,
-                       const uint8_t digest[32], const uint8_t *sig, size_t sig_len,
-                       char *why, size_t why_size)
+                       const uint8_t digest[32], const uint8_t *sig, size_t sig_len, char *why,
+                       size_t why_size)
 {
     if (alg == DKIM_ED25519_SHA256) {
         if (pub_len != ED25519_PUB_KEY_SIZE) {

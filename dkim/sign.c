@@ -22,12 +22,24 @@
 #define FOLD 78
 
 const char *const dkim_default_headers[] = {
-    "From",         "To",         "Cc",          "Subject",
-    "Date",         "Message-ID", "In-Reply-To", "References",
-    "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Reply-To",
-    "List-Unsubscribe", "List-Unsubscribe-Post", "Sender",
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Reply-To",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Sender",
 };
-const size_t dkim_n_default_headers = sizeof(dkim_default_headers) / sizeof(dkim_default_headers[0]);
+const size_t dkim_n_default_headers =
+    sizeof(dkim_default_headers) / sizeof(dkim_default_headers[0]);
 
 static bool is_fws(char c)
 {
@@ -49,7 +61,8 @@ static struct view trim(const char *p, size_t n)
 
 static bool tag_name_ok(struct view v)
 {
-    if (v.len == 0 || !((v.ptr[0] >= 'a' && v.ptr[0] <= 'z') || (v.ptr[0] >= 'A' && v.ptr[0] <= 'Z')))
+    if (v.len == 0 ||
+        !((v.ptr[0] >= 'a' && v.ptr[0] <= 'z') || (v.ptr[0] >= 'A' && v.ptr[0] <= 'Z')))
         return false;
     for (size_t i = 1; i < v.len; i++) {
         char c = v.ptr[i];
@@ -296,8 +309,7 @@ int dkim_sign(const struct dkim_sign_opts *o, const char *msg, size_t len,
     const char *const *names = o->headers ? o->headers : dkim_default_headers;
     size_t nn = o->headers ? o->n_headers : dkim_n_default_headers;
     uint8_t bh[32];
-    int rc = dkim_body_hash(DKIM_CANON_RELAXED, msg + h->body_off, len - h->body_off, -1, bh,
-                            NULL);
+    int rc = dkim_body_hash(DKIM_CANON_RELAXED, msg + h->body_off, len - h->body_off, -1, bh, NULL);
     if (rc) {
         buf_printf(why, "cannot hash the body: %s", err_str(rc));
         return rc;
@@ -305,9 +317,9 @@ int dkim_sign(const struct dkim_sign_opts *o, const char *msg, size_t len,
     struct buf f;
     buf_init(&f, 64 * 1024);
     size_t col;
-    rc = buf_printf(&f, "DKIM-Signature: v=1; a=%s; c=relaxed/relaxed;\r\n\td=%s; s=%s; t=%lld;\r\n\th=",
-                    dkim_alg_name(dkim_key_alg(o->key)), o->domain, o->selector,
-                    (long long)o->t);
+    rc = buf_printf(
+        &f, "DKIM-Signature: v=1; a=%s; c=relaxed/relaxed;\r\n\td=%s; s=%s; t=%lld;\r\n\th=",
+        dkim_alg_name(dkim_key_alg(o->key)), o->domain, o->selector, (long long)o->t);
     col = rc == 0 ? f.len - (size_t)((const char *)memrchr(f.data, '\t', f.len) - f.data) : 0;
     bool first = true;
     /* From first, whether or not the list names it: RFC 6376 5.4 requires

@@ -167,9 +167,9 @@ static bool sig_parse(const char *msg, const struct dkim_headers *h, size_t fi, 
     if (it) {
         /* 3.5: the domain of i= is d= or a subdomain of it. */
         const char *at = memchr(it->value.ptr, '@', it->value.len);
-        struct view idom = at ? (struct view){at + 1, it->value.len -
-                                                          (size_t)(at + 1 - it->value.ptr)}
-                              : (struct view){"", 0};
+        struct view idom =
+            at ? (struct view){at + 1, it->value.len - (size_t)(at + 1 - it->value.ptr)}
+               : (struct view){"", 0};
         bool ok = idom.len >= sg->d.len &&
                   strncasecmp(idom.ptr + idom.len - sg->d.len, sg->d.ptr, sg->d.len) == 0 &&
                   (idom.len == sg->d.len || idom.ptr[idom.len - sg->d.len - 1] == '.');
@@ -233,8 +233,8 @@ static bool key_record(const char *txt, const struct sig *sg, uint8_t *pub, size
     const struct dkim_tag *k = dkim_tag_get(tags, nt, "k");
     const char *want = sg->alg == DKIM_ED25519_SHA256 ? "ed25519" : "rsa";
     if ((k && !view_eq_ci(k->value, want)) || (!k && sg->alg != DKIM_RSA_SHA256)) {
-        set_result(c, DKIM_PERMERROR, "key type k=%.*s does not fit a=%s", k ? (int)k->value.len : 3,
-                   k ? k->value.ptr : "rsa", c->alg);
+        set_result(c, DKIM_PERMERROR, "key type k=%.*s does not fit a=%s",
+                   k ? (int)k->value.len : 3, k ? k->value.ptr : "rsa", c->alg);
         return false;
     }
     const struct dkim_tag *hh = dkim_tag_get(tags, nt, "h");

@@ -171,9 +171,9 @@ static const struct {
     const char *name;
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
-    {"config", cmd_config}, {"queue", ctl_queue}, {"dns", ctl_dns},     {"status", ctl_status},
-    {"reload", ctl_reload}, {"sts", ctl_sts},     {"pause", ctl_pause}, {"resume", ctl_resume},
-    {"dkim", ctl_dkim},
+    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},
+    {"status", ctl_status}, {"reload", ctl_reload}, {"sts", ctl_sts},
+    {"pause", ctl_pause},   {"resume", ctl_resume}, {"dkim", ctl_dkim},
 };
 
 int main(int argc, char **argv)

@@ -330,10 +330,9 @@ static int cmd_verify(struct conf *c, int argc, char **argv)
         if (chk.result == DKIM_PASS)
             n_pass++;
         if (json) {
-            json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s}", "domain",
-                                                 chk.domain, "selector", chk.selector,
-                                                 "algorithm", chk.alg, "result",
-                                                 dkim_result_name(chk.result), "reason",
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s}", "domain", chk.domain,
+                                                 "selector", chk.selector, "algorithm", chk.alg,
+                                                 "result", dkim_result_name(chk.result), "reason",
                                                  chk.reason));
         } else {
             printf("d=%s s=%s a=%s: %s (%s)\n", chk.domain, chk.selector, chk.alg,

@@ -14,6 +14,8 @@ packages=(
     # tests: real peers and tools
     python3 python3-aiosmtpd python3-dnslib swaks dnsmasq-base nginx-light openssl
     ca-certificates lmdb-utils procps iproute2 valgrind
+    # tests: an independent DKIM verifier (dkimpy; python3-nacl for Ed25519)
+    python3-dkim python3-nacl
 )
 
 missing=()

@@ -95,9 +95,9 @@ static void test_canon_body_edges(void **state)
         const char *simple;
         const char *relaxed;
     } cases[] = {
-        {"", "\r\n", ""},                                 /* 3.4.3, 3.4.4: empty body */
-        {"\r\n\r\n\r\n", "\r\n", ""},                     /* only empty lines */
-        {"x", "x\r\n", "x\r\n"},                          /* no final CRLF */
+        {"", "\r\n", ""},                                        /* 3.4.3, 3.4.4: empty body */
+        {"\r\n\r\n\r\n", "\r\n", ""},                            /* only empty lines */
+        {"x", "x\r\n", "x\r\n"},                                 /* no final CRLF */
         {"a \t\r\n \r\n\t\r\n", "a \t\r\n \r\n\t\r\n", "a\r\n"}, /* WSP-only lines at the end */
         {"a\r\n\r\nb\r\n\r\n", "a\r\n\r\nb\r\n", "a\r\n\r\nb\r\n"},
         {"\xc3\xa9t\xc3\xa9  ok\r\n", "\xc3\xa9t\xc3\xa9  ok\r\n", "\xc3\xa9t\xc3\xa9 ok\r\n"},
@@ -107,7 +107,8 @@ static void test_canon_body_edges(void **state)
     buf_init(&b, 4096);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         buf_reset(&b);
-        assert_int_equal(dkim_canon_body(DKIM_CANON_SIMPLE, cases[i].in, strlen(cases[i].in), &b), 0);
+        assert_int_equal(dkim_canon_body(DKIM_CANON_SIMPLE, cases[i].in, strlen(cases[i].in), &b),
+                         0);
         assert_string_equal(b.data ? b.data : "", cases[i].simple);
         buf_reset(&b);
         assert_int_equal(dkim_canon_body(DKIM_CANON_RELAXED, cases[i].in, strlen(cases[i].in), &b),
@@ -127,14 +128,13 @@ static void test_canon_body_edges(void **state)
 
 /* ---- RFC 8463 Appendix A --------------------------------------------------------- */
 
-static const char rfc8463_sig[] =
-    "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;\r\n"
-    " d=football.example.com; i=@football.example.com;\r\n"
-    " q=dns/txt; s=brisbane; t=1528637909; h=from : to :\r\n"
-    " subject : date : message-id : from : subject : date;\r\n"
-    " bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;\r\n"
-    " b=/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11Bus\r\n"
-    " Fa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==\r\n";
+static const char rfc8463_sig[] = "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;\r\n"
+                                  " d=football.example.com; i=@football.example.com;\r\n"
+                                  " q=dns/txt; s=brisbane; t=1528637909; h=from : to :\r\n"
+                                  " subject : date : message-id : from : subject : date;\r\n"
+                                  " bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;\r\n"
+                                  " b=/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11Bus\r\n"
+                                  " Fa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==\r\n";
 static const char rfc8463_msg[] = "From: Joe SixPack <joe@football.example.com>\r\n"
                                   "To: Suzie Q <suzie@shopping.example.net>\r\n"
                                   "Subject: Is dinner ready?\r\n"
@@ -148,7 +148,8 @@ static const char rfc8463_msg[] = "From: Joe SixPack <joe@football.example.com>\
                                   "Joe.\r\n";
 static const char rfc8463_b[] =
     "/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11BusFa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==";
-static const char rfc8463_record[] = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+static const char rfc8463_record[] =
+    "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
 
 static char *cat(const char *a, const char *b)
 {
@@ -176,9 +177,8 @@ static void test_rfc8463_sign_and_verify(void **state)
     struct dkim_headers h;
     assert_int_equal(dkim_headers_parse(msg, len, &h), 0);
     uint8_t bh[32];
-    assert_int_equal(dkim_body_hash(DKIM_CANON_RELAXED, msg + h.body_off, len - h.body_off, -1,
-                                    bh, NULL),
-                     0);
+    assert_int_equal(
+        dkim_body_hash(DKIM_CANON_RELAXED, msg + h.body_off, len - h.body_off, -1, bh, NULL), 0);
     /* Ed25519 is deterministic: signing the RFC's field again with its key
      * must give its b= exactly. */
     struct buf b, why;
@@ -309,7 +309,8 @@ static void test_header_selection(void **state)
     /* From over-signed, Subject twice as it occurs twice, absent names and
      * Received/X-Mailer left out, in the order of the list. */
     assert_string_equal(h, "From:From:To:Subject:Subject:Date");
-    assert_non_null(strstr(f, "a=ed25519-sha256; c=relaxed/relaxed;\r\n\td=example.org; s=sel; t=1700000000;"));
+    assert_non_null(
+        strstr(f, "a=ed25519-sha256; c=relaxed/relaxed;\r\n\td=example.org; s=sel; t=1700000000;"));
     assert_non_null(strstr(f, "t=1700000000;"));
     assert_null(strstr(f, " l="));
     free(f);
@@ -472,8 +473,9 @@ static void test_keytable(void **state)
     put_key("ed25519-openssl.pem", "ed.pem", 0400);
     put_key("ed25519-openssl.pem", "open.pem", 0644);
     put_key("rsa512.pem", "weak.pem", 0600);
-    put("good", "# keys\n\nExample.ORG  sel1 rsa.pem\nexample.org\tsel2 ed.pem # ed25519\n"
-                "other.example s ed.pem\n",
+    put("good",
+        "# keys\n\nExample.ORG  sel1 rsa.pem\nexample.org\tsel2 ed.pem # ed25519\n"
+        "other.example s ed.pem\n",
         0644);
     char path[256];
     snprintf(path, sizeof(path), "%s/good", tmpdir);
@@ -493,23 +495,27 @@ static void test_keytable(void **state)
     dkim_keytable_free(t);
     dkim_keytable_free(t);
 
-    put("bad", "example.org sel1 rsa.pem\n"
-               "example.org sel1 ed.pem\n"
-               "example.org sel3\n"
-               "example.org sel4 open.pem\n"
-               "example.org sel5 weak.pem\n"
-               "example.org sel6 missing.pem\n"
-               "exa mple.org\n"
-               "bad_domain! s ed.pem\n"
-               "example.org -s ed.pem\n",
+    put("bad",
+        "example.org sel1 rsa.pem\n"
+        "example.org sel1 ed.pem\n"
+        "example.org sel3\n"
+        "example.org sel4 open.pem\n"
+        "example.org sel5 weak.pem\n"
+        "example.org sel6 missing.pem\n"
+        "exa mple.org\n"
+        "bad_domain! s ed.pem\n"
+        "example.org -s ed.pem\n",
         0644);
     snprintf(path, sizeof(path), "%s/bad", tmpdir);
     assert_null(dkim_keytable_load(path, NULL, &err));
     const char *want[] = {"bad:2: example.org sel1 is listed twice",
                           "bad:3: expected \"DOMAIN SELECTOR KEYFILE\"",
-                          "bad:4: ", "readable or writable by others",
-                          "bad:5: ", "512 bits",
-                          "bad:6: ", "missing.pem",
+                          "bad:4: ",
+                          "readable or writable by others",
+                          "bad:5: ",
+                          "512 bits",
+                          "bad:6: ",
+                          "missing.pem",
                           "bad:7: expected",
                           "bad:8: \"bad_domain!\" is not a domain name",
                           "bad:9: \"-s\" is not a selector"};
