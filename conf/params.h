@@ -156,9 +156,10 @@
       "owner; a message is signed with every key whose DOMAIN is its From domain; empty means "    \
       "no signing")                                                                                \
     P(dkim_signed_headers, LIST,                                                                   \
-      "From To Cc Subject Date Message-ID In-Reply-To References MIME-Version Content-Type "        \
+      "From To Cc Subject Date Message-ID In-Reply-To References MIME-Version Content-Type "       \
       "Content-Transfer-Encoding Reply-To List-Unsubscribe List-Unsubscribe-Post Sender",          \
-      "", "Header fields a DKIM signature covers, each as often as it occurs; From is always "     \
+      "",                                                                                          \
+      "Header fields a DKIM signature covers, each as often as it occurs; From is always "         \
       "signed, once more than it occurs, so that no From can be added")                            \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
