@@ -91,6 +91,7 @@ static bool sig_parse(const char *msg, const struct dkim_headers *h, size_t fi, 
                       struct dkim_check *c)
 {
     (void)msg;
+    memset(sg, 0, sizeof(*sg));
     memset(c, 0, sizeof(*c));
     c->result = DKIM_PERMERROR;
     if (fi >= h->n || !view_eq_ci(h->v[fi].name, "DKIM-Signature")) {
