@@ -30,6 +30,7 @@
 #include "dkim.h"
 #include "dns.h"
 #include "mta.h"
+#include "policy.h"
 
 #define EXIT_USAGE 2
 #define MAX_MESSAGE (64u * 1024 * 1024)
@@ -118,8 +119,8 @@ static int cmd_keygen(int argc, char **argv)
         fprintf(stderr, "convoyctl: dkim keygen: --algorithm is rsa or ed25519\n");
         return EXIT_USAGE;
     }
-    char domain[256];
-    if (mta_domain_alabel(words[0], domain, sizeof(domain)) != 0 || !dns_name_valid(domain)) {
+    char domain[POLICY_NAME_MAX];
+    if (policy_domain_normalize(words[0], domain) != 0 || !dns_name_valid(domain)) {
         fprintf(stderr, "convoyctl: dkim keygen: \"%s\" is not a domain name\n", words[0]);
         return EXIT_USAGE;
     }

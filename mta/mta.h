@@ -75,8 +75,6 @@ void submission_stop(struct mta *m);
 size_t submission_active(const struct mta *m);
 void submission_close(struct mta *m);
 int submission_reload(struct mta *m, struct conf *c, struct buf *err);
-/* A domain in lower-case A-label form (IDNA 2008); 0 or an error. */
-int mta_domain_alabel(const char *in, char *out, size_t size);
 
 /*
  * control.c: the control socket (<queue_directory>/control.sock, mode 0660,

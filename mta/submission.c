@@ -21,10 +21,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <idn2.h>
-
 #include "dkim.h"
 #include "mta.h"
+#include "policy.h"
 #include "queue.h"
 #include "smtp.h"
 
@@ -84,24 +83,15 @@ static int submit(struct mta *m, const struct smtpd_message *msg, const char *bo
 
 /* ---- DKIM signing ------------------------------------------------------------ */
 
-/* A domain in lower-case A-label form (IDNA 2008, RFC 5891). */
-int mta_domain_alabel(const char *in, char *out, size_t size)
+/* A domain in lower-case A-label form (IDNA 2008): the key table's and the
+ * From address's domains are compared in it. */
+static int domain_alabel(const char *in, char *out, size_t size)
 {
-    bool ascii = true;
-    for (const char *p = in; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            ascii = false;
-    char *conv = NULL;
-    if (!ascii && idn2_to_ascii_8z(in, &conv, IDN2_NONTRANSITIONAL | IDN2_NFC_INPUT) != IDN2_OK)
-        return ERR_INVAL;
-    size_t n = str_copy(out, conv ? conv : in, size);
-    idn2_free(conv);
-    if (n >= size)
-        return ERR_TOOBIG;
-    for (char *p = out; *p; p++)
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p - 'A' + 'a');
-    return 0;
+    char norm[POLICY_NAME_MAX];
+    int rc = policy_domain_normalize(in, norm);
+    if (rc == 0 && str_copy(out, norm, size) >= size)
+        rc = ERR_TOOBIG;
+    return rc;
 }
 
 /* One message being signed: what the thread pool needs, and the signed
@@ -201,7 +191,7 @@ static int sign_prepare(struct mta *m, struct smtpd_session *s, const struct smt
     if (rc == 0)
         rc = dkim_from_domain(msg->body.ptr, &j->h, from, sizeof(from));
     if (rc == 0)
-        rc = mta_domain_alabel(from, alabel, sizeof(alabel));
+        rc = domain_alabel(from, alabel, sizeof(alabel));
     if (rc == 0)
         j->n_signers = dkim_keytable_find(keys, alabel, j->signers, MAX_SIGNERS);
     if (rc != 0 || j->n_signers == 0) {
@@ -319,7 +309,7 @@ static int load_dkim(const struct conf *c, struct dkim_keytable **out, struct bu
         return 0;
     struct buf why;
     buf_init(&why, 64 * 1024);
-    *out = dkim_keytable_load(c->dkim_key_table, mta_domain_alabel, &why);
+    *out = dkim_keytable_load(c->dkim_key_table, domain_alabel, &why);
     if (!*out)
         buf_printf(err, "dkim_key_table: %s", why.data ? why.data : "cannot load\n");
     buf_free(&why);
