@@ -126,6 +126,11 @@ static void job_free(struct sign_job *j)
 static void job_submitted(void *arg, int status, const char *id)
 {
     struct sign_job *j = arg;
+    /* One line per signature, as OpenDKIM logs it next to Postfix. */
+    for (size_t i = 0; status == 0 && i < j->n_signers; i++)
+        log_info("smtpd", "%s: DKIM-Signature field added (d=%s, s=%s, a=%s)", id ? id : "-",
+                 j->signers[i]->domain, j->signers[i]->selector,
+                 dkim_alg_name(dkim_key_alg(j->signers[i]->key)));
     smtpd_session_done(j->s, status, id);
     job_free(j);
 }

@@ -204,6 +204,7 @@ class DkimTest(unittest.TestCase):
         h = tag(fields[0], "h").lower().split(":")
         self.assertIn("date", h)
         self.assertIn("message-id", h)
+        self.daemon.wait_log("DKIM-Signature field added (d=src.test, s=ed1, a=ed25519-sha256)")
 
     def test_foreign_signature_kept(self):
         foreign = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=other.test;\r\n"
