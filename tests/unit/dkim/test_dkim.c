@@ -405,6 +405,91 @@ static void test_keys(void **state)
     buf_free(&err);
 }
 
+/* Verification of what Convoy does not sign itself: simple/simple, l=,
+ * and the reasons a signature cannot be used. */
+static void test_verify_simple_and_errors(void **state)
+{
+    (void)state;
+    struct dkim_key *k = key_from("ed25519-rfc8463.pem");
+    assert_non_null(k);
+    const char *body = "Hello  world\r\n\r\n";
+    uint8_t bh[32];
+    assert_int_equal(dkim_body_hash(DKIM_CANON_SIMPLE, body, strlen(body), 7, bh, NULL), 0);
+    struct buf f, b, why;
+    buf_init(&f, 8192);
+    buf_init(&b, 1024);
+    buf_init(&why, 1024);
+    buf_append_str(&f, "DKIM-Signature: v=1; a=ed25519-sha256; c=simple/simple; d=Example.org;\r\n"
+                       " s=brisbane; h=From : Subject; l=7; i=joe@sub.example.org; bh=");
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 32; i += 3) {
+        uint32_t v = (uint32_t)bh[i] << 16 | (i + 1 < 32 ? bh[i + 1] << 8 : 0) |
+                     (i + 2 < 32 ? bh[i + 2] : 0);
+        char q[5] = {b64[v >> 18], b64[(v >> 12) & 63], i + 1 < 32 ? b64[(v >> 6) & 63] : '=',
+                     i + 2 < 32 ? b64[v & 63] : '=', 0};
+        buf_append_str(&f, q);
+    }
+    buf_append_str(&f, ";\r\n b=\r\n");
+    char *msg = malloc(65536);
+    snprintf(msg, 65536, "%sFrom:  joe@example.org\r\nSubject: simple\r\n\r\n%s", f.data, body);
+    struct dkim_headers h;
+    assert_int_equal(dkim_headers_parse(msg, strlen(msg), &h), 0);
+    assert_int_equal(dkim_sign_field(k, msg, &h, h.v[0].raw, &b, &why), 0);
+    dkim_headers_free(&h);
+    /* Put the signature in: "b=\r\n" becomes "b=SIG\r\n". */
+    char *at = strstr(msg, " b=\r\n") + 3;
+    size_t rest = strlen(at);
+    memmove(at + b.len, at, rest + 1);
+    memcpy(at, b.data, b.len);
+    /* Text appended past l= does not matter. */
+    strcat(msg, "appended\r\n");
+    assert_int_equal(dkim_headers_parse(msg, strlen(msg), &h), 0);
+    struct dkim_check c;
+    dkim_check_verify(msg, strlen(msg), &h, 0, rfc8463_record, 0, &c);
+    if (c.result != DKIM_PASS)
+        fail_msg("%s\n%s", c.reason, msg);
+    dkim_headers_free(&h);
+    /* simple header canonicalization: a changed space in From breaks it. */
+    char *sp = strstr(msg, "From:  joe");
+    memmove(sp + 5, sp + 6, strlen(sp + 6) + 1);
+    assert_int_equal(dkim_headers_parse(msg, strlen(msg), &h), 0);
+    dkim_check_verify(msg, strlen(msg), &h, 0, rfc8463_record, 0, &c);
+    assert_int_equal(c.result, DKIM_FAIL);
+    dkim_headers_free(&h);
+    free(msg);
+
+    static const struct {
+        const char *sig;
+        const char *reason;
+    } bad[] = {
+        {"v=1; a=rsa-sha1; d=a.example; s=s; h=from; bh=AA==; b=AA==", "rsa-sha1"},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=from; b=AA==", "missing required tag bh="},
+        {"v=2; a=rsa-sha256; d=a.example; s=s; h=from; bh=AA==; b=AA==", "incompatible version"},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=to; bh=AA==; b=AA==", "From field not signed"},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=from; bh=AA==; b=AA==; i=@b.example", "i= domain"},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=from; bh=AA==; b=AA==; t=5; x=4", "bad x="},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=from; bh=AA==; b=AA==; x=4", "expired"},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=from; bh=AA==; b=AA==; c=odd", "canonicalization"},
+        {"v=1; a=rsa-sha256; a=rsa-sha256; d=a.example", "malformed"},
+        {"v=1; a=rsa-sha256; d=a.example; s=s; h=from; bh=AA==; b=AA==",
+         "k=ed25519 does not fit a=rsa-sha256"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char m[1024];
+        snprintf(m, sizeof(m), "DKIM-Signature: %s\r\nFrom: a@a.example\r\n\r\n", bad[i].sig);
+        assert_int_equal(dkim_headers_parse(m, strlen(m), &h), 0);
+        /* An Ed25519 key record for an rsa-sha256 signature: the last case. */
+        dkim_check_verify(m, strlen(m), &h, 0, "v=DKIM1; k=ed25519; p=AAAA", 100, &c);
+        if (c.result != DKIM_PERMERROR || !strstr(c.reason, bad[i].reason))
+            fail_msg("case %zu: %s: %s", i, dkim_result_name(c.result), c.reason);
+        dkim_headers_free(&h);
+    }
+    buf_free(&f);
+    buf_free(&b);
+    buf_free(&why);
+    dkim_key_free(k);
+}
+
 /* ---- the From domain ------------------------------------------------------------------ */
 
 static void test_from_domain(void **state)
@@ -537,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_header_selection),
         cmocka_unit_test(test_rsa_sign_verify),
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_verify_simple_and_errors),
         cmocka_unit_test(test_from_domain),
         cmocka_unit_test(test_keytable),
     };
