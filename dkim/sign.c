@@ -308,6 +308,12 @@ int dkim_sign(const struct dkim_sign_opts *o, const char *msg, size_t len,
 {
     const char *const *names = o->headers ? o->headers : dkim_default_headers;
     size_t nn = o->headers ? o->n_headers : dkim_n_default_headers;
+    /* A message starting with white space would continue the field put in
+     * front of it (RFC 5322 2.2.3). */
+    if (len > 0 && (msg[0] == ' ' || msg[0] == '\t')) {
+        buf_printf(why, "message starts with a continuation line");
+        return ERR_INVAL;
+    }
     uint8_t bh[32];
     int rc = dkim_body_hash(DKIM_CANON_RELAXED, msg + h->body_off, len - h->body_off, -1, bh, NULL);
     if (rc) {
