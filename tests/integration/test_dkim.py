@@ -270,6 +270,33 @@ class DkimTest(unittest.TestCase):
         self.assertIn("s=nokey a=ed25519-sha256: permerror (no key record at "
                       "nokey._domainkey.src.test)", r.stdout)
 
+    def test_ctl_verify_signatures_made_by_dkimpy(self):
+        # The other direction: signatures made by an independent signer, in
+        # both canonicalizations, with l=, verified by `convoyctl dkim verify`
+        # against the records in DNS.
+        import base64
+        with open(os.path.join(self.keys, "rsa1.rsa.pem"), "rb") as f:
+            rsa_pem = f.read()
+        with open(os.path.join(self.keys, "ed1.ed25519.pem"), "rb") as f:
+            der = base64.b64decode(b"".join(f.read().split(b"\n")[1:-2]))
+        ed_seed = base64.b64encode(der[-32:])
+        msg = (b"From: App <app@src.test>\r\nTo: rcpt@dest.test\r\nSubject:  spaced \t out\r\n"
+               b"Date: Sat, 05 Dec 2026 09:00:00 +0000\r\n\r\nline  one \r\n\r\nline two\r\n\r\n")
+        path = os.path.join(self.tmp.name, "dkimpy.eml")
+        for canon in (b"simple/simple", b"relaxed/simple", b"simple/relaxed", b"relaxed/relaxed"):
+            hc, bc = canon.split(b"/")
+            for sel, key, alg in ((b"rsa1", rsa_pem, b"rsa-sha256"), (b"ed1", ed_seed, b"ed25519-sha256")):
+                for length in (False, True):
+                    with self.subTest(canon=canon, alg=alg, length=length):
+                        sig = dkim.sign(msg, sel, b"src.test", key, canonicalize=(hc, bc),
+                                        signature_algorithm=alg, length=length,
+                                        include_headers=[b"from", b"to", b"subject", b"date"])
+                        with open(path, "wb") as f:
+                            f.write(sig + msg + (b"appended\r\n" if length else b""))
+                        r = self.daemon.ctl("dkim", "verify", path)
+                        self.assertEqual(r.returncode, 0, sig.decode() + r.stdout + r.stderr)
+                        self.assertIn(": pass (signature verified)", r.stdout)
+
     def test_reload_all_or_nothing(self):
         with open(self.table) as f:
             good = f.read()
