@@ -210,7 +210,7 @@ one() {
     c1=$($PY "$HERE/proctree.py" cpu $pids)
     got=$(($($count) - b))
     [ "$got" -eq "$N" ] || echo "bench_dkim: $1: $got of $N accepted" >&2
-    echo "$got $t0 $t1 $c0 $c1" | awk '{printf "%.0f %.3f", $1 / ($3 - $2), ($5 - $4) * 1000 / $1}'
+    echo "$got $t0 $t1 $c0 $c1" | awk '{printf "%.0f %.3f\n", $1 / ($3 - $2), ($5 - $4) * 1000 / $1}'
 }
 
 # Check once that each signing configuration really signs.
