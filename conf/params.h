@@ -185,6 +185,18 @@
     P(tlsrpt_sender, STR, "", "",                                                                  \
       "From address of mailed TLS reports; empty means noreply-tlsrpt@ followed by "               \
       "tlsrpt_submitter")                                                                          \
+    /* --- DKIM --- */                                                                             \
+    P(dkim_key_table, STR, "", "path",                                                             \
+      "Keys to sign accepted mail with (RFC 6376, RFC 8463): lines \"DOMAIN SELECTOR KEYFILE\", "  \
+      "KEYFILE a PEM private key (RSA of at least 1024 bits, or Ed25519) readable only by its "    \
+      "owner; a message is signed with every key whose DOMAIN is its From domain; empty means "    \
+      "no signing")                                                                                \
+    P(dkim_signed_headers, LIST,                                                                   \
+      "From To Cc Subject Date Message-ID In-Reply-To References MIME-Version Content-Type "       \
+      "Content-Transfer-Encoding Reply-To List-Unsubscribe List-Unsubscribe-Post Sender",          \
+      "",                                                                                          \
+      "Header fields a DKIM signature covers, each as often as it occurs; From is always "         \
+      "signed, once more than it occurs, so that no From can be added")                            \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \

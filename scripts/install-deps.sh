@@ -19,6 +19,8 @@ packages=(
     unbound nsd ldnsutils
     # packaging (scripts/package.sh) and its checks
     debhelper dpkg-dev fakeroot lintian man-db groff-base util-linux
+    # tests: an independent DKIM verifier (dkimpy; python3-nacl for Ed25519)
+    python3-dkim python3-nacl
 )
 
 # promtool (checks the /metrics output) comes from Debian's prometheus
