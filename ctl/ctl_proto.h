@@ -32,6 +32,8 @@
 #define CTL_CMD_QUEUE_BOUNCE "queue.bounce"
 #define CTL_CMD_PAUSE "pause"
 #define CTL_CMD_RESUME "resume"
+/* {"date": D, "domain": D|absent, "dry_run": bool} -> {"reports": [...]} */
+#define CTL_CMD_TLSRPT_SEND "tlsrpt_send"
 
 /* Fields of every request and response. */
 #define CTL_F_CMD "cmd"

@@ -35,7 +35,8 @@ static void tlsrpt_usage(void)
 {
     fprintf(stderr, "usage: convoyctl tlsrpt record [TXT ...|-] [--json]\n"
                     "       convoyctl tlsrpt show DOMAIN [--date YYYY-MM-DD] [--json]\n"
-                    "       convoyctl tlsrpt list [--date YYYY-MM-DD] [--json]\n");
+                    "       convoyctl tlsrpt list [--date YYYY-MM-DD] [--json]\n"
+                    "       convoyctl tlsrpt send [--date D] [--domain D] [--dry-run]\n");
 }
 
 static void print_json(json_t *o)
@@ -374,6 +375,69 @@ static int tlsrpt_list(const struct conf *c, int argc, char **argv)
     return 0;
 }
 
+/* tlsrpt send: the daemon discovers and sends (it owns the resolver, the
+ * DKIM keys and the queue); this prints what it did, one line per rua. */
+static int tlsrpt_send(const struct conf *c, int argc, char **argv)
+{
+    const char *date = "yesterday", *domain = NULL;
+    bool dry = false;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--dry-run") == 0) {
+            dry = true;
+        } else if ((strcmp(argv[i], "--date") == 0 || strcmp(argv[i], "--domain") == 0) &&
+                   i + 1 < argc) {
+            if (argv[i][2] == 'd' && argv[i][3] == 'a')
+                date = argv[++i];
+            else
+                domain = argv[++i];
+        } else {
+            tlsrpt_usage();
+            return EXIT_USAGE;
+        }
+    }
+    json_t *req =
+        json_pack("{s:s,s:s,s:b}", "cmd", CTL_CMD_TLSRPT_SEND, "date", date, "dry_run", dry);
+    if (domain)
+        json_object_set_new(req, "domain", json_string(domain));
+    json_t *resp = NULL;
+    int rc = ctl_request(c, req, &resp, 600000);
+    json_decref(req);
+    if (rc != 0)
+        return rc;
+    if (!json_is_true(json_object_get(resp, CTL_F_OK))) {
+        const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
+        fprintf(stderr, "convoyctl: tlsrpt send: %s\n", e ? e : "failed");
+        json_decref(resp);
+        return 1;
+    }
+    json_t *reports = json_object_get(resp, "reports");
+    size_t i;
+    json_t *r;
+    int status = 0;
+    if (json_array_size(reports) == 0)
+        printf("nothing to send\n");
+    json_array_foreach(reports, i, r)
+    {
+        const char *result = json_string_value(json_object_get(r, "result"));
+        const char *why = json_string_value(json_object_get(r, "why"));
+        const char *rua = json_string_value(json_object_get(r, "rua"));
+        printf("%s %s %s", json_string_value(json_object_get(r, "day")),
+               json_string_value(json_object_get(r, "domain")), result ? result : "?");
+        if (rua)
+            printf(" rua=%s report-id=%s size=%lld", rua,
+                   json_string_value(json_object_get(r, "report_id")),
+                   (long long)json_integer_value(json_object_get(r, "size")));
+        if (why && *why)
+            printf(" (%s)", why);
+        printf("\n");
+        if (result && (strcmp(result, "failed") == 0 || strcmp(result, "deferred") == 0 ||
+                       strcmp(result, "given-up") == 0))
+            status = 1;
+    }
+    json_decref(resp);
+    return status;
+}
+
 int ctl_tlsrpt(struct conf *c, int argc, char **argv)
 {
     if (argc < 2) {
@@ -387,6 +451,8 @@ int ctl_tlsrpt(struct conf *c, int argc, char **argv)
         return tlsrpt_show(c, argc, argv);
     if (strcmp(sub, "list") == 0)
         return tlsrpt_list(c, argc, argv);
+    if (strcmp(sub, "send") == 0)
+        return tlsrpt_send(c, argc, argv);
     fprintf(stderr, "convoyctl: tlsrpt: unknown subcommand \"%s\"\n", sub);
     tlsrpt_usage();
     return EXIT_USAGE;

@@ -68,6 +68,8 @@ bool conn_send(struct conn *cn, struct job *j)
 {
     struct delivery *dl = cn->dest->dl;
     cn->job = j;
+    if (JOB_TLS_OPTIONAL(j))
+        log_info(COMPONENT, "%s: TLS-Required: No: MTA-STS ignored for this message", j->id);
     if (j->conn_ms == 0)
         j->conn_ms = dl_now(dl);
     if (j->ready_ms == 0)
@@ -129,7 +131,9 @@ static void conn_next(struct conn *cn)
 {
     struct dest *d = cn->dest;
     struct delivery *dl = d->dl;
-    if (!smtp_client_usable(cn->c) || dl->stopping ||
+    /* A TLS-Required: No session may have skipped the policy: it carries
+     * no other mail. */
+    if (!smtp_client_usable(cn->c) || dl->stopping || cn->tls_optional ||
         smtp_client_messages(cn->c) >= (unsigned)dl->conf->smtp_connection_reuse_count_limit) {
         smtp_client_quit(cn->c);
         return;
@@ -163,6 +167,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
     switch (ev) {
     case SMTP_EV_READY: {
         conn_ready_policy(cn, smtp_client_tls(c));
+        conn_tlsrpt(cn, smtp_client_tls(c), NULL);
         if (cn->job) {
             cn->job->ready_ms = dl_now(dl);
             struct job *j = cn->job;
@@ -213,6 +218,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
             str_copy(cn->job->mx, conn_target(cn)->host, sizeof(cn->job->mx));
             str_copy(cn->job->ip, smtp_client_ip(c), sizeof(cn->job->ip));
             conn_closed_policy(cn, res, smtp_client_tls(c));
+            conn_tlsrpt(cn, smtp_client_tls(c), res);
             job_policy(cn->job, cn);
             bool tls_failed = res->err == ERR_TLS && smtp_client_tls(c) != NULL;
             smtp_client_free(c);
@@ -332,6 +338,7 @@ static void conn_connect(struct conn *cn)
     };
     if (!cn->plain_retry)
         cn->tried++;
+    cn->rpt_done = false;
     int err = 0;
     cn->c = smtp_client_new(dl->loop, &o, &err);
     if (cn->c)
@@ -358,6 +365,7 @@ void conn_new(struct dest *d, struct job *j)
     }
     cn->dest = d;
     cn->job = j;
+    cn->tls_optional = JOB_TLS_OPTIONAL(j);
     j->conn_ms = dl_now(dl);
     d->nconns++;
     dl->nconns++;

@@ -159,6 +159,9 @@ struct job {
     char report[48];  /* testing: the RFC 8460 result type of a failure */
 };
 
+/* Does the job's message say TLS-Required: No (RFC 8689)? */
+#define JOB_TLS_OPTIONAL(j) (((j)->flags & QUEUE_F_TLS_OPTIONAL) != 0)
+
 struct conn {
     struct conn *next;                /* in the destination's idle list */
     struct conn *all_prev, *all_next; /* every connection of the engine */
@@ -182,6 +185,13 @@ struct conn {
     struct smtp_outcome sts_fail;
     char report[48]; /* testing: result type of the failure seen, or "" */
     char report_text[256];
+    /* TLS-Required: No (RFC 8689): the session ignores MTA-STS, carries
+     * only such messages and is not counted for TLS-RPT. */
+    bool tls_optional;
+    /* The RFC 8460 result type of the policy's failure or report on the
+     * current target (tlsrpt.c), else VERDICT_RT_NONE. */
+    int rt;
+    bool rpt_done; /* the session was counted for TLS-RPT */
 };
 
 enum dest_state { D_NEW, D_RESOLVING, D_READY };
@@ -263,6 +273,8 @@ struct delivery {
     uint64_t sts_rechecks;
     struct recheck *rechecks; /* expiring recipients waiting for policy_recheck() */
     struct pause_state pause;
+    struct tlsrpt_store *tlsrpt; /* the daemon's TLS-RPT store, or NULL */
+    uint64_t tlsrpt_serial;      /* session ids of the store */
 };
 
 /* The engine's wall clock (the options' fake one, or the real one) and its
@@ -401,6 +413,16 @@ struct job *dest_pop(struct dest *d);
 const struct target *conn_target(const struct conn *cn);
 enum smtp_tls_mode conn_tls_level(const struct delivery *dl);
 void conn_new(struct dest *d, struct job *j);
+
+/* ---- tlsrpt.c: TLS-RPT counts (RFC 8460) ----------------------------------- */
+
+/* The session of cn is ready (READY) or failed before it was (CLOSED,
+ * res): count it once for its recipient domain when it negotiated or
+ * tried to negotiate TLS. Nothing without a store, for relayhost and
+ * address literals, and for TLS-Required: No sessions. */
+void conn_tlsrpt(struct conn *cn, const struct tls_facts *f, const struct smtp_outcome *res);
+/* The MTA-STS discovery of d failed (policy engine result): count it. */
+void dest_tlsrpt_policy_failure(struct dest *d, const struct policy_result *r);
 
 /* ---- tlspolicy.c: the TLS policy of a connection --------------------------- */
 

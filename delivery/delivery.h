@@ -52,6 +52,9 @@ struct delivery_options {
     /* How often cached MTA-STS policies are checked for a refresh (RFC
      * 8461 5.1 / 10.2); 0: every 60 s. */
     uint32_t sts_refresh_tick_ms;
+    /* The TLS-RPT store (policy.h) sessions are counted in; NULL: none.
+     * Owned by the caller; it must outlive delivery_close(). */
+    struct tlsrpt_store *tlsrpt;
 };
 
 /*

@@ -150,6 +150,7 @@ static void on_policy(void *arg, const struct policy_result *r)
     struct dest *d = arg;
     struct delivery *dl = d->dl;
     d->preq = NULL;
+    dest_tlsrpt_policy_failure(d, r);
     bool had = d->sts_have;
     char old_id[POLICY_ID_MAX + 1];
     str_copy(old_id, d->sts_id, sizeof(old_id));

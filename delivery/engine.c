@@ -183,6 +183,7 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     if (!dl)
         return ERR_NOMEM;
     dl->opt = *opt;
+    dl->tlsrpt = opt->tlsrpt;
     dl->loop = opt->loop;
     dl->conf = conf_ref(opt->conf);
     dl->q = opt->queue;

@@ -193,6 +193,10 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
         snprintf(extra, sizeof(extra), ", %s, tls=%s%s%s", j->label,
                  j->verdict[0] ? j->verdict : "none", j->report[0] ? ", sts_failure=" : "",
                  j->report);
+    if (JOB_TLS_OPTIONAL(j)) {
+        size_t el = strlen(extra);
+        snprintf(extra + el, sizeof(extra) - el, ", tls_required=no");
+    }
     snprintf(tlsrec, sizeof(tlsrec), "%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
              j->report);
     struct dsn_item *items = calloc(j->n ? j->n : 1, sizeof(*items));

@@ -50,9 +50,12 @@ void conn_policy(struct conn *cn)
     cn->have_ov = ov != NULL;
     if (ov)
         cn->ov = *ov;
-    cn->req = policy_tls_requirement(d->sts_have ? &d->sts : NULL, cn->have_ov ? &cn->ov : NULL,
+    /* TLS-Required: No (RFC 8689 4.1): MTA-STS is ignored for the message. */
+    bool sts = d->sts_have && !cn->tls_optional;
+    cn->req = policy_tls_requirement(sts ? &d->sts : NULL, cn->have_ov ? &cn->ov : NULL,
                                      conn_target(cn)->host);
     cn->report[0] = cn->report_text[0] = '\0';
+    cn->rt = VERDICT_RT_NONE;
 }
 
 /* The SMTP client's TLS mode for the connection's policy. */
@@ -73,7 +76,10 @@ enum smtp_tls_mode conn_tls_mode(const struct conn *cn)
     }
     if (q->level == POLICY_TLS_VERIFY)
         return SMTP_TLS_VERIFY; /* enforce: a matching MX host, RFC 8461 4.2 */
-    return conn_tls_level(cn->dest->dl);
+    enum smtp_tls_mode m = conn_tls_level(cn->dest->dl);
+    if (cn->tls_optional && m == SMTP_TLS_VERIFY)
+        return SMTP_TLS_MAY; /* TLS-Required: No (RFC 8689 4.1) */
+    return m;
 }
 
 /* "sts=enforce id=X", "sts=testing id=X", "sts=none", "tls_policy=secure". */
@@ -172,6 +178,8 @@ static void conn_verdict_in(const struct conn *cn, enum verdict_tls_event ev,
 static void conn_tls_verdict(struct conn *cn, const struct verdict_tls *v, const char *detail)
 {
     const char *host = conn_target(cn)->host;
+    if ((v->report || v->host_failed) && cn->rt == VERDICT_RT_NONE)
+        cn->rt = v->result_type; /* for TLS-RPT (tlsrpt.c) */
     if (v->report) {
         const char *type = verdict_result_type_name(v->result_type);
         if (v->report_mx)

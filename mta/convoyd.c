@@ -248,6 +248,7 @@ static void begin_stop(int signum)
     notify("STOPPING=1\nSTATUS=stopping");
     submission_stop(&g_mta);
     delivery_stop(g_mta.delivery);
+    mta_tlsrpt_stop(&g_mta);
     metrics_stop(&g_mta);
     stop_deadline = time_mono_ms() + g_mta.conf->daemon_shutdown_timeout * 1000;
     uv_timer_start(&stop_timer, stop_timer_cb, 0, 100);
@@ -533,7 +534,7 @@ int main(int argc, char **argv)
     buf_init(&err, 4096);
     if (mta_queue_open(&g_mta, &err) != 0 || control_start(&g_mta, &err) != 0 ||
         submission_start(&g_mta, &err) != 0 || metrics_start(&g_mta, &err) != 0 ||
-        mta_delivery_start(&g_mta, &err) != 0 ||
+        mta_tlsrpt_start(&g_mta, &err) != 0 || mta_delivery_start(&g_mta, &err) != 0 ||
         become_owner(drop, owner_uid, owner_gid, &err) != 0) {
         log_err("convoyd", "fatal: %s", err.data ? err.data : "start-up failed");
         if (g_foreground)
@@ -567,6 +568,7 @@ int main(int argc, char **argv)
     mta_delivery_close(&g_mta);
     control_stop(&g_mta);
     metrics_stop(&g_mta);
+    mta_tlsrpt_close(&g_mta);
     mta_queue_close(&g_mta);
     uv_walk(g_mta.loop, close_walk_cb, NULL);
     uv_run(g_mta.loop, UV_RUN_DEFAULT);

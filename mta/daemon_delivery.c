@@ -31,6 +31,7 @@ int mta_delivery_start(struct mta *m, struct buf *err)
         .helo_name = settings_helo_name,
         .dns_options = settings_dns_options,
         .policy_options = settings_policy_options,
+        .tlsrpt = m->tlsrpt,
     };
     int rc = delivery_new(&o, &m->delivery, err);
     if (rc != 0)

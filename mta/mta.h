@@ -20,6 +20,7 @@
 #include "settings.h"
 
 struct delivery;
+struct tlsrpt_store;
 struct queue;
 struct submission;
 
@@ -30,7 +31,8 @@ struct mta {
     const char *conf_path;
     struct queue *queue; /* opened before any listener starts */
     struct submission *submission;
-    struct delivery *delivery; /* the engine (delivery/delivery.h); NULL when not running */
+    struct delivery *delivery;   /* the engine (delivery/delivery.h); NULL when not running */
+    struct tlsrpt_store *tlsrpt; /* TLS-RPT counts (policy.h); NULL when tlsrpt_enable = no */
     int64_t started_ms;
     bool stopping;
     /* Reload the configuration from the same file and overrides (set by
@@ -73,6 +75,19 @@ void submission_stop(struct mta *m);
 size_t submission_active(const struct mta *m);
 void submission_close(struct mta *m);
 int submission_reload(struct mta *m, struct conf *c, struct buf *err);
+
+/*
+ * tlsrpt.c: TLS-RPT (RFC 8460). mta_tlsrpt_start() opens the store (when
+ * tlsrpt_enable) into m->tlsrpt before delivery starts, syncs it every
+ * minute, sends completed days after midnight UTC and registers the
+ * control command "tlsrpt_send". mta_tlsrpt_stop() stops the timers;
+ * mta_tlsrpt_close() closes the store, after delivery is closed.
+ */
+int mta_tlsrpt_start(struct mta *m, struct buf *err);
+void mta_tlsrpt_stop(struct mta *m);
+void mta_tlsrpt_close(struct mta *m);
+/* submission.c: the DKIM key table in force (NULL: none). */
+struct dkim_keytable *submission_dkim(struct mta *m);
 
 /*
  * metrics.c: the Prometheus endpoint. metrics_start() registers the

@@ -17,6 +17,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "dkim.h"
@@ -28,6 +29,54 @@ struct submission {
     struct smtpd *srv;
     struct dkim_keytable *dkim; /* NULL: no signing */
 };
+
+struct dkim_keytable *submission_dkim(struct mta *m)
+{
+    return m->submission ? m->submission->dkim : NULL;
+}
+
+/* Does the header section carry "TLS-Required: No" (RFC 8689 5: the field
+ * name and the value case-insensitive, whitespace and folding around the
+ * value allowed)? Only the header section is looked at. */
+static bool tls_required_no(const char *msg, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        const char *line = msg + i;
+        const char *nl = memchr(line, '\n', len - i);
+        size_t ll = nl ? (size_t)(nl - line) : len - i;
+        size_t next = nl ? i + ll + 1 : len;
+        if (ll == 0 || (ll == 1 && line[0] == '\r'))
+            return false; /* the end of the header section */
+        if (ll >= 13 && strncasecmp(line, "TLS-Required:", 13) == 0) {
+            /* The value, unfolded: the rest of this line and any
+             * continuation lines. */
+            char v[64];
+            size_t vn = 0;
+            size_t p = i + 13;
+            while (p < len) {
+                char ch = msg[p];
+                if (ch == '\n') {
+                    if (p + 1 < len && (msg[p + 1] == ' ' || msg[p + 1] == '\t')) {
+                        p++;
+                        continue;
+                    }
+                    break;
+                }
+                if (ch != ' ' && ch != '\t' && ch != '\r') {
+                    if (vn + 1 >= sizeof(v))
+                        return false;
+                    v[vn++] = ch;
+                }
+                p++;
+            }
+            v[vn] = '\0';
+            return strcasecmp(v, "no") == 0;
+        }
+        i = next;
+    }
+    return false;
+}
 
 static bool relay_allowed(void *arg, const struct sockaddr *client)
 {
@@ -69,7 +118,8 @@ static int submit(struct mta *m, const struct smtpd_message *msg, const char *bo
                : msg->ret == SMTPD_RET_HDRS ? QUEUE_RET_HDRS
                                             : QUEUE_RET_NONE,
         .flags = (msg->smtputf8 ? QUEUE_F_SMTPUTF8 : 0u) |
-                 (msg->eightbitmime ? QUEUE_F_8BITMIME : 0u) | (msg->tls[0] ? QUEUE_F_TLS : 0u),
+                 (msg->eightbitmime ? QUEUE_F_8BITMIME : 0u) | (msg->tls[0] ? QUEUE_F_TLS : 0u) |
+                 (tls_required_no(body, len) ? QUEUE_F_TLS_OPTIONAL : 0u),
     };
     /* Envelope and recipients are copied before queue_submit() returns; the
      * body must stay until the callback. */

@@ -43,6 +43,9 @@ struct fetch {
     int refs; /* open handles + 1 until done */
     struct fetch_result res;
     char last_conn_err[128];
+    /* A POST (fp.post_host): the path and the body, owned. */
+    char path[1024];
+    void *body;
 };
 
 static void unref(struct fetch *f)
@@ -50,6 +53,7 @@ static void unref(struct fetch *f)
     if (--f->refs == 0) {
         tls_ctx_free(f->fp.tls);
         policy_http_free(f->http);
+        free(f->body);
         free(f);
     }
 }
@@ -161,7 +165,23 @@ static void on_handshake(void *arg, int status, const struct tls_facts *facts)
         snprintf(hostport, sizeof(hostport), "%s", f->host);
     else
         snprintf(hostport, sizeof(hostport), "%s:%u", f->host, (unsigned)f->fp.port);
-    int n = snprintf(req, sizeof(req),
+    int n;
+    if (f->fp.post_host)
+        /* RFC 8460 5.2: the gzipped report, Content-Type
+         * application/tlsrpt+gzip. */
+        n = snprintf(req, sizeof(req),
+                     "POST %s HTTP/1.1\r\n"
+                     "Host: %s\r\n"
+                     "User-Agent: %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Content-Length: %zu\r\n"
+                     "Connection: close\r\n"
+                     "\r\n",
+                     f->path, hostport, f->fp.user_agent ? f->fp.user_agent : "Convoy",
+                     f->fp.post_type ? f->fp.post_type : "application/octet-stream",
+                     f->fp.post_len);
+    else
+        n = snprintf(req, sizeof(req),
                      "GET /.well-known/mta-sts.txt HTTP/1.1\r\n"
                      "Host: %s\r\n"
                      "User-Agent: %s\r\n"
@@ -174,7 +194,8 @@ static void on_handshake(void *arg, int status, const struct tls_facts *facts)
         return;
     }
     f->sent = true;
-    if (tls_stream_write(f->conn, req, (size_t)n) != 0)
+    if (tls_stream_write(f->conn, req, (size_t)n) != 0 ||
+        (f->body && f->fp.post_len && tls_stream_write(f->conn, f->body, f->fp.post_len) != 0))
         finish(f, ERR_TLS, POLICY_FAIL_FETCH, "%s: TLS write failed", f->host);
 }
 
@@ -211,7 +232,7 @@ static void on_connect(void *arg, int status)
         return;
     }
     arm_timer(f, false);
-    f->http = policy_http_new(f->fp.max_body);
+    f->http = f->fp.post_host ? policy_http_new_post() : policy_http_new(f->fp.max_body);
     if (!f->http || tls_stream_start_tls(f->conn, f->fp.tls, f->host, TLS_VERIFY_HOST) != 0) {
         finish(f, ERR_NOMEM, POLICY_FAIL_FETCH, "out of memory");
         return;
@@ -320,7 +341,23 @@ struct fetch *fetch_start(const struct fetch_params *fp, const char *domain, fet
     f->cb = cb;
     f->arg = arg;
     str_copy(f->domain, domain, sizeof(f->domain));
-    snprintf(f->host, sizeof(f->host), "mta-sts.%s", domain);
+    if (fp->post_host) {
+        str_copy(f->host, fp->post_host, sizeof(f->host));
+        str_copy(f->path, fp->post_path && *fp->post_path ? fp->post_path : "/", sizeof(f->path));
+        f->fp.post_host = f->host;
+        f->fp.post_path = f->path;
+        f->body = malloc(fp->post_len ? fp->post_len : 1);
+        if (!f->body) {
+            tls_ctx_free(f->fp.tls);
+            free(f);
+            return NULL;
+        }
+        if (fp->post_len)
+            memcpy(f->body, fp->post_body, fp->post_len);
+        f->fp.post_body = f->body;
+    } else {
+        snprintf(f->host, sizeof(f->host), "mta-sts.%s", domain);
+    }
     uv_timer_init(fp->loop, &f->timer);
     f->timer.data = f;
     f->refs = 2; /* the timer handle + "until done" */

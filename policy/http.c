@@ -36,6 +36,7 @@ struct policy_http {
     bool have_ct;
     char content_type[256];
     bool headers_done;
+    bool post; /* the answer to a POST: any 2xx, any media type, body ignored */
     bool complete;
     int result; /* 0 running, 1 complete, < 0 failed */
     enum policy_failure failure;
@@ -116,6 +117,12 @@ static int on_headers_complete(http_parser *p)
         return -1;
     h->headers_done = true;
     unsigned st = p->status_code;
+    if (h->post) {
+        /* RFC 8460 5.2: any 2xx is success. */
+        if (st < 200 || st >= 300)
+            return fail(h, ERR_PROTO, POLICY_FAIL_FETCH, "HTTP status %u", st);
+        return 0;
+    }
     if (st >= 300 && st < 400)
         /* RFC 8461 3.3: "HTTP 3xx redirects MUST NOT be followed". */
         return fail(h, ERR_PROTO, POLICY_FAIL_FETCH, "HTTP status %u (redirects are not followed)",
@@ -137,6 +144,8 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t n)
 {
     struct policy_http *h = p->data;
+    if (h->post)
+        return 0;
     if (buf_append(&h->body, at, n) != 0)
         return fail(h, ERR_TOOBIG, POLICY_FAIL_FETCH, "policy larger than %zu bytes", h->max_body);
     return 0;
@@ -170,6 +179,14 @@ struct policy_http *policy_http_new(size_t max_body)
     buf_init(&h->body, max_body);
     buf_init(&h->field, HDR_MAX);
     buf_init(&h->value, HDR_MAX);
+    return h;
+}
+
+struct policy_http *policy_http_new_post(void)
+{
+    struct policy_http *h = policy_http_new(1);
+    if (h)
+        h->post = true;
     return h;
 }
 

@@ -168,6 +168,10 @@ enum policy_failure {
 const char *policy_failure_result_type(enum policy_failure f);
 
 struct policy_http *policy_http_new(size_t max_body);
+/* A reader of the response to a POST (TLS-RPT, RFC 8460 5.2): complete (1)
+ * on any 2xx whatever its media type, the body read and dropped; other
+ * statuses are ERR_PROTO. */
+struct policy_http *policy_http_new_post(void);
 void policy_http_free(struct policy_http *h);
 /*
  * Feed response bytes. Returns 0 when more are needed, 1 when the response
@@ -536,6 +540,36 @@ int policy_refresh(struct policy *p, const char *domain, policy_cb cb, void *arg
 
 /* The engine's cache (NULL when memory only), for admin tools. */
 struct policy_cache *policy_cache(struct policy *p);
+
+/* ==== HTTPS POST (TLS-RPT reports to an https: rua, RFC 8460 5.2) ========= */
+
+/* "https://host[:port][/path][?query]" -> host, port (443), path ("/..."
+ * with the query, without a fragment). 0, ERR_INVAL or ERR_TOOBIG. */
+int policy_https_url_parse(const char *url, char *host, size_t host_size, uint16_t *port,
+                           char *path, size_t path_size);
+
+struct policy_post_params {
+    uv_loop_t *loop;
+    struct dns *dns;     /* the host's addresses */
+    struct tls_ctx *tls; /* client context: the certificate is verified for
+                            the URL's host against its trust store */
+    const char *url;
+    uint16_t port; /* 0: the URL's (tests point every host at one port) */
+    const char *content_type;
+    const void *body; /* copied */
+    size_t len;
+    uint32_t timeout_ms; /* the whole exchange; 0: 60 s */
+    const char *user_agent;
+};
+struct policy_post_result {
+    int status;      /* 0: a 2xx came back; else an enum err */
+    int http_status; /* 0 when no response */
+    const char *why; /* for the log */
+};
+typedef void (*policy_post_cb)(void *arg, const struct policy_post_result *r);
+/* POST the body; cb runs once, later, on the loop. 0, or an error (a bad
+ * URL: ERR_INVAL) and cb never runs. */
+int policy_post(const struct policy_post_params *pp, policy_post_cb cb, void *arg);
 
 /* ==== TLS-RPT (RFC 8460): records, the store, reports ===================== */
 

@@ -33,6 +33,14 @@ struct fetch_params {
     uint32_t connect_timeout_ms;
     size_t max_body;
     const char *user_agent;
+    /* A POST instead of the policy GET (policy_post(), TLS-RPT): the URL's
+     * host (instead of mta-sts.DOMAIN) and path, the body (copied) and its
+     * media type. Any 2xx is success. NULL post_host: the policy GET. */
+    const char *post_host;
+    const char *post_path;
+    const void *post_body;
+    size_t post_len;
+    const char *post_type;
 };
 
 /*

@@ -125,6 +125,10 @@ enum queue_ret { QUEUE_RET_NONE = 0, QUEUE_RET_FULL = 1, QUEUE_RET_HDRS = 2 };
 #define QUEUE_F_SMTPUTF8 0x01u
 #define QUEUE_F_8BITMIME 0x02u
 #define QUEUE_F_TLS 0x04u /* the client used TLS (details in tls) */
+/* The message says "TLS-Required: No" (RFC 8689): delivered with
+ * opportunistic TLS whatever the recipient domain's policy, and never
+ * counted for TLS-RPT (reports carry it: RFC 8460 5.3, no loops). */
+#define QUEUE_F_TLS_OPTIONAL 0x08u
 
 /* RFC 3461 NOTIFY bits; 0 means NOTIFY was not given (default behaviour). */
 #define QUEUE_NOTIFY_NEVER 0x01u

@@ -75,6 +75,7 @@ struct smtp_client {
     char *verify_host;
     struct sockaddr_storage addr;
     char ip[64];
+    char local_ip[64]; /* our address, once connected */
     unsigned port;
     char relay[320];
     enum smtp_tls_mode tlsmode;
@@ -1183,6 +1184,14 @@ static void on_connect(void *arg, int status)
         return;
     }
     uv_tcp_nodelay(tls_stream_tcp(c->stream), 1);
+    struct sockaddr_storage local;
+    int local_len = sizeof(local);
+    if (uv_tcp_getsockname(tls_stream_tcp(c->stream), (struct sockaddr *)&local, &local_len) == 0) {
+        if (local.ss_family == AF_INET)
+            uv_ip4_name((const struct sockaddr_in *)&local, c->local_ip, sizeof(c->local_ip));
+        else if (local.ss_family == AF_INET6)
+            uv_ip6_name((const struct sockaddr_in6 *)&local, c->local_ip, sizeof(c->local_ip));
+    }
     set_state(c, SMTP_ST_GREETING);
     int rc = tls_stream_read_start(c->stream);
     if (rc < 0)
@@ -1406,6 +1415,11 @@ const char *smtp_client_relay(const struct smtp_client *c)
 const char *smtp_client_ip(const struct smtp_client *c)
 {
     return c->ip;
+}
+
+const char *smtp_client_local_ip(const struct smtp_client *c)
+{
+    return c->local_ip;
 }
 
 enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c)

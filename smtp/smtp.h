@@ -445,6 +445,8 @@ const struct smtp_outcome *smtp_client_result(const struct smtp_client *c);
 /* "host[ip]:port", for log lines. */
 const char *smtp_client_relay(const struct smtp_client *c);
 const char *smtp_client_ip(const struct smtp_client *c);
+/* Our address of the connection ("" before it is connected). */
+const char *smtp_client_local_ip(const struct smtp_client *c);
 /* Did the session get a greeting and a successful EHLO/HELO? (The caller
  * uses this to tell a dead address from a live host.) */
 bool smtp_client_established(const struct smtp_client *c);

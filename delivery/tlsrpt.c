@@ -1,0 +1,116 @@
+/*
+ * tlsrpt.c - what delivery counts for TLS-RPT (RFC 8460 4; docs/tlsrpt.md):
+ * one count per SMTP session to a recipient domain that negotiated, or
+ * tried to negotiate, TLS, under the policy that applied (sts with the
+ * policy, or no-policy-found), as a success or as a failure with its RFC
+ * 8460 4.3 result type from the verdict; and the failures of MTA-STS
+ * discovery itself (sts-policy-fetch-error, sts-policy-invalid,
+ * sts-webpki-invalid).
+ *
+ * Not counted: relayhost and address literals (no recipient domain policy
+ * applies), sessions that never tried TLS and failed for no TLS reason
+ * (4.3.4: transient network failures), and messages with TLS-Required: No
+ * (RFC 8689), which is what reports carry (RFC 8460 5.3: no loops).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "deliver_int.h"
+#include "policy.h"
+#include "queue.h"
+#include "smtp.h"
+#include "tls.h"
+#include "verdict.h"
+
+/* The store's result type of a verdict's. */
+static enum tlsrpt_result result_of(enum verdict_result_type rt)
+{
+    enum tlsrpt_result r = TLSRPT_VALIDATION_FAILURE;
+    const char *name = verdict_result_type_name(rt);
+    if (name && tlsrpt_result_from_name(name, &r) != 0)
+        r = TLSRPT_VALIDATION_FAILURE;
+    return r;
+}
+
+static void record(struct delivery *dl, struct tlsrpt_session_result *r)
+{
+    int rc = tlsrpt_record_session(dl->tlsrpt, r);
+    if (rc != 0 && rc != ERR_EXISTS)
+        log_warn(COMPONENT, "tlsrpt: cannot count a session for %s: %s", r->policy_domain,
+                 err_str(rc));
+}
+
+/* The policy a domain's sessions count under. */
+static void set_policy(const struct dest *d, struct tlsrpt_session_result *r)
+{
+    if (d->sts_have && d->sts.mode != POLICY_MODE_NONE) {
+        r->policy_type = TLSRPT_POLICY_STS;
+        r->sts = &d->sts;
+    } else {
+        r->policy_type = TLSRPT_POLICY_NO_POLICY;
+    }
+}
+
+void conn_tlsrpt(struct conn *cn, const struct tls_facts *f, const struct smtp_outcome *res)
+{
+    struct dest *d = cn->dest;
+    struct delivery *dl = d->dl;
+    if (!dl->tlsrpt || cn->rpt_done || cn->tls_optional || !dest_sts_applies(d) || !cn->c)
+        return;
+    enum verdict_result_type rt = (enum verdict_result_type)cn->rt;
+    if (!res) {
+        /* Ready: with TLS (verified as the policy asked, or a testing
+         * failure in rt), or without it where a policy wanted it. */
+        if (!f && rt == VERDICT_RT_NONE)
+            return;
+    } else if (rt == VERDICT_RT_NONE) {
+        /* Failed before ready: only a TLS failure counts. */
+        if (!f || res->err != ERR_TLS)
+            return;
+        rt = verdict_result_type_of(f->failure);
+        if (rt == VERDICT_RT_NONE)
+            rt = VERDICT_RT_VALIDATION_FAILURE;
+    }
+    cn->rpt_done = true;
+    struct tlsrpt_session_result r = {
+        .policy_domain = d->name,
+        .time = dl_now(dl) / 1000,
+    };
+    set_policy(d, &r);
+    r.result = rt == VERDICT_RT_NONE ? TLSRPT_SUCCESS : result_of(rt);
+    if (r.result != TLSRPT_SUCCESS) {
+        r.sending_mta_ip = smtp_client_local_ip(cn->c);
+        r.receiving_mx_hostname = conn_target(cn)->host;
+        r.receiving_ip = smtp_client_ip(cn->c);
+        if (f && f->text[0])
+            r.failure_reason_code = f->text;
+        else if (cn->report_text[0])
+            r.failure_reason_code = cn->report_text;
+        else if (res && res->text[0])
+            r.failure_reason_code = res->text;
+    }
+    record(dl, &r);
+}
+
+void dest_tlsrpt_policy_failure(struct dest *d, const struct policy_result *r)
+{
+    struct delivery *dl = d->dl;
+    if (!dl->tlsrpt || r->failure == POLICY_FAIL_NONE)
+        return;
+    /* A destination that waits only for reports says nothing (no loops). */
+    if (d->head && JOB_TLS_OPTIONAL(d->head))
+        return;
+    struct tlsrpt_session_result s = {
+        .policy_domain = d->name,
+        .time = dl_now(dl) / 1000,
+        .result = tlsrpt_result_from_policy_failure(r->failure),
+        .failure_reason_code = r->error,
+    };
+    if (s.result == TLSRPT_SUCCESS)
+        return;
+    if (r->have_policy && r->policy && r->policy->mode != POLICY_MODE_NONE) {
+        s.policy_type = TLSRPT_POLICY_STS;
+        s.sts = r->policy;
+    }
+    record(dl, &s);
+}
