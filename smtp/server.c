@@ -618,7 +618,11 @@ static void update_reading(struct smtpd_session *s)
 {
     if (s->closing)
         return;
-    bool want = s->state != SS_WAIT && tls_stream_queued(s->stream) < WRITE_HIGH &&
+    /* Reading goes on while the session waits for the owner (SS_WAIT):
+     * what arrives is kept, bounded by READ_CHUNK, and run when the wait
+     * ends. Stopping and starting the read for each message would cost
+     * two epoll_ctl(2) calls per message for nothing. */
+    bool want = tls_stream_queued(s->stream) < WRITE_HIGH &&
                 (s->state == SS_TLS || s->in.len - s->in_off < READ_CHUNK);
     if (!want)
         tls_stream_read_stop(s->stream);
