@@ -208,6 +208,11 @@ struct dest {
     bool sts_have;
     struct sts_policy sts;
     char sts_id[POLICY_ID_MAX + 1];
+    /* An enforce policy deferred an attempt (verdict sts_recheck): the next
+     * attempt looks the policy up again with policy_recheck() (RFC 8461
+     * 5), not from the addresses and policy kept from before. */
+    bool sts_recheck;
+    bool rechecking; /* the lookup in flight is such a recheck */
 };
 
 #define PAUSE_MAX 256
