@@ -44,6 +44,11 @@
     P(bounce_queue_lifetime, TIME, "5d", "0..100d",                                                \
       "How long a delivery status notification (bounce) may stay deferred before it is "           \
       "discarded")                                                                                 \
+    P(delay_warning_time, TIME, "0", "0..100d",                                                    \
+      "How long a recipient may stay deferred (counted from the message's arrival) before the "    \
+      "sender gets one \"delayed\" delivery status notification (RFC 3464) for the message; 0 "    \
+      "means never. Recipients with NOTIFY=DELAY, or with no NOTIFY, are reported; none goes to "  \
+      "the null sender")                                                                           \
     P(minimal_backoff_time, TIME, "300s", "1s..1d",                                                \
       "Least time between two delivery attempts of a deferred recipient")                          \
     P(maximal_backoff_time, TIME, "4000s", "1s..7d",                                               \
