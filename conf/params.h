@@ -149,7 +149,8 @@
       "they expire within this time, so they never lapse (RFC 8461 10.2)")                         \
     P(sts_fetch_retry_time, TIME, "5m", "5m..1d",                                                  \
       "Least time before a failed MTA-STS policy fetch is tried again for the same id (RFC "       \
-      "8461 3.3: at least five minutes)")                                                          \
+      "8461 3.3: at least five minutes); also the least time between two refetches of a "          \
+      "domain's unchanged policy id after an enforce policy deferred its mail (RFC 8461 5)")       \
     P(tls_policy_file, STR, "", "path",                                                            \
       "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
       "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \
