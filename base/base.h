@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 /* ---- errors ---------------------------------------------------------- */
@@ -93,6 +94,45 @@ int str_to_u64(const char *s, uint64_t *out);
 /* ASCII case-insensitive equality of a view and a string. */
 bool view_eq_ci(struct view v, const char *s);
 
+/* ---- names and addresses ---------------------------------------------- */
+
+/* What host_name_ok() accepts beyond RFC 1035/5321 LDH labels (letters,
+ * digits, inner hyphens; labels 1..63 octets; at most 253 in all). */
+enum host_name_flags {
+    HOST_NAME_TRAILING_DOT = 1 << 0, /* one trailing dot (a rooted name) */
+    HOST_NAME_UNDERSCORE = 1 << 1,   /* '_' in labels (SRV-style, _mta-sts) */
+    /* Any octet but space, control characters, DEL and backslash, and no
+     * hyphen rules: what a resolver can be asked for without presentation
+     * escapes. Implies HOST_NAME_UNDERSCORE. */
+    HOST_NAME_DNS = 1 << 2,
+};
+/* Is s[0..n) a host name with that syntax (flags from enum host_name_flags)?
+ * The one host-name syntax check: conf (myhostname, relayhost), policy (mx
+ * patterns, policy domains) and dns (query names) differ only in flags. */
+bool host_name_ok(const char *s, size_t n, unsigned flags);
+/* The domain of an address: what follows its last '@', ASCII-lowercased,
+ * without one trailing dot; "" when there is no '@'. Truncated to size. */
+void addr_domain(const char *addr, char *out, size_t size);
+
+/* ---- files ------------------------------------------------------------ */
+
+/* Read the rest of f into out (appending), at most out->max bytes in all.
+ * 0; ERR_TOOBIG when there is more (out then holds what fit); ERR_IO on a
+ * read error (errno set). Does not close f. */
+int file_read_stream(FILE *f, struct buf *out);
+/* Open path and read it all, as file_read_stream(). ERR_IO when it cannot
+ * be opened, with errno saying why ("-" is not standard input here). */
+int file_read_all(const char *path, struct buf *out);
+
+/* ---- exit codes --------------------------------------------------------- */
+
+/* The programs' exit statuses, defined once. convoyctl: 0 ok, 1 failure,
+ * 2 usage, 3 convoyd not running; convoyd --check-config: 78 (sysexits'
+ * EX_CONFIG) for a bad configuration. */
+#define EXIT_USAGE 2
+#define EXIT_NOT_RUNNING 3
+#define EXIT_CONFIG 78
+
 /* ---- time ------------------------------------------------------------- */
 
 /* Wall clock in milliseconds since the epoch. */
@@ -130,6 +170,15 @@ void log_msg(enum log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void log_vmsg(enum log_level level, const char *component, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
+
+/* Batching for an event loop (see log.c): after log_batch_begin(), lines
+ * logged by the calling thread are kept and written by log_flush(), which
+ * the loop calls before it blocks; lines of other threads flush at once,
+ * after those before them. log_batch_end() flushes and stops batching;
+ * exit() flushes. */
+void log_batch_begin(void);
+void log_flush(void);
+void log_batch_end(void);
 
 #define log_err(comp, ...) log_msg(LOGL_ERR, comp, __VA_ARGS__)
 #define log_warn(comp, ...) log_msg(LOGL_WARN, comp, __VA_ARGS__)

@@ -9,6 +9,21 @@
  *
  * Thread safety: the settings are guarded by a mutex; each line is formatted
  * into a private buffer and written with one send(2)/write(2).
+ *
+ * Batching (log_batch_begin): a daemon's loop thread logs several lines per
+ * message, and one system call per line was the largest share of its
+ * write(2) calls. While batching is on, lines are appended to one shared
+ * buffer, in the order they were logged by any thread, and written out by
+ * log_flush(): standard error with one write(2), syslog with one
+ * sendmmsg(2) of one datagram per line. The loop calls log_flush() before
+ * it blocks (a uv_prepare handle in convoyd), so a line waits at most for
+ * the rest of its loop iteration. A line logged by any other thread
+ * flushes at once, with the lines before it, so nothing sits in the buffer
+ * while the loop sleeps, and the order of lines is the order they were
+ * logged. A full buffer flushes; log_batch_end() and exit() flush.
+ *
+ * The pid in every line is read once (and again in a forked child), not
+ * per line; the time stamp is formatted once per second.
  */
 #include "base.h"
 
@@ -17,11 +32,15 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define LOG_LINE_MAX 4096
+#define LOG_BATCH_BYTES (64u * 1024)
+#define LOG_BATCH_LINES 128
 
 static const struct {
     const char *name;
@@ -39,6 +58,129 @@ static int log_facility = 2;
 static unsigned log_targets = LOG_TO_STDERR;
 static bool log_debug_on = false;
 static int log_fd = -1;
+
+/* The cached pid (0: read it again) and time stamp. */
+static long log_pid;
+static time_t stamp_time = (time_t)-1;
+static char stamp_text[32];
+
+/* The batch: formatted lines for each target, and where each ends. */
+static bool batch_on;
+static pthread_t batch_thread;
+static char batch_err[LOG_BATCH_BYTES];
+static size_t batch_err_len;
+static char batch_sys[LOG_BATCH_BYTES];
+static size_t batch_sys_end[LOG_BATCH_LINES]; /* end offset of each datagram */
+static size_t batch_sys_n;
+static bool atfork_done;
+
+static void pid_forget(void)
+{
+    log_pid = 0;
+}
+
+/* Called with log_lock held. */
+static long cached_pid(void)
+{
+    if (!atfork_done) {
+        pthread_atfork(NULL, NULL, pid_forget);
+        atfork_done = true;
+    }
+    if (log_pid == 0)
+        log_pid = (long)getpid();
+    return log_pid;
+}
+
+/* Called with log_lock held. */
+static const char *cached_stamp(void)
+{
+    time_t now = time(NULL);
+    if (now != stamp_time) {
+        struct tm tm;
+        localtime_r(&now, &tm);
+        strftime(stamp_text, sizeof(stamp_text), "%b %e %H:%M:%S", &tm);
+        stamp_time = now;
+    }
+    return stamp_text;
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Write out the batch. Called with log_lock held. */
+static void flush_locked(void)
+{
+    if (batch_err_len > 0) {
+        write_all(STDERR_FILENO, batch_err, batch_err_len);
+        batch_err_len = 0;
+    }
+    if (batch_sys_n > 0 && log_fd >= 0) {
+        struct mmsghdr msgs[LOG_BATCH_LINES];
+        struct iovec iov[LOG_BATCH_LINES];
+        size_t start = 0;
+        for (size_t i = 0; i < batch_sys_n; i++) {
+            iov[i].iov_base = batch_sys + start;
+            iov[i].iov_len = batch_sys_end[i] - start;
+            memset(&msgs[i], 0, sizeof(msgs[i]));
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            start = batch_sys_end[i];
+        }
+        size_t sent = 0;
+        while (sent < batch_sys_n) {
+            int r = sendmmsg(log_fd, msgs + sent, (unsigned)(batch_sys_n - sent), MSG_NOSIGNAL);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break; /* a full or absent syslog socket drops, as send(2) did */
+            sent += (size_t)r;
+        }
+    }
+    batch_sys_n = 0;
+}
+
+static void flush_at_exit(void)
+{
+    log_flush();
+}
+
+void log_flush(void)
+{
+    pthread_mutex_lock(&log_lock);
+    flush_locked();
+    pthread_mutex_unlock(&log_lock);
+}
+
+void log_batch_begin(void)
+{
+    static bool registered;
+    pthread_mutex_lock(&log_lock);
+    if (!registered) {
+        atexit(flush_at_exit);
+        registered = true;
+    }
+    batch_on = true;
+    batch_thread = pthread_self();
+    pthread_mutex_unlock(&log_lock);
+}
+
+void log_batch_end(void)
+{
+    pthread_mutex_lock(&log_lock);
+    flush_locked();
+    batch_on = false;
+    pthread_mutex_unlock(&log_lock);
+}
 
 static int facility_code(const char *facility)
 {
@@ -62,7 +204,7 @@ int log_setup(const char *name, const char *facility, unsigned targets, bool deb
     str_copy(log_name, name ? name : "convoy", sizeof(log_name));
     log_facility = code;
     log_targets = targets;
-    log_debug_on = debug;
+    __atomic_store_n(&log_debug_on, debug, __ATOMIC_RELAXED);
     if ((targets & LOG_TO_SYSLOG) && log_fd < 0) {
         log_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (log_fd >= 0) {
@@ -89,16 +231,8 @@ void log_vmsg(enum log_level level, const char *component, const char *fmt, va_l
     char body[LOG_LINE_MAX];
     char line[LOG_LINE_MAX + 256];
 
-    pthread_mutex_lock(&log_lock);
-    bool debug = log_debug_on;
-    unsigned targets = log_targets;
-    int facility = log_facility;
-    int fd = log_fd;
-    char name[64];
-    str_copy(name, log_name, sizeof(name));
-    pthread_mutex_unlock(&log_lock);
-
-    if (level == LOGL_DEBUG && !debug)
+    /* Unlocked peek: a stale value only formats a debug line for nothing. */
+    if (level == LOGL_DEBUG && !__atomic_load_n(&log_debug_on, __ATOMIC_RELAXED))
         return;
     int n = vsnprintf(body, sizeof(body), fmt, ap);
     if (n < 0)
@@ -108,33 +242,55 @@ void log_vmsg(enum log_level level, const char *component, const char *fmt, va_l
         if (*p == '\n' || *p == '\r')
             *p = ' ';
 
-    time_t now = time(NULL);
-    struct tm tm;
-    localtime_r(&now, &tm);
-    char stamp[32];
-    strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm);
-
-    if ((targets & LOG_TO_SYSLOG) && fd >= 0) {
-        int len =
-            snprintf(line, sizeof(line), "<%d>%s %s/%s[%ld]: %s%s", facility * 8 + severity[level],
-                     stamp, name, component, (long)getpid(), prefix[level], body);
-        if (len > 0)
-            (void)send(fd, line, (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1,
-                       MSG_NOSIGNAL);
+    pthread_mutex_lock(&log_lock);
+    if (level == LOGL_DEBUG && !log_debug_on) {
+        pthread_mutex_unlock(&log_lock);
+        return;
     }
-    if (targets & LOG_TO_STDERR) {
-        int len = snprintf(line, sizeof(line), "%s %s/%s[%ld]: %s%s\n", stamp, name, component,
-                           (long)getpid(), prefix[level], body);
+    const char *stamp = cached_stamp();
+    long pid = cached_pid();
+    bool batch = batch_on && pthread_equal(pthread_self(), batch_thread);
+
+    if ((log_targets & LOG_TO_SYSLOG) && log_fd >= 0) {
+        int len = snprintf(line, sizeof(line), "<%d>%s %s/%s[%ld]: %s%s",
+                           log_facility * 8 + severity[level], stamp, log_name, component, pid,
+                           prefix[level], body);
+        if (len > 0) {
+            size_t l = (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1;
+            size_t used = batch_sys_n ? batch_sys_end[batch_sys_n - 1] : 0;
+            if (batch_on && (batch_sys_n == LOG_BATCH_LINES || used + l > sizeof(batch_sys)))
+                flush_locked();
+            used = batch_sys_n ? batch_sys_end[batch_sys_n - 1] : 0;
+            if (batch_on) {
+                memcpy(batch_sys + used, line, l);
+                batch_sys_end[batch_sys_n++] = used + l;
+            } else {
+                (void)send(log_fd, line, l, MSG_NOSIGNAL);
+            }
+        }
+    }
+    if (log_targets & LOG_TO_STDERR) {
+        int len = snprintf(line, sizeof(line), "%s %s/%s[%ld]: %s%s\n", stamp, log_name, component,
+                           pid, prefix[level], body);
         if (len > 0) {
             size_t l = (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1;
             if ((size_t)len >= sizeof(line))
                 line[l - 1] = '\n';
-            ssize_t w;
-            do
-                w = write(STDERR_FILENO, line, l);
-            while (w < 0 && errno == EINTR);
+            if (batch_on) {
+                if (batch_err_len + l > sizeof(batch_err))
+                    flush_locked();
+                memcpy(batch_err + batch_err_len, line, l);
+                batch_err_len += l;
+            } else {
+                write_all(STDERR_FILENO, line, l);
+            }
         }
     }
+    /* A line from any thread but the loop's goes out now, after the lines
+     * logged before it: the loop may be asleep and would not flush. */
+    if (batch_on && !batch)
+        flush_locked();
+    pthread_mutex_unlock(&log_lock);
 }
 
 void log_msg(enum log_level level, const char *component, const char *fmt, ...)

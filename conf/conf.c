@@ -59,30 +59,11 @@ const struct conf_param_info *conf_param_find(const char *name)
 
 /* ---- small parsers ---------------------------------------------------- */
 
-bool conf_hostname_valid(const char *s)
+/* myhostname, smtp_helo_name, relayhost: LDH labels, '_' tolerated (some
+ * sites have it in host names), one trailing dot. */
+static bool conf_host_ok(const char *s)
 {
-    size_t n = strlen(s);
-    if (n > 0 && s[n - 1] == '.')
-        n--;
-    if (n == 0 || n > 253)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '.') {
-            if (label == 0 || s[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!(isalnum(c) || c == '-' || c == '_'))
-            return false;
-        if (c == '-' && label == 0)
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return s[n - 1] != '-';
+    return host_name_ok(s, strlen(s), HOST_NAME_TRAILING_DOT | HOST_NAME_UNDERSCORE);
 }
 
 int conf_parse_cidr(const char *s, struct conf_cidr *out)
@@ -322,7 +303,7 @@ static bool check_kind(const char *kind, const char *v, char *why, size_t whylen
     if (!kind || !*kind || strcmp(kind, "path") == 0)
         return true;
     if (strcmp(kind, "hostname") == 0) {
-        if (!*v || conf_hostname_valid(v))
+        if (!*v || conf_host_ok(v))
             return true;
         snprintf(why, whylen, "expected a host name such as mail.example.com");
     } else if (strcmp(kind, "facility") == 0) {
@@ -333,7 +314,7 @@ static bool check_kind(const char *kind, const char *v, char *why, size_t whylen
         if (!*v)
             return true;
         if (conf_parse_hostport(v, true, &hp) == 0 &&
-            (conf_hostname_valid(hp.host) || (hp.bracketed && is_ip_literal(hp.host))))
+            (conf_host_ok(hp.host) || (hp.bracketed && is_ip_literal(hp.host))))
             return true;
         snprintf(why, whylen, "expected host, host:port or [host]:port");
     } else if (strcmp(kind, "listen") == 0) {
@@ -636,22 +617,13 @@ static int read_file(const char *path, struct buf *out, struct buf *errors)
         buf_printf(errors, "%s: cannot open: %s\n", path, strerror(errno));
         return ERR_IO;
     }
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-        if (buf_append(out, chunk, n)) {
-            buf_printf(errors, "%s: file too large (limit %u bytes)\n", path, CONF_FILE_MAX);
-            fclose(f);
-            return ERR_TOOBIG;
-        }
-    }
-    int bad = ferror(f);
+    int rc = file_read_stream(f, out);
     fclose(f);
-    if (bad) {
+    if (rc == ERR_TOOBIG)
+        buf_printf(errors, "%s: file too large (limit %u bytes)\n", path, CONF_FILE_MAX);
+    else if (rc != 0)
         buf_printf(errors, "%s: read error\n", path);
-        return ERR_IO;
-    }
-    return 0;
+    return rc;
 }
 
 static void parse_text(struct conf *c, const char *name, const char *text, size_t len,

@@ -124,10 +124,70 @@ int conf_parse_cidr(const char *s, struct conf_cidr *out);
 bool conf_cidr_match(const struct conf_cidr *net, const struct sockaddr *sa);
 /* "host:port", "[v6]:port", "*:port", "host" (port 0 when allow_no_port). */
 int conf_parse_hostport(const char *s, bool allow_no_port, struct conf_hostport *out);
-/* Syntax of a DNS host name (LDH labels, 1..63 octets each, <= 253 total). */
-bool conf_hostname_valid(const char *s);
 
 /* Markdown reference of every parameter (docs/convoy.conf.5.md). */
 int conf_doc_markdown(struct buf *out);
+
+/* ---- routing tables (maps.c) ----------------------------------------------
+ * Files of "KEY VALUE" lines in Postfix's table syntax. A load reports every
+ * bad line as FILE:LINE: reason (appended to errors) and then returns NULL:
+ * a table with an error is never half used. A loaded table never changes;
+ * conf_map_free(NULL) does nothing. Lookups take O(log n).
+ */
+struct conf_map;
+void conf_map_free(struct conf_map *m);
+size_t conf_map_size(const struct conf_map *m);
+const char *conf_map_path(const struct conf_map *m);
+/* The parameter the table is for ("transport_maps", ...). */
+const char *conf_map_kind_name(const struct conf_map *m);
+
+/* transport_maps (a subset of Postfix's transport(5)). */
+enum conf_transport_kind {
+    CONF_TRANSPORT_SMTP,  /* smtp: or relay: (the same here) */
+    CONF_TRANSPORT_ERROR, /* error:[5.x.y] text - bounce at once */
+    CONF_TRANSPORT_DEFER, /* defer:[4.x.y] text - retry later */
+};
+struct conf_transport {
+    enum conf_transport_kind kind;
+    /* SMTP: the next hop. host "" means the recipient domain's own MX
+     * hosts ("smtp:" with nothing after it); bracketed means no MX lookup;
+     * port 0 means smtp_destination_port. */
+    struct conf_hostport nexthop;
+    char status[16]; /* ERROR/DEFER: the enhanced status code ("5.1.1") */
+    char *text;      /* ERROR/DEFER: the text for the reply and the DSN */
+};
+struct conf_map *conf_transport_load(const char *path, struct buf *errors);
+/* The entry for a recipient domain: the exact name, then ".parent" keys
+ * from the nearest, then "*"; NULL when none. *matched (may be NULL) is
+ * set to the key that matched, for the log. */
+const struct conf_transport *conf_transport_find(const struct conf_map *m, const char *domain,
+                                                 const char **matched);
+
+/* smtp_sasl_password_maps: "[host]:port user:password" (also "host",
+ * "[host]", "host:port"). Refused when the file is readable or writable by
+ * others than its owner and group. Passwords are never put in errors. */
+struct conf_map *conf_sasl_passwords_load(const char *path, struct buf *errors);
+/* The credentials for a next hop: "[host]:port" (or "host:port"), then the
+ * same without the port, then the other bracket form. 0 or ERR_NOTFOUND.
+ * The strings live as long as the table. */
+int conf_sasl_find(const struct conf_map *m, const char *host, uint16_t port, bool bracketed,
+                   const char **user, const char **password);
+
+/* smtpd_sender_login_maps: "address-or-@domain login[,login...]". */
+struct conf_map *conf_sender_logins_load(const char *path, struct buf *errors);
+/* May the client logged in as login use sender? The address is looked up
+ * whole, then as @domain; a sender in neither is refused. The null sender
+ * is always allowed. m NULL (no table): true. */
+bool conf_sender_login_ok(const struct conf_map *m, const char *sender, const char *login);
+
+/* destination_limits: "domain concurrency=N rate=N/s recipients=N" (any of
+ * the three; rate also N/m or N/h). Keys as transport_maps, without "*". */
+struct conf_dest_limit {
+    unsigned concurrency; /* 0: not set */
+    double rate_per_s;    /* 0: not set */
+    unsigned recipients;  /* per message delivery (per transaction); 0: not set */
+};
+struct conf_map *conf_dest_limits_load(const char *path, struct buf *errors);
+const struct conf_dest_limit *conf_dest_limit_find(const struct conf_map *m, const char *domain);
 
 #endif

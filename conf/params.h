@@ -79,6 +79,16 @@
     P(smtpd_forbid_bare_newline, ENUM, "reject", "reject normalize",                               \
       "What a bare <CR> or <LF> in commands or message data gets: reject (521 5.5.2 and "          \
       "disconnect) or normalize (read as <CR><LF>, never as part of an end of data)")              \
+    P(smtpd_reject_long_lines, BOOL, "no", "",                                                     \
+      "Refuse a message with a line longer than 998 octets (554 5.6.0) instead of folding the "    \
+      "line at acceptance with <CR><LF><SPACE> as Postfix's smtp_line_length_limit does")          \
+    P(hopcount_limit, INT, "50", "1..1000",                                                        \
+      "Most Received: header fields a message may carry once accepted (the one Convoy adds "       \
+      "included); a message with more is refused with 554 5.4.6 Too many hops, as a mail loop")    \
+    P(postmaster_address, STR, "", "",                                                             \
+      "Address that RCPT TO:<postmaster> (no domain; RFC 5321 4.5.1) is delivered to; empty "      \
+      "means postmaster@ the domain of myhostname (myhostname, or the system host name, minus "    \
+      "its first label when that leaves at least two labels)")                                     \
     P(smtpd_tls_cert_file, STR, "", "path",                                                        \
       "PEM certificate chain (leaf first) for STARTTLS; empty means no STARTTLS")                  \
     P(smtpd_tls_key_file, STR, "", "path",                                                         \
@@ -102,10 +112,13 @@
       "hosts); empty means the system trust store")                                                \
     P(smtp_destination_port, INT, "25", "1..65535",                                                \
       "TCP port of MX hosts (and of relayhost when it names no port); 25 except in tests")         \
-    P(smtp_tls_security_level, ENUM, "may", "none may verify",                                     \
+    P(smtp_tls_security_level, ENUM, "may", "none may verify dane dane-only",                      \
       "TLS when delivering: none; may (STARTTLS when offered, no certificate check, plaintext "    \
       "retry if the handshake fails); verify (STARTTLS required and the certificate must name "    \
-      "the MX host)")                                                                              \
+      "the MX host); dane (RFC 7672: where the MX host has DNSSEC-secure TLSA records, "           \
+      "STARTTLS is required and the certificate must match them; elsewhere as may, with "          \
+      "MTA-STS where published; needs smtp_dns_support_level = dnssec, as in Postfix); "           \
+      "dane-only (as dane, but hosts without secure TLSA records get no mail)")                    \
     P(smtp_mx_address_limit, INT, "5", "1..100",                                                   \
       "Most addresses (of all MX hosts together) tried in one delivery attempt")                   \
     P(smtp_connection_limit, INT, "100", "1..10000",                                               \
@@ -155,11 +168,37 @@
       "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
       "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \
       "\"example.org encrypt\", \"example.com none\"; empty means none")                           \
+    /* --- TLS reporting --- */                                                                    \
+    P(tlsrpt_enable, BOOL, "no", "",                                                               \
+      "Record the TLS outcome of delivery sessions per recipient domain and send daily "           \
+      "aggregate reports to domains that publish a _smtp._tls TXT record (RFC 8460)")              \
+    P(tlsrpt_organization_name, STR, "", "",                                                       \
+      "organization-name of TLS reports; empty means tlsrpt_submitter")                            \
+    P(tlsrpt_contact_info, STR, "", "",                                                            \
+      "contact-info of TLS reports, an email address; empty means tlsrpt_sender")                  \
+    P(tlsrpt_submitter, STR, "", "hostname",                                                       \
+      "Domain that sends TLS reports: in the report-id, the file name, the Subject and "           \
+      "TLS-Report-Submitter, and the DKIM signing domain of mailed reports; empty means "          \
+      "myhostname")                                                                                \
+    P(tlsrpt_sender, STR, "", "",                                                                  \
+      "From address of mailed TLS reports; empty means noreply-tlsrpt@ followed by "               \
+      "tlsrpt_submitter")                                                                          \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \
       "/etc/resolv.conf")                                                                          \
     P(dns_timeout, TIME, "5s", "1s..1m", "Time to wait for one DNS answer before trying again")    \
-    P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")
+    P(dns_tries, INT, "3", "1..10", "How many times a DNS query is sent before it fails")          \
+    P(smtp_dns_support_level, ENUM, "enabled", "disabled enabled dnssec",                          \
+      "DNS use when delivering, as in Postfix: enabled (plain DNS; no DNSSEC status); dnssec "     \
+      "(queries ask for DNSSEC status with the AD and DO bits, and an answer counts as secure "    \
+      "when its AD bit comes from a resolver listed in dns_validating_servers - needed by "        \
+      "smtp_tls_security_level = dane); disabled (no DNS lookups: not supported by Convoy yet, "   \
+      "convoyd refuses it)")                                                                       \
+    P(dns_validating_servers, LIST, "127.0.0.0/8 [::1]/128", "cidr",                               \
+      "Networks of the DNS resolvers (dns_servers, or /etc/resolv.conf) that validate DNSSEC "     \
+      "themselves and whose AD bit Convoy believes with smtp_dns_support_level = dnssec; unless "  \
+      "every resolver in use is inside them no answer counts as secure (a warning says so). "      \
+      "Loopback by default, as Postfix expects a local validating resolver")
 
 #endif

@@ -69,10 +69,6 @@ size_t dsn_header_len(struct view msg);
 
 /* ---- deliver.c helpers ---------------------------------------------------- */
 
-/* The domain of an address ("a@B.example" -> "b.example", lower-cased) into
- * out; "" for an address without '@'. */
-void deliver_domain_of(const char *addr, char *out, size_t size);
-
 /* Does a recipient's NOTIFY bits (QUEUE_NOTIFY_*, RFC 3461 4.1) ask for a
  * failure DSN? 0 means NOTIFY was not given: failures are reported. */
 bool deliver_wants_failure_dsn(unsigned notify);

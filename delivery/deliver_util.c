@@ -10,27 +10,6 @@
 #include "deliver_int.h"
 #include "queue.h"
 
-void deliver_domain_of(const char *addr, char *out, size_t size)
-{
-    if (size == 0)
-        return;
-    out[0] = '\0';
-    const char *at = addr ? strrchr(addr, '@') : NULL;
-    if (!at)
-        return;
-    size_t k = 0;
-    for (const char *p = at + 1; *p && k + 1 < size; p++) {
-        char ch = *p;
-        if (ch >= 'A' && ch <= 'Z')
-            ch = (char)(ch - 'A' + 'a');
-        out[k++] = ch;
-    }
-    /* One trailing dot names the same domain. */
-    if (k > 0 && out[k - 1] == '.')
-        k--;
-    out[k] = '\0';
-}
-
 void deliver_format_delay(int64_t ms, char *out, size_t size)
 {
     if (ms < 0)

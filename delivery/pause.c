@@ -222,35 +222,18 @@ void deliver_pause_load(struct delivery *dl)
     struct pause_state *sv = &dl->pause;
     sv_init(dl);
     sv->n = 0;
-    int fd = open(sv->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno != ENOENT)
-            log_warn(QCOMP, "%s: %s; no pauses restored", sv->path, strerror(errno));
-        return;
-    }
     struct buf text;
     buf_init(&text, PAUSE_FILE_MAX);
-    char chunk[8192];
-    int rc = 0;
-    for (;;) {
-        ssize_t n = read(fd, chunk, sizeof(chunk));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            log_warn(QCOMP, "%s: %s; no pauses restored", sv->path, strerror(errno));
-            rc = ERR_IO;
-            break;
-        }
-        if (n == 0)
-            break;
-        if (buf_append(&text, chunk, (size_t)n) != 0) {
-            log_warn(QCOMP, "%s: larger than %u bytes, not a pause file; no pauses restored",
-                     sv->path, PAUSE_FILE_MAX);
-            rc = ERR_TOOBIG;
-            break;
-        }
+    int rc = file_read_all(sv->path, &text);
+    if (rc == ERR_IO && errno == ENOENT) {
+        buf_free(&text);
+        return;
     }
-    close(fd);
+    if (rc == ERR_IO)
+        log_warn(QCOMP, "%s: %s; no pauses restored", sv->path, strerror(errno));
+    else if (rc == ERR_TOOBIG)
+        log_warn(QCOMP, "%s: larger than %u bytes, not a pause file; no pauses restored", sv->path,
+                 PAUSE_FILE_MAX);
     struct load_ctx lc = {.path = sv->path};
     unsigned expired = 0;
     struct pause_rec *recs = rc == 0 ? calloc(PAUSE_MAX, sizeof(*recs)) : NULL;
@@ -378,7 +361,7 @@ static int resume_one(void *arg, const struct queue_message *qm)
         if (r->state != QUEUE_RCPT_QUEUED && r->state != QUEUE_RCPT_DEFERRED)
             continue;
         char d[256];
-        deliver_domain_of(r->addr, d, sizeof(d));
+        addr_domain(r->addr, d, sizeof(d));
         for (size_t k = 0; k < s->n; k++) {
             if (s->domains[k][0] == 0 || strcasecmp(s->domains[k], d) == 0) {
                 if (queue_retry(s->dl->q, qm->id, retry_done, NULL) == 0)
@@ -472,7 +455,7 @@ bool pause_postpone(struct delivery *dl, const struct queue_due *due, int64_t no
 {
     char dom[256];
     int64_t until = 0;
-    deliver_domain_of(due->addr, dom, sizeof(dom));
+    addr_domain(due->addr, dom, sizeof(dom));
     if (!deliver_paused(dl, dom, now, &until))
         return false;
     int64_t when = now + PAUSE_RECHECK_MS;
@@ -492,7 +475,7 @@ static bool job_paused(struct delivery *dl, const struct job *j, int64_t now)
 {
     for (size_t i = 0; i < j->n; i++) {
         char dom[256];
-        deliver_domain_of(j->r[i].addr, dom, sizeof(dom));
+        addr_domain(j->r[i].addr, dom, sizeof(dom));
         if (!deliver_paused(dl, dom, now, NULL))
             return false;
     }

@@ -132,7 +132,7 @@ static void expire(struct delivery *dl, const struct queue_due *due)
     struct recheck *rk = v.reason == VR_EXPIRED_RECHECK ? calloc(1, sizeof(*rk)) : NULL;
     if (rk) {
         char dom[256];
-        deliver_domain_of(due->addr, dom, sizeof(dom));
+        addr_domain(due->addr, dom, sizeof(dom));
         rk->dl = dl;
         rk->due = *due;
         rk->addr = dl_strdup(due->addr);
@@ -207,7 +207,7 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
     if (dl->relay)
         str_copy(name, "[relayhost]", sizeof(name));
     else
-        deliver_domain_of(due->addr, name, sizeof(name));
+        addr_domain(due->addr, name, sizeof(name));
     if (pause_postpone(dl, due, now))
         return;
     struct dest *d = name[0] ? dest_get(dl, name) : NULL;

@@ -18,6 +18,11 @@
  * query; the module repeats timed-out queries itself (dns_tries rounds), so
  * the wait per try stays dns_timeout instead of doubling each round.
  *
+ * DNSSEC (dns.h): queries are built here (dns_build_query) and sent with
+ * ares_send, so they can carry AD and DO; c-ares 1.18's ares_query cannot.
+ * Whether an answer's AD bit is believed is decided once, in dns_new():
+ * every server c-ares will ask must be in the validating set.
+ *
  * Invariants:
  *  - c-ares callbacks never run user code: they turn answers into results
  *    and queue them on the ready list. User callbacks run only from
@@ -79,6 +84,7 @@ struct dns {
     struct sub *ready_head, *ready_tail;
     struct dns_cache *cache;
     int open_handles;
+    bool trust_ad; /* opt.dnssec and every server declared validating */
     bool closing, draining, closed_handles;
 };
 
@@ -218,6 +224,73 @@ static int set_servers(struct dns *d, const struct dns_options *o)
         log_err("dns", "cannot set DNS servers: %s", ares_strerror(rc));
         return rc == ARES_ENOMEM ? ERR_NOMEM : ERR_DNS;
     }
+    return 0;
+}
+
+/* Is (family, addr) inside one of the validating networks? */
+static bool in_validating(const struct dns_options *o, int family, const uint8_t *addr)
+{
+    static const char *const loopback[] = {"127.0.0.0/8", "::1/128"};
+    const char *const *v = o->n_validating ? o->validating : loopback;
+    size_t n = o->n_validating ? o->n_validating : 2;
+    for (size_t i = 0; i < n; i++) {
+        int fam;
+        uint8_t net[16];
+        unsigned bits;
+        if (dns_cidr_parse(v[i], &fam, net, &bits) || fam != family)
+            continue;
+        unsigned full = bits / 8, rest = bits % 8;
+        if (memcmp(net, addr, full) != 0)
+            continue;
+        if (rest && ((net[full] ^ addr[full]) & (uint8_t)(0xFF << (8 - rest))))
+            continue;
+        return true;
+    }
+    return false;
+}
+
+/* Decide once whether answers' AD bits are believed: every server c-ares
+ * will ask (configured or from resolv.conf) must be declared validating. */
+static int decide_trust(struct dns *d, const struct dns_options *o)
+{
+    for (size_t i = 0; i < o->n_validating; i++) {
+        int fam;
+        uint8_t a[16];
+        unsigned bits;
+        if (dns_cidr_parse(o->validating[i], &fam, a, &bits)) {
+            log_err("dns", "bad validating resolver \"%s\": want IP or IP/prefix",
+                    o->validating[i]);
+            return ERR_INVAL;
+        }
+    }
+    d->trust_ad = false;
+    if (!o->dnssec)
+        return 0;
+    struct ares_addr_port_node *list = NULL;
+    if (ares_get_servers_ports(d->ch, &list) != ARES_SUCCESS) {
+        log_warn("dns", "DNSSEC: cannot list the DNS servers; no answer will count as secure");
+        return 0;
+    }
+    bool all = list != NULL;
+    char bad[64] = "";
+    for (struct ares_addr_port_node *n = list; n; n = n->next) {
+        const uint8_t *a = n->family == AF_INET ? (const uint8_t *)&n->addr.addr4
+                                                : (const uint8_t *)&n->addr.addr6;
+        if (!in_validating(o, n->family, a)) {
+            all = false;
+            inet_ntop(n->family, a, bad, sizeof(bad));
+            break;
+        }
+    }
+    ares_free_data(list);
+    d->trust_ad = all;
+    if (all)
+        log_info("dns", "DNSSEC: the AD bit of every DNS server is trusted (declared validating)");
+    else
+        log_warn("dns",
+                 "DNSSEC: DNS server %s is not declared validating (dns_validating_servers); "
+                 "no DNS answer will count as DNSSEC-secure, so DANE never applies",
+                 bad[0] ? bad : "(none configured)");
     return 0;
 }
 
@@ -384,6 +457,7 @@ static void from_ares_status(struct dns_result *r, int status)
         break;
     case ARES_ESERVFAIL:
         dns_result_fail(r, DNS_TEMPFAIL, ERR_DNS, "SERVFAIL");
+        r->servfail = true;
         break;
     case ARES_EREFUSED:
         dns_result_fail(r, DNS_TEMPFAIL, ERR_DNS, "REFUSED");
@@ -419,23 +493,49 @@ static void from_ares_status(struct dns_result *r, int status)
     }
 }
 
-static void result_for(struct dns_result *r, int status, const uint8_t *abuf, int alen,
-                       const char *name, uint16_t qtype)
+/* The DNSSEC fields of a result, from its AD bit and the resolver's trust. */
+static void set_security(const struct dns *d, struct dns_result *r)
+{
+    r->dnssec = d->trust_ad;
+    r->secure = d->trust_ad && r->ad;
+}
+
+static void result_for(const struct dns *d, struct dns_result *r, int status, const uint8_t *abuf,
+                       int alen, const char *name, uint16_t qtype)
 {
     memset(r, 0, sizeof(*r));
     if (abuf && alen > 0 &&
         (status == ARES_SUCCESS || status == ARES_ENODATA || status == ARES_ENOTFOUND)) {
-        if (dns_parse_answer(abuf, (size_t)alen, name, qtype, r) == 0)
+        if (dns_parse_answer(abuf, (size_t)alen, name, qtype, r) == 0) {
+            set_security(d, r);
             return;
+        }
         dns_result_clear(r);
         dns_result_fail(r, DNS_TEMPFAIL, ERR_NOMEM, "out of memory");
     } else {
         from_ares_status(r, status);
     }
+    set_security(d, r);
     r->qtype = qtype;
     r->name = malloc(strlen(name) + 1);
     if (r->name)
         memcpy(r->name, name, strlen(name) + 1);
+}
+
+/* Send f's query (again). c-ares may call ares_cb before this returns (no
+ * memory); it only queues results then. */
+static void ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen);
+
+static void send_query(struct dns *d, struct flight *f)
+{
+    uint8_t q[512];
+    size_t len;
+    if (dns_build_query(f->name, f->qtype, d->opt.dnssec, q, sizeof(q), &len) != 0) {
+        /* The name passed dns_name_valid() before a flight was made. */
+        ares_cb(f, ARES_EBADNAME, 0, NULL, 0);
+        return;
+    }
+    ares_send(d->ch, q, (int)len, ares_cb, f);
 }
 
 static bool cacheable(const struct dns_result *r)
@@ -464,12 +564,18 @@ static void ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, in
      * asks every server once with the plain timeout. A new query from inside
      * a c-ares callback is allowed; if it fails at once we are called again,
      * at most tries times. */
-    if ((status == ARES_ETIMEOUT || status == ARES_ECONNREFUSED) && !d->closing &&
+    /* With DNSSEC, c-ares hands us SERVFAIL and REFUSED answers itself
+     * (ARES_FLAG_NOCHECKRESP, see dns_new) so that a validating resolver's
+     * SERVFAIL (bogus data, RFC 4035 5.5) can be told from an unreachable
+     * server; they are retried like timeouts. */
+    bool failed_answer = status == ARES_SUCCESS && abuf && alen >= 4 &&
+                         ((abuf[3] & 0xF) == 2 || (abuf[3] & 0xF) == 5);
+    if ((status == ARES_ETIMEOUT || status == ARES_ECONNREFUSED || failed_answer) && !d->closing &&
         f->attempts < d->opt.tries) {
         f->attempts++;
         log_debug("dns", "%s %s: %s, try %d of %d", f->name, type_name(f->qtype),
                   ares_strerror(status), f->attempts, d->opt.tries);
-        ares_query(d->ch, f->name, 1 /* IN */, f->qtype, ares_cb, f);
+        send_query(d, f);
         return;
     }
     if (f->prev)
@@ -483,7 +589,7 @@ static void ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, in
     while (f->waiters) {
         struct sub *s = f->waiters;
         f->waiters = s->next;
-        result_for(&s->res, status, abuf, alen, s->name, s->qtype);
+        result_for(d, &s->res, status, abuf, alen, s->name, s->qtype);
         if (first && !d->closing)
             cache_store(d, f->name, f->qtype, &s->res);
         first = false;
@@ -515,6 +621,7 @@ static int start_sub(struct dns *d, const char *name, uint16_t qtype, sub_done_f
             memcpy(s->res.name, name, nl + 1);
         dns_result_fail(&s->res, DNS_INVALID, ERR_INVAL,
                         invalid_why ? invalid_why : "invalid DNS name");
+        set_security(d, &s->res);
         ready_push(d, s);
         return 0;
     }
@@ -526,6 +633,7 @@ static int start_sub(struct dns *d, const char *name, uint16_t qtype, sub_done_f
         if (dns_parse_answer(msg, len, name, qtype, &s->res) == 0) {
             s->res.ttl = left;
             s->res.from_cache = true;
+            set_security(d, &s->res);
             log_debug("dns", "%s %s: %s (cached, %us left)", name, type_name(qtype),
                       dns_status_name(s->res.status), (unsigned)left);
             ready_push(d, s);
@@ -556,9 +664,9 @@ static int start_sub(struct dns *d, const char *name, uint16_t qtype, sub_done_f
         d->flights->prev = f;
     d->flights = f;
     log_debug("dns", "query %s %s", name, type_name(qtype));
-    /* c-ares may call ares_cb before returning (bad name, no memory); it
-     * only queues the result, and f is not touched after this call. */
-    ares_query(d->ch, name, 1 /* IN */, qtype, ares_cb, f);
+    /* c-ares may call ares_cb before returning (no memory); it only queues
+     * the result, and f is not touched after this call. */
+    send_query(d, f);
     update_timer(d);
     return 0;
 }
@@ -605,6 +713,15 @@ int dns_lookup(struct dns *d, const char *name, uint16_t qtype, dns_cb cb, void 
     if (qp)
         *qp = q;
     return 0;
+}
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
 }
 
 /* ---- A + AAAA ------------------------------------------------------------- */
@@ -689,6 +806,9 @@ static void addrs_done(void *ctx, struct sub *s)
         r.cname = j->a.cname ? j->a.cname : j->aaaa.cname;
         r.qtype = DNS_T_A;
         r.from_cache = j->a.from_cache && (!q->d->opt.ipv6 || j->aaaa.from_cache);
+        r.dnssec = q->d->trust_ad;
+        r.secure = j->a.secure && (!q->d->opt.ipv6 || j->aaaa.secure);
+        r.ad = r.secure;
         if (merge_addrs(q->d, j, &r.status, &r.err, &r.why, &r.addr, &r.n_addr, &r.ttl))
             dns_result_fail(&r, DNS_TEMPFAIL, ERR_NOMEM, "out of memory");
         q->cb(q->arg, &r);
@@ -756,6 +876,7 @@ static void mx_result_clear(struct dns_mx_result *r)
 {
     for (size_t i = 0; i < r->n_hosts; i++) {
         free(r->hosts[i].name);
+        free(r->hosts[i].canonical);
         free(r->hosts[i].addr);
     }
     free(r->hosts);
@@ -816,18 +937,15 @@ static void mx_host_done(void *ctx, struct sub *s)
             h->why = "out of memory";
         }
         h->cname = q->mr.status == DNS_OK && (j->a.cname || j->aaaa.cname);
+        /* RFC 7672 2.2.2: the address records' security decides whether
+         * the host's TLSA records are looked up at all. */
+        h->secure = j->a.secure && (!q->d->opt.ipv6 || j->aaaa.secure);
+        const char *canon = j->a.cname ? j->a.cname : j->aaaa.cname;
+        if (canon && !h->canonical)
+            h->canonical = dup_str(canon);
     }
     if (q->pending == 0)
         mx_finish(q);
-}
-
-static char *dup_str(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d)
-        memcpy(d, s, n);
-    return d;
 }
 
 static void mx_done(void *ctx, struct sub *s)
@@ -840,6 +958,8 @@ static void mx_done(void *ctx, struct sub *s)
     r->err = mx->err;
     r->why = mx->why;
     r->ttl = mx->ttl;
+    r->dnssec = mx->dnssec;
+    r->secure = mx->secure;
     if (quiet(q) || (mx->status != DNS_OK && mx->status != DNS_IMPLICIT_MX)) {
         sub_free(s);
         mx_finish(q);
@@ -938,6 +1058,38 @@ void dns_cache_flush(struct dns *d)
     dns_cache_clear(d->cache);
 }
 
+bool dns_dnssec_trusted(const struct dns *d)
+{
+    return d->trust_ad;
+}
+
+int dns_tlsa_lookup(struct dns *d, const char *host, uint16_t port, dns_cb cb, void *arg,
+                    struct dns_query **qp)
+{
+    char qname[DNS_NAME_MAX + 1];
+    if (d->closing)
+        return ERR_CLOSED;
+    const char *why = NULL;
+    if (dns_is_ip_literal(host))
+        why = "an IP address literal has no TLSA records";
+    else if (!dns_name_valid(host) || dns_tlsa_qname(host, port, qname, sizeof(qname)) != 0)
+        why = "invalid DNS name";
+    if (why)
+        str_copy(qname, host, sizeof(qname));
+    struct dns_query *q = query_new(d, QK_LOOKUP, arg);
+    if (!q)
+        return ERR_NOMEM;
+    q->cb = cb;
+    int rc = start_sub(d, qname, DNS_T_TLSA, lookup_done, q, why);
+    if (rc) {
+        free(q);
+        return rc;
+    }
+    if (qp)
+        *qp = q;
+    return 0;
+}
+
 /* ---- life cycle ------------------------------------------------------------ */
 
 /* One of the resolver's handles is closed; the last one frees it. */
@@ -995,6 +1147,11 @@ int dns_new(uv_loop_t *loop, const struct dns_options *o, struct dns **out)
     /* No search list, no HOSTALIASES: mail domains are fully qualified
      * (RFC 5321 5.1: relays MUST NOT infer FQDNs). */
     ao.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;
+    /* DNSSEC: c-ares 1.18 would swallow a SERVFAIL and go on to the next
+     * server, ending in "connection refused"; a validating resolver's
+     * SERVFAIL is its verdict on the data and is wanted as such. */
+    if (o->dnssec)
+        ao.flags |= ARES_FLAG_NOCHECKRESP;
     ao.timeout = o->timeout_ms;
     ao.tries = 1; /* one round per c-ares query; ares_cb retries */
     ao.sock_state_cb = sock_state_cb;
@@ -1012,6 +1169,8 @@ int dns_new(uv_loop_t *loop, const struct dns_options *o, struct dns **out)
         return rc == ARES_ENOMEM ? ERR_NOMEM : ERR_DNS;
     }
     rc = set_servers(d, o);
+    if (rc == 0)
+        rc = decide_trust(d, o);
     if (rc) {
         ares_destroy(d->ch);
         dns_cache_free(d->cache);

@@ -15,6 +15,18 @@
  *    and not at all when the answer carries no SOA.
  *  - RFC 7208 3.3 / RFC 8461 3.1: the character-strings of one TXT record
  *    are concatenated; different records stay separate.
+ *  - DNSSEC status (RFC 4035 3.2.3, RFC 6840 5.7 and 5.8): with
+ *    dns_options.dnssec the queries carry the AD bit (and EDNS0 with the DO
+ *    bit, RFC 3225, as Postfix sends them), and an answer's AD bit is read.
+ *    Convoy never validates itself: it trusts the AD bit of a validating
+ *    resolver, and only when EVERY resolver it may ask is declared
+ *    validating (dns_options.validating; loopback by default). With one
+ *    undeclared resolver in the list nothing is ever secure: otherwise an
+ *    attacker who drops packets to the validating resolver would pick
+ *    which server answers, and with it the verdict.
+ *  - RFC 6698 2.1, RFC 7672 2.2: TLSA records (type 52) at _PORT._tcp.HOST
+ *    are decoded (usage, selector, matching type, data); dns_tlsa_classify()
+ *    says what a TLSA answer means for DANE.
  *
  * Threads: a struct dns belongs to one loop and is used on that loop's
  * thread only. Nothing here blocks and no thread is created.
@@ -107,6 +119,17 @@ struct dns_txt {
     size_t len;
 };
 
+/* One TLSA record (RFC 6698 2.1). data points into the result's raw copy
+ * of the answer. A record shorter than the three fixed octets is kept with
+ * usage, selector and mtype 255 and len 0: unusable, never a match. */
+struct dns_tlsa {
+    uint8_t usage;    /* 0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE */
+    uint8_t selector; /* 0 full certificate, 1 SubjectPublicKeyInfo */
+    uint8_t mtype;    /* 0 exact, 1 SHA-256, 2 SHA-512 */
+    const uint8_t *data;
+    size_t len;
+};
+
 /* A record of the type asked for, as it stood in the answer (for types
  * without a decoder here, e.g. TLSA). rdata points into raw. */
 struct dns_rr {
@@ -132,6 +155,17 @@ struct dns_result {
     uint32_t ttl; /* seconds this answer stays valid (positive: the
                      smallest TTL used; negative: RFC 2308) */
     bool from_cache;
+    /* DNSSEC. ad: the answer's AD bit as received (parser). dnssec: the
+     * resolver asked with AD/DO and trusts its servers' AD bit, so secure
+     * is meaningful and the lack of it means insecure. secure: dnssec and
+     * ad - every RRset in the answer (the records asked for, the CNAME
+     * chain to them, or the proof that there are none) was validated by
+     * the resolver (RFC 4035 3.2.3). Never true without dnssec. */
+    bool ad;
+    bool dnssec;
+    bool secure;
+    bool servfail; /* DNS_TEMPFAIL because the servers answered SERVFAIL
+                      (what a validating resolver says for bogus data) */
 
     size_t n_mx; /* MX: sorted by preference, equal ones shuffled; for
                     DNS_IMPLICIT_MX one entry: the name itself, preference 0 */
@@ -140,6 +174,8 @@ struct dns_result {
     struct dns_addr *addr;
     size_t n_txt;
     struct dns_txt *txt;
+    size_t n_tlsa; /* TLSA, in answer order */
+    struct dns_tlsa *tlsa;
     size_t n_rr;
     struct dns_rr *rr;
     uint8_t *raw; /* the answer message as received (NULL on failure) */
@@ -175,28 +211,41 @@ struct dns_options {
      * (resolving them would need DNS). */
     const char *const *servers;
     size_t n_servers;
-    int timeout_ms;       /* wait for an answer from one server, each try */
-    int tries;            /* rounds over the servers before a timeout (or a
-                             failure of every server) is final; a lookup
-                             takes at most timeout_ms x servers x tries */
-    bool ipv6;            /* look up AAAA for hosts (dns_addrs, dns_mx_resolve) */
-    bool prefer_ipv6;     /* list IPv6 addresses before IPv4 */
+    int timeout_ms;   /* wait for an answer from one server, each try */
+    int tries;        /* rounds over the servers before a timeout (or a
+                         failure of every server) is final; a lookup
+                         takes at most timeout_ms x servers x tries */
+    bool ipv6;        /* look up AAAA for hosts (dns_addrs, dns_mx_resolve) */
+    bool prefer_ipv6; /* list IPv6 addresses before IPv4 */
+    bool dnssec;      /* smtp_dns_support_level = dnssec: ask for and
+                         read the AD bit (see the file header) */
+    /* Resolvers whose AD bit is trusted, as "IP" or "IP/prefix" (IPv6 in
+     * brackets or bare); n_validating 0 means loopback (127.0.0.0/8, ::1),
+     * as Postfix assumes a local validating resolver. */
+    const char *const *validating;
+    size_t n_validating;
     size_t cache_size;    /* cached answers at most; 0: no cache */
     uint32_t max_ttl;     /* cap on any cached answer's life, seconds */
     uint32_t max_neg_ttl; /* cap on a negative answer's life, seconds */
 };
 
-/* Defaults: resolv.conf, 5000 ms, 3 tries, ipv6 on, prefer IPv4, 1000
- * entries, max_ttl 86400, max_neg_ttl 3600. */
+/* Defaults: resolv.conf, 5000 ms, 3 tries, ipv6 on, prefer IPv4, no
+ * DNSSEC, 1000 entries, max_ttl 86400, max_neg_ttl 3600. */
 void dns_options_default(struct dns_options *o);
 
 /* Parse one server string as dns_options accepts it. 0 or ERR_INVAL. port
  * is 53 when absent. addr receives 4 or 16 bytes. */
 int dns_server_parse(const char *s, int *family, uint8_t addr[16], uint16_t *port);
 
+/* Parse one entry of dns_options.validating: "IP", "IP/prefix",
+ * "[IPv6]" or "[IPv6]/prefix". 0 or ERR_INVAL. */
+int dns_cidr_parse(const char *s, int *family, uint8_t addr[16], unsigned *bits);
+
 /*
- * Create a resolver on loop. 0 and *out, or ERR_INVAL (a bad server
- * string, timeout_ms not in 1..600000, tries not in 1..100), ERR_DNS
+ * Create a resolver on loop. With o->dnssec it logs whether the AD bit is
+ * trusted (every server declared validating) or not (a warning naming the
+ * first server that is not). 0 and *out, or ERR_INVAL (a bad server or
+ * validating string, timeout_ms not in 1..600000, tries not in 1..100), ERR_DNS
  * (c-ares could not start, e.g. no resolv.conf), ERR_NOMEM. Logs the
  * reason with component "dns".
  */
@@ -242,8 +291,12 @@ struct dns_mx_host {
                                DNS_INVALID: an IP literal as MX target */
     int err;
     const char *why;
-    bool cname; /* the target was an alias (RFC 2181 10.3 forbids it; it is
-                   followed anyway, as other MTAs do) */
+    bool cname;      /* the target was an alias (RFC 2181 10.3 forbids it; it is
+                        followed anyway, as other MTAs do) */
+    char *canonical; /* with cname: the name the chain ends at (where RFC
+                        7672 2.2.3 looks for TLSA first); else NULL */
+    bool secure;     /* DNSSEC: the address answers used (A, and AAAA with
+                        ipv6) were all validated (RFC 7672 2.2.2) */
     size_t n_addr;
     struct dns_addr *addr;
 };
@@ -260,6 +313,10 @@ struct dns_mx_result {
     const char *why;
     char *domain;
     uint32_t ttl; /* of the MX answer */
+    bool dnssec;  /* the resolver trusts DNSSEC status (dns_dnssec_trusted) */
+    bool secure;  /* the MX answer (records, or for DNS_IMPLICIT_MX the proof
+                     that there are none) was validated: only then may the
+                     MX host names be used for DANE (RFC 7672 2.2.1) */
     size_t n_hosts;
     struct dns_mx_host *hosts; /* in delivery order */
 };
@@ -282,5 +339,47 @@ void dns_cancel(struct dns_query *q);
 
 /* Drop every cached answer (e.g. on reload). */
 void dns_cache_flush(struct dns *d);
+
+/* Does this resolver ask for DNSSEC status and trust its servers' AD bit
+ * (dns_options.dnssec and every server declared validating)? */
+bool dns_dnssec_trusted(const struct dns *d);
+
+/* ---- DANE: TLSA lookups (RFC 7672 2.2) ---------------------------------- */
+
+/* The TLSA owner name of a service: "_25._tcp.mx.example.com" (RFC 6698 3,
+ * RFC 7672 2.2). 0, or ERR_TOOBIG when it does not fit out (or exceeds a
+ * DNS name's 253 characters). */
+int dns_tlsa_qname(const char *host, uint16_t port, char *out, size_t size);
+
+/* What a TLSA answer means for DANE (RFC 7672 2.2). */
+enum dns_tlsa_status {
+    DNS_TLSA_SECURE,   /* TLSA records, DNSSEC-validated: DANE applies to the
+                          host (whether any record is usable is tls/'s
+                          tls_dane_usable()) */
+    DNS_TLSA_INSECURE, /* TLSA records, not validated (an unsigned zone, or
+                          dnssec off): they must be ignored - no DANE */
+    DNS_TLSA_NODATA,   /* the name exists without TLSA: no DANE
+                          (result.secure says the denial was validated) */
+    DNS_TLSA_NXDOMAIN, /* no such name: no DANE (result.secure as above) */
+    DNS_TLSA_BOGUS,    /* SERVFAIL from trusted validating resolvers: a
+                          signature that does not validate (or a broken
+                          signed zone): defer the host, never downgrade */
+    DNS_TLSA_FAIL,     /* any other lookup failure (timeout, malformed
+                          answer, invalid name): defer the host */
+};
+
+/* Classify a TLSA lookup's result (qtype DNS_T_TLSA). Pure. */
+enum dns_tlsa_status dns_tlsa_classify(const struct dns_result *r);
+/* "secure", "insecure", "nodata", "nxdomain", "bogus", "fail". */
+const char *dns_tlsa_status_name(enum dns_tlsa_status s);
+
+/*
+ * Look up the TLSA records of HOST's port (_PORT._tcp.HOST) as dns_lookup()
+ * does; classify the result with dns_tlsa_classify(). The name is checked
+ * and formed here; a host that gives no valid TLSA name is reported through
+ * the callback as DNS_INVALID.
+ */
+int dns_tlsa_lookup(struct dns *d, const char *host, uint16_t port, dns_cb cb, void *arg,
+                    struct dns_query **q);
 
 #endif

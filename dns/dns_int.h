@@ -43,6 +43,12 @@ void dns_mx_sort(struct dns_mx *mx, size_t n, uint32_t (*rnd)(void *), void *rnd
 bool dns_is_ip_literal(const char *s);
 /* ASCII case-insensitive equality of two names, ignoring one final dot. */
 bool dns_name_eq(const char *a, const char *b);
+/* Build the query c-ares sends (RFC 1035 4.1): id 0 (c-ares sets its own),
+ * RD; with dnssec also AD (RFC 6840 5.7) and an EDNS0 OPT record (RFC 6891)
+ * with the DO bit (RFC 3225) and a 1232-byte UDP payload size. name must
+ * pass dns_name_valid(). 0 and *len, or ERR_TOOBIG / ERR_INVAL. */
+int dns_build_query(const char *name, uint16_t qtype, bool dnssec, uint8_t *out, size_t size,
+                    size_t *len);
 /* Set r->status/err/why for a failure without an answer to parse. */
 void dns_result_fail(struct dns_result *r, enum dns_status status, int err, const char *why);
 

@@ -12,6 +12,10 @@
  *    by preference, equal preferences shuffled; no MX -> implicit MX.
  *  - RFC 7505 3: an MX whose exchange is the root is a null MX.
  *  - RFC 7208 3.3, RFC 8461 3.1: one TXT record's strings are concatenated.
+ *  - RFC 4035 3.2.3 / RFC 6840 5.7: the AD bit of an answer is read (its
+ *    trust is dns.c's business); queries carry AD, EDNS0 (RFC 6891) and DO
+ *    (RFC 3225) when DNSSEC status is wanted.
+ *  - RFC 6698 2.1: TLSA RDATA = usage, selector, matching type, data.
  *
  * Invariants: every read is checked against the message length before it is
  * made; a compression pointer must point strictly before the label sequence
@@ -24,6 +28,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -44,6 +49,16 @@ enum {
     RCODE_NOTIMP = 4,
     RCODE_REFUSED = 5
 };
+
+/* Header flags (RFC 1035 4.1.1, RFC 4035 3.2.3 for AD). */
+#define FLAG_RD 0x0100
+#define FLAG_AD 0x0020
+/* EDNS0 (RFC 6891 6.1.2): the OPT pseudo-record and the DO bit (RFC 3225)
+ * in its TTL field; 1232 octets avoid IP fragmentation (the DNS flag day
+ * 2020 value). */
+#define T_OPT 41
+#define EDNS_UDP_SIZE 1232
+#define EDNS_DO 0x8000
 
 const char *dns_status_name(enum dns_status s)
 {
@@ -81,28 +96,7 @@ void dns_addr_format(const struct dns_addr *a, char *out, size_t size)
 
 bool dns_name_valid(const char *name)
 {
-    size_t n = strlen(name);
-    if (n > 0 && name[n - 1] == '.')
-        n--;
-    if (n == 0 || n > 253)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        /* Presentation escapes and whitespace would change what c-ares
-         * sends; mail domains never need them. */
-        if (c <= ' ' || c == 0x7f || c == '\\')
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return true;
+    return host_name_ok(name, strlen(name), HOST_NAME_TRAILING_DOT | HOST_NAME_DNS);
 }
 
 bool dns_name_eq(const char *a, const char *b)
@@ -157,6 +151,7 @@ void dns_result_clear(struct dns_result *r)
         free(r->txt[i].text);
     free(r->mx);
     free(r->txt);
+    free(r->tlsa);
     free(r->addr);
     free(r->rr);
     free(r->raw);
@@ -457,6 +452,24 @@ static int decode_record(const struct msg *m, const struct rrpos *rr, struct dns
         out->n_txt++;
         return 0;
     }
+    case DNS_T_TLSA: {
+        /* RFC 6698 2.1. A record too short for its fixed fields is kept as
+         * unusable rather than failing the whole RRset: the other records
+         * may still be usable (RFC 7671 4.1 treats such records alike). */
+        struct dns_tlsa *t = &out->tlsa[out->n_tlsa++];
+        if (rr->rdlen < 3) {
+            t->usage = t->selector = t->mtype = 255;
+            t->data = rd;
+            t->len = 0;
+            return 0;
+        }
+        t->usage = rd[0];
+        t->selector = rd[1];
+        t->mtype = rd[2];
+        t->data = rd + 3;
+        t->len = rr->rdlen - 3u;
+        return 0;
+    }
     default:
         return 0;
     }
@@ -475,9 +488,11 @@ static int alloc_lists(struct dns_result *out, uint16_t qtype, size_t n)
         out->addr = calloc(n, sizeof(*out->addr));
     else if (qtype == DNS_T_TXT)
         out->txt = calloc(n, sizeof(*out->txt));
+    else if (qtype == DNS_T_TLSA)
+        out->tlsa = calloc(n, sizeof(*out->tlsa));
     else
         return 0;
-    if (!out->mx && !out->addr && !out->txt)
+    if (!out->mx && !out->addr && !out->txt && !out->tlsa)
         return ERR_NOMEM;
     return 0;
 }
@@ -559,6 +574,10 @@ int dns_parse_answer(const uint8_t *msgp, size_t len, const char *qname, uint16_
     }
     uint16_t flags = rd16(m.p + 2);
     unsigned qd = rd16(m.p + 4), an = rd16(m.p + 6), ns = rd16(m.p + 8);
+    /* RFC 4035 3.2.3: AD says the resolver validated every RRset in the
+     * answer and authority sections. Whether to believe it is the
+     * resolver's decision (dns.c). */
+    out->ad = (flags & FLAG_AD) != 0;
     if (!(flags & 0x8000) || ((flags >> 11) & 0xF) != 0) {
         fail_proto(out, "not a DNS answer");
         return 0;
@@ -591,6 +610,7 @@ int dns_parse_answer(const uint8_t *msgp, size_t len, const char *qname, uint16_
         break;
     case RCODE_SERVFAIL:
         dns_result_fail(out, DNS_TEMPFAIL, ERR_DNS, "SERVFAIL");
+        out->servfail = true;
         return 0;
     case RCODE_REFUSED:
         dns_result_fail(out, DNS_TEMPFAIL, ERR_DNS, "REFUSED");
@@ -691,4 +711,147 @@ int dns_parse_answer(const uint8_t *msgp, size_t len, const char *qname, uint16_
     if (qtype == DNS_T_MX)
         return classify_mx(out);
     return 0;
+}
+
+/* ---- queries ----------------------------------------------------------------- */
+
+int dns_build_query(const char *name, uint16_t qtype, bool dnssec, uint8_t *out, size_t size,
+                    size_t *len)
+{
+    if (!dns_name_valid(name))
+        return ERR_INVAL;
+    /* header 12 + name (at most 255) + 4, + OPT 11 */
+    size_t need = 12 + strlen(name) + 2 + 4 + (dnssec ? 11 : 0);
+    if (need > size)
+        return ERR_TOOBIG;
+    size_t o = 0;
+    uint16_t flags = FLAG_RD | (dnssec ? FLAG_AD : 0);
+    uint8_t hdr[12] = {0, 0, (uint8_t)(flags >> 8),    (uint8_t)flags, 0, 1, 0, 0, 0,
+                       0, 0, (uint8_t)(dnssec ? 1 : 0)};
+    memcpy(out, hdr, sizeof(hdr));
+    o = sizeof(hdr);
+    const char *p = name;
+    while (*p) {
+        const char *dot = strchr(p, '.');
+        size_t l = dot ? (size_t)(dot - p) : strlen(p);
+        if (l == 0)
+            break; /* the final dot */
+        out[o++] = (uint8_t)l;
+        memcpy(out + o, p, l);
+        o += l;
+        p += l + (dot ? 1 : 0);
+    }
+    out[o++] = 0;
+    out[o++] = (uint8_t)(qtype >> 8);
+    out[o++] = (uint8_t)qtype;
+    out[o++] = 0;
+    out[o++] = 1; /* IN */
+    if (dnssec) {
+        const uint8_t opt[11] = {0, /* root owner */
+                                 0,
+                                 T_OPT,
+                                 (uint8_t)(EDNS_UDP_SIZE >> 8),
+                                 (uint8_t)EDNS_UDP_SIZE,
+                                 0, /* extended rcode */
+                                 0, /* version */
+                                 (uint8_t)(EDNS_DO >> 8),
+                                 (uint8_t)EDNS_DO,
+                                 0,
+                                 0 /* rdlen */};
+        memcpy(out + o, opt, sizeof(opt));
+        o += sizeof(opt);
+    }
+    *len = o;
+    return 0;
+}
+
+int dns_cidr_parse(const char *s, int *family, uint8_t addr[16], unsigned *bits)
+{
+    char host[64];
+    const char *slash = strrchr(s, '/');
+    size_t hl = slash ? (size_t)(slash - s) : strlen(s);
+    if (hl == 0 || hl >= sizeof(host))
+        return ERR_INVAL;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    if (host[0] == '[') {
+        if (hl < 3 || host[hl - 1] != ']')
+            return ERR_INVAL;
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    memset(addr, 0, 16);
+    unsigned max;
+    if (inet_pton(AF_INET, host, addr) == 1) {
+        *family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, host, addr) == 1) {
+        *family = AF_INET6;
+        max = 128;
+    } else {
+        return ERR_INVAL;
+    }
+    *bits = max;
+    if (slash) {
+        uint64_t b;
+        if (str_to_u64(slash + 1, &b) || b > max)
+            return ERR_INVAL;
+        *bits = (unsigned)b;
+    }
+    return 0;
+}
+
+/* ---- TLSA -------------------------------------------------------------------- */
+
+int dns_tlsa_qname(const char *host, uint16_t port, char *out, size_t size)
+{
+    size_t hl = strlen(host);
+    if (hl > 0 && host[hl - 1] == '.')
+        hl--;
+    int n = snprintf(out, size, "_%u._tcp.%.*s", (unsigned)port, (int)hl, host);
+    if (n < 0 || (size_t)n >= size || n > 253)
+        return ERR_TOOBIG;
+    return 0;
+}
+
+enum dns_tlsa_status dns_tlsa_classify(const struct dns_result *r)
+{
+    switch (r->status) {
+    case DNS_OK:
+        /* RFC 7672 2.2: only a validated TLSA RRset counts; records from an
+         * unsigned zone (or read without DNSSEC) are as if absent. */
+        return r->secure && r->n_tlsa ? DNS_TLSA_SECURE : DNS_TLSA_INSECURE;
+    case DNS_NODATA:
+    case DNS_IMPLICIT_MX:
+    case DNS_NULL_MX:
+        return DNS_TLSA_NODATA;
+    case DNS_NXDOMAIN:
+        return DNS_TLSA_NXDOMAIN;
+    case DNS_TEMPFAIL:
+        /* RFC 4035 5.5: a validating resolver answers SERVFAIL for bogus
+         * data. Without trusted DNSSEC a SERVFAIL is just a failure. */
+        return r->dnssec && r->servfail ? DNS_TLSA_BOGUS : DNS_TLSA_FAIL;
+    case DNS_INVALID:
+        return DNS_TLSA_FAIL;
+    }
+    return DNS_TLSA_FAIL;
+}
+
+const char *dns_tlsa_status_name(enum dns_tlsa_status s)
+{
+    switch (s) {
+    case DNS_TLSA_SECURE:
+        return "secure";
+    case DNS_TLSA_INSECURE:
+        return "insecure";
+    case DNS_TLSA_NODATA:
+        return "nodata";
+    case DNS_TLSA_NXDOMAIN:
+        return "nxdomain";
+    case DNS_TLSA_BOGUS:
+        return "bogus";
+    case DNS_TLSA_FAIL:
+        return "fail";
+    }
+    return "fail";
 }

@@ -37,7 +37,7 @@
  * (owner and group of the daemon, mode 0660), so root and members of the
  * daemon's group get in and others get EACCES, which convoyctl explains.
  *
- * Invariants: a request line is at most CONTROL_LINE_MAX bytes (longer input
+ * Invariants: a request line is at most CTL_LINE_MAX bytes (longer input
  * closes the connection with an error reply); handlers may answer later
  * (control_reply() from any loop callback); a connection that goes away
  * while a handler works is freed only after that handler has replied.
@@ -53,7 +53,6 @@
 
 #include "mta.h"
 
-#define CONTROL_LINE_MAX (1 << 20)
 #define CONTROL_MAX_HANDLERS 64
 #define CONTROL_MAX_HOOKS 16
 #define CONTROL_MAX_CLIENTS 64
@@ -106,12 +105,6 @@ void control_add_status_hook(control_status_hook fn)
 {
     if (n_hooks < CONTROL_MAX_HOOKS)
         status_hooks[n_hooks++] = fn;
-}
-
-int control_socket_path(const struct conf *c, char *out, size_t size)
-{
-    int n = snprintf(out, size, "%s/control.sock", c->queue_directory);
-    return n < 0 || (size_t)n >= size ? ERR_TOOBIG : 0;
 }
 
 /* ---- connections ------------------------------------------------------ */
@@ -197,8 +190,8 @@ void control_reply(struct control_req *req, json_t *response)
         uv_close((uv_handle_t *)&cc->pipe, conn_free_cb);
         return;
     }
-    if (!json_object_get(response, "ok"))
-        json_object_set_new(response, "ok", json_true());
+    if (!json_object_get(response, CTL_F_OK))
+        json_object_set_new(response, CTL_F_OK, json_true());
     send_json(cc, response, false);
     process_lines(cc); /* pipelined requests wait their turn */
 }
@@ -221,7 +214,8 @@ static void handle_status(struct mta *m, struct control_req *req, json_t *reques
     json_object_set_new(r, "pid", json_integer(getpid()));
     json_object_set_new(r, "version", json_string(CONVOY_VERSION));
     json_object_set_new(r, "uptime", json_integer((time_now_ms() - m->started_ms) / 1000));
-    json_object_set_new(r, "config_file", m->conf_path ? json_string(m->conf_path) : json_null());
+    json_object_set_new(r, CTL_F_CONFIG_FILE,
+                        m->conf_path ? json_string(m->conf_path) : json_null());
     json_object_set_new(r, "queue_directory", json_string(m->conf->queue_directory));
     json_object_set_new(r, "stopping", json_boolean(m->stopping));
     for (size_t i = 0; i < n_hooks; i++)
@@ -255,7 +249,7 @@ static void process_lines(struct control_conn *cc)
         json_error_t jerr;
         json_t *request = json_loadb(cc->in.data, n, 0, &jerr);
         buf_consume(&cc->in, n + 1);
-        const char *cmd = request ? json_string_value(json_object_get(request, "cmd")) : NULL;
+        const char *cmd = request ? json_string_value(json_object_get(request, CTL_F_CMD)) : NULL;
         if (!request || !json_is_object(request) || !cmd) {
             json_decref(request);
             send_json(cc,
@@ -322,7 +316,7 @@ static void connection_cb(uv_stream_t *server, int status)
     if (!cc)
         return;
     cc->m = m;
-    buf_init(&cc->in, CONTROL_LINE_MAX);
+    buf_init(&cc->in, CTL_LINE_MAX);
     uv_pipe_init(m->loop, &cc->pipe, 0);
     cc->pipe.data = cc;
     n_clients++;
@@ -337,10 +331,10 @@ static void connection_cb(uv_stream_t *server, int status)
 
 int control_start(struct mta *m, struct buf *err)
 {
-    control_register("status", handle_status);
-    control_register("reload", handle_reload);
+    control_register(CTL_CMD_STATUS, handle_status);
+    control_register(CTL_CMD_RELOAD, handle_reload);
     control_queue_register();
-    if (control_socket_path(m->conf, sock_path, sizeof(sock_path)) != 0 ||
+    if (settings_control_socket_path(m->conf, sock_path, sizeof(sock_path)) != 0 ||
         strlen(sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         buf_printf(err, "control socket path %s/control.sock is too long",
                    m->conf->queue_directory);

@@ -80,12 +80,12 @@ static void on_bounce_done(void *arg, int status, size_t n)
 static void action_finish(struct action_ctx *x)
 {
     json_t *r = json_object();
-    json_object_set_new(r, "done", json_integer((json_int_t)x->done));
+    json_object_set_new(r, CTL_F_DONE, json_integer((json_int_t)x->done));
     if (x->act == A_BOUNCE)
-        json_object_set_new(r, "recipients", json_integer((json_int_t)x->rcpts));
-    json_object_set_new(r, "missing", x->missing);
-    json_object_set_new(r, "skipped", x->skipped);
-    json_object_set_new(r, "failed", x->failed);
+        json_object_set_new(r, CTL_F_RECIPIENTS, json_integer((json_int_t)x->rcpts));
+    json_object_set_new(r, CTL_F_MISSING, x->missing);
+    json_object_set_new(r, CTL_F_SKIPPED, x->skipped);
+    json_object_set_new(r, CTL_F_FAILED, x->failed);
     control_reply(x->req, r);
     free(x->ids);
     free(x);
@@ -135,7 +135,7 @@ static void action_pump(struct action_ctx *x)
 
 static void handle_action(struct mta *m, struct control_req *req, json_t *request, enum action act)
 {
-    json_t *ids = json_object_get(request, "ids");
+    json_t *ids = json_object_get(request, CTL_F_IDS);
     if (!json_is_array(ids)) {
         control_reply_error(req, "\"ids\" must be an array of queue IDs");
         return;
@@ -165,7 +165,7 @@ static void handle_action(struct mta *m, struct control_req *req, json_t *reques
         }
         str_copy(x->ids[i], id, sizeof(x->ids[i]));
     }
-    const char *reason = json_string_value(json_object_get(request, "reason"));
+    const char *reason = json_string_value(json_object_get(request, CTL_F_REASON));
     str_copy(x->reason, reason ? reason : "", sizeof(x->reason));
     x->m = m;
     x->req = req;
@@ -214,15 +214,15 @@ static void on_pause_saved(void *arg, int status, const char *why)
 {
     struct pause_answer *a = arg;
     if (a->resume)
-        json_object_set_new(a->response, "resumed", json_integer((json_int_t)a->resumed));
-    json_object_set_new(a->response, "saved", json_boolean(status == 0));
+        json_object_set_new(a->response, CTL_F_RESUMED, json_integer((json_int_t)a->resumed));
+    json_object_set_new(a->response, CTL_F_SAVED, json_boolean(status == 0));
     if (status != 0) {
         char text[512];
         snprintf(text, sizeof(text),
                  "the change is in force but was not saved (%.400s): it will not survive a "
                  "restart of convoyd",
                  why ? why : err_str(status));
-        json_object_set_new(a->response, "warning", json_string(text));
+        json_object_set_new(a->response, CTL_F_WARNING, json_string(text));
     }
     control_reply(a->req, a->response);
     free(a);
@@ -243,10 +243,10 @@ static struct pause_answer *pause_answer_new(struct control_req *req, json_t *re
 
 static void handle_pause(struct mta *m, struct control_req *req, json_t *request)
 {
-    json_t *jd = json_object_get(request, "domain");
-    json_t *jf = json_object_get(request, "for");
+    json_t *jd = json_object_get(request, CTL_F_DOMAIN);
+    json_t *jf = json_object_get(request, CTL_F_FOR);
     const char *domain = json_string_value(jd);
-    const char *reason = json_string_value(json_object_get(request, "reason"));
+    const char *reason = json_string_value(json_object_get(request, CTL_F_REASON));
     if ((jd && !json_is_null(jd) && !domain) || (jf && !json_is_null(jf) && !json_is_integer(jf))) {
         control_reply_error(req, "\"domain\" must be a string and \"for\" whole seconds");
         return;
@@ -270,8 +270,9 @@ static void handle_pause(struct mta *m, struct control_req *req, json_t *request
     }
     int64_t until = secs ? time_now_ms() + secs * 1000 : 0;
     json_t *r = json_object();
-    json_object_set_new(r, "domain", domain && domain[0] ? json_string(domain) : json_null());
-    json_object_set_new(r, "until", until ? json_integer((json_int_t)(until / 1000)) : json_null());
+    json_object_set_new(r, CTL_F_DOMAIN, domain && domain[0] ? json_string(domain) : json_null());
+    json_object_set_new(r, CTL_F_UNTIL,
+                        until ? json_integer((json_int_t)(until / 1000)) : json_null());
     struct pause_answer *a = pause_answer_new(req, r);
     if (!a)
         return;
@@ -285,7 +286,7 @@ static void handle_pause(struct mta *m, struct control_req *req, json_t *request
 
 static void handle_resume(struct mta *m, struct control_req *req, json_t *request)
 {
-    json_t *jd = json_object_get(request, "domain");
+    json_t *jd = json_object_get(request, CTL_F_DOMAIN);
     const char *domain = json_string_value(jd);
     if (jd && !json_is_null(jd) && !domain) {
         control_reply_error(req, "\"domain\" must be a string");
@@ -316,12 +317,12 @@ static void pause_status_hook(struct mta *m, json_t *status)
 
 void control_queue_register(void)
 {
-    control_register("queue.retry", handle_retry);
-    control_register("queue.hold", handle_hold);
-    control_register("queue.release", handle_release);
-    control_register("queue.delete", handle_delete);
-    control_register("queue.bounce", handle_bounce);
-    control_register("pause", handle_pause);
-    control_register("resume", handle_resume);
+    control_register(CTL_CMD_QUEUE_RETRY, handle_retry);
+    control_register(CTL_CMD_QUEUE_HOLD, handle_hold);
+    control_register(CTL_CMD_QUEUE_RELEASE, handle_release);
+    control_register(CTL_CMD_QUEUE_DELETE, handle_delete);
+    control_register(CTL_CMD_QUEUE_BOUNCE, handle_bounce);
+    control_register(CTL_CMD_PAUSE, handle_pause);
+    control_register(CTL_CMD_RESUME, handle_resume);
     control_add_status_hook(pause_status_hook);
 }

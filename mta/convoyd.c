@@ -33,9 +33,8 @@
 
 #include "delivery.h"
 #include "mta.h"
+#include "settings.h"
 
-#define EX_USAGE_ 2
-#define EX_CONFIG_ 78
 #define MAX_OVERRIDES 256
 
 static struct mta g_mta;
@@ -98,7 +97,12 @@ static const char *default_conf_path(void)
 
 static struct conf *load(const char *path, struct buf *errors)
 {
-    return conf_load(path, g_overrides, g_n_overrides, errors);
+    struct conf *c = conf_load(path, g_overrides, g_n_overrides, errors);
+    if (c && settings_conf_check(c, errors) != 0) {
+        conf_unref(c);
+        c = NULL;
+    }
+    return c;
 }
 
 /* Log each line of a multi-line error text. */
@@ -336,6 +340,12 @@ static void usage(FILE *f)
                "  -V, --version     print the version\n");
 }
 
+static void log_prepare_cb(uv_prepare_t *h)
+{
+    (void)h;
+    log_flush();
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -357,7 +367,7 @@ int main(int argc, char **argv)
         case 'o':
             if (g_n_overrides == MAX_OVERRIDES) {
                 fprintf(stderr, "convoyd: too many -o options\n");
-                return EX_USAGE_;
+                return EXIT_USAGE;
             }
             g_overrides[g_n_overrides++] = optarg;
             break;
@@ -379,13 +389,13 @@ int main(int argc, char **argv)
             return 0;
         default:
             usage(stderr);
-            return EX_USAGE_;
+            return EXIT_USAGE;
         }
     }
     if (optind != argc) {
         fprintf(stderr, "convoyd: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
-        return EX_USAGE_;
+        return EXIT_USAGE;
     }
     if (!have_conf)
         conf_path = default_conf_path();
@@ -396,7 +406,7 @@ int main(int argc, char **argv)
     if (!c) {
         fprintf(stderr, "%s", errors.data ? errors.data : "configuration error\n");
         buf_free(&errors);
-        return EX_CONFIG_;
+        return EXIT_CONFIG;
     }
     buf_free(&errors);
     if (check_only) {
@@ -454,7 +464,16 @@ int main(int argc, char **argv)
                  conf_path ? conf_path : "(built-in defaults)");
         notify("READY=1\nSTATUS=running\nMAINPID=%ld", (long)getpid());
         tell_parent(0);
+        /* Log lines of the loop thread go out in one write per loop
+         * iteration, just before the loop blocks (base/log.c). The handle
+         * is unref'd: it never keeps the loop alive on its own. */
+        static uv_prepare_t log_prepare;
+        uv_prepare_init(g_mta.loop, &log_prepare);
+        uv_prepare_start(&log_prepare, log_prepare_cb);
+        uv_unref((uv_handle_t *)&log_prepare);
+        log_batch_begin();
         uv_run(g_mta.loop, UV_RUN_DEFAULT);
+        log_batch_end();
     }
     buf_free(&err);
 

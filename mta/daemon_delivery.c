@@ -5,6 +5,7 @@
  */
 #include "delivery.h"
 #include "mta.h"
+#include "settings.h"
 
 static void new_work(struct mta *m)
 {
@@ -27,9 +28,9 @@ int mta_delivery_start(struct mta *m, struct buf *err)
         .loop = m->loop,
         .conf = m->conf,
         .queue = m->queue,
-        .helo_name = mta_helo_name,
-        .dns_options = mta_dns_options,
-        .policy_options = mta_policy_options,
+        .helo_name = settings_helo_name,
+        .dns_options = settings_dns_options,
+        .policy_options = settings_policy_options,
     };
     int rc = delivery_new(&o, &m->delivery, err);
     if (rc != 0)

@@ -26,21 +26,10 @@ static void queue_status_hook(struct mta *m, json_t *status)
     json_object_set_new(status, "queue", q);
 }
 
-void mta_queue_options(const struct conf *c, struct queue_options *o)
-{
-    queue_options_default(o);
-    o->directory = c->queue_directory;
-    o->message_size_limit = c->message_size_limit;
-    o->minimal_backoff = c->minimal_backoff_time;
-    o->maximal_backoff = c->maximal_backoff_time;
-    o->maximal_lifetime = c->maximal_queue_lifetime;
-    o->bounce_lifetime = c->bounce_queue_lifetime;
-}
-
 int mta_queue_open(struct mta *m, struct buf *err)
 {
     struct queue_options o;
-    mta_queue_options(m->conf, &o);
+    settings_queue_options(m->conf, &o);
     o.on_new_work = new_work;
     o.on_new_work_arg = m;
     int rc = queue_open(m->loop, &o, &m->queue, err);

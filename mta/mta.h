@@ -1,7 +1,7 @@
 /*
  * mta.h - the inside of convoyd: the state the daemon's parts share, and the
- * entry points of those parts. Private to mta/ (the programs and the
- * orchestrator); no other module includes it.
+ * entry points of those parts. Private to mta/ (the daemon); no other module
+ * includes it. convoyctl (ctl/) shares only ctl_proto.h with it.
  *
  * Threads: everything here runs on the one loop thread.
  */
@@ -16,6 +16,8 @@
 
 #include "base.h"
 #include "conf.h"
+#include "ctl_proto.h"
+#include "settings.h"
 
 struct delivery;
 struct queue;
@@ -41,26 +43,11 @@ struct mta {
 };
 
 /*
- * settings.c: the configuration mapped onto the resolver's and the MTA-STS
- * engine's options (the caller sets the policy cache path), and the name
- * Convoy uses in EHLO and DSNs (smtp_helo_name, myhostname, the host name).
- */
-struct dns_options;
-struct policy_options;
-void mta_dns_options(const struct conf *c, struct dns_options *o);
-void mta_policy_options(const struct conf *c, struct policy_options *o);
-void mta_helo_name(const struct conf *c, char *out, size_t size);
-
-/*
  * daemon_queue.c: open the queue in queue_directory with the settings of
  * m->conf before any service starts; close it (waiting for the writer
  * thread to finish its last commit) after every service has stopped.
  */
-struct queue_options;
 int mta_queue_open(struct mta *m, struct buf *err);
-/* The queue options the configuration asks for (also for convoyctl's
- * read-only opens; set read_only there). */
-void mta_queue_options(const struct conf *c, struct queue_options *o);
 void mta_queue_close(struct mta *m);
 
 /*
@@ -105,31 +92,9 @@ void control_add_status_hook(control_status_hook fn);
 void control_reply(struct control_req *req, json_t *response);
 void control_reply_error(struct control_req *req, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-int control_socket_path(const struct conf *c, char *out, size_t size);
 /* control_queue.c: register the operator commands (queue.retry, queue.hold,
  * queue.release, queue.delete, queue.bounce, pause, resume) and the pause
  * status hook. Called by control_start(). */
 void control_queue_register(void);
-
-/*
- * ctl_client.c: convoyctl's side. Send one request, wait up to timeout_ms
- * for the answer. Returns 0 with *response set (the daemon's object, which
- * may say "ok": false), 3 when the daemon is not running, 1 on other errors
- * (printed to stderr).
- */
-int ctl_request(const struct conf *c, json_t *request, json_t **response, int timeout_ms);
-
-/*
- * convoyctl subcommands, each in its own file. argv[0] is the subcommand
- * name ("queue", "dns", ...). Return the process exit code: 0 ok, 1 failure,
- * 2 usage, 3 daemon not running.
- */
-int ctl_queue(struct conf *c, int argc, char **argv);
-int ctl_dns(struct conf *c, int argc, char **argv);
-int ctl_sts(struct conf *c, int argc, char **argv);
-int ctl_status(struct conf *c, int argc, char **argv);
-int ctl_reload(struct conf *c, int argc, char **argv);
-int ctl_pause(struct conf *c, int argc, char **argv);
-int ctl_resume(struct conf *c, int argc, char **argv);
 
 #endif

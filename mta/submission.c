@@ -106,6 +106,9 @@ static int make_opts(struct mta *m, const struct conf *c, struct smtpd_opts *o, 
     o->client_limit = (size_t)c->smtpd_client_connection_count_limit;
     o->timeout_ms = ms_of(c->smtpd_timeout);
     o->data_timeout_ms = ms_of(c->smtpd_data_timeout);
+    o->reject_long_lines = c->smtpd_reject_long_lines;
+    o->hopcount_limit = (unsigned)c->hopcount_limit;
+    o->postmaster = c->postmaster_address;
     o->bare_newline = strcmp(c->smtpd_forbid_bare_newline, "normalize") == 0 ? SMTPD_BARE_NORMALIZE
                                                                              : SMTPD_BARE_REJECT;
     o->relay_allowed = relay_allowed;

@@ -249,17 +249,10 @@ struct policy_overrides *policy_overrides_load(const char *path, struct buf *err
     }
     struct buf b;
     buf_init(&b, OVERRIDE_FILE_MAX);
-    char chunk[8192];
-    size_t n;
-    bool big = false;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        if (buf_append(&b, chunk, n) != 0) {
-            big = true;
-            break;
-        }
-    bool ioerr = ferror(f);
+    int rc = file_read_stream(f, &b);
     fclose(f);
-    if (big || ioerr) {
+    bool big = rc == ERR_TOOBIG;
+    if (rc != 0) {
         buf_printf(err, "%s: %s\n", path, big ? "file too large" : "read error");
         buf_free(&b);
         return NULL;

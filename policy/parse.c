@@ -176,17 +176,28 @@ const char *policy_change_name(enum policy_change c)
  * sts-extension   = sts-ext-name "=" sts-ext-value
  * sts-ext-name    = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
  * sts-ext-value   = 1*(%x21-3A / %x3C / %x3E-7E)
+ *
+ * The rule of thumb for this parser: where RFC 8461 leaves a reading open,
+ * choose the one that keeps the recipient domain protected. A record the
+ * domain clearly meant as its policy is not refused over a detail the RFC
+ * does not settle (spaces after the last field; an id given twice, where
+ * the first wins as for repeated policy fields in 3.2), and nothing that is
+ * not clearly a record is allowed to count against the one that is (the
+ * exact "v=STSv1;" prefix of policy_txt_is_sts()).
  */
 
 bool policy_txt_is_sts(const char *rec, size_t len)
 {
-    static const char v[] = "v=STSv1";
+    /* RFC 8461 3.1: "records that do not begin with "v=STSv1;" are
+     * discarded", before they are counted. The prose is exact and
+     * case-sensitive, so "V=STSv1; ...", "v=STSv1 is not a policy" and even
+     * the grammar's "v=STSv1 ; id=..." (erratum 6285 notes the conflict)
+     * are not records. Taking the prose literally is also the protective
+     * reading: a decoy TXT record next to a valid one cannot make the
+     * count two and so strip the domain of its policy. */
+    static const char v[] = "v=STSv1;";
     size_t n = sizeof(v) - 1;
-    if (len < n || memcmp(rec, v, n) != 0)
-        return false;
-    /* RFC 8461 3.1 says records not beginning with "v=STSv1;" are
-     * discarded; the grammar allows spaces before that ';'. */
-    return len > n && (rec[n] == ';' || is_wsp((unsigned char)rec[n]));
+    return len >= n && memcmp(rec, v, n) == 0;
 }
 
 int policy_txt_parse(const char *rec, size_t len, char id_out[POLICY_ID_MAX + 1], char *why,
@@ -194,9 +205,10 @@ int policy_txt_parse(const char *rec, size_t len, char id_out[POLICY_ID_MAX + 1]
 {
     id_out[0] = '\0';
     if (!policy_txt_is_sts(rec, len)) {
-        set_why(why, why_size, "record does not start with v=STSv1");
+        set_why(why, why_size, "record does not start with v=STSv1;");
         return ERR_INVAL;
     }
+    /* After "v=STSv1": the ';' that follows is read as the first delimiter. */
     size_t i = 7;
     bool have_id = false;
     size_t fields = 0;
@@ -207,12 +219,10 @@ int policy_txt_parse(const char *rec, size_t len, char id_out[POLICY_ID_MAX + 1]
         while (j < len && is_wsp((unsigned char)rec[j]))
             j++;
         if (j == len) {
-            if (j != i) {
-                /* Spaces after the last field without a ';': not in the
-                 * grammar (only a delimiter may carry them). */
-                set_why(why, why_size, "trailing space after the last field");
-                return ERR_INVAL;
-            }
+            /* Spaces or tabs after the last field without a ';' are not in
+             * the grammar (only a delimiter may carry them), but refusing
+             * the record would silently take the domain's policy away:
+             * accept them (see the rule of thumb above). */
             break;
         }
         if (rec[j] != ';') {
@@ -308,7 +318,7 @@ int policy_txt_select(const char *const *recs, const size_t *lens, size_t n,
         }
     }
     if (found == 0) {
-        set_why(why, why_size, "no v=STSv1 TXT record");
+        set_why(why, why_size, "no TXT record begins with v=STSv1;");
         return ERR_NOTFOUND;
     }
     if (found > 1) {
@@ -325,36 +335,6 @@ int policy_txt_select(const char *const *recs, const size_t *lens, size_t n,
 }
 
 /* ---- RFC 8461 3.2: the policy file --------------------------------------- */
-
-/* RFC 5321 Domain: sub-domain *("." sub-domain); sub-domain = Let-dig
- * [Ldh-str]. Labels of at most 63, at most 253 in all. */
-static bool domain_syntax_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 253)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '.') {
-            if (label == 0 || s[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        if (is_alnum(c)) {
-            label++;
-        } else if (c == '-') {
-            if (label == 0)
-                return false;
-            label++;
-        } else {
-            return false;
-        }
-        if (label > 63)
-            return false;
-    }
-    return label > 0 && s[n - 1] != '-';
-}
 
 static char *dup_lower(const char *s, size_t n)
 {
@@ -459,7 +439,7 @@ int policy_parse(const char *text, size_t len, struct sts_policy *out, char *why
             }
             if (dn > 0 && d[dn - 1] == '.')
                 dn--; /* the one liberty: a trailing dot */
-            if (!domain_syntax_ok(d, dn)) {
+            if (!host_name_ok(d, dn, 0)) {
                 set_why(why, why_size, "line %u: invalid mx pattern \"%.*s\"", line,
                         (int)(vlen > 80 ? 80 : vlen), val);
                 goto fail;
@@ -651,7 +631,7 @@ int policy_domain_normalize(const char *in, char out[POLICY_NAME_MAX])
         idn2_free(a);
         n = an;
     }
-    if (!domain_syntax_ok(tmp, n))
+    if (!host_name_ok(tmp, n, 0))
         return ERR_INVAL;
     memcpy(out, tmp, n + 1);
     return 0;

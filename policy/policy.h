@@ -1,7 +1,8 @@
 /*
  * policy.h - public contract of the policy module: MTA-STS (RFC 8461)
  * discovery, fetch, parse, cache and MX matching, the TLS a delivery must
- * have, and the operator's TLS policy overrides.
+ * have, the operator's TLS policy overrides, and TLS reporting (RFC 8460):
+ * the _smtp._tls record, the store of session results, the reports.
  *
  * Layers, from pure to effectful (each usable on its own):
  *  1. Parsers and rules, no I/O: the TXT record (RFC 8461 3.1), the policy
@@ -13,9 +14,11 @@
  *  3. The engine (struct policy): on a libuv loop, answers "which policy
  *     applies to DOMAIN?" from the cache or by TXT lookup (dns/) and HTTPS
  *     fetch (tls/ over uv_tcp), one discovery per domain at a time.
+ *  4. TLS-RPT (the last section): the record parser and the report and
+ *     mail builders are pure; the store is its own LMDB file.
  *
- * Standards: RFC 8461 (MTA-STS), RFC 8460 4.3 (TLS-RPT result types of
- * policy failures), RFC 6125 via tls/ for the policy host's certificate,
+ * Standards: RFC 8461 (MTA-STS), RFC 8460 (TLS-RPT: 3 the record, 4 the
+ * report, 5 its delivery), RFC 6125 via tls/ for the policy host's certificate,
  * RFC 9112 (HTTP/1.1 message syntax) via http-parser.
  *
  * How delivery uses it (mta/), per destination domain D:
@@ -91,17 +94,18 @@ int policy_sts_copy(struct sts_policy *dst, const struct sts_policy *src);
 /*
  * RFC 8461 3.1: parse one TXT record (its strings already concatenated).
  * 0 with the id (NUL-terminated) in id_out, or ERR_INVAL with the reason in
- * why ("id missing", ...). The grammar is applied exactly: "v=STSv1" first
- * (case-sensitive), then ";"-separated fields with optional spaces or tabs
- * around the ";", an optional final ";". Extension fields key=value are
- * checked for syntax and ignored; if id repeats, the first wins.
+ * why ("id missing", ...). The record must begin with exactly "v=STSv1;"
+ * (policy_txt_is_sts()); then ";"-separated fields with optional spaces or
+ * tabs around the ";", an optional final ";", optional spaces or tabs at
+ * the end. Extension fields key=value are checked for syntax and ignored;
+ * if id repeats, the first wins.
  */
 int policy_txt_parse(const char *rec, size_t len, char id_out[POLICY_ID_MAX + 1], char *why,
                      size_t why_size);
 
-/* Does this TXT record count as an MTA-STS record at all (it starts with
- * "v=STSv1" followed by ';', a space or a tab)? Records that
- * do not are discarded before counting (RFC 8461 3.1). */
+/* Does this TXT record count as an MTA-STS record at all? Only when it
+ * begins with exactly "v=STSv1;" (case-sensitive, no space before the ';');
+ * records that do not are discarded before counting (RFC 8461 3.1). */
 bool policy_txt_is_sts(const char *rec, size_t len);
 
 /*
@@ -556,5 +560,331 @@ int policy_refresh(struct policy *p, const char *domain, policy_cb cb, void *arg
 
 /* The engine's cache (NULL when memory only), for admin tools. */
 struct policy_cache *policy_cache(struct policy *p);
+
+/* ==== TLS-RPT (RFC 8460): records, the store, reports ===================== */
+
+/*
+ * How the daemon is to use this (delivery/ records, mta/ sends):
+ *  - With tlsrpt_enable: s = tlsrpt_store_open(<queue_directory>/
+ *    TLSRPT_STORE_FILE, false, ...) at start; tlsrpt_record_session() once
+ *    per session from the delivery verdict; tlsrpt_store_sync() from a
+ *    one-minute timer; tlsrpt_store_close() at exit.
+ *  - After midnight UTC (plus a random delay), for each (day, domain) of
+ *    tlsrpt_store_each(s, yesterday): TXT _smtp._tls.DOMAIN ->
+ *    tlsrpt_txt_select(); no usable record: tlsrpt_store_delete(). Else
+ *    tlsrpt_report_build(s, day, domain, info, sum.reports, 0, &rep), then
+ *    for each rua: https -> POST rep.gz (Content-Type
+ *    application/tlsrpt+gzip); mailto -> tlsrpt_mailto_address(),
+ *    tlsrpt_mail_build() with rep, DKIM-sign, queue it (sender
+ *    tlsrpt_sender, TLS-Required: No honoured, not itself recorded). When
+ *    every rua is done or given up: tlsrpt_store_delete(). Once a day:
+ *    tlsrpt_store_prune(s, a few days back).
+ */
+
+/*
+ * The reporting policy: the TXT RRset at _smtp._tls.DOMAIN (RFC 8460 3).
+ *
+ *   tlsrpt-record    = %s"v=TLSRPTv1" 1*(field-delim tlsrpt-field) [field-delim]
+ *   field-delim      = *WSP ";" *WSP
+ *   tlsrpt-field     = tlsrpt-rua / tlsrpt-extension     ; rua required
+ *   tlsrpt-rua       = %s"rua=" tlsrpt-uri *(*WSP "," *WSP tlsrpt-uri)
+ *   tlsrpt-extension = tlsrpt-ext-name "=" tlsrpt-ext-value
+ *   tlsrpt-ext-name  = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
+ *   tlsrpt-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)
+ *
+ * There is no "!size" suffix (that is DMARC's rua): a URI's commas,
+ * exclamation points and semicolons must be percent-encoded.
+ */
+#define TLSRPT_RUA_MAX 16   /* URIs kept from one record; more are ignored */
+#define TLSRPT_URI_MAX 1024 /* with the NUL; a longer URI makes the record invalid */
+
+struct tlsrpt_record {
+    size_t n_rua;                             /* mailto: and https: URIs, in record order */
+    char rua[TLSRPT_RUA_MAX][TLSRPT_URI_MAX]; /* as published (scheme as written) */
+    size_t n_ignored;                         /* URIs of other schemes, or past the bound */
+};
+
+/* Is this TXT record (strings concatenated) a TLS-RPT record at all: does it
+ * begin with "v=TLSRPTv1" followed by ';', a space, a tab or its end?
+ * Others are discarded before counting (RFC 8460 3). */
+bool tlsrpt_txt_is_tlsrpt(const char *rec, size_t len);
+
+/*
+ * Parse one record by the grammar above, exactly (case-sensitive "v=" and
+ * "rua="). Extensions are checked for syntax and ignored; several rua
+ * fields accumulate; duplicate URIs are kept once; URIs other than mailto:
+ * and https: (scheme case-insensitive) are counted in n_ignored. 0 when at
+ * least one mailto: or https: URI remains; ERR_INVAL otherwise, with the
+ * reason in why ("rua missing", "no mailto: or https: URI in rua", ...).
+ */
+int tlsrpt_txt_parse(const char *rec, size_t len, struct tlsrpt_record *out, char *why,
+                     size_t why_size);
+
+/*
+ * RFC 8460 3 over a whole RRset: discard records that are not TLS-RPT
+ * records, exactly one must remain and be usable. 0 and *out; ERR_NOTFOUND
+ * when no record is a TLS-RPT record; ERR_INVAL when several are, or the
+ * one is not usable (why says which).
+ */
+int tlsrpt_txt_select(const char *const *recs, const size_t *lens, size_t n,
+                      struct tlsrpt_record *out, char *why, size_t why_size);
+
+/* The address of a mailto: rua URI (RFC 6068: up to '?', percent-decoded).
+ * 0, or ERR_INVAL when it is not a mailto: URI with one local@domain. */
+int tlsrpt_mailto_address(const char *uri, char *out, size_t size);
+
+/* RFC 8460 4.3 result types (the IANA "STARTTLS Validation Result Types"). */
+enum tlsrpt_result {
+    TLSRPT_SUCCESS = 0, /* a successful session, not a result type */
+    /* 4.3.1 negotiation failures */
+    TLSRPT_STARTTLS_NOT_SUPPORTED,
+    TLSRPT_CERTIFICATE_HOST_MISMATCH,
+    TLSRPT_CERTIFICATE_EXPIRED,
+    TLSRPT_CERTIFICATE_NOT_TRUSTED,
+    TLSRPT_VALIDATION_FAILURE, /* also 4.3.3: any failure not covered above */
+    /* 4.3.2.1 DANE */
+    TLSRPT_TLSA_INVALID,
+    TLSRPT_DNSSEC_INVALID,
+    TLSRPT_DANE_REQUIRED,
+    /* 4.3.2.2 MTA-STS */
+    TLSRPT_STS_POLICY_FETCH_ERROR,
+    TLSRPT_STS_POLICY_INVALID,
+    TLSRPT_STS_WEBPKI_INVALID,
+};
+#define TLSRPT_RESULT_LAST TLSRPT_STS_WEBPKI_INVALID
+/* "starttls-not-supported", ...; NULL for TLSRPT_SUCCESS or out of range. */
+const char *tlsrpt_result_name(enum tlsrpt_result r);
+/* The result type of a name; ERR_INVAL for an unknown one. */
+int tlsrpt_result_from_name(const char *name, enum tlsrpt_result *out);
+/* The result type of a policy discovery failure (POLICY_FAIL_NONE gives
+ * TLSRPT_SUCCESS). */
+enum tlsrpt_result tlsrpt_result_from_policy_failure(enum policy_failure f);
+/* The result type of a TLS failure as tls/ reports it in struct tls_facts
+ * (TLS_FAIL_HANDSHAKE and TLS_FAIL_VALIDATION give validation-failure, RFC
+ * 8460 4.3.3; TLS_FAIL_NONE gives TLSRPT_SUCCESS). For MTA-STS, judge by
+ * facts.failure whenever the policy asked for verification, also in testing
+ * mode where the session went on unverified (RFC 8461 5: report it). */
+enum tlsrpt_result tlsrpt_result_from_tls_failure(enum tls_failure f);
+
+/* RFC 8460 4.4 policy-type. */
+enum tlsrpt_policy_type {
+    TLSRPT_POLICY_NO_POLICY = 0, /* "no-policy-found" */
+    TLSRPT_POLICY_STS,           /* "sts" */
+    TLSRPT_POLICY_TLSA,          /* "tlsa" */
+};
+const char *tlsrpt_policy_type_name(enum tlsrpt_policy_type t);
+
+/*
+ * One session's result, as the delivery verdict knows it. The delivery
+ * engine calls tlsrpt_record_session() exactly once per SMTP session
+ * (connection to one MX address) that negotiated, or tried to negotiate,
+ * TLS to a recipient domain, when the session's TLS outcome is known: a
+ * session that carried 50 messages counts once (RFC 8460 counts sessions),
+ * and one that failed before STARTTLS with a TLS cause counts once as a
+ * failure. Not for sessions that carry TLS-RPT reports themselves (RFC 8460
+ * 5.3: no loops), nor for transient network failures (4.3.4: connect
+ * refused, timeouts before TLS) which need not be reported.
+ * Strings may be NULL or "" (member left out of the report).
+ */
+struct tlsrpt_session_result {
+    const char *policy_domain; /* the recipient domain; normalised by the call */
+    int64_t time;              /* seconds since the epoch: picks the UTC day */
+    /* Idempotence key (see tlsrpt_record_session()); NULL: none. */
+    const char *session_id;
+    enum tlsrpt_policy_type policy_type;
+    /* STS: the applied policy; policy-string is rendered from it
+     * ("version: STSv1", "mode: M", "mx: P"..., "max_age: N") and mx-host
+     * is its mx patterns. */
+    const struct sts_policy *sts;
+    /* Other types (TLSA later), or to override the rendering above. */
+    const char *const *policy_strings;
+    size_t n_policy_strings;
+    const char *const *mx_hosts;
+    size_t n_mx_hosts;
+    enum tlsrpt_result result; /* TLSRPT_SUCCESS or the failure */
+    /* Failure details (ignored on success). */
+    const char *sending_mta_ip;        /* our source address */
+    const char *receiving_mx_hostname; /* the MX host name */
+    const char *receiving_mx_helo;     /* its EHLO name, when known */
+    const char *receiving_ip;          /* the address we connected to */
+    const char *failure_reason_code;   /* e.g. the TLS library's error text */
+};
+
+/*
+ * The store: <queue_directory>/tlsrpt.lmdb, its own LMDB environment (one
+ * file, MDB_NOSUBDIR), so a busy store never holds the queue's or the
+ * policy cache's writer lock. Per UTC day and policy domain one record with
+ * the counts per applied policy and the failure details. Readers
+ * (convoyctl) may open it while convoyd writes.
+ *
+ * Durability: written with MDB_NOSYNC; tlsrpt_store_sync() (the daemon
+ * calls it every minute and at exit) flushes. A killed process loses
+ * nothing (the pages are in the kernel); a power loss may lose the counts
+ * since the last sync. Never double counts: every session is one write
+ * transaction, which LMDB commits atomically or not at all.
+ *
+ * Bounds: TLSRPT_MAX_DOMAINS policy domains per day, TLSRPT_MAX_POLICIES
+ * policies per domain and day, TLSRPT_MAX_DETAILS failure-detail rows per
+ * policy. Past a bound the session still counts where it can (a failure
+ * past the detail bound counts in total-failure-session-count) and a
+ * "dropped" counter says how much was left out.
+ */
+#define TLSRPT_STORE_FILE "tlsrpt.lmdb"
+#define TLSRPT_STORE_VERSION 1
+#define TLSRPT_MAX_DOMAINS 20000
+#define TLSRPT_MAX_POLICIES 8
+#define TLSRPT_MAX_DETAILS 100
+#define TLSRPT_SESSION_ID_MAX 128
+/* "YYYY-MM-DD" and its NUL. */
+#define TLSRPT_DAY_SIZE 11
+
+struct tlsrpt_store;
+
+/* Open (creating unless readonly) the store at path. why gets the reason.
+ * ERR_VERSION for a file of another layout version. */
+int tlsrpt_store_open(const char *path, bool readonly, struct tlsrpt_store **out, char *why,
+                      size_t why_size);
+/* Sync (unless readonly) and close. NULL is fine. */
+void tlsrpt_store_close(struct tlsrpt_store *s);
+/* Flush committed records to disk (fsync). */
+int tlsrpt_store_sync(struct tlsrpt_store *s);
+
+/*
+ * Count one session. One write transaction: the counters of the session's
+ * (day, domain, policy) and, for a failure, its failure-detail row (result
+ * type, sending-mta-ip, receiving-mx-hostname, receiving-ip,
+ * failure-reason-code; receiving-mx-helo kept from the first session of
+ * the row).
+ * With a session_id, the same transaction stores the key (day, session_id):
+ * a second call with the same key that day changes nothing and returns
+ * ERR_EXISTS. That makes a retried call (after an error whose commit state
+ * is unknown, or a replay of a journal) safe; session ids must be unique
+ * per attempt, e.g. "<boot-time-ms>.<pid>.<connection-serial>".
+ * Returns 0, ERR_EXISTS, ERR_INVAL (no or bad domain, bad result),
+ * ERR_TOOBIG (the domain bound was reached: counted as dropped for the
+ * day), ERR_FULL, ERR_IO.
+ */
+int tlsrpt_record_session(struct tlsrpt_store *s, const struct tlsrpt_session_result *r);
+
+/* The UTC day of t as "YYYY-MM-DD"; the start of a day (00:00:00 UTC);
+ * tlsrpt_day_parse: 0 or ERR_INVAL. */
+void tlsrpt_day_of(int64_t t, char out[TLSRPT_DAY_SIZE]);
+int tlsrpt_day_parse(const char *day, int64_t *start);
+
+/* One (day, domain) summary for lists. */
+struct tlsrpt_summary {
+    char day[TLSRPT_DAY_SIZE];
+    char domain[POLICY_NAME_MAX];
+    uint64_t successful, failed;
+    size_t n_policies;
+    uint64_t dropped; /* failure rows or policies left out by the bounds */
+    uint32_t reports; /* reports made so far for this day (report-id sequence) */
+};
+typedef int (*tlsrpt_summary_cb)(void *arg, const struct tlsrpt_summary *sum);
+/* Every (day, domain) of day (NULL: every day), in (day, domain) order. A
+ * non-zero return of cb stops and is returned. */
+int tlsrpt_store_each(struct tlsrpt_store *s, const char *day, tlsrpt_summary_cb cb, void *arg);
+/* Sessions that could not be counted on day because of TLSRPT_MAX_DOMAINS. */
+uint64_t tlsrpt_store_dropped(struct tlsrpt_store *s, const char *day);
+
+/*
+ * Move (day, domain) to its next report sequence number: *seq gets the
+ * number the report just sent used (summary.reports before the call), and
+ * the next report of that day gets one more. Call it after a partial-day
+ * report went out (convoyctl tlsrpt send --date today), so the full day
+ * later gets its own report-id; after a full day's report call
+ * tlsrpt_store_delete() instead. Building a report does not change the
+ * number, so a report rebuilt after a crash before the delete carries the
+ * same report-id and a collector can tell it is a resend. One committed
+ * transaction. ERR_NOTFOUND when there is no record.
+ */
+int tlsrpt_store_next_seq(struct tlsrpt_store *s, const char *day, const char *domain,
+                          uint32_t *seq);
+/* The report is sent (every rua handed over, or given up): drop the
+ * record. ERR_NOTFOUND. */
+int tlsrpt_store_delete(struct tlsrpt_store *s, const char *day, const char *domain);
+/* Drop every day before before_day ("YYYY-MM-DD"), records, session keys
+ * and counters: the bound on what is kept when reports cannot be sent.
+ * Returns how many (day, domain) records went, or an error. */
+int tlsrpt_store_prune(struct tlsrpt_store *s, const char *before_day);
+
+/* What a report says about its sender (RFC 8460 4.4). */
+struct tlsrpt_report_info {
+    const char *organization_name;
+    const char *contact_info; /* an email address */
+    const char *submitter;    /* a domain: in the report-id, file name, Subject */
+};
+
+/*
+ * The RFC 8460 4 JSON report of (day, domain): organization-name,
+ * date-range {start-datetime, end-datetime}, contact-info, report-id,
+ * policies [{policy {policy-type, policy-string, policy-domain, mx-host},
+ * summary {total-successful-session-count, total-failure-session-count},
+ * failure-details [...]}]. The range is the UTC day, 00:00:00Z to
+ * 23:59:59Z; when end is non-zero and within the day (a partial report,
+ * convoyctl tlsrpt send --date today) the range ends at end. report-id is
+ * tlsrpt_report_id() of seq. Appended to out (compact JSON unless pretty).
+ * ERR_NOTFOUND when the store has nothing for (day, domain).
+ */
+int tlsrpt_report_json(struct tlsrpt_store *s, const char *day, const char *domain,
+                       const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                       bool pretty, struct buf *out);
+/* "YYYYMMDD.SEQ.DOMAIN@SUBMITTER": unique per (day, report, domain,
+ * submitter), usable as a Message-ID and in Subject's Report-ID: <...>. */
+void tlsrpt_report_id(const char *day, uint32_t seq, const char *domain, const char *submitter,
+                      char *out, size_t size);
+/* RFC 8460 5.1: "submitter!policy-domain!begin!end[!unique-id].json.gz"
+ * (begin and end in seconds since the epoch; unique_id NULL or "" leaves it
+ * out; it must be a MIME token). 0 or ERR_INVAL/ERR_TOOBIG. */
+int tlsrpt_report_filename(const char *submitter, const char *domain, int64_t begin, int64_t end,
+                           const char *unique_id, char *out, size_t size);
+/* RFC 8460 5.2: gzip (RFC 1952) data into out (appended). */
+int tlsrpt_gzip(const void *data, size_t n, struct buf *out);
+
+/*
+ * Everything one report needs on its way out, built from the store: the
+ * compact JSON, its gzip (the body of an https POST with Content-Type
+ * application/tlsrpt+gzip, and the mail attachment), the report-id, the
+ * file name (seq > 0 adds "!seq" as the unique-id) and the range.
+ * Arguments as tlsrpt_report_json(). Free with tlsrpt_report_clear().
+ */
+struct tlsrpt_report {
+    char report_id[POLICY_NAME_MAX * 2 + 32];
+    char filename[POLICY_NAME_MAX * 2 + 64];
+    int64_t begin, end; /* seconds, as in date-range */
+    struct buf json;
+    struct buf gz;
+};
+int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
+                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                        struct tlsrpt_report *out);
+void tlsrpt_report_clear(struct tlsrpt_report *r);
+
+/*
+ * RFC 8460 5.3: the report as a mail message (CRLF line ends, ready to
+ * queue): From, To, Date, Message-ID, Subject "Report Domain: D Submitter:
+ * S Report-ID: <ID>", TLS-Report-Domain, TLS-Report-Submitter,
+ * TLS-Required: No (RFC 8689: the report about a broken TLS setup must not
+ * be held back by it), MIME-Version, Content-Type multipart/report;
+ * report-type="tlsrpt", a short text/plain part, and the gzipped report as
+ * an application/tlsrpt+gzip attachment (base64) named filename.
+ * DKIM (RFC 8460 5.3: reports must be signed, without l=) is the caller's:
+ * sign the returned message with dkim/ for the submitter domain and put the
+ * DKIM-Signature header in front; nothing here needs to change for it.
+ */
+struct tlsrpt_mail {
+    const char *from; /* tlsrpt_sender, an address */
+    const char *to;   /* the rua address (tlsrpt_mailto_address()) */
+    const char *policy_domain;
+    const char *submitter;
+    const char *report_id;
+    const char *filename; /* tlsrpt_report_filename() */
+    const void *gz;       /* the gzipped report */
+    size_t gz_len;
+    int64_t date;         /* Date: header, seconds */
+    int64_t begin, end;   /* the report's range, for the text part */
+    const char *boundary; /* NULL: derived from report_id */
+};
+int tlsrpt_mail_build(const struct tlsrpt_mail *m, struct buf *out);
 
 #endif

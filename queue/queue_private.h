@@ -41,6 +41,10 @@ struct queue {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct qreq *pending, *pending_tail;
+    /* Loop thread only: requests made in this loop iteration, handed to the
+     * writer together by the prepare handle before the loop blocks. */
+    struct qreq *staged, *staged_tail;
+    uv_prepare_t *handoff;
     struct qreq *done, *done_tail;
     bool stopping; /* under lock: the writer drains and exits */
     bool closing;  /* loop thread: no new requests */

@@ -14,6 +14,9 @@ packages=(
     # tests: real peers and tools
     python3 python3-aiosmtpd python3-dnslib swaks dnsmasq-base nginx-light openssl
     ca-certificates lmdb-utils procps iproute2 valgrind
+    # tests: the DNSSEC world (a validating resolver, an authoritative
+    # server, zone signing); the tests run them in the foreground
+    unbound nsd ldnsutils
 )
 
 missing=()
@@ -34,7 +37,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 echo "install-deps: installing ${missing[*]}"
-# Keep packaged services (nginx) from starting on install; remove the guard
+# Keep packaged services (nginx, unbound, nsd) from starting on install; remove the guard
 # afterwards only if we put it there.
 guard=/usr/sbin/policy-rc.d
 placed=0
@@ -51,7 +54,9 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 # In case a service started anyway (a machine where policy-rc.d is ignored).
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    "${SUDO[@]}" systemctl disable --now nginx.service >/dev/null 2>&1 || true
+    for unit in nginx.service unbound.service nsd.service; do
+        "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    done
 fi
 "${SUDO[@]}" pkill -x nginx >/dev/null 2>&1 || true
 echo "install-deps: done"

@@ -16,8 +16,8 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 
 echo "== generated docs are current"
-build/mta/convoyctl config doc | diff -u docs/convoy.conf.5.md - \
-    || { echo "docs/convoy.conf.5.md is stale: run build/mta/convoyctl config doc > docs/convoy.conf.5.md" >&2; exit 1; }
+build/bin/convoyctl config doc | diff -u docs/convoy.conf.5.md - \
+    || { echo "docs/convoy.conf.5.md is stale: run build/bin/convoyctl config doc > docs/convoy.conf.5.md" >&2; exit 1; }
 
 echo "== tests (RelWithDebInfo)"
 (cd build && ctest --output-on-failure -j"$jobs")

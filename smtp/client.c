@@ -105,9 +105,11 @@ struct smtp_client {
     bool broken;  /* must not carry another message */
     unsigned nmsgs;
     struct smtp_outcome result;
-    char fail_reply[512];  /* the reply behind the next fail_session(), if any */
-    bool fail_tls_missing; /* the next fail_session() is for a required TLS
-                              not offered or refused */
+    char fail_reply[512];       /* the reply behind the next fail_session(), if any */
+    bool fail_tls_missing;      /* the next fail_session() is for a required TLS
+                                   not offered or refused */
+    enum smtp_stage fail_stage; /* where fail_session() found the session */
+    char greeting[256];         /* the server's 2xx greeting on one line */
 
     /* The transaction in progress. */
     struct smtp_msg *msg;
@@ -478,6 +480,7 @@ static void fail_session(struct smtp_client *c, enum smtp_action act, const char
 {
     if (c->closing)
         return;
+    c->fail_stage = c->st;
     char text[sizeof(c->result.text)];
     va_list ap;
     va_start(ap, fmt);
@@ -1006,6 +1009,11 @@ static void on_reply(struct smtp_client *c)
     switch (c->st) {
     case SMTP_ST_GREETING:
         if (cls == 2) {
+            struct buf one;
+            buf_init(&one, sizeof(c->greeting) - 1);
+            smtp_reply_oneline(&c->reply, &one);
+            str_copy(c->greeting, one.data ? one.data : "", sizeof(c->greeting));
+            buf_free(&one);
             send_ehlo(c);
         } else {
             char status[12];
@@ -1469,6 +1477,16 @@ const char *smtp_client_relay(const struct smtp_client *c)
 const char *smtp_client_ip(const struct smtp_client *c)
 {
     return c->ip;
+}
+
+enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c)
+{
+    return c->fail_stage;
+}
+
+const char *smtp_client_greeting(const struct smtp_client *c)
+{
+    return c->greeting;
 }
 
 bool smtp_client_established(const struct smtp_client *c)

@@ -50,6 +50,7 @@
 #define DEF_CLIENT_LIMIT 50
 #define DEF_TIMEOUT_MS 300000
 #define DEF_DATA_TIMEOUT_MS 600000
+#define DEF_HOPCOUNT_LIMIT 50
 
 /* ---- configuration snapshots ------------------------------------------- */
 
@@ -58,6 +59,7 @@ struct smtpd_cfg {
     struct smtpd_opts o; /* strings point at the copies below */
     char *hostname;
     char *banner;
+    char *postmaster;
 };
 
 static void cfg_unref(struct smtpd_cfg *c)
@@ -68,7 +70,36 @@ static void cfg_unref(struct smtpd_cfg *c)
     smtpd_credentials_free(c->o.creds);
     free(c->hostname);
     free(c->banner);
+    free(c->postmaster);
     free(c);
+}
+
+/* Where RCPT TO:<postmaster> goes (RFC 5321 4.5.1): the owner's address, or
+ * "postmaster@" + the host name's domain, as Postfix's $mydomain: the host
+ * name minus its first label, unless that would leave a single label (a
+ * host name "example.com" is taken as the domain itself). */
+static int make_postmaster(struct smtpd_cfg *c, struct buf *err)
+{
+    const char *pm = c->o.postmaster;
+    char tmp[SMTP_PATH_MAX + 1];
+    if (!pm || !*pm) {
+        const char *h = c->hostname;
+        const char *dot = strchr(h, '.');
+        const char *dom = dot && strchr(dot + 1, '.') ? dot + 1 : h;
+        snprintf(tmp, sizeof(tmp), "postmaster@%s", dom);
+        pm = tmp;
+    }
+    const char *why = NULL;
+    if (strlen(pm) + 2 > SMTP_PATH_MAX || smtp_mailbox_check(pm, strlen(pm), false, &why) != 0) {
+        buf_printf(err, "postmaster_address: \"%s\" is not a usable address%s%s\n", pm,
+                   why ? ": " : "", why ? why + 6 : "");
+        return ERR_INVAL;
+    }
+    c->postmaster = strdup(pm);
+    if (!c->postmaster)
+        return ERR_NOMEM;
+    c->o.postmaster = c->postmaster;
+    return 0;
 }
 
 static struct smtpd_cfg *cfg_new(const struct smtpd_opts *o, struct buf *err)
@@ -93,6 +124,12 @@ static struct smtpd_cfg *cfg_new(const struct smtpd_opts *o, struct buf *err)
     }
     c->o.hostname = c->hostname;
     c->o.banner = c->banner;
+    if (make_postmaster(c, err) != 0) {
+        cfg_unref(c);
+        return NULL;
+    }
+    if (!c->o.hopcount_limit)
+        c->o.hopcount_limit = DEF_HOPCOUNT_LIMIT;
     if (!c->o.recipient_limit)
         c->o.recipient_limit = DEF_RECIPIENT_LIMIT;
     if (!c->o.hard_error_limit)
@@ -712,6 +749,7 @@ static void begin_body(struct smtpd_session *s, bool bdat, bool prev_crlf)
                    s->cfg->o.bare_newline == SMTPD_BARE_NORMALIZE ? SMTP_BARE_NORMALIZE
                                                                   : SMTP_BARE_REJECT,
                    bdat, s->cfg->o.message_size_limit, prev_crlf, &s->body);
+    s->data.fold = !s->cfg->o.reject_long_lines;
     if (rc)
         s->data.flags |= SMTP_DATA_NOMEM;
     s->data_deadline = time_mono_ms() + s->cfg->o.data_timeout_ms;
@@ -852,6 +890,17 @@ static bool message_complete(struct smtpd_session *s)
         set_state(s, idle_state(s));
         return false;
     }
+    /* A mail loop (RFC 5321 6.3): refuse a message that would leave here
+     * with more than hopcount_limit Received: fields (ours included), so it
+     * is never relayed onward. */
+    if (s->data.received >= s->cfg->o.hopcount_limit) {
+        const char *hops = "554 5.4.6 Too many hops";
+        log_reject(s, verb, hops, NULL);
+        reply(s, "%s", hops);
+        transaction_reset(s);
+        set_state(s, idle_state(s));
+        return false;
+    }
     if (build_message(s) != 0) {
         reply(s, "451 4.3.0 Error: insufficient memory");
         transaction_reset(s);
@@ -988,7 +1037,11 @@ static bool cmd_rcpt(struct smtpd_session *s, struct view arg)
         return false;
     }
     const struct smtpd_opts *o = &s->cfg->o;
-    bool allowed = s->auth_user[0] ||
+    /* RFC 5321 4.5.1: mail to the bare <postmaster> is accepted from
+     * anyone (it goes to one fixed address, not where the client says). */
+    if (r.postmaster)
+        str_copy(r.addr, o->postmaster, sizeof(r.addr));
+    bool allowed = r.postmaster || s->auth_user[0] ||
                    (o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer));
     if (!allowed) {
         char text[SMTP_PATH_MAX + 64];

@@ -30,6 +30,7 @@ void smtp_lines_init(struct smtp_lines *l, char *storage, size_t max)
     l->overflow = false;
     l->nul = false;
     l->pending_cr = false;
+    l->stop_full = false;
 }
 
 void smtp_lines_reset(struct smtp_lines *l)
@@ -81,11 +82,17 @@ size_t smtp_lines_feed(struct smtp_lines *l, const char *p, size_t n, bool *comp
         const char *cr = memchr(p + i, '\r', n - i);
         const char *lf = memchr(p + i, '\n', (size_t)((cr ? cr : p + n) - (p + i)));
         const char *stop = lf ? lf : cr;
+        size_t k = stop ? (size_t)(stop - (p + i)) : n - i;
+        if (l->stop_full && k > l->max - l->len) {
+            /* Take what fits and let the caller empty the line. */
+            size_t room = l->max - l->len;
+            lines_keep(l, p + i, room);
+            return i + room;
+        }
         if (!stop) {
             lines_keep(l, p + i, n - i);
             return n;
         }
-        size_t k = (size_t)(stop - (p + i));
         lines_keep(l, p + i, k);
         i += k;
         *complete = true;
@@ -119,6 +126,10 @@ void smtp_data_init(struct smtp_data *d, enum smtp_bare_mode mode, bool bdat, ui
     d->seen_date = false;
     d->seen_msgid = false;
     d->done = false;
+    d->fold = false;
+    d->started = false;
+    d->cont = false;
+    d->received = 0;
     d->flags = 0;
     d->max_size = max_size;
     d->size = 0;
@@ -135,14 +146,114 @@ static bool header_is(const char *p, size_t n, const char *name)
     return n >= k && view_eq_ci((struct view){p, k}, name);
 }
 
+/* RFC 5322 3.6.7 (and the obsolete syntax of 4.5.6, which allows space
+ * before the colon): is this the first line of a Received: field? */
+static bool is_received(const char *p, size_t n)
+{
+    static const char name[] = "received";
+    size_t k = sizeof(name) - 1;
+    if (n <= k || !view_eq_ci((struct view){p, k}, name))
+        return false;
+    while (k < n && (p[k] == ' ' || p[k] == '\t'))
+        k++;
+    return k < n && p[k] == ':';
+}
+
+/* The start of a line (its first piece when it is folded): the header
+ * section's facts. */
+static void note_line_start(struct smtp_data *d, const char *t, size_t len)
+{
+    if (!d->in_headers)
+        return;
+    if (len == 0)
+        d->in_headers = false;
+    else if (header_is(t, len, "date:"))
+        d->seen_date = true;
+    else if (header_is(t, len, "message-id:"))
+        d->seen_msgid = true;
+    else if (is_received(t, len))
+        d->received++;
+}
+
+/* Store len octets of text followed by a line end ("\r\n", or "\r\n " for a
+ * fold), counting them against max_size. */
+static void store(struct smtp_data *d, const char *t, size_t len, bool fold)
+{
+    size_t end = fold ? 3 : 2;
+    d->size += len + end;
+    if (d->size > d->max_size)
+        d->flags |= SMTP_DATA_TOO_BIG;
+    if (d->flags)
+        return; /* the message will be refused: store nothing more */
+    int rc = buf_append(d->out, t, len);
+    if (rc == 0)
+        rc = buf_append(d->out, "\r\n ", end);
+    if (rc == ERR_TOOBIG)
+        d->flags |= SMTP_DATA_TOO_BIG;
+    else if (rc)
+        d->flags |= SMTP_DATA_NOMEM;
+}
+
+/* Where to fold text of len octets into a first piece of at most room
+ * octets: right after the last space or tab that leaves a piece of at least
+ * room / 2 (so the fold keeps words, URLs and attribute values whole where
+ * the text allows, and the work per octet stays bounded), else at room. */
+static size_t fold_point(const char *t, size_t len, size_t room)
+{
+    size_t max = len < room ? len : room;
+    for (size_t c = max; c > room / 2; c--)
+        if (t[c - 1] == ' ' || t[c - 1] == '\t')
+            return c;
+    return max;
+}
+
+/* Fold pieces off t[0..len) while it is longer than the current output line
+ * may be (998 octets; 997 after a continuation's SP). Returns how many
+ * octets were stored. */
+static size_t fold_pieces(struct smtp_data *d, const char *t, size_t len)
+{
+    size_t done = 0;
+    for (;;) {
+        size_t room = SMTP_TEXT_LINE_MAX - (d->cont ? 1 : 0);
+        if (len - done <= room)
+            return done;
+        size_t cut = fold_point(t + done, len - done, room);
+        store(d, t + done, cut, true);
+        d->cont = true;
+        done += cut;
+    }
+}
+
+/* The line buffer is full in the middle of a line and folding is on: fold
+ * what can be folded and keep the rest (at most 998 octets) for later. */
+static void data_fold(struct smtp_data *d)
+{
+    char *t = d->lr.line;
+    size_t len = d->lr.len;
+    size_t skip = 0;
+    if (d->lr.nul)
+        d->flags |= SMTP_DATA_NUL; /* before a piece of it is stored */
+    if (!d->started) {
+        /* RFC 5321 4.5.2: the first piece carries the line's stuffed dot. */
+        if (!d->bdat && len > 0 && t[0] == '.')
+            skip = 1;
+        note_line_start(d, t + skip, len - skip);
+        d->started = true;
+    }
+    size_t used = skip + fold_pieces(d, t + skip, len - skip);
+    memmove(t, t + used, len - used);
+    d->lr.len = len - used;
+}
+
 /* One complete line of the message, without its line end. */
 static void data_line(struct smtp_data *d, enum smtp_eol eol, bool terminated)
 {
     const char *t = d->lr.line;
     size_t len = d->lr.len;
     bool crlf = terminated && eol == SMTP_EOL_CRLF;
+    bool started = d->started;
 
-    if (!d->bdat) {
+    if (!d->bdat && !started) {
         if (len == 1 && t[0] == '.' && !d->lr.overflow) {
             if (crlf && d->prev_crlf) {
                 d->done = true;
@@ -158,39 +269,37 @@ static void data_line(struct smtp_data *d, enum smtp_eol eol, bool terminated)
     d->lines++;
     if (d->lr.nul)
         d->flags |= SMTP_DATA_NUL;
-    if (d->lr.overflow || len > SMTP_TEXT_LINE_MAX)
+    if (!d->fold && (d->lr.overflow || len > SMTP_TEXT_LINE_MAX))
         d->flags |= SMTP_DATA_LONG_LINE;
-    if (d->in_headers) {
-        if (len == 0)
-            d->in_headers = false;
-        else if (header_is(t, len, "date:"))
-            d->seen_date = true;
-        else if (header_is(t, len, "message-id:"))
-            d->seen_msgid = true;
+    if (!started)
+        note_line_start(d, t, len);
+    if (d->fold) {
+        size_t used = fold_pieces(d, t, len);
+        t += used;
+        len -= used;
     }
-    d->size += len + 2;
-    if (d->size > d->max_size)
-        d->flags |= SMTP_DATA_TOO_BIG;
-    if (d->flags)
-        return; /* the message will be refused: store nothing more */
-    int rc = buf_append(d->out, t, len);
-    if (rc == 0)
-        rc = buf_append(d->out, "\r\n", 2);
-    if (rc == ERR_TOOBIG)
-        d->flags |= SMTP_DATA_TOO_BIG;
-    else if (rc)
-        d->flags |= SMTP_DATA_NOMEM;
+    d->started = false;
+    d->cont = false;
+    store(d, t, len, false);
 }
 
 long smtp_data_feed(struct smtp_data *d, const char *p, size_t n)
 {
     size_t off = 0;
+    d->lr.stop_full = d->fold;
     while (off < n && !d->done) {
         bool complete;
         enum smtp_eol eol;
-        off += smtp_lines_feed(&d->lr, p + off, n - off, &complete, &eol);
-        if (!complete)
+        size_t used = smtp_lines_feed(&d->lr, p + off, n - off, &complete, &eol);
+        off += used;
+        if (!complete) {
+            if (d->fold && off < n && d->lr.len == d->lr.max) {
+                /* Full in mid-line: fold, then read on. */
+                data_fold(d);
+                continue;
+            }
             break;
+        }
         if (eol != SMTP_EOL_CRLF && d->mode == SMTP_BARE_REJECT) {
             d->flags |= eol == SMTP_EOL_LF ? SMTP_DATA_BARE_LF : SMTP_DATA_BARE_CR;
             return ERR_PROTO;

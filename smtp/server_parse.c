@@ -569,6 +569,27 @@ static int parse_notify(struct view v, unsigned *out)
     return 0;
 }
 
+/* RFC 5321 4.1.1.3: "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" /
+ * Forward-path ). The bare form has no domain, and 4.5.1 makes it
+ * case-insensitive and a MUST. On a match *rest is left at the parameters. */
+static bool bare_postmaster(struct view s, struct view *rest)
+{
+    static const char pm[] = "<POSTMASTER>";
+    size_t k = sizeof(pm) - 1;
+    size_t i = 0;
+    while (i < s.len && s.ptr[i] == ' ')
+        i++;
+    if (!prefix_ci(s.ptr + i, s.len - i, pm))
+        return false;
+    i += k;
+    if (i < s.len && s.ptr[i] != ' ')
+        return false; /* junk after '>': let take_path() say so */
+    while (i < s.len && s.ptr[i] == ' ')
+        i++;
+    *rest = (struct view){s.ptr + i, s.len - i};
+    return true;
+}
+
 int smtp_parse_rcpt(struct view arg, bool utf8, struct smtp_rcpt_args *out, const char **why)
 {
     static char reply[160];
@@ -580,7 +601,10 @@ int smtp_parse_rcpt(struct view arg, bool utf8, struct smtp_rcpt_args *out, cons
     struct view s = {arg.ptr + 3, arg.len - 3};
     struct view rest;
     const char *t = NULL;
-    if (take_path(s, out->addr, &rest, false, utf8, &t)) {
+    if (bare_postmaster(s, &rest)) {
+        memcpy(out->addr, "postmaster", sizeof("postmaster"));
+        out->postmaster = true;
+    } else if (take_path(s, out->addr, &rest, false, utf8, &t)) {
         if (strncmp(t, "5.6.7", 5) == 0)
             snprintf(reply, sizeof(reply), "553 %s", t);
         else if (strncmp(t, "5.5.2", 5) == 0)

@@ -118,7 +118,8 @@ struct smtp_mail_args {
 };
 
 struct smtp_rcpt_args {
-    char addr[SMTP_PATH_MAX + 1];
+    char addr[SMTP_PATH_MAX + 1];   /* "postmaster" when postmaster is set */
+    bool postmaster;                /* the bare "<Postmaster>" (RFC 5321 4.1.1.3) */
     unsigned notify;                /* SMTP_NOTIFY_* bits, 0 when absent */
     char orcpt[SMTP_ORCPT_MAX + 1]; /* "addr-type;xtext" as received, "" when absent */
 };
@@ -166,6 +167,8 @@ struct smtp_lines {
     bool overflow;   /* the line was longer than max; the rest was dropped */
     bool nul;        /* the line held a NUL */
     bool pending_cr; /* the last byte fed was a CR */
+    bool stop_full;  /* stop consuming when line is full (no overflow): the
+                        caller empties it (the DATA reader's folding) */
 };
 
 void smtp_lines_init(struct smtp_lines *l, char *storage, size_t max);
@@ -209,6 +212,21 @@ enum {
  * closes the connection as Postfix does. NULs, over-long lines and a message
  * over max_size are recorded in flags; the reader goes on to the end of data
  * without storing more, so the session can answer and continue.
+ *
+ * Long lines: with fold set (by the caller after smtp_data_init()), a line
+ * longer than SMTP_TEXT_LINE_MAX octets (after dot-unstuffing) is stored
+ * folded instead of being refused: CRLF SP is inserted, right after the
+ * last space or tab that leaves a piece of at least half the limit, else at
+ * the limit, so every stored line is at most 998 octets, every continuation
+ * starts with SP (it can never be read as an end of data, an empty line, a
+ * new header field or a MIME boundary), and deleting each inserted CRLF SP
+ * gives back the line as the client sent it. The same in the header section
+ * and the body, for DATA and BDAT alike (Postfix's smtp_line_length_limit
+ * folds the same way on output; we fold once, at acceptance, so what is
+ * queued, signed and sent is the same bytes).
+ *
+ * received counts the Received: fields of the header section (hop count,
+ * RFC 5321 6.3).
  */
 struct smtp_data {
     enum smtp_bare_mode mode;
@@ -217,7 +235,11 @@ struct smtp_data {
     bool in_headers;
     bool seen_date;
     bool seen_msgid;
-    bool done; /* DATA: the end-of-data line was read */
+    bool done;       /* DATA: the end-of-data line was read */
+    bool fold;       /* fold long lines (see above); false: flag SMTP_DATA_LONG_LINE */
+    bool started;    /* the current line's start (dot, header) was handled */
+    bool cont;       /* the current line has been folded at least once */
+    size_t received; /* Received: fields in the header section */
     unsigned flags;
     uint64_t max_size;
     uint64_t size; /* octets stored (or that would have been) */

@@ -142,8 +142,9 @@ struct smtpd_message {
     const char *tls;       /* "TLSv1.3 TLS_AES_256_GCM_SHA384", "" without TLS */
     const char *auth_user; /* "" when not authenticated */
     /* The message as it is to be stored: CRLF line ends, dot-stuffing
-     * removed, with Received: (and Date:, Message-ID: if they were missing)
-     * prepended. */
+     * removed, lines over 998 octets folded with CRLF SP (unless
+     * reject_long_lines), with Received: (and Date:, Message-ID: if they
+     * were missing) prepended. */
     struct view body;
 };
 
@@ -190,6 +191,14 @@ struct smtpd_opts {
     uint32_t timeout_ms;         /* idle / per command / TLS handshake; 0: 300 s */
     uint32_t data_timeout_ms;    /* whole DATA or one BDAT chunk; 0: 600 s */
     enum smtpd_bare_newline bare_newline;
+    bool reject_long_lines;          /* lines over 998 octets: 554 5.6.0; false: fold
+                                        them at acceptance (CRLF SP, as Postfix) */
+    unsigned hopcount_limit;         /* most Received: fields a message may carry as
+                                        queued (with ours); more: 554 5.4.6; 0: 50 */
+    const char *postmaster;          /* where RCPT TO:<postmaster> goes; NULL or "":
+                                        "postmaster@" + the domain of hostname
+                                        (hostname minus its first label when that
+                                        leaves two labels or more, else hostname) */
     struct tls_ctx *tls;             /* server ctx for STARTTLS, or NULL (the server
                                         takes its own reference) */
     struct smtpd_credentials *creds; /* AUTH over TLS, or NULL for no AUTH */
@@ -247,6 +256,11 @@ void smtpd_free(struct smtpd *d);
  * the failure as the outcome of every unfinished recipient) before
  * SMTP_EV_CLOSED. An idle session has no timer of its own: the caller quits
  * it when it no longer wants it (the server may also close it: CLOSED).
+ *
+ * A probe (convoyctl sts check) is a session with no message: it calls
+ * smtp_client_quit() on SMTP_EV_READY and reads the facts in SMTP_EV_CLOSED
+ * (smtp_client_greeting(), smtp_client_established(), smtp_client_ext(),
+ * smtp_client_tls(), smtp_client_failed_stage(), smtp_client_result()).
  */
 
 /* Stages, for timeouts, logs and "in reply to" texts. */
@@ -434,6 +448,14 @@ const char *smtp_client_ip(const struct smtp_client *c);
 /* Did the session get a greeting and a successful EHLO/HELO? (The caller
  * uses this to tell a dead address from a live host.) */
 bool smtp_client_established(const struct smtp_client *c);
+/* The stage the session was in when it failed (meaningful in SMTP_EV_CLOSED
+ * when smtp_client_result() is not SENT): SMTP_ST_TLS for a handshake that
+ * failed, SMTP_ST_STARTTLS for a refused STARTTLS, SMTP_ST_EHLO when TLS was
+ * required and not offered, ... */
+enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c);
+/* The server's 2xx greeting on one line ("220 mx.example ESMTP"); "" until
+ * one came. */
+const char *smtp_client_greeting(const struct smtp_client *c);
 /* How many messages this session has carried (SMTP_EV_DONE seen). */
 unsigned smtp_client_messages(const struct smtp_client *c);
 

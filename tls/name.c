@@ -49,27 +49,46 @@ static size_t checked_len(const char *name, bool allow_star)
     return label == 0 ? 0 : len;
 }
 
-bool tls_name_matches(const char *pattern, const char *host)
+const char *tls_name_mismatch(const char *pattern, const char *host)
 {
     if (pattern == NULL || host == NULL)
-        return false;
-    size_t plen = checked_len(pattern, true);
+        return "no name";
     size_t hlen = checked_len(host, false);
-    if (plen == 0 || hlen == 0)
-        return false;
+    if (hlen == 0)
+        return "the host is not a DNS name of letters, digits and hyphens (give an IDN as "
+               "A-labels, xn--...)";
+    size_t plen = checked_len(pattern, true);
+    if (plen == 0) {
+        if (strchr(pattern, '*') != NULL)
+            return "a wildcard must be the whole leftmost label (RFC 6125 6.4.3)";
+        return "not a DNS name of letters, digits and hyphens (an IDN must be in A-label form)";
+    }
 
     if (pattern[0] != '*')
-        return plen == hlen && strncasecmp(pattern, host, plen) == 0;
+        return plen == hlen && strncasecmp(pattern, host, plen) == 0 ? NULL : "another name";
 
     /* RFC 6125 6.4.3: "*." + rest matches one non-empty label + "." + rest. */
     const char *rest = pattern + 2;
     size_t rlen = plen - 2;
     if (memchr(rest, '.', rlen) == NULL)
-        return false; /* "*.com": too broad */
+        return "a wildcard over a top-level domain matches nothing";
     const char *dot = memchr(host, '.', hlen);
-    if (dot == NULL || dot == host)
-        return false;
-    const char *hrest = dot + 1;
-    size_t hrlen = hlen - (size_t)(hrest - host);
-    return hrlen == rlen && strncasecmp(rest, hrest, rlen) == 0;
+    if (dot != NULL) {
+        const char *hrest = dot + 1;
+        size_t hrlen = hlen - (size_t)(hrest - host);
+        if (hrlen == rlen && strncasecmp(rest, hrest, rlen) == 0)
+            return NULL;
+    }
+    /* Say why, for an operator reading it. */
+    if (hlen == rlen && strncasecmp(rest, host, rlen) == 0)
+        return "a wildcard needs exactly one label in front of the rest (RFC 6125 6.4.3)";
+    if (hlen > rlen + 1 && host[hlen - rlen - 1] == '.' &&
+        strncasecmp(rest, host + hlen - rlen, rlen) == 0)
+        return "a wildcard matches one label only, not several (RFC 6125 6.4.3, RFC 8461 4.1)";
+    return "another name";
+}
+
+bool tls_name_matches(const char *pattern, const char *host)
+{
+    return tls_name_mismatch(pattern, host) == NULL;
 }

@@ -548,6 +548,57 @@ static const char *san_string(WOLFSSL_GENERAL_NAME *gn, char *tmp, size_t size)
     return tmp;
 }
 
+/* The reference names of a leaf as RFC 6125 6.4.4 picks them, one call of
+ * fn each: every DNS SAN (name NULL for one that cannot be read: it still
+ * counts, as its presence means the CN must not be used), or the subject CN
+ * when there is no DNS SAN at all (read raw, so that a CN with a NUL or other
+ * junk gives NULL and cannot match). Returns the number of DNS SANs. Used by
+ * the handshake's check and by tls_check_cert_file() alike. */
+typedef void leaf_name_fn(void *arg, const char *name, bool is_cn);
+
+static size_t leaf_names(WOLFSSL_X509 *x, leaf_name_fn *fn, void *arg)
+{
+    size_t dns = 0;
+    WOLFSSL_STACK *sans = wolfSSL_X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    int count = sans != NULL ? wolfSSL_sk_GENERAL_NAME_num(sans) : 0;
+    for (int i = 0; i < count; i++) {
+        WOLFSSL_GENERAL_NAME *gn = wolfSSL_sk_GENERAL_NAME_value(sans, i);
+        if (gn == NULL || gn->type != ASN_DNS_TYPE)
+            continue;
+        dns++;
+        char tmp[TLS_FACTS_NAME_LEN];
+        fn(arg, san_string(gn, tmp, sizeof tmp), false);
+    }
+    if (sans != NULL)
+        wolfSSL_sk_GENERAL_NAME_pop_free(sans, wolfSSL_GENERAL_NAME_free);
+    if (dns == 0) {
+        char cn[TLS_FACTS_NAME_LEN];
+        WOLFSSL_X509_NAME *subj = wolfSSL_X509_get_subject_name(x);
+        int n = subj != NULL
+                    ? wolfSSL_X509_NAME_get_text_by_NID(subj, NID_commonName, cn, sizeof cn)
+                    : -1;
+        if (n > 0 && (size_t)n < sizeof cn && strlen(cn) == (size_t)n)
+            fn(arg, cn, true);
+        else if (n > 0)
+            fn(arg, NULL, true);
+    }
+    return dns;
+}
+
+static void facts_name(void *arg, const char *name, bool is_cn)
+{
+    struct tls_facts *f = arg;
+    if (!is_cn && f->n_peer_names < TLS_FACTS_NAMES_MAX) {
+        char *slot = f->peer_names[f->n_peer_names++];
+        if (name != NULL)
+            copy_printable(slot, TLS_FACTS_NAME_LEN, name, strlen(name));
+        else
+            str_copy(slot, "?", TLS_FACTS_NAME_LEN);
+    }
+    if (name != NULL && f->host[0] != '\0' && tls_name_matches(name, f->host))
+        f->name_ok = true;
+}
+
 /* Record the leaf's names in the facts and apply the name rule to all of
  * them: SAN dNSNames, or the CN when there is no DNS SAN at all. */
 static void examine_leaf(struct tls_conn *c, WOLFSSL_X509 *x)
@@ -556,46 +607,8 @@ static void examine_leaf(struct tls_conn *c, WOLFSSL_X509 *x)
     f->peer_cert = true;
     name_text(f->peer_cn, sizeof f->peer_cn, wolfSSL_X509_get_subject_name(x));
     name_text(f->peer_issuer_cn, sizeof f->peer_issuer_cn, wolfSSL_X509_get_issuer_name(x));
-
-    bool match = false;
-    size_t dns = 0;
-    WOLFSSL_STACK *sans = wolfSSL_X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
-    int count = sans != NULL ? wolfSSL_sk_GENERAL_NAME_num(sans) : 0;
-    for (int i = 0; i < count; i++) {
-        WOLFSSL_GENERAL_NAME *gn = wolfSSL_sk_GENERAL_NAME_value(sans, i);
-        if (gn == NULL || gn->type != ASN_DNS_TYPE)
-            continue;
-        /* Every DNS SAN counts, even one we cannot read: its presence means
-         * the CN must not be used (RFC 6125 6.4.4). */
-        dns++;
-        char tmp[TLS_FACTS_NAME_LEN];
-        const char *name = san_string(gn, tmp, sizeof tmp);
-        if (f->n_peer_names < TLS_FACTS_NAMES_MAX) {
-            char *slot = f->peer_names[f->n_peer_names++];
-            if (name != NULL)
-                copy_printable(slot, TLS_FACTS_NAME_LEN, name, strlen(name));
-            else
-                str_copy(slot, "?", TLS_FACTS_NAME_LEN);
-        }
-        if (name != NULL && f->host[0] != '\0' && tls_name_matches(name, f->host))
-            match = true;
-    }
-    if (sans != NULL)
-        wolfSSL_sk_GENERAL_NAME_pop_free(sans, wolfSSL_GENERAL_NAME_free);
-    f->n_peer_names_total = dns;
-
-    if (dns == 0 && f->host[0] != '\0') {
-        /* No DNS SAN at all: the CN, read raw so that a CN with a NUL or
-         * other junk cannot match. */
-        char cn[TLS_FACTS_NAME_LEN];
-        WOLFSSL_X509_NAME *subj = wolfSSL_X509_get_subject_name(x);
-        int n = subj != NULL
-                    ? wolfSSL_X509_NAME_get_text_by_NID(subj, NID_commonName, cn, sizeof cn)
-                    : -1;
-        if (n > 0 && (size_t)n < sizeof cn && strlen(cn) == (size_t)n)
-            match = tls_name_matches(cn, f->host);
-    }
-    f->name_ok = match;
+    f->name_ok = false;
+    f->n_peer_names_total = leaf_names(x, facts_name, f);
 }
 
 static struct tls_conn *conn_of_store(WOLFSSL_X509_STORE_CTX *store)
@@ -1033,4 +1046,237 @@ void tls_conn_free(struct tls_conn *c)
     c->freed = true;
     if (c->busy == 0)
         conn_destroy(c);
+}
+
+/* ---- an operator's certificate check ------------------------------------ */
+
+#define CHECK_CHAIN_MAX 16
+
+struct check_names {
+    struct tls_cert_check *out;
+    const char *host;
+    char reasons[512];
+};
+
+static void check_name(void *arg, const char *name, bool is_cn)
+{
+    struct check_names *cn = arg;
+    struct tls_cert_check *o = cn->out;
+    o->names_from_cn = is_cn;
+    if (o->n_names < TLS_CHECK_NAMES_MAX) {
+        char *slot = o->names[o->n_names++];
+        if (name != NULL)
+            copy_printable(slot, TLS_FACTS_NAME_LEN, name, strlen(name));
+        else
+            str_copy(slot, "?", TLS_FACTS_NAME_LEN);
+    }
+    const char *why = name != NULL ? tls_name_mismatch(name, cn->host) : "unreadable name";
+    if (why == NULL) {
+        o->name_match = true;
+        return;
+    }
+    size_t used = strlen(cn->reasons);
+    snprintf(cn->reasons + used, sizeof cn->reasons - used, "%s%s%s: %s", used ? "; " : "",
+             name != NULL ? name : "?", is_cn ? " (CN)" : "", why);
+}
+
+/* Is the certificate past its notAfter? */
+static bool cert_expired(WOLFSSL_X509 *x)
+{
+    const WOLFSSL_ASN1_TIME *t = wolfSSL_X509_get_notAfter(x);
+    return t != NULL && wolfSSL_X509_cmp_current_time(t) < 0;
+}
+
+/* Read a PEM file of at most 1 MiB, NUL-terminated. */
+static int read_small_file(const char *path, char **text, size_t *len, char *why, size_t why_size)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        set_why(why, why_size, "certificate file %s: %s", path, strerror(errno));
+        return ERR_INVAL;
+    }
+    size_t cap = 1 << 20;
+    char *b = malloc(cap + 1);
+    if (b == NULL) {
+        fclose(f);
+        return ERR_NOMEM;
+    }
+    size_t n = fread(b, 1, cap + 1, f);
+    bool bad = ferror(f) != 0;
+    fclose(f);
+    if (bad || n > cap) {
+        free(b);
+        set_why(why, why_size, "certificate file %s: %s", path,
+                bad ? "read error" : "larger than 1 MiB");
+        return ERR_INVAL;
+    }
+    b[n] = '\0';
+    *text = b;
+    *len = n;
+    return 0;
+}
+
+static void add_error(struct tls_cert_check *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void add_error(struct tls_cert_check *o, const char *fmt, ...)
+{
+    size_t used = strlen(o->error);
+    if (used > 0 && used + 2 < sizeof o->error) {
+        memcpy(o->error + used, "; ", 3);
+        used += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o->error + used, sizeof o->error - used, fmt, ap);
+    va_end(ap);
+}
+
+int tls_check_cert_file(const char *cert_file, const char *host, const char *ca_file,
+                        struct tls_cert_check *out, char *why, size_t why_size)
+{
+    memset(out, 0, sizeof *out);
+    if (host == NULL || *host == '\0') {
+        set_why(why, why_size, "no host name given");
+        return ERR_INVAL;
+    }
+    if (!file_readable("certificate", cert_file, why, why_size))
+        return ERR_INVAL;
+    WOLFSSL_X509 *certs[CHECK_CHAIN_MAX];
+    size_t n = 0;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_small_file(cert_file, &text, &len, why, why_size);
+    if (rc != 0)
+        return rc;
+    /* wolfSSL's PEM readers take the first certificate of a buffer, so cut
+     * the file at each BEGIN line. */
+    static const char begin[] = "-----BEGIN CERTIFICATE-----";
+    char *p = strstr(text, begin);
+    while (p != NULL && n < CHECK_CHAIN_MAX) {
+        char *next = strstr(p + 1, begin);
+        size_t plen = next != NULL ? (size_t)(next - p) : len - (size_t)(p - text);
+        certs[n] = wolfSSL_X509_load_certificate_buffer((const unsigned char *)p, (int)plen,
+                                                        WOLFSSL_FILETYPE_PEM);
+        if (certs[n] == NULL) {
+            set_why(why, why_size, "certificate file %s: certificate %zu is not valid PEM",
+                    cert_file, n + 1);
+            for (size_t i = 0; i < n; i++)
+                wolfSSL_X509_free(certs[i]);
+            free(text);
+            return ERR_INVAL;
+        }
+        n++;
+        p = next;
+    }
+    free(text);
+    if (n == 0) {
+        set_why(why, why_size, "certificate file %s: no PEM certificate", cert_file);
+        return ERR_INVAL;
+    }
+    /* The trust store exactly as delivery loads it. */
+    struct tls_ctx *ctx = tls_ctx_client_new(ca_file, why, why_size);
+    if (ctx == NULL) {
+        for (size_t i = 0; i < n; i++)
+            wolfSSL_X509_free(certs[i]);
+        return ERR_INVAL;
+    }
+    WOLFSSL_CERT_MANAGER *cm = wolfSSL_CTX_GetCertManager(ctx->w);
+
+    /* The chain: as in a handshake, a certificate after the leaf is used as
+     * an issuer once it verifies itself (against the trust store or an
+     * intermediate that did), and only if it is a CA. Up to n rounds, so the
+     * order in the file does not matter. Each verification is wolfSSL's own
+     * (signature, dates, CA constraints). */
+    bool used[CHECK_CHAIN_MAX] = {false};
+    int first_err = 0;
+    size_t err_at = 0;
+    for (size_t round = 1; round < n; round++) {
+        bool progress = false;
+        for (size_t i = 1; i < n; i++) {
+            if (used[i])
+                continue;
+            int sz = 0;
+            const unsigned char *der = wolfSSL_X509_get_der(certs[i], &sz);
+            if (der == NULL || sz <= 0 || wolfSSL_X509_get_isCA(certs[i]) != 1)
+                continue;
+            if (wolfSSL_CertManagerVerifyBuffer(cm, der, sz, WOLFSSL_FILETYPE_ASN1) !=
+                WOLFSSL_SUCCESS)
+                continue;
+            if (wolfSSL_CertManagerLoadCABuffer(cm, der, sz, WOLFSSL_FILETYPE_ASN1) ==
+                WOLFSSL_SUCCESS) {
+                used[i] = true;
+                progress = true;
+            }
+        }
+        if (!progress)
+            break;
+    }
+    int sz = 0;
+    const unsigned char *der = wolfSSL_X509_get_der(certs[0], &sz);
+    int r = der != NULL && sz > 0
+                ? wolfSSL_CertManagerVerifyBuffer(cm, der, sz, WOLFSSL_FILETYPE_ASN1)
+                : ASN_PARSE_E;
+    if (r != WOLFSSL_SUCCESS) {
+        first_err = r;
+        err_at = 0;
+    }
+    out->chain_valid = first_err == 0;
+
+    /* Dates, said separately: an expired certificate that also does not
+     * chain reports the chain first, but the operator wants both facts. */
+    for (size_t i = 0; i < n; i++) {
+        if (!cert_expired(certs[i]))
+            continue;
+        out->expired = true;
+        char cn[TLS_FACTS_NAME_LEN];
+        name_text(cn, sizeof cn, wolfSSL_X509_get_subject_name(certs[i]));
+        if (first_err == 0 || classify_verify_error(first_err) != TLS_FAIL_CERT_EXPIRED ||
+            i != err_at)
+            add_error(out, "%s certificate%s%s%s has expired", i == 0 ? "the" : "a chain",
+                      cn[0] ? " (CN=" : "", cn, cn[0] ? ")" : "");
+    }
+    if (!out->chain_valid) {
+        out->failure = classify_verify_error(first_err);
+        add_error(out, "%s", verify_error_text(first_err));
+    }
+
+    struct check_names cn = {.out = out, .host = host};
+    leaf_names(certs[0], check_name, &cn);
+    if (!out->name_match) {
+        if (out->failure == TLS_FAIL_NONE)
+            out->failure = TLS_FAIL_HOST_MISMATCH;
+        if (out->n_names == 0)
+            add_error(out, "the certificate names no host (no DNS SAN, no CN)");
+        else
+            add_error(out, "no name matches %s (%s)", host, cn.reasons);
+    }
+    if (out->chain_valid && out->name_match)
+        out->error[0] = '\0';
+
+    tls_ctx_free(ctx);
+    for (size_t i = 0; i < n; i++)
+        wolfSSL_X509_free(certs[i]);
+    return 0;
+}
+
+size_t tls_conn_peer_chain(const struct tls_conn *c, struct tls_der *out, size_t max)
+{
+    /* SESSION_CERTS (Debian's build) keeps the chain as received, leaf
+     * first, for the life of the session. */
+    if (c == NULL || c->ssl == NULL || !c->facts.handshake_done)
+        return 0;
+    WOLFSSL_X509_CHAIN *ch = wolfSSL_get_peer_chain(c->ssl);
+    int n = ch != NULL ? wolfSSL_get_chain_count(ch) : 0;
+    size_t k = 0;
+    for (int i = 0; i < n && k < max; i++) {
+        const unsigned char *der = wolfSSL_get_chain_cert(ch, i);
+        int len = wolfSSL_get_chain_length(ch, i);
+        if (der == NULL || len <= 0)
+            break;
+        out[k].data = der;
+        out[k].len = (size_t)len;
+        k++;
+    }
+    return k;
 }

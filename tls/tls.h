@@ -45,6 +45,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* ---- facts ------------------------------------------------------------ */
 
@@ -130,6 +131,47 @@ const char *tls_failure_str(enum tls_failure f);
  * Empty labels, spaces and non-ASCII bytes match nothing. NULL matches
  * nothing. */
 bool tls_name_matches(const char *pattern, const char *host);
+/* The same rule, with the reason: NULL when pattern names host, else a short
+ * static text saying why not ("a wildcard matches one label only, not
+ * several (RFC 6125 6.4.3, RFC 8461 4.1)", "another name", ...).
+ * tls_name_matches() is exactly tls_name_mismatch() == NULL. */
+const char *tls_name_mismatch(const char *pattern, const char *host);
+
+/* ---- an operator's certificate check ----------------------------------- */
+
+#define TLS_CHECK_NAMES_MAX 100
+
+/* What tls_check_cert_file() found. */
+struct tls_cert_check {
+    bool chain_valid; /* every certificate chains to a trusted root and is
+                         within its validity period */
+    bool name_match;  /* a reference name of the leaf names the host */
+    bool expired;     /* the leaf or a certificate after it in the file is
+                         past its notAfter */
+    /* The names the rule was applied to: the leaf's DNS SANs in order, or its
+     * subject CN when it has no DNS SAN at all (names_from_cn). Printable
+     * ASCII; a name that is not becomes "?". */
+    char names[TLS_CHECK_NAMES_MAX][TLS_FACTS_NAME_LEN];
+    size_t n_names;
+    bool names_from_cn;
+    enum tls_failure failure; /* the first reason, as a delivery would
+                                 classify it; TLS_FAIL_NONE when both hold */
+    char error[1024];         /* why not, for people; "" when both hold */
+};
+
+/*
+ * Check a PEM certificate file (the leaf first; a chain may follow) as a
+ * delivery in TLS_VERIFY_HOST mode checks a server's certificate for host:
+ * the trust store of tls_ctx_client_new(ca_file) (NULL: the system store),
+ * wolfSSL's chain verification with the certificates after the leaf as
+ * untrusted intermediates, the same failure classification, and the same
+ * name rule on the same names (DNS SANs, else the CN; tls_name_mismatch()).
+ * Returns 0 with the verdict in *out, or ERR_INVAL / ERR_NOMEM when the
+ * check could not run (no readable certificate in the file, a bad CA file),
+ * with the reason in why.
+ */
+int tls_check_cert_file(const char *cert_file, const char *host, const char *ca_file,
+                        struct tls_cert_check *out, char *why, size_t why_size);
 
 /* ---- contexts --------------------------------------------------------- */
 
@@ -265,5 +307,122 @@ bool tls_conn_established(const struct tls_conn *conn);
  * tls_conn_shutdown() first for a clean close). NULL does nothing. Allowed
  * inside callbacks (see the rules above). */
 void tls_conn_free(struct tls_conn *conn);
+
+/* ---- DANE (RFC 7672 for SMTP; RFC 6698, RFC 7671) ----------------------- */
+
+/*
+ * TLSA matching for DANE, in tls/dane.c. The caller (the delivery verdict)
+ * gets the TLSA RRset from dns/ (only a DNSSEC-secure one counts), runs the
+ * handshake in TLS_VERIFY_NONE mode with SNI = the MX host name, takes the
+ * peer chain with tls_conn_peer_chain() and calls tls_dane_verify(). Pure
+ * functions over bytes: no I/O, no state, any thread.
+ *
+ * What is implemented (and why):
+ *  - Usages DANE-TA(2) and DANE-EE(3) only: PKIX-TA(0) and PKIX-EE(1) are
+ *    unusable for SMTP (RFC 7672 3.1.3). Selectors Cert(0) and SPKI(1);
+ *    matching types Full(0), SHA2-256(1), SHA2-512(2) (RFC 6698 2.1). Any
+ *    other value, or a digest of the wrong length, makes a record unusable
+ *    (RFC 7671 4.1): it is skipped, never an error.
+ *  - Digest agility (RFC 7671 9): for each (usage, selector) only records of
+ *    the strongest digest present are used (SHA2-512 over SHA2-256), so a
+ *    server can retire a weak digest; Full(0) records are not digests and
+ *    are always used.
+ *  - DANE-EE(3): the leaf certificate (selector 0) or its key (selector 1)
+ *    matches; names, dates and the rest of the chain are not looked at
+ *    (RFC 7672 3.1.1, RFC 7671 5.1).
+ *  - DANE-TA(2): some certificate of the presented chain (or, for a 2 1 0
+ *    record, the full public key in the record itself: RFC 7672 3.1.2 lets
+ *    the server leave out a TA it names by its key) is the trust anchor; the
+ *    chain from the leaf up to it must verify link by link (each signature
+ *    checked by wolfSSL with the next certificate's key, issuer names equal,
+ *    every issuer a CA by basicConstraints, every certificate below the
+ *    anchor within its dates), and the leaf must name one of the reference
+ *    names (RFC 7672 3.2.2: the MX host name, or the recipient domain;
+ *    RFC 6125 rules as tls_name_matches(): DNS SANs, the CN only when there
+ *    is no DNS SAN). Not checked: pathLenConstraint, name constraints, key
+ *    usage; a TA given only by a digest of its key (2 1 1, 2 1 2) must be in
+ *    the chain, since a digest cannot verify a signature. The chain is
+ *    taken as sent: leaf first, each certificate followed by its issuer
+ *    (RFC 8446 4.4.2 / RFC 5246 7.4.2 order).
+ */
+
+enum { TLS_DANE_TA = 2, TLS_DANE_EE = 3 };
+enum { TLS_DANE_SEL_CERT = 0, TLS_DANE_SEL_SPKI = 1 };
+enum { TLS_DANE_MT_FULL = 0, TLS_DANE_MT_SHA256 = 1, TLS_DANE_MT_SHA512 = 2 };
+
+/* One TLSA record (as dns/ decodes it: struct dns_tlsa has the same fields,
+ * copy them over). data is borrowed. */
+struct tls_tlsa {
+    uint8_t usage, selector, mtype;
+    const uint8_t *data;
+    size_t len;
+};
+
+/* One DER certificate of a chain (borrowed bytes). */
+struct tls_der {
+    const uint8_t *data;
+    size_t len;
+};
+
+/* Is this record usable for SMTP DANE at all (usage 2 or 3, selector 0 or
+ * 1, matching type 0, 1 or 2 with the digest's length, non-empty data)? */
+bool tls_tlsa_usable(const struct tls_tlsa *r);
+
+/* How many records of the set are usable and survive digest agility. 0
+ * means "TLSA present but none usable": per RFC 7672 2.2 (and Postfix) the
+ * host gets mandatory TLS without authentication. */
+size_t tls_dane_usable_count(const struct tls_tlsa *recs, size_t n);
+
+enum tls_dane_status {
+    TLS_DANE_VERIFIED = 0,
+    TLS_DANE_NO_USABLE, /* no usable record (the caller should not call) */
+    TLS_DANE_NO_CERT,   /* the server sent no certificate */
+    TLS_DANE_NO_MATCH,  /* no record matches the chain */
+    TLS_DANE_BAD_CHAIN, /* DANE-TA matched, but the chain below it does not
+                           verify (signature, issuer, not a CA) */
+    TLS_DANE_EXPIRED,   /* DANE-TA: a certificate below the anchor is
+                           expired or not yet valid */
+    TLS_DANE_NAME,      /* DANE-TA: the leaf names none of the names */
+    TLS_DANE_BAD_INPUT, /* a certificate does not parse */
+};
+
+struct tls_dane_result {
+    enum tls_dane_status status;
+    /* The record that decided: its index in recs and its fields (for the
+     * log line "dane=verified 3 1 1"), or -1 when none matched. */
+    int record;
+    uint8_t usage, selector, mtype;
+    int depth;                /* chain position of the matched certificate
+                                 (0 the leaf), -1 for a TA key from the
+                                 record or no match */
+    enum tls_failure failure; /* TLS-RPT view: TLS_FAIL_NONE, or
+                                 TLS_FAIL_VALIDATION / _HOST_MISMATCH /
+                                 _CERT_EXPIRED */
+    char text[256];           /* "dane=verified 3 1 1 depth 0" or the reason */
+};
+
+/* "verified", "no-usable-record", "no-certificate", "no-match",
+ * "bad-chain", "expired", "name-mismatch", "bad-certificate". */
+const char *tls_dane_status_name(enum tls_dane_status s);
+
+/*
+ * Check a presented chain (leaf first) against a TLSA RRset under the rules
+ * above. names: the reference names for DANE-TA (the MX host name first,
+ * then the recipient domain; n_names may be 0 only if no TA record is
+ * given). EE records are tried before TA records; the first match that
+ * verifies wins. Always fills *out; returns 0 for TLS_DANE_VERIFIED, else
+ * ERR_TLS (ERR_NOMEM when memory ran out).
+ */
+int tls_dane_verify(const struct tls_tlsa *recs, size_t n_recs, const struct tls_der *chain,
+                    size_t n_chain, const char *const *names, size_t n_names,
+                    struct tls_dane_result *out);
+
+/*
+ * The peer's certificate chain as received (leaf first), for
+ * tls_dane_verify(): at most max entries; the bytes belong to the conn and
+ * stay valid until tls_conn_free(). Returns the number filled (0 before the
+ * handshake or without a certificate).
+ */
+size_t tls_conn_peer_chain(const struct tls_conn *conn, struct tls_der *out, size_t max);
 
 #endif

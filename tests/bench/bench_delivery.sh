@@ -5,7 +5,7 @@
 # an MTA-STS enforce policy.
 #
 # usage: tests/bench/bench_delivery.sh BUILD_DIR [RESULTS_FILE]
-#   BUILD_DIR holds mta/convoyd and tests/bench/bench_sink (a Release build:
+#   BUILD_DIR holds bin/convoyd and tests/bench/bench_sink (a Release build:
 #   cmake --build BUILD_DIR --target convoyd bench_sink).
 #   Environment: RUNS (3) runs of each case; N (2000) messages per relay run;
 #   STS_N (10000) messages per MTA-STS run; SIZES ("1024 10240");
@@ -165,7 +165,7 @@ MODES=${MODES:-tls none}
 PHASES=${PHASES:-relay sts}
 PF_TLS_REUSE=${PF_TLS_REUSE:-yes}
 LIMIT=${LIMIT:-6000}
-CONVOYD=${CONVOYD:-$BUILD/mta/convoyd}
+CONVOYD=${CONVOYD:-$BUILD/bin/convoyd}
 SINKBIN=$BUILD/tests/bench/bench_sink
 PY=/usr/bin/python3
 PT="$PY $HERE/proctree.py"

@@ -22,7 +22,7 @@ set -eu
 
 BUILD=${1:?usage: bench_smtpd.sh BUILD_DIR [RESULTS_FILE]}
 OUT=${2:-/dev/stdout}
-BIN=$BUILD/mta
+BIN=$BUILD/bin
 WORK=$(mktemp -d /tmp/convoy-bench-XXXXXX)
 chmod 755 "$WORK" # Postfix's daemons run as the postfix user
 CPORT=${CPORT:-26025}

@@ -61,7 +61,7 @@ def main(argv):
     build = argv[1]
     n = int(argv[2]) if len(argv) > 2 else 10000
     out = argv[3] if len(argv) > 3 else None
-    os.environ["CONVOY_BIN"] = os.path.join(os.path.abspath(build), "mta")
+    os.environ["CONVOY_BIN"] = os.path.join(os.path.abspath(build), "bin")
     import convoy
     convoy.CONVOYD = os.path.join(os.environ["CONVOY_BIN"], "convoyd")
     convoy.CONVOYCTL = os.path.join(os.environ["CONVOY_BIN"], "convoyctl")

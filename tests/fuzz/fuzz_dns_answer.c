@@ -6,8 +6,8 @@
  * byte 1 bit 0 whether the expected name is given ("example.test") or taken
  * from the question; the rest is the DNS message. Checks the parser's
  * promises: bounded lists, sorted MX preferences, names within
- * DNS_NAME_MAX, a failure is always classified; and that a cached copy of
- * the message parses the same.
+ * DNS_NAME_MAX, TLSA data inside the message, a failure is always
+ * classified; and that a cached copy of the message parses the same.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -35,6 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (r.status == DNS_TEMPFAIL && !r.why)
         abort();
+    /* TLSA data lies inside the kept copy of the message. */
+    if (r.n_tlsa > DNS_MAX_RECORDS)
+        abort();
+    for (size_t i = 0; i < r.n_tlsa; i++)
+        if (r.tlsa[i].data < r.raw || r.tlsa[i].data + r.tlsa[i].len > r.raw + r.raw_len)
+            abort();
     for (size_t i = 0; i < r.n_mx; i++) {
         if (strlen(r.mx[i].host) > DNS_NAME_MAX)
             abort();

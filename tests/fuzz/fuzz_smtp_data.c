@@ -33,6 +33,7 @@ static struct result run(const char *p, size_t n, unsigned cfg, size_t step, str
     bool bdat = cfg & 2;
     smtp_data_init(d, (cfg & 1) ? SMTP_BARE_NORMALIZE : SMTP_BARE_REJECT, bdat, 1 << 16, !(cfg & 4),
                    out);
+    d->fold = cfg & 0x80; /* fold long lines (the default of the server) */
     struct result r = {0, 0, false, 0};
     while (r.used < n && !d->done) {
         size_t k = n - r.used < step ? n - r.used : step;
@@ -80,6 +81,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (ra.rc == 0 && ra.flags == 0 && a.len && memchr(a.data, '\0', a.len))
         abort();
+    /* Folding leaves no stored line longer than 998 octets. */
+    if ((cfg & 0x80) && ra.flags == 0) {
+        size_t col = 0;
+        for (size_t i = 0; i < a.len; i++) {
+            col = a.data[i] == '\n' ? 0 : col + 1;
+            if (col > 999) /* 998 octets and the CR */
+                abort();
+        }
+    }
     /* DATA ends only after CRLF . CRLF. */
     if (ra.done) {
         bool at_start = ra.used == 3 && !(cfg & 4);

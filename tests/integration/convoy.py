@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/mta"))
+BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 CONVOYD = os.path.join(BIN, "convoyd")
 CONVOYCTL = os.path.join(BIN, "convoyctl")
 WRAPPER = shlex.split(os.environ.get("CONVOY_TEST_WRAPPER", ""))

@@ -162,6 +162,23 @@ class DeliveryTest(unittest.TestCase):
                          r"delay=[0-9.]+, delays=[0-9.]+/[0-9.]+/[0-9.]+/[0-9.]+, dsn=2\.0\.0, "
                          r"status=sent \(250 2\.0\.0 Ok: queued as S1\)" % self.port)
 
+    def test_postmaster_and_long_lines_delivered(self):
+        """Issue 13: RCPT TO:<postmaster> goes to postmaster@ the domain of
+        myhostname (relay.test has two labels: itself) like any recipient,
+        and a long line folded at acceptance goes out as it was queued."""
+        self.world([MX("relay.test", 10, "mx1.relay.test"), A("mx1.relay.test", MX1)])
+        mx = self.sink(MX1)
+        body = b"<p>" + b"y" * 3000 + b"</p>\r\n"
+        data = message("pm", "").rstrip(b"\r\n") + b"\r\n\r\n" + body
+        self.submit("sender@src.test", ["postmaster"], data)
+        self.assertTrue(mx.wait_messages(1), self.log())
+        m = mx.messages[0]
+        self.assertEqual(m.rcpt_tos, ["postmaster@relay.test"])
+        for line in m.content.split(b"\r\n"):
+            self.assertLessEqual(len(line), 998)
+        self.assertTrue(m.content.replace(b"\r\n ", b"").endswith(data), m.content[-200:])
+        self.wait_log_re(r": to=<postmaster@relay\.test>, relay=mx1\.relay\.test\[")
+
     def test_mx_failover(self):
         # mx1 (preferred) has no server: connection refused; mx2 takes it.
         self.world([MX("dest.test", 10, "mx1.dest.test"), MX("dest.test", 20, "mx2.dest.test"),

@@ -14,7 +14,7 @@ import unittest
 
 from world import (A, AAAA, CNAME, MX, NULL_MX, TXT, DnsServer, SilentDnsServer)
 
-BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/mta"))
+BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 CONVOYCTL = os.path.join(BIN, "convoyctl")
 
 RECORDS = [

@@ -42,6 +42,11 @@ DOMAINS = {
     "syntax.test": dict(txt=[("v=STSv1; id=s1",)], body="version: STSv1\r\nmode: sometimes\r\n"),
     "twotxt.test": dict(txt=[("v=STSv1; id=a1",), ("v=STSv1; id=a2",)], body=GOOD),
     "badtxt.test": dict(txt=[("v=STSv1; id=this-is-not-alphanumeric",)], body=GOOD),
+    # RFC 8461 3.1: records not beginning with exactly "v=STSv1;" are decoys,
+    # discarded before counting; trailing spaces after the last field are
+    # accepted (issue 13, items 3 and 4).
+    "decoy.test": dict(txt=[("v=STSv1 is not a policy",), ("V=STSv1; id=up1",),
+                            ("v=STSv1; id=d1   ",)], body=GOOD),
     "wrongcert.test": dict(txt=[("v=STSv1; id=w1",)], body=GOOD, cert="wrong"),
     "idchange.test": dict(txt=[("v=STSv1; id=old1",)], body=GOOD),
     # MX checks
@@ -246,6 +251,13 @@ class StsWorld(unittest.TestCase):
         before = self.web.access_log()
         self.assert_no_policy("twotxt.test", "sts-policy-invalid", "2 v=STSv1 TXT records")
         self.assertEqual(self.web.access_log(), before)  # nothing was fetched
+
+    def test_decoy_txt_records_do_not_count(self):
+        rc, r = self.refresh("decoy.test")
+        self.assertEqual(rc, 0, r)
+        self.assertTrue(r["fetched"])
+        self.assertEqual(r["mode"], "enforce")
+        self.assertEqual(r["id"], "d1")
 
     def test_bad_txt_id_means_no_policy(self):
         self.assert_no_policy("badtxt.test", "sts-policy-invalid", "id may hold only")

@@ -498,15 +498,110 @@ class Strict(Base):
             self.assertEqual(s.noop()[0], 250)
         self.assertNothingQueued(before)
 
-    def test_long_line(self):
-        before = self.queue()
+    # ---- long lines: folded at acceptance (issue 13 item 5) ------------------
+
+    def check_folded(self, body, original):
+        """Every stored line is at most 998 octets, and deleting the
+        inserted CRLF SP gives back what the client sent."""
+        for line in body.split(b"\r\n"):
+            self.assertLessEqual(len(line), 998)
+        self.assertTrue(body.replace(b"\r\n ", b"").endswith(original), body[-300:])
+
+    LONG_MSG = (b"Subject: long\r\n"
+                b"X-Long: " + b" ".join(b"word%04d" % i for i in range(400)) + b"\r\n"
+                b"\r\n"
+                b"<p>" + b"a" * 2500 + b"</p>\r\n"
+                b"." + b"d" * 1200 + b"\r\n"
+                b"short\r\n")
+
+    def test_long_lines_folded_in_data(self):
+        c = self.session()
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.org>")
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        # Dot-stuffed on the wire: the ".ddd..." line goes as "..ddd...".
+        wire = self.LONG_MSG.replace(b"\r\n.", b"\r\n..")
+        code, text = c.cmd(wire + b".")
+        self.assertEqual(code, 250, text)
+        body = self.body(queued_id(text))
+        self.check_folded(body, self.LONG_MSG)
+        # The header is folded at a space, the body line without one at 998.
+        self.assertIn(b" word0109 \r\n word0110 ", body)
+        self.assertIn(b"\r\n<p>" + b"a" * 995 + b"\r\n " + b"a" * 997 + b"\r\n ", body)
+        self.assertIn(b"\r\n." + b"d" * 997 + b"\r\n " + b"d" * 203 + b"\r\nshort\r\n", body)
+
+    def test_long_lines_folded_in_bdat(self):
+        c = self.session()
+        msg = self.LONG_MSG
+        cut = 1500  # inside the long header line
+        c.send(b"MAIL FROM:<b@example.com>\r\nRCPT TO:<c@example.org>\r\n" +
+               b"BDAT %d\r\n" % cut + msg[:cut] +
+               b"BDAT %d LAST\r\n" % (len(msg) - cut) + msg[cut:])
+        codes = [c.reply() for _ in range(4)]
+        self.assertEqual([x[0] for x in codes], [250, 250, 250, 250], codes)
+        self.check_folded(self.body(queued_id(codes[3][1])), msg)
+
+    # ---- mail loops (issue 13 item 1) -----------------------------------------
+
+    def send_hops(self, n):
+        msg = b"".join(b"Received: from h%d.example by h%d.example; Mon, 30 Nov 2026 "
+                       b"17:00:00 +0000\r\n" % (i, i + 1) for i in range(n))
+        msg += b"Subject: loop\r\n\r\nround and round\r\n"
         c = self.session()
         c.cmd("MAIL FROM:<a@example.com>")
         c.cmd("RCPT TO:<b@example.org>")
         c.cmd("DATA")
-        code, text = c.cmd(b"a" * 999 + b"\r\n.")
-        self.assertEqual((code, text[:5]), (554, "5.6.0"))
+        return c.cmd(msg + b".")
+
+    def test_too_many_hops(self):
+        before = self.queue()
+        for n in (120, 50):
+            code, text = self.send_hops(n)
+            self.assertEqual((code, text), (554, "5.4.6 Too many hops"), n)
         self.assertNothingQueued(before)
+        self.daemon.wait_log("554 5.4.6 Too many hops")
+        # 49 Received: fields plus ours make 50, the limit: accepted.
+        code, text = self.send_hops(49)
+        self.assertEqual(code, 250, text)
+        self.assertEqual(self.body(queued_id(text)).count(b"Received:"), 50)
+
+    def test_received_in_body_not_counted(self):
+        msg = b"Subject: x\r\n\r\n" + b"Received: from a by b; x\r\n" * 60
+        with smtplib.SMTP("127.0.0.1", self.port) as s:
+            s.ehlo()
+            s.mail("a@example.com")
+            s.rcpt("b@example.org")
+            self.assertEqual(s.data(msg)[0], 250)
+
+    # ---- postmaster (issue 13 item 2) ---------------------------------------------
+
+    def test_bare_postmaster(self):
+        c = self.session()
+        self.assertEqual(c.cmd("MAIL FROM:<a@example.com>")[0], 250)
+        for form in ("<postmaster>", "<PostMaster>", " <POSTMASTER> NOTIFY=NEVER"):
+            code, text = c.cmd("RCPT TO:" + form)
+            self.assertEqual(code, 250, (form, text))
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        code, text = c.cmd(b"Subject: to postmaster\r\n\r\nhi\r\n.")
+        self.assertEqual(code, 250, text)
+        m = self.queue()[queued_id(text)]
+        # myhostname mx.test.example: its domain is test.example.
+        self.assertEqual([r["address"] for r in m["recipients"]],
+                         ["postmaster@test.example"] * 3)
+
+    @unittest.skipUnless(IPV6, "no IPv6 loopback")
+    def test_bare_postmaster_without_relay_rights(self):
+        c = self.raw(host="::1")
+        c.cmd("EHLO client.example")
+        self.assertEqual(c.cmd("MAIL FROM:<a@example.com>")[0], 250)
+        self.assertEqual(c.cmd("RCPT TO:<victim@example.net>")[0], 554)
+        self.assertEqual(c.cmd("RCPT TO:<postmaster@example.net>")[0], 554)
+        self.assertEqual(c.cmd("RCPT TO:<Postmaster>")[0], 250)
+        self.assertEqual(c.cmd("DATA")[0], 354)
+        code, text = c.cmd(b"Subject: complaint\r\n\r\nhi\r\n.")
+        self.assertEqual(code, 250, text)
+        m = self.queue()[queued_id(text)]
+        self.assertEqual([r["address"] for r in m["recipients"]], ["postmaster@test.example"])
 
     def test_too_many_recipients(self):
         c = self.session()
@@ -702,6 +797,8 @@ class Lenient(Base):
             PARK,
             "smtpd_listen = 127.0.0.1:%d" % cls.port,
             "smtpd_forbid_bare_newline = normalize",
+            "smtpd_reject_long_lines = yes",
+            "postmaster_address = hostmaster@ops.example",
             "",
         ]))
         cls.daemon.start()
@@ -730,6 +827,31 @@ class Lenient(Base):
         finally:
             self.daemon.write_config(text)
             self.daemon.signal(signal.SIGHUP)
+
+    def test_long_line_refused_when_asked(self):
+        before = self.queue()
+        c = self.session()
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.org>")
+        c.cmd("DATA")
+        code, text = c.cmd(b"a" * 999 + b"\r\n.")
+        self.assertEqual((code, text[:5]), (554, "5.6.0"))
+        # 998 octets, and 998 after a stuffed dot, are fine.
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.org>")
+        c.cmd("DATA")
+        code, text = c.cmd(b"a" * 998 + b"\r\n." + b"b" * 998 + b"\r\n.")
+        self.assertEqual(code, 250, text)
+        self.assertEqual(len(set(self.queue()) - set(before)), 1)
+
+    def test_postmaster_address(self):
+        with smtplib.SMTP("127.0.0.1", self.port) as s:
+            s.ehlo()
+            s.mail("a@example.com")
+            self.assertEqual(s.rcpt("postmaster")[0], 250)
+            code, text = s.data(b"Subject: pm\r\n\r\nhi\r\n")
+        m = self.queue()[queued_id(text.decode())]
+        self.assertEqual([r["address"] for r in m["recipients"]], ["hostmaster@ops.example"])
 
     def test_bare_lf_command_accepted(self):
         c = self.raw()

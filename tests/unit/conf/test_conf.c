@@ -18,6 +18,13 @@
 
 #include "conf.h"
 
+/* The host-name syntax conf applies to myhostname and relayhost (base.h's
+ * one check, with conf's flags). */
+static bool conf_host_ok(const char *s)
+{
+    return host_name_ok(s, strlen(s), HOST_NAME_TRAILING_DOT | HOST_NAME_UNDERSCORE);
+}
+
 static char dir[] = "/tmp/convoy-conf-XXXXXX";
 
 static int setup(void **state)
@@ -114,6 +121,15 @@ static void test_value_types(void **state)
         {"myhostname = -bad-.example.com", false, "host name"},
         {"dns_servers = 127.0.0.1:5353, [::1]:53 127.0.0.2", true, NULL},
         {"dns_servers = ns.example.com", false, "IP address"},
+        {"smtp_tls_security_level = dane", true, NULL},
+        {"smtp_tls_security_level = dane-only", true, NULL},
+        {"smtp_tls_security_level = secure", false, "dane-only"},
+        {"smtp_dns_support_level = dnssec", true, NULL},
+        {"smtp_dns_support_level = disabled", true, NULL},
+        {"smtp_dns_support_level = DNSSEC", false, "disabled enabled dnssec"},
+        {"smtp_dns_support_level = yes", false, "disabled enabled dnssec"},
+        {"dns_validating_servers = 127.0.0.1 [::1] 10.53.0.0/16", true, NULL},
+        {"dns_validating_servers = resolver.example", false, "bad element"},
     };
     struct buf errors;
     buf_init(&errors, 4096);
@@ -307,14 +323,14 @@ static void test_parsers(void **state)
     assert_int_equal(conf_parse_hostport("mx.example.com:0", true, &hp), ERR_INVAL);
     assert_int_equal(conf_parse_hostport("[]:25", true, &hp), ERR_INVAL);
     assert_int_equal(conf_parse_hostport("[a]x", true, &hp), ERR_INVAL);
-    assert_true(conf_hostname_valid("a.b-c.example."));
-    assert_false(conf_hostname_valid("a..b"));
-    assert_false(conf_hostname_valid("-a.b"));
-    assert_false(conf_hostname_valid(""));
+    assert_true(conf_host_ok("a.b-c.example."));
+    assert_false(conf_host_ok("a..b"));
+    assert_false(conf_host_ok("-a.b"));
+    assert_false(conf_host_ok(""));
     char big[300];
     memset(big, 'a', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    assert_false(conf_hostname_valid(big));
+    assert_false(conf_host_ok(big));
 }
 
 int main(void)

@@ -259,11 +259,11 @@ static void test_helpers(void **state)
 {
     (void)state;
     char d[64];
-    deliver_domain_of("User@Example.COM", d, sizeof(d));
+    addr_domain("User@Example.COM", d, sizeof(d));
     assert_string_equal(d, "example.com");
-    deliver_domain_of("a@b@C.org.", d, sizeof(d));
+    addr_domain("a@b@C.org.", d, sizeof(d));
     assert_string_equal(d, "c.org");
-    deliver_domain_of("postmaster", d, sizeof(d));
+    addr_domain("postmaster", d, sizeof(d));
     assert_string_equal(d, "");
     static const struct {
         int64_t ms;

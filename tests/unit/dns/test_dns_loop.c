@@ -32,6 +32,8 @@ struct fake {
     int queries;
     int servfail_seen;
     char last[256];
+    bool last_ad; /* the last query carried the AD bit */
+    bool last_do; /* ... and an EDNS0 OPT record with the DO bit */
 };
 
 struct world {
@@ -71,6 +73,62 @@ static bool answer(struct fake *fk, const char *q, unsigned type, struct mb *m, 
     } while (0)
     if (strcmp(q, "drop.test") == 0)
         return false;
+    /* sec.test: a "validating resolver" that sets AD in answers for names
+     * under sec.test when asked with AD (RFC 6840 5.7); bogus.sec.test
+     * always gets SERVFAIL (RFC 4035 5.5); plain.sec.test never gets AD. */
+    unsigned ad = fk->last_ad ? 0x0020 : 0;
+    if (strcmp(q, "bogus.sec.test") == 0 || strcmp(q, "_25._tcp.bogus.sec.test") == 0) {
+        HDR(2, 0, 0);
+        return true;
+    }
+    if (strcmp(q, "sec.test") == 0 && type == DNS_T_MX) {
+        mb_header(m, id, ANS | ad, 0, 1, 1, 0, 0);
+        mb_question(m, q, type);
+        mb_mx(m, q, 300, 10, "mx.sec.test");
+        return true;
+    }
+    if (strcmp(q, "mx.sec.test") == 0 && type == DNS_T_A) {
+        mb_header(m, id, ANS | ad, 0, 1, 1, 0, 0);
+        mb_question(m, q, type);
+        mb_a(m, q, 300, "127.0.0.30");
+        return true;
+    }
+    if (strcmp(q, "mx.sec.test") == 0 && type == DNS_T_AAAA) {
+        mb_header(m, id, ANS | ad, 0, 1, 0, 1, 0);
+        mb_question(m, q, type);
+        mb_soa(m, "sec.test", 60, 60);
+        return true;
+    }
+    if (strcmp(q, "_25._tcp.mx.sec.test") == 0 && type == DNS_T_TLSA) {
+        mb_header(m, id, ANS | ad, 0, 1, 3, 0, 0);
+        mb_question(m, q, type);
+        size_t at = mb_rr(m, q, DNS_T_TLSA, 300);
+        const uint8_t r1[] = {3, 1, 1, 0xAA, 0xBB};
+        mb_bytes(m, r1, sizeof(r1));
+        mb_rr_end(m, at);
+        at = mb_rr(m, q, DNS_T_TLSA, 200);
+        const uint8_t r2[] = {2, 0, 0};
+        mb_bytes(m, r2, sizeof(r2));
+        mb_rr_end(m, at);
+        at = mb_rr(m, q, DNS_T_TLSA, 300);
+        mb_u8(m, 3); /* too short: kept as unusable */
+        mb_rr_end(m, at);
+        return true;
+    }
+    if (strcmp(q, "_25._tcp.plain.sec.test") == 0 && type == DNS_T_TLSA) {
+        HDR(0, 1, 0);
+        size_t at = mb_rr(m, q, DNS_T_TLSA, 300);
+        const uint8_t r1[] = {3, 1, 1, 0xCC};
+        mb_bytes(m, r1, sizeof(r1));
+        mb_rr_end(m, at);
+        return true;
+    }
+    if (strcmp(q, "_25._tcp.none.sec.test") == 0) {
+        mb_header(m, id, ANS | ad, 0, 1, 0, 1, 0);
+        mb_question(m, q, type);
+        mb_soa(m, "sec.test", 60, 60);
+        return true;
+    }
     if (strcmp(q, "servfail.test") == 0 && fk->servfail_seen++ == 0) {
         HDR(2, 0, 0);
         return true;
@@ -139,6 +197,13 @@ static void recv_cb(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struc
                        &type))
         return;
     fk->queries++;
+    const uint8_t *qb = (const uint8_t *)buf->base;
+    fk->last_ad = (qb[3] & 0x20) != 0;
+    /* The OPT record follows the question: root name, type 41, class =
+     * payload size, TTL with DO in its third octet. */
+    size_t qend = 12 + strlen(fk->last) + 2 + 4;
+    fk->last_do = (qb[11] == 1) && (size_t)nread >= qend + 11 && qb[qend] == 0 &&
+                  qb[qend + 2] == 41 && (qb[qend + 7] & 0x80);
     struct mb m;
     mb_init(&m);
     unsigned id = (unsigned)((uint8_t)buf->base[0] << 8 | (uint8_t)buf->base[1]);
@@ -529,6 +594,168 @@ static void test_mx_prefer_v6_and_tempfail(void **state)
     world_stop(&w);
 }
 
+/* ---- DNSSEC status ---------------------------------------------------------- */
+
+struct secseen {
+    int calls;
+    enum dns_status status;
+    bool secure, dnssec, servfail;
+    enum dns_tlsa_status tlsa;
+    size_t n_tlsa;
+    struct dns_tlsa t[4];
+    uint8_t first_data[8];
+    char name[128];
+};
+
+static void sec_record(void *arg, const struct dns_result *r)
+{
+    struct secseen *s = arg;
+    s->calls++;
+    s->status = r->status;
+    s->secure = r->secure;
+    s->dnssec = r->dnssec;
+    s->servfail = r->servfail;
+    s->n_tlsa = r->n_tlsa;
+    str_copy(s->name, r->name ? r->name : "", sizeof(s->name));
+    for (size_t i = 0; i < r->n_tlsa && i < 4; i++)
+        s->t[i] = r->tlsa[i];
+    if (r->n_tlsa && r->tlsa[0].len <= sizeof(s->first_data))
+        memcpy(s->first_data, r->tlsa[0].data, r->tlsa[0].len);
+    if (r->qtype == DNS_T_TLSA)
+        s->tlsa = dns_tlsa_classify(r);
+}
+
+struct mxsec {
+    int calls;
+    bool secure, dnssec, host_secure;
+    enum dns_status status;
+};
+
+static void mx_sec_record(void *arg, const struct dns_mx_result *r)
+{
+    struct mxsec *s = arg;
+    s->calls++;
+    s->status = r->status;
+    s->secure = r->secure;
+    s->dnssec = r->dnssec;
+    s->host_secure = r->n_hosts == 1 && r->hosts[0].secure;
+}
+
+static void test_dnssec_status(void **state)
+{
+    (void)state;
+    struct world w;
+    struct dns_options o;
+    short_options(&o);
+    o.dnssec = true; /* the responder is on 127.0.0.1: trusted by default */
+    world_start(&w, &o);
+    assert_true(dns_dnssec_trusted(w.d));
+
+    struct secseen a = {0}, t = {0}, plain = {0}, none = {0}, bog = {0}, lit = {0};
+    dns_lookup(w.d, "mx.sec.test", DNS_T_A, sec_record, &a, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_true(w.fk.last_ad); /* RFC 6840 5.7: AD in the query */
+    assert_true(w.fk.last_do); /* and EDNS0 with DO */
+    assert_int_equal(a.status, DNS_OK);
+    assert_true(a.dnssec);
+    assert_true(a.secure);
+
+    assert_int_equal(dns_tlsa_lookup(w.d, "mx.sec.test", 25, sec_record, &t, NULL), 0);
+    dns_tlsa_lookup(w.d, "plain.sec.test", 25, sec_record, &plain, NULL);
+    dns_tlsa_lookup(w.d, "none.sec.test", 25, sec_record, &none, NULL);
+    dns_tlsa_lookup(w.d, "bogus.sec.test", 25, sec_record, &bog, NULL);
+    dns_tlsa_lookup(w.d, "127.0.0.1", 25, sec_record, &lit, NULL);
+    assert_int_equal(t.calls + plain.calls + none.calls + bog.calls + lit.calls, 0);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+
+    assert_string_equal(t.name, "_25._tcp.mx.sec.test");
+    assert_int_equal(t.tlsa, DNS_TLSA_SECURE);
+    assert_int_equal(t.n_tlsa, 3);
+    assert_int_equal(t.t[0].usage, 3);
+    assert_int_equal(t.t[0].selector, 1);
+    assert_int_equal(t.t[0].mtype, 1);
+    assert_int_equal(t.t[0].len, 2);
+    assert_int_equal(t.first_data[0], 0xAA);
+    assert_int_equal(t.first_data[1], 0xBB);
+    assert_int_equal(t.t[1].usage, 2);
+    assert_int_equal(t.t[1].len, 0);
+    assert_int_equal(t.t[2].usage, 255); /* the short record */
+
+    assert_int_equal(plain.status, DNS_OK);
+    assert_false(plain.secure);
+    assert_int_equal(plain.tlsa, DNS_TLSA_INSECURE);
+    assert_int_equal(none.tlsa, DNS_TLSA_NODATA);
+    assert_true(none.secure); /* a validated denial */
+    assert_int_equal(bog.status, DNS_TEMPFAIL);
+    assert_true(bog.servfail);
+    assert_int_equal(bog.tlsa, DNS_TLSA_BOGUS);
+    assert_int_equal(lit.status, DNS_INVALID);
+    assert_int_equal(lit.tlsa, DNS_TLSA_FAIL);
+
+    /* A cached answer keeps its security. */
+    struct secseen t2 = {0};
+    int before = w.fk.queries;
+    dns_tlsa_lookup(w.d, "mx.sec.test.", 25, sec_record, &t2, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(w.fk.queries, before);
+    assert_int_equal(t2.tlsa, DNS_TLSA_SECURE);
+
+    /* The full MX resolution carries the MX answer's and the host's
+     * addresses' security (RFC 7672 2.2.1, 2.2.2). */
+    struct mxsec m = {0};
+    dns_mx_resolve(w.d, "sec.test", mx_sec_record, &m, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_int_equal(m.status, DNS_OK);
+    assert_true(m.dnssec);
+    assert_true(m.secure);
+    assert_true(m.host_secure);
+    world_stop(&w);
+
+    /* DNSSEC off (smtp_dns_support_level = enabled): no AD, no EDNS in the
+     * query, and an AD in the answer is ignored. */
+    short_options(&o);
+    world_start(&w, &o);
+    assert_false(dns_dnssec_trusted(w.d));
+    struct secseen off = {0}, offb = {0};
+    dns_tlsa_lookup(w.d, "mx.sec.test", 25, sec_record, &off, NULL);
+    dns_tlsa_lookup(w.d, "bogus.sec.test", 25, sec_record, &offb, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_false(w.fk.last_ad);
+    assert_false(w.fk.last_do);
+    assert_false(off.dnssec);
+    assert_false(off.secure);
+    assert_int_equal(off.tlsa, DNS_TLSA_INSECURE);
+    assert_int_equal(offb.tlsa, DNS_TLSA_FAIL); /* a SERVFAIL, not "bogus" */
+    world_stop(&w);
+
+    /* DNSSEC asked for, but the server is not declared validating: the AD
+     * bit it sends is not believed. */
+    short_options(&o);
+    o.dnssec = true;
+    const char *validating[] = {"10.0.0.0/8", "[2001:db8::]/32"};
+    o.validating = validating;
+    o.n_validating = 2;
+    world_start(&w, &o);
+    assert_false(dns_dnssec_trusted(w.d));
+    struct secseen un = {0};
+    dns_tlsa_lookup(w.d, "mx.sec.test", 25, sec_record, &un, NULL);
+    uv_run(&w.loop, UV_RUN_DEFAULT);
+    assert_true(w.fk.last_ad);
+    assert_false(un.secure);
+    assert_int_equal(un.tlsa, DNS_TLSA_INSECURE);
+    world_stop(&w);
+
+    /* Declared by its exact address: trusted. */
+    short_options(&o);
+    o.dnssec = true;
+    const char *exact[] = {"127.0.0.1"};
+    o.validating = exact;
+    o.n_validating = 1;
+    world_start(&w, &o);
+    assert_true(dns_dnssec_trusted(w.d));
+    world_stop(&w);
+}
+
 static void test_bad_options(void **state)
 {
     (void)state;
@@ -544,6 +771,14 @@ static void test_bad_options(void **state)
     assert_null(d);
     dns_options_default(&o);
     o.tries = 0;
+    assert_int_equal(dns_new(&loop, &o, &d), ERR_INVAL);
+    dns_options_default(&o);
+    const char *one[] = {"127.0.0.1:53"};
+    const char *bad_valid[] = {"127.0.0.1/33"};
+    o.servers = one;
+    o.n_servers = 1;
+    o.validating = bad_valid;
+    o.n_validating = 1;
     assert_int_equal(dns_new(&loop, &o, &d), ERR_INVAL);
     dns_free(NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -563,6 +798,7 @@ int main(void)
         cmocka_unit_test(test_free_in_callback),
         cmocka_unit_test(test_mx_resolve),
         cmocka_unit_test(test_mx_prefer_v6_and_tempfail),
+        cmocka_unit_test(test_dnssec_status),
         cmocka_unit_test(test_bad_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

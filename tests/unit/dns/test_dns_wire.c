@@ -574,9 +574,134 @@ static void test_name_valid(void **state)
     assert_false(dns_name_eq("a.example", "b.example"));
 }
 
+/* ---- DNSSEC and TLSA ---------------------------------------------------------- */
+
+static void test_build_query(void **state)
+{
+    (void)state;
+    uint8_t q[512];
+    size_t n;
+    assert_int_equal(dns_build_query("a.example.", DNS_T_TLSA, false, q, sizeof(q), &n), 0);
+    const uint8_t plain[] = {0, 0,   0x01, 0x00, 0,   1,   0,   0,   0, 0, 0,  0, 1, 'a',
+                             7, 'e', 'x',  'a',  'm', 'p', 'l', 'e', 0, 0, 52, 0, 1};
+    assert_int_equal(n, sizeof(plain));
+    assert_memory_equal(q, plain, sizeof(plain));
+    /* RFC 6840 5.7: AD in the header; RFC 6891 / RFC 3225: OPT with DO. */
+    assert_int_equal(dns_build_query("a.example", DNS_T_A, true, q, sizeof(q), &n), 0);
+    assert_int_equal(n, sizeof(plain) + 11);
+    assert_int_equal(q[3], 0x20);
+    assert_int_equal(q[11], 1); /* ARCOUNT */
+    const uint8_t opt[] = {0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0};
+    assert_memory_equal(q + sizeof(plain), opt, sizeof(opt));
+    assert_int_equal(dns_build_query("bad..name", DNS_T_A, true, q, sizeof(q), &n), ERR_INVAL);
+    assert_int_equal(dns_build_query("a.example", DNS_T_A, true, q, 20, &n), ERR_TOOBIG);
+}
+
+static void test_ad_and_tlsa(void **state)
+{
+    (void)state;
+    struct mb m;
+    const char *qn = "_25._tcp.mx.example.test";
+    mb_init(&m);
+    mb_header(&m, 1, ANS | 0x0020, RC_NOERROR, 1, 2, 0, 0);
+    mb_question(&m, qn, DNS_T_TLSA);
+    size_t at = mb_rr(&m, qn, DNS_T_TLSA, 600);
+    const uint8_t r1[] = {2, 1, 2, 1, 2, 3, 4};
+    mb_bytes(&m, r1, sizeof(r1));
+    mb_rr_end(&m, at);
+    at = mb_rr(&m, qn, DNS_T_TLSA, 300);
+    const uint8_t r2[] = {3, 0};
+    mb_bytes(&m, r2, sizeof(r2));
+    mb_rr_end(&m, at);
+    struct dns_result r;
+    parse(&m, qn, DNS_T_TLSA, &r);
+    assert_int_equal(r.status, DNS_OK);
+    assert_true(r.ad);
+    assert_false(r.secure); /* only the resolver makes it secure */
+    assert_int_equal(r.n_tlsa, 2);
+    assert_int_equal(r.tlsa[0].usage, 2);
+    assert_int_equal(r.tlsa[0].selector, 1);
+    assert_int_equal(r.tlsa[0].mtype, 2);
+    assert_int_equal(r.tlsa[0].len, 4);
+    assert_int_equal(r.tlsa[0].data[3], 4);
+    assert_int_equal(r.tlsa[1].usage, 255);
+    assert_int_equal(r.ttl, 300);
+    /* Not secure: records are ignored for DANE (RFC 7672 2.2). */
+    assert_int_equal(dns_tlsa_classify(&r), DNS_TLSA_INSECURE);
+    r.dnssec = r.secure = true;
+    assert_int_equal(dns_tlsa_classify(&r), DNS_TLSA_SECURE);
+    dns_result_clear(&r);
+
+    /* Without AD. */
+    mb_init(&m);
+    mb_header(&m, 1, ANS, RC_NOERROR, 1, 0, 1, 0);
+    mb_question(&m, qn, DNS_T_TLSA);
+    mb_soa(&m, "example.test", 60, 30);
+    parse(&m, qn, DNS_T_TLSA, &r);
+    assert_false(r.ad);
+    assert_int_equal(r.status, DNS_NODATA);
+    assert_int_equal(dns_tlsa_classify(&r), DNS_TLSA_NODATA);
+    dns_result_clear(&r);
+
+    mb_init(&m);
+    mb_header(&m, 1, ANS, RC_NXDOMAIN, 1, 0, 1, 0);
+    mb_question(&m, qn, DNS_T_TLSA);
+    mb_soa(&m, "example.test", 60, 30);
+    parse(&m, qn, DNS_T_TLSA, &r);
+    assert_int_equal(dns_tlsa_classify(&r), DNS_TLSA_NXDOMAIN);
+    dns_result_clear(&r);
+
+    /* SERVFAIL: bogus only from trusted validating resolvers. */
+    mb_init(&m);
+    mb_header(&m, 1, ANS, RC_SERVFAIL, 1, 0, 0, 0);
+    mb_question(&m, qn, DNS_T_TLSA);
+    parse(&m, qn, DNS_T_TLSA, &r);
+    assert_true(r.servfail);
+    assert_int_equal(dns_tlsa_classify(&r), DNS_TLSA_FAIL);
+    r.dnssec = true;
+    assert_int_equal(dns_tlsa_classify(&r), DNS_TLSA_BOGUS);
+    assert_string_equal(dns_tlsa_status_name(DNS_TLSA_BOGUS), "bogus");
+    dns_result_clear(&r);
+}
+
+static void test_tlsa_qname_and_cidr(void **state)
+{
+    (void)state;
+    char b[300];
+    assert_int_equal(dns_tlsa_qname("mx.example.com.", 25, b, sizeof(b)), 0);
+    assert_string_equal(b, "_25._tcp.mx.example.com");
+    assert_int_equal(dns_tlsa_qname("mx.example.com", 25, b, 10), ERR_TOOBIG);
+    char longname[260];
+    memset(longname, 'a', sizeof(longname));
+    for (int i = 60; i < 259; i += 61)
+        longname[i] = '.';
+    longname[250] = '\0'; /* 250 characters: with "_25._tcp." too long */
+    assert_int_equal(dns_tlsa_qname(longname, 25, b, sizeof(b)), ERR_TOOBIG);
+
+    int fam;
+    uint8_t a[16];
+    unsigned bits;
+    assert_int_equal(dns_cidr_parse("127.0.0.0/8", &fam, a, &bits), 0);
+    assert_int_equal(fam, AF_INET);
+    assert_int_equal(bits, 8);
+    assert_int_equal(dns_cidr_parse("[::1]/128", &fam, a, &bits), 0);
+    assert_int_equal(fam, AF_INET6);
+    assert_int_equal(a[15], 1);
+    assert_int_equal(dns_cidr_parse("::1", &fam, a, &bits), 0);
+    assert_int_equal(bits, 128);
+    assert_int_equal(dns_cidr_parse("10.1.2.3", &fam, a, &bits), 0);
+    assert_int_equal(bits, 32);
+    assert_int_equal(dns_cidr_parse("10.1.2.3/33", &fam, a, &bits), ERR_INVAL);
+    assert_int_equal(dns_cidr_parse("resolver/8", &fam, a, &bits), ERR_INVAL);
+    assert_int_equal(dns_cidr_parse("", &fam, a, &bits), ERR_INVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_build_query),
+        cmocka_unit_test(test_ad_and_tlsa),
+        cmocka_unit_test(test_tlsa_qname_and_cidr),
         cmocka_unit_test(test_mx_sorted),
         cmocka_unit_test(test_mx_equal_shuffled),
         cmocka_unit_test(test_mx_sort_stable_prefs),

@@ -32,7 +32,7 @@ static const struct txt_case txt_cases[] = {
     {"v=STSv1; id=20160831085700Z", "20160831085700Z"},
     {"v=STSv1;id=abc;", "abc"},
     {"v=STSv1;id=abc", "abc"},
-    {"v=STSv1 ; id=abc", "abc"},
+    {"v=STSv1 ; id=abc", NULL}, /* not "v=STSv1;" exactly: discarded (3.1) */
     {"v=STSv1;\tid=abc ;", "abc"},
     {"v=STSv1; id=abc; ", "abc"},
     {"v=STSv1; id=abc; ext=value", "abc"},
@@ -44,9 +44,16 @@ static const struct txt_case txt_cases[] = {
     {"v=STSv1;", NULL},
     {"v=STSv1; id=", NULL},
     {"v=STSv1; id=ab-c", NULL},
-    {"v=STSv1; id=abc ", NULL}, /* trailing space without ';' */
-    {"v=STSv1 id=abc", NULL},   /* no ';' */
-    {"v=STSv1; ID=abc", NULL},  /* %s"id=": ID is an extension; no id */
+    /* Trailing spaces or tabs after the last field: accepted (issue 13). */
+    {"v=STSv1; id=abc ", "abc"},
+    {"v=STSv1; id=20160831085700Z   ", "20160831085700Z"},
+    {"v=STSv1; id=abc\t \t", "abc"},
+    {"v=STSv1; id=abc; ext=value  ", "abc"},
+    {"v=STSv1; ext=value \t", NULL}, /* still needs an id */
+    {"v=STSv1; id=abc x", NULL},     /* junk after the space is not */
+    {"v=STSv1; id=first; id=second ", "first"},
+    {"v=STSv1 id=abc", NULL},  /* no ';' */
+    {"v=STSv1; ID=abc", NULL}, /* %s"id=": ID is an extension; no id */
     {"v=STSv1; ext=; id=abc", NULL},
     {"v=STSv1; ext=a=b; id=abc", NULL},
     {"v=STSv1; =x; id=abc", NULL},
@@ -100,6 +107,20 @@ static void test_txt_select(void **state)
         size_t l[] = {strlen(r[0]), strlen(r[1]), strlen(r[2]), strlen(r[3])};
         assert_int_equal(policy_txt_select(r, l, 4, id, why, sizeof(why)), 0);
         assert_string_equal(id, "good");
+    }
+    {
+        /* RFC 8461 3.1: only records beginning with exactly "v=STSv1;" count,
+         * so decoys cannot make the count two and take the policy away. */
+        const char *r[] = {"v=STSv1 is not a policy", "V=STSv1; id=upper", "v=STSv1 ; id=sp",
+                           "v=STSv1", "v=STSv1; id=good"};
+        size_t l[] = {strlen(r[0]), strlen(r[1]), strlen(r[2]), strlen(r[3]), strlen(r[4])};
+        assert_int_equal(policy_txt_select(r, l, 5, id, why, sizeof(why)), 0);
+        assert_string_equal(id, "good");
+        /* Without the valid one, none of them is a record at all. */
+        assert_int_equal(policy_txt_select(r, l, 4, id, why, sizeof(why)), ERR_NOTFOUND);
+        assert_false(policy_txt_is_sts("V=STSv1; id=a", 13));
+        assert_false(policy_txt_is_sts("v=STSv1 ;id=a", 13));
+        assert_true(policy_txt_is_sts("v=STSv1;id=a", 12));
     }
     {
         const char *r[] = {"v=spf1 -all"};

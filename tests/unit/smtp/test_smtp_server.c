@@ -239,6 +239,13 @@ static void test_rcpt_args(void **state)
         {"TO:<b@example.com> ORCPT=rfc822;a=b", false, "501 5.5.4", 0},
         {"TO:<>", false, "501 5.1.3", 0},
         {"TO:<b>", false, "501 5.1.3", 0},
+        /* RFC 5321 4.1.1.3, 4.5.1: the bare <Postmaster>, any case. */
+        {"TO:<postmaster>", false, NULL, 0},
+        {"TO:<PostMaster> NOTIFY=NEVER", false, NULL, SMTP_NOTIFY_NEVER},
+        {"TO: <POSTMASTER>", false, NULL, 0},
+        {"TO:<postmaster>x", false, "501 5.5.2", 0},
+        {"TO:<postmasterx>", false, "501 5.1.3", 0},
+        {"TO:<post master>", false, "501 5.1.3", 0},
         {"TO:<\xc3\xa5@example.com>", false, "553 5.6.7", 0},
         {"TO:<\xc3\xa5@example.com>", true, NULL, 0},
         {"TO:<b@example.com> FOO", false, "555 5.5.4", 0},
@@ -246,6 +253,12 @@ static void test_rcpt_args(void **state)
     };
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
         struct smtp_rcpt_args r;
+        const char *pwhy = NULL;
+        assert_int_equal(smtp_parse_rcpt(V("TO:<pOstmaster>"), false, &r, &pwhy), 0);
+        assert_true(r.postmaster);
+        assert_string_equal(r.addr, "postmaster");
+        assert_int_equal(smtp_parse_rcpt(V("TO:<postmaster@example.com>"), false, &r, &pwhy), 0);
+        assert_false(r.postmaster);
         const char *why = NULL;
         int rc = smtp_parse_rcpt(V(t[i].arg), t[i].utf8, &r, &why);
         if (!t[i].want) {
@@ -527,6 +540,129 @@ static void test_data_limits(void **state)
     buf_free(&out);
 }
 
+/* Feed msg to a folding reader in pieces of step octets. */
+static void fold_feed(struct smtp_data *d, struct buf *out, bool bdat, const char *msg, size_t len,
+                      size_t step)
+{
+    buf_reset(out);
+    smtp_data_init(d, SMTP_BARE_REJECT, bdat, 1 << 20, true, out);
+    d->fold = true;
+    size_t off = 0;
+    while (off < len && !d->done) {
+        size_t n = len - off < step ? len - off : step;
+        long k = smtp_data_feed(d, msg + off, n);
+        assert_true(k >= 0);
+        off += (size_t)k;
+        if ((size_t)k < n)
+            break;
+    }
+    if (bdat)
+        assert_int_equal(smtp_data_finish(d), 0);
+}
+
+/* Delete every CRLF SP: the unfolding that gives back the client's lines. */
+static size_t unfold(const char *p, size_t n, char *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 2 < n && p[i] == '\r' && p[i + 1] == '\n' && p[i + 2] == ' ') {
+            i += 2;
+            continue;
+        }
+        out[k++] = p[i];
+    }
+    return k;
+}
+
+static void test_data_fold(void **state)
+{
+    (void)state;
+    /* Text as stored (no dot-stuffing): a long header with spaces, a long
+     * body line without, a line of exactly 998, one of 999, one starting
+     * with a dot, and lines longer than two folds. */
+    static char text[20000];
+    size_t n = 0;
+    n += (size_t)snprintf(text + n, sizeof(text) - n, "Subject: ");
+    for (int i = 0; i < 300; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "w%03d ", i);
+    n += (size_t)snprintf(text + n, sizeof(text) - n, "end\r\n\r\n");
+    const size_t lens[] = {998, 999, 1995, 1996, 3000, 5};
+    for (size_t j = 0; j < sizeof(lens) / sizeof(lens[0]); j++) {
+        text[n++] = j == 4 ? '.' : 'a';
+        memset(text + n, 'a' + (int)j, lens[j] - 1);
+        n += lens[j] - 1;
+        memcpy(text + n, "\r\n", 2);
+        n += 2;
+    }
+    /* The same on the wire for DATA: dot-stuffed, with the end. */
+    static char wire[21000];
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (text[i] == '.' && (i == 0 || text[i - 1] == '\n'))
+            wire[w++] = '.';
+        wire[w++] = text[i];
+    }
+    memcpy(wire + w, ".\r\n", 3);
+    w += 3;
+
+    struct buf out;
+    buf_init(&out, 1 << 20);
+    struct smtp_data d;
+    static char back[21000];
+    const size_t steps[] = {1, 7, 998, 999, 1000, 4096, 100000};
+    for (int bdat = 0; bdat <= 1; bdat++) {
+        for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
+            fold_feed(&d, &out, bdat, bdat ? text : wire, bdat ? n : w, steps[s]);
+            assert_true(bdat || d.done);
+            assert_null(smtp_data_reject_reply(&d));
+            /* Every stored line is at most 998 octets and ends in CRLF. */
+            size_t col = 0;
+            for (size_t i = 0; i < out.len; i++) {
+                if (out.data[i] == '\r') {
+                    assert_true(i + 1 < out.len && out.data[i + 1] == '\n');
+                    i++;
+                    col = 0;
+                    continue;
+                }
+                assert_true(++col <= SMTP_TEXT_LINE_MAX);
+            }
+            /* Unfolding gives back the text exactly. */
+            size_t k = unfold(out.data, out.len, back);
+            assert_int_equal(k, n);
+            assert_memory_equal(back, text, n);
+            assert_true(d.seen_date == false);
+        }
+    }
+    /* The header is folded right after a space; the 998 line is untouched;
+     * the 999 line is folded at 998. */
+    assert_non_null(strstr(out.data, " \r\n w"));
+    assert_non_null(strstr(out.data, "b\r\n b\r\n"));
+    /* A NUL in a long line is caught before any piece of it is stored. */
+    static char nul[2000];
+    memset(nul, 'n', sizeof(nul));
+    nul[10] = '\0';
+    fold_feed(&d, &out, false, nul, sizeof(nul), sizeof(nul));
+    assert_true(d.flags & SMTP_DATA_NUL);
+    assert_null(memchr(out.data, '\0', out.len));
+    buf_free(&out);
+}
+
+static void test_data_received_count(void **state)
+{
+    (void)state;
+    struct buf out;
+    buf_init(&out, 1 << 16);
+    struct smtp_data d;
+    smtp_data_init(&d, SMTP_BARE_REJECT, false, 1 << 16, true, &out);
+    const char *m = "Received: a\r\n\tcontinued\r\nRECEIVED: b\r\nReceived : c\r\n"
+                    "Received-SPF: pass\r\nX-Received: d\r\nSubject: s\r\n\r\n"
+                    "Received: in the body\r\n.\r\n";
+    smtp_data_feed(&d, m, strlen(m));
+    assert_true(d.done);
+    assert_int_equal(d.received, 3);
+    buf_free(&out);
+}
+
 static void test_data_headers(void **state)
 {
     (void)state;
@@ -618,6 +754,7 @@ int main(void)
         cmocka_unit_test(test_lines),          cmocka_unit_test(test_data_smuggling),
         cmocka_unit_test(test_data_prev_line), cmocka_unit_test(test_data_limits),
         cmocka_unit_test(test_data_headers),   cmocka_unit_test(test_bdat_reader),
+        cmocka_unit_test(test_data_fold),      cmocka_unit_test(test_data_received_count),
         cmocka_unit_test(test_credentials),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -702,6 +702,35 @@ static void test_byte_at_a_time(void **state)
     pair_teardown(&p);
 }
 
+/* tls_conn_peer_chain(): the chain as sent, leaf first, usable with
+ * tls_dane_verify() after an opportunistic handshake. */
+static void test_peer_chain(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_setup(&p, "chained-chain.pem", "chained.key", "mx.example.org", TLS_VERIFY_NONE);
+    struct tls_der ch[4];
+    assert_int_equal(tls_conn_peer_chain(p.c.conn, ch, 4), 0);
+    handshake(&p);
+    assert_int_equal(p.c.hs_status, 0);
+    size_t n = tls_conn_peer_chain(p.c.conn, ch, 4);
+    assert_int_equal(n, 2);
+    assert_int_equal(tls_conn_peer_chain(p.c.conn, ch, 1), 1);
+    n = tls_conn_peer_chain(p.c.conn, ch, 4);
+    /* The intermediate as a DANE-TA 2 0 0 anchor, the leaf as 3 0 0. */
+    const char *names[] = {"mx.example.org"};
+    struct tls_tlsa ta = {2, 0, 0, ch[1].data, ch[1].len};
+    struct tls_dane_result res;
+    assert_int_equal(tls_dane_verify(&ta, 1, ch, n, names, 1, &res), 0);
+    assert_int_equal(res.depth, 1);
+    struct tls_tlsa ee = {3, 0, 0, ch[0].data, ch[0].len};
+    assert_int_equal(tls_dane_verify(&ee, 1, ch, n, NULL, 0, &res), 0);
+    /* The intermediate is not the leaf. */
+    struct tls_tlsa wrong = {3, 0, 0, ch[1].data, ch[1].len};
+    assert_int_equal(tls_dane_verify(&wrong, 1, ch, n, NULL, 0, &res), ERR_TLS);
+    pair_teardown(&p);
+}
+
 static void test_garbage_to_server(void **state)
 {
     (void)state;
@@ -945,6 +974,7 @@ int main(void)
         cmocka_unit_test(test_self_signed),
         cmocka_unit_test(test_cn_only),
         cmocka_unit_test(test_chain),
+        cmocka_unit_test(test_peer_chain),
         cmocka_unit_test(test_untrusted_ca_not_learned),
         cmocka_unit_test(test_opportunistic_no_host),
         cmocka_unit_test(test_tls11_refused),

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <string.h>
 
 #include "tls.h"
 
@@ -101,6 +102,48 @@ static void test_null(void **state)
     assert_false(tls_name_matches(NULL, NULL));
 }
 
+/* tls_name_mismatch(): the same rule as tls_name_matches() over the whole
+ * table, and the reasons an operator reads (convoyctl tls verify). */
+static void test_mismatch_reasons(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *why = tls_name_mismatch(cases[i].pattern, cases[i].host);
+        if ((why == NULL) != cases[i].match)
+            fail_msg("case %zu: %s vs %s: %s", i, cases[i].pattern, cases[i].host,
+                     why ? why : "match");
+    }
+    static const struct {
+        const char *pattern, *host, *why;
+    } r[] = {
+        {"*.example.com", "a.b.example.com", "one label only"},
+        {"*.example.com", "example.com", "exactly one label in front"},
+        {"f*.example.com", "foo.example.com", "whole leftmost label"},
+        {"a.*.example.com", "a.b.example.com", "whole leftmost label"},
+        {"*.com", "example.com", "top-level domain"},
+        {"other.example.net", "mx.example.com", "another name"},
+        {"b\xc3\xbc"
+         "cher.example",
+         "b\xc3\xbc"
+         "cher.example",
+         "the host is not a DNS name"},
+        {"b\xc3\xbc"
+         "cher.example",
+         "xn--bcher-kva.example", "A-label"},
+        {"*.xn--bcher-kva.example", "mx.xn--bcher-kva.example", NULL},
+        {"XN--BCHER-KVA.example", "xn--bcher-kva.example", NULL},
+    };
+    for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
+        const char *why = tls_name_mismatch(r[i].pattern, r[i].host);
+        if (r[i].why == NULL) {
+            assert_null(why);
+        } else if (why == NULL || strstr(why, r[i].why) == NULL) {
+            fail_msg("%s vs %s: got \"%s\", want \"%s\"", r[i].pattern, r[i].host,
+                     why ? why : "match", r[i].why);
+        }
+    }
+}
+
 static void test_failure_names(void **state)
 {
     (void)state;
@@ -123,6 +166,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_null),
+        cmocka_unit_test(test_mismatch_reasons),
         cmocka_unit_test(test_failure_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,8 +8,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "deliver_int.h"
-
 const char *const qshape_labels[QSHAPE_BUCKETS] = {"5",   "10",  "20",  "40",   "80",
                                                    "160", "320", "640", "1280", "1280+"};
 
@@ -134,7 +132,7 @@ bool qfilter_rcpt(const struct qfilter *f, const struct queue_rcpt *r)
         return false;
     if (f->domain[0]) {
         char d[256];
-        deliver_domain_of(r->addr, d, sizeof(d));
+        addr_domain(r->addr, d, sizeof(d));
         if (strcasecmp(d, f->domain) != 0)
             return false;
     }

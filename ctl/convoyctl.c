@@ -14,9 +14,8 @@
 
 #include <jansson.h>
 
-#include "mta.h"
+#include "ctl.h"
 
-#define EXIT_USAGE 2
 #define MAX_OVERRIDES 256
 
 static void usage(FILE *f)
@@ -41,6 +40,9 @@ static void usage(FILE *f)
                "  dns mx|a|aaaa|txt NAME            what the resolver sees\n"
                "  sts parse|show|list|forget|refresh|check ...\n"
                "                                    MTA-STS policies (convoyctl sts for details)\n"
+               "  tls verify CERTFILE --host NAME [--CAfile FILE] [--json]\n"
+               "                                    check a certificate as MTA-STS delivery would\n"
+               "  tlsrpt record|show|list ...       TLS reporting (convoyctl tlsrpt for details)\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
                "  pause [--domain D] [--for DUR] --reason TEXT\n"
@@ -168,8 +170,9 @@ static const struct {
     const char *name;
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
-    {"config", cmd_config}, {"queue", ctl_queue}, {"dns", ctl_dns},     {"status", ctl_status},
-    {"reload", ctl_reload}, {"sts", ctl_sts},     {"pause", ctl_pause}, {"resume", ctl_resume},
+    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},     {"status", ctl_status},
+    {"reload", ctl_reload}, {"sts", ctl_sts},       {"pause", ctl_pause}, {"resume", ctl_resume},
+    {"tls", ctl_tls},       {"tlsrpt", ctl_tlsrpt},
 };
 
 int main(int argc, char **argv)

@@ -19,15 +19,14 @@
  * mta-sts.DOMAIN), policy syntax, MX records against the policy's
  * patterns, then for each MX host: connect (smtp_destination_port),
  * banner, EHLO, STARTTLS, TLS handshake with the certificate verified for
- * the MX host name (RFC 8461 4.2), QUIT. Exit code: the first failing step
- * (CHECK_* below); 0 when every step passed; 2 usage.
+ * the MX host name (RFC 8461 4.2), QUIT, run by smtp/client.c, the client
+ * delivery uses (a session with no message). Exit code: the first failing
+ * step (CHECK_* below); 0 when every step passed; EXIT_USAGE.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,11 +34,10 @@
 #include <jansson.h>
 
 #include "dns.h"
-#include "mta.h"
+#include "ctl.h"
 #include "policy.h"
+#include "smtp.h"
 #include "tls.h"
-
-#define EXIT_USAGE 2
 
 /* sts check exit codes: the first step that failed. */
 enum {
@@ -99,16 +97,6 @@ static void cache_path(const struct conf *c, char *out, size_t size)
 
 /* ---- parse ----------------------------------------------------------------- */
 
-static int read_all(FILE *f, struct buf *b)
-{
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        if (buf_append(b, chunk, n) != 0)
-            return ERR_TOOBIG;
-    return ferror(f) ? ERR_IO : 0;
-}
-
 static json_t *mx_json(const struct sts_policy *p)
 {
     json_t *a = json_array();
@@ -152,7 +140,7 @@ static int sts_parse(const struct conf *c, int argc, char **argv)
     }
     struct buf b;
     buf_init(&b, c->sts_max_policy_size ? (size_t)c->sts_max_policy_size : 65536);
-    int rc = read_all(f, &b);
+    int rc = file_read_stream(f, &b);
     if (f != stdin)
         fclose(f);
     struct sts_policy p;
@@ -446,7 +434,7 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
     memset(v, 0, sizeof(*v));
     uv_loop_init(&v->loop);
     struct dns_options dno;
-    mta_dns_options(c, &dno);
+    settings_dns_options(c, &dno);
     int rc = dns_new(&v->loop, &dno, &v->dns);
     if (rc != 0) {
         fprintf(stderr, "convoyctl: DNS resolver: %s\n", err_str(rc));
@@ -454,7 +442,7 @@ static int env_open(struct env *v, const struct conf *c, bool with_cache)
         return rc;
     }
     struct policy_options o;
-    mta_policy_options(c, &o);
+    settings_policy_options(c, &o);
     char path[4096];
     cache_path(c, path, sizeof(path));
     if (with_cache) {
@@ -693,24 +681,24 @@ static int sts_get(const struct conf *c, int argc, char **argv)
 
 /* ---- check: the SMTP probe of one MX host --------------------------------------------- */
 
-enum pstate { P_CONNECT, P_BANNER, P_EHLO, P_STARTTLS, P_TLS, P_QUIT, P_DONE };
-
+/*
+ * The probe is a delivery session without a message, run by the SMTP client
+ * delivery uses (smtp/client.c): connect, greeting, EHLO, STARTTLS, the
+ * handshake with the certificate verified for the MX host name (RFC 8461
+ * 4.2: SMTP_TLS_VERIFY, what delivery requires under enforce), EHLO again,
+ * and QUIT as soon as the session is ready. Each step's result is read back
+ * from the session's facts, and the TLS facts arrive through the client's
+ * tls_check hook as they do for delivery, so the check reports what
+ * delivery would see.
+ */
 struct mxprobe {
-    uv_loop_t *loop;
     struct tls_ctx *ctx;
     const char *helo;
     char host[POLICY_NAME_MAX];
     char ip[64];
     uint16_t port;
-    uint32_t timeout_ms;
+    struct smtp_timeouts timeouts;
     struct dns_addr addr;
-    uv_tcp_t tcp;
-    uv_connect_t creq;
-    uv_timer_t timer;
-    int open;
-    enum pstate st;
-    struct buf line;
-    struct tls_conn *tls;
     /* results */
     bool connected, banner, ehlo, starttls_offered, starttls, tls_ok, cert_valid;
     int first_fail; /* CHECK_* */
@@ -720,271 +708,74 @@ struct mxprobe {
     bool done;
 };
 
-static void probe_fail(struct mxprobe *m, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void probe_handle_closed(uv_handle_t *h)
+/* A handshake failure that is the certificate's (CHECK_CERT), not the
+ * connection's (CHECK_STARTTLS). */
+static bool cert_failure(enum tls_failure f)
 {
-    struct mxprobe *m = h->data;
-    m->open--;
+    return f == TLS_FAIL_HOST_MISMATCH || f == TLS_FAIL_CERT_EXPIRED ||
+           f == TLS_FAIL_CERT_NOT_TRUSTED || f == TLS_FAIL_VALIDATION;
 }
 
-static void probe_finish(struct mxprobe *m)
+/* smtp_client tls_check: called after a handshake that completed (under
+ * SMTP_TLS_VERIFY, with the certificate verified for the host). */
+static bool probe_tls_check(struct smtp_client *c, const struct tls_facts *f,
+                            struct smtp_outcome *out, void *arg)
 {
-    if (m->st == P_DONE)
-        return;
-    m->st = P_DONE;
-    uv_timer_stop(&m->timer);
-    if (m->tls) {
-        m->facts = *tls_conn_facts(m->tls);
-        tls_conn_free(m->tls);
-        m->tls = NULL;
-    }
-    uv_close((uv_handle_t *)&m->tcp, probe_handle_closed);
-    uv_close((uv_handle_t *)&m->timer, probe_handle_closed);
-    m->done = true;
-}
-
-static void probe_fail(struct mxprobe *m, int code, const char *fmt, ...)
-{
-    if (m->st == P_DONE)
-        return;
-    if (!m->first_fail)
-        m->first_fail = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(m->error, sizeof(m->error), fmt, ap);
-    va_end(ap);
-    probe_finish(m);
-}
-
-static void probe_write_done(uv_write_t *w, int status)
-{
-    (void)status;
-    free(w);
-}
-
-static void probe_raw_write(struct mxprobe *m, const void *data, size_t n)
-{
-    uv_write_t *w = malloc(sizeof(*w) + n);
-    if (!w)
-        return;
-    char *copy = (char *)(w + 1);
-    memcpy(copy, data, n);
-    uv_buf_t b = uv_buf_init(copy, (unsigned)n);
-    if (uv_write(w, (uv_stream_t *)&m->tcp, &b, 1, probe_write_done) != 0)
-        free(w);
-}
-
-static void probe_send(struct mxprobe *m, const char *cmd)
-{
-    if (m->tls)
-        tls_conn_write(m->tls, cmd, strlen(cmd));
-    else
-        probe_raw_write(m, cmd, strlen(cmd));
-}
-
-static void tls_out(void *arg, const void *data, size_t n)
-{
-    struct mxprobe *m = arg;
-    if (m->st != P_DONE)
-        probe_raw_write(m, data, n);
-}
-
-static void probe_line(struct mxprobe *m, const char *l, size_t n);
-
-static void probe_bytes(struct mxprobe *m, const char *p, size_t n)
-{
-    for (size_t i = 0; i < n && m->st != P_DONE; i++) {
-        if (p[i] == '\n') {
-            size_t len = m->line.len;
-            if (len && m->line.data[len - 1] == '\r')
-                len--;
-            char tmp[1024];
-            size_t k = len < sizeof(tmp) - 1 ? len : sizeof(tmp) - 1;
-            memcpy(tmp, m->line.data ? m->line.data : "", k);
-            tmp[k] = '\0';
-            buf_reset(&m->line);
-            probe_line(m, tmp, k);
-            if (m->st == P_TLS && i + 1 < n) {
-                /* RFC 3207: nothing may follow the 220 in plaintext. */
-                probe_fail(m, CHECK_STARTTLS, "plaintext data after the STARTTLS reply");
-                return;
-            }
-        } else if (buf_append(&m->line, p + i, 1) != 0) {
-            probe_fail(m, CHECK_CONNECT, "reply line too long");
-        }
-    }
-}
-
-static void tls_in(void *arg, const void *data, size_t n)
-{
-    probe_bytes(arg, data, n);
-}
-
-static void tls_hs(void *arg, int status, const struct tls_facts *f)
-{
+    (void)c;
+    (void)out;
     struct mxprobe *m = arg;
     m->facts = *f;
-    if (status != 0) {
-        bool cert = f->failure == TLS_FAIL_HOST_MISMATCH || f->failure == TLS_FAIL_CERT_EXPIRED ||
-                    f->failure == TLS_FAIL_CERT_NOT_TRUSTED || f->failure == TLS_FAIL_VALIDATION;
-        probe_fail(m, cert ? CHECK_CERT : CHECK_STARTTLS, "%s",
-                   f->text[0] ? f->text : tls_failure_str(f->failure));
-        return;
-    }
     m->tls_ok = true;
     m->cert_valid = f->verified;
-    m->st = P_QUIT;
-    probe_send(m, "QUIT\r\n");
+    return true;
 }
 
-static void probe_line(struct mxprobe *m, const char *l, size_t n)
+/* Read the steps back from a closed session. */
+static void probe_judge(struct mxprobe *m, const struct smtp_client *c)
 {
-    if (n < 3 || l[0] < '1' || l[0] > '5' || (n > 3 && l[3] != ' ' && l[3] != '-')) {
-        probe_fail(m, CHECK_CONNECT, "not an SMTP reply: \"%.80s\"", l);
+    const struct smtp_outcome *r = smtp_client_result(c);
+    const struct tls_facts *f = smtp_client_tls(c);
+    bool failed = r->action != SMTP_ACT_SENT;
+    enum smtp_stage st = smtp_client_failed_stage(c);
+    if (f)
+        m->facts = *f;
+    str_copy(m->banner_text, smtp_client_greeting(c), sizeof(m->banner_text));
+    m->connected = !failed || st != SMTP_ST_CONNECT;
+    m->banner = m->banner_text[0] != '\0';
+    m->ehlo = smtp_client_established(c);
+    /* A 220 to STARTTLS puts the session in the handshake. */
+    m->starttls = f != NULL || (failed && st == SMTP_ST_TLS);
+    m->starttls_offered =
+        m->starttls || smtp_client_ext(c)->starttls || (failed && st == SMTP_ST_STARTTLS);
+    if (!failed)
         return;
-    }
-    bool last = n == 3 || l[3] == ' ';
-    int code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
-    switch (m->st) {
-    case P_BANNER:
-        if (!m->banner_text[0])
-            str_copy(m->banner_text, l, sizeof(m->banner_text));
-        if (!last)
-            return;
-        if (code != 220) {
-            probe_fail(m, CHECK_CONNECT, "banner: %.200s", l);
-            return;
-        }
-        m->banner = true;
-        m->st = P_EHLO;
-        {
-            char cmd[300];
-            snprintf(cmd, sizeof(cmd), "EHLO %s\r\n", m->helo);
-            probe_send(m, cmd);
-        }
-        return;
-    case P_EHLO:
-        if (n > 4 && code == 250 && (n - 4) >= 8 && strncasecmp(l + 4, "STARTTLS", 8) == 0 &&
-            (n == 12 || l[12] == ' '))
-            m->starttls_offered = true;
-        if (!last)
-            return;
-        if (code != 250) {
-            probe_fail(m, CHECK_CONNECT, "EHLO: %.200s", l);
-            return;
-        }
-        m->ehlo = true;
-        if (!m->starttls_offered) {
-            probe_fail(m, CHECK_STARTTLS, "STARTTLS not offered");
-            return;
-        }
-        m->st = P_STARTTLS;
-        probe_send(m, "STARTTLS\r\n");
-        return;
-    case P_STARTTLS:
-        if (!last)
-            return;
-        if (code != 220) {
-            probe_fail(m, CHECK_STARTTLS, "STARTTLS: %.200s", l);
-            return;
-        }
-        m->starttls = true;
-        m->st = P_TLS;
-        {
-            static const struct tls_callbacks cbs = {tls_out, tls_in, tls_hs, NULL};
-            m->tls = tls_conn_client_new(m->ctx, m->host, TLS_VERIFY_HOST, &cbs, m);
-            if (!m->tls) {
-                probe_fail(m, CHECK_STARTTLS, "cannot start TLS");
-                return;
-            }
-            tls_conn_start(m->tls);
-        }
-        return;
-    case P_QUIT:
-        if (last)
-            probe_finish(m);
-        return;
-    default:
-        probe_fail(m, CHECK_CONNECT, "unexpected reply: %.200s", l);
-        return;
-    }
+    str_copy(m->error, r->text, sizeof(m->error));
+    if (!m->ehlo)
+        m->first_fail = CHECK_CONNECT;
+    else if (!m->starttls)
+        m->first_fail = CHECK_STARTTLS; /* not offered, or refused */
+    else if (!m->tls_ok)
+        m->first_fail = cert_failure(m->facts.failure) ? CHECK_CERT : CHECK_STARTTLS;
+    else
+        m->first_fail = CHECK_CONNECT; /* the EHLO after TLS failed */
 }
 
-static void probe_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
+static void probe_event(struct smtp_client *c, enum smtp_event ev, void *arg)
 {
-    (void)h;
-    (void)s;
-    static char slab[16384];
-    *b = uv_buf_init(slab, sizeof(slab));
-}
-
-static void probe_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
-{
-    struct mxprobe *m = s->data;
-    if (m->st == P_DONE)
-        return;
-    if (nread > 0) {
-        if (m->tls) {
-            tls_conn_feed(m->tls, b->base, (size_t)nread);
-        } else if (m->st == P_TLS) {
-            probe_fail(m, CHECK_STARTTLS, "data before the TLS handshake");
-        } else {
-            /* Only hand over what the plaintext phase may read: a server
-             * that sends TLS bytes right after 220 is handled in probe_line. */
-            probe_bytes(m, b->base, (size_t)nread);
-        }
+    struct mxprobe *m = arg;
+    if (ev == SMTP_EV_READY) {
+        smtp_client_quit(c); /* a probe carries no message */
         return;
     }
-    if (nread == 0)
+    if (ev != SMTP_EV_CLOSED)
         return;
-    if (m->tls && m->st == P_TLS) {
-        tls_conn_eof(m->tls);
-        if (m->st != P_DONE)
-            probe_fail(m, CHECK_STARTTLS, "connection closed during the TLS handshake");
-        return;
-    }
-    if (m->st == P_QUIT) {
-        probe_finish(m);
-        return;
-    }
-    probe_fail(m, m->st == P_STARTTLS ? CHECK_STARTTLS : CHECK_CONNECT, "connection closed (%s)",
-               nread == UV_EOF ? "end of stream" : uv_strerror((int)nread));
-}
-
-static void probe_connected(uv_connect_t *req, int status)
-{
-    struct mxprobe *m = req->handle->data;
-    if (m->st == P_DONE)
-        return;
-    if (status != 0) {
-        probe_fail(m, CHECK_CONNECT, "connect to %s port %u: %s", m->ip, (unsigned)m->port,
-                   uv_strerror(status));
-        return;
-    }
-    m->connected = true;
-    m->st = P_BANNER;
-    uv_read_start((uv_stream_t *)&m->tcp, probe_alloc, probe_read);
-}
-
-static void probe_timeout(uv_timer_t *t)
-{
-    struct mxprobe *m = t->data;
-    static const char *const names[] = {"connect",  "banner",        "EHLO",
-                                        "STARTTLS", "TLS handshake", "QUIT"};
-    if (m->st == P_QUIT) {
-        probe_finish(m);
-        return;
-    }
-    int code = m->st >= P_STARTTLS ? CHECK_STARTTLS : CHECK_CONNECT;
-    probe_fail(m, code, "timed out in %s", names[m->st < P_DONE ? m->st : 0]);
+    probe_judge(m, c);
+    smtp_client_free(c);
+    m->done = true;
 }
 
 static void probe_run(struct env *v, struct mxprobe *m)
 {
-    m->loop = &v->loop;
-    buf_init(&m->line, 4096);
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
     dns_addr_format(&m->addr, m->ip, sizeof(m->ip));
@@ -999,19 +790,25 @@ static void probe_run(struct env *v, struct mxprobe *m)
         s6->sin6_port = htons(m->port);
         memcpy(&s6->sin6_addr, m->addr.bytes, 16);
     }
-    uv_tcp_init(m->loop, &m->tcp);
-    uv_timer_init(m->loop, &m->timer);
-    m->tcp.data = m;
-    m->timer.data = m;
-    m->open = 2;
-    m->st = P_CONNECT;
-    uv_timer_start(&m->timer, probe_timeout, m->timeout_ms, 0);
-    if (uv_tcp_connect(&m->creq, &m->tcp, (const struct sockaddr *)&ss, probe_connected) != 0)
-        probe_fail(m, CHECK_CONNECT, "cannot connect to %s", m->ip);
+    struct smtp_client_opts o = {
+        .helo_name = m->helo,
+        .host = m->host,
+        .addr = (const struct sockaddr *)&ss,
+        .tls = SMTP_TLS_VERIFY,
+        .verify_host = m->host,
+        .tls_ctx = m->ctx,
+        .tls_check = probe_tls_check,
+        .timeouts = m->timeouts,
+        .cb = probe_event,
+        .arg = m,
+    };
+    int err = 0;
+    if (!smtp_client_new(&v->loop, &o, &err)) {
+        m->first_fail = CHECK_CONNECT;
+        snprintf(m->error, sizeof(m->error), "cannot start a session: %s", err_str(err));
+        return;
+    }
     run_until(v, &m->done);
-    while (m->open > 0)
-        uv_run(m->loop, UV_RUN_ONCE);
-    buf_free(&m->line);
 }
 
 /* ---- check ------------------------------------------------------------------------------ */
@@ -1169,7 +966,7 @@ static int sts_check(const struct conf *c, int argc, char **argv)
     if (!ctx)
         fprintf(stderr, "convoyctl: TLS client context: %s\n", why);
     char helo[256];
-    mta_helo_name(c, helo, sizeof(helo));
+    settings_helo_name(c, helo, sizeof(helo));
     json_t *jmx = json_array();
     size_t usable = 0;
     for (size_t i = 0; mx_ok && i < s->n_hosts; i++) {
@@ -1189,7 +986,7 @@ static int sts_check(const struct conf *c, int argc, char **argv)
         m->ctx = ctx;
         m->helo = helo;
         m->port = (uint16_t)c->smtp_destination_port;
-        m->timeout_ms = (uint32_t)(c->smtp_connect_timeout * 1000);
+        settings_smtp_timeouts(c, &m->timeouts);
         if (!ctx) {
             m->first_fail = CHECK_STARTTLS;
             snprintf(m->error, sizeof(m->error), "no TLS client context: %.200s", why);

@@ -29,8 +29,7 @@
 
 #include <jansson.h>
 
-#include "deliver_int.h"
-#include "mta.h"
+#include "ctl.h"
 #include "qfilter.h"
 #include "queue.h"
 
@@ -56,7 +55,7 @@ static void queue_usage(void)
 static int open_ro(struct conf *c, struct queue **q)
 {
     struct queue_options o;
-    mta_queue_options(c, &o);
+    settings_queue_options(c, &o);
     o.read_only = true;
     struct buf why;
     buf_init(&why, 1024);
@@ -259,11 +258,11 @@ static int parse_args(struct qfilter *f, int argc, char **argv, int from, arg_fn
             int rc = qfilter_option(f, a, val ? val : "", why, sizeof(why));
             if (rc == 1 && !val) {
                 fprintf(stderr, "convoyctl: %s needs a value\n", a);
-                return 2;
+                return EXIT_USAGE;
             }
             if (rc < 0) {
                 fprintf(stderr, "convoyctl: %s\n", why);
-                return 2;
+                return EXIT_USAGE;
             }
             if (rc == 1) {
                 i++;
@@ -276,7 +275,7 @@ static int parse_args(struct qfilter *f, int argc, char **argv, int from, arg_fn
             queue_usage();
         }
         if (rc <= 0)
-            return 2;
+            return EXIT_USAGE;
     }
     return 0;
 }
@@ -474,7 +473,7 @@ static int sum_one(void *arg, const struct queue_message *m)
         if (x->by_reason)
             str_copy(key, reason[0] ? reason : "(no attempt yet)", sizeof(key));
         else
-            deliver_domain_of(r->addr, key, sizeof(key));
+            addr_domain(r->addr, key, sizeof(key));
         struct srow *row = stable_get(&x->rows, key);
         if (!row)
             continue;
@@ -703,16 +702,16 @@ static int cmd_show(struct conf *c, int argc, char **argv)
             id = argv[i];
         } else {
             queue_usage();
-            return 2;
+            return EXIT_USAGE;
         }
     }
     if (!id) {
         queue_usage();
-        return 2;
+        return EXIT_USAGE;
     }
     if (!queue_id_valid(id)) {
         fprintf(stderr, "convoyctl: not a queue ID: %s\n", id);
-        return 2;
+        return EXIT_USAGE;
     }
     struct queue *q;
     if (open_ro(c, &q))
@@ -829,11 +828,11 @@ struct action_def {
 };
 
 static const struct action_def actions[] = {
-    {"retry", "queue.retry", "Retried", "retry"},
-    {"hold", "queue.hold", "Held", "hold"},
-    {"release", "queue.release", "Released", "release"},
-    {"delete", "queue.delete", "Deleted", "delete"},
-    {"bounce", "queue.bounce", "Bounced", "bounce"},
+    {"retry", CTL_CMD_QUEUE_RETRY, "Retried", "retry"},
+    {"hold", CTL_CMD_QUEUE_HOLD, "Held", "hold"},
+    {"release", CTL_CMD_QUEUE_RELEASE, "Released", "release"},
+    {"delete", CTL_CMD_QUEUE_DELETE, "Deleted", "delete"},
+    {"bounce", CTL_CMD_QUEUE_BOUNCE, "Bounced", "bounce"},
 };
 
 struct idlist {
@@ -934,7 +933,7 @@ static int read_stdin_ids(struct idlist *l)
         }
         if (!queue_id_valid(id)) {
             fprintf(stderr, "convoyctl: standard input line %lu: no queue ID\n", lineno);
-            return 2;
+            return EXIT_USAGE;
         }
         if (idlist_add(l, id))
             return 1;
@@ -1049,13 +1048,13 @@ static int cmd_action(struct conf *c, const struct action_def *def, int argc, ch
         json_t *ids = json_array();
         for (size_t i = at; i < end; i++)
             json_array_append_new(ids, json_string(o.ids.v[i]));
-        json_t *req = json_pack("{s:s, s:o}", "cmd", def->cmd, "ids", ids);
+        json_t *req = json_pack("{s:s, s:o}", CTL_F_CMD, def->cmd, CTL_F_IDS, ids);
         if (o.reason)
-            json_object_set_new(req, "reason", json_string(o.reason));
+            json_object_set_new(req, CTL_F_REASON, json_string(o.reason));
         json_t *resp = NULL;
         rc = ctl_request(c, req, &resp, 300000);
         json_decref(req);
-        if (rc == 3) {
+        if (rc == EXIT_NOT_RUNNING) {
             fprintf(stderr,
                     "convoyctl: queue %s changes the queue, which needs convoyd; start "
                     "it and try again (looking at the queue works without it)\n",
@@ -1064,36 +1063,36 @@ static int cmd_action(struct conf *c, const struct action_def *def, int argc, ch
         }
         if (rc)
             break;
-        if (!json_is_true(json_object_get(resp, "ok"))) {
-            const char *e = json_string_value(json_object_get(resp, "error"));
+        if (!json_is_true(json_object_get(resp, CTL_F_OK))) {
+            const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
             fprintf(stderr, "convoyctl: queue %s: %s\n", def->name, e ? e : "failed");
             json_decref(resp);
             rc = 1;
             break;
         }
-        done += (size_t)json_integer_value(json_object_get(resp, "done"));
-        rcpts += (size_t)json_integer_value(json_object_get(resp, "recipients"));
+        done += (size_t)json_integer_value(json_object_get(resp, CTL_F_DONE));
+        rcpts += (size_t)json_integer_value(json_object_get(resp, CTL_F_RECIPIENTS));
         size_t k;
         json_t *v;
-        json_array_foreach(json_object_get(resp, "missing"), k, v)
+        json_array_foreach(json_object_get(resp, CTL_F_MISSING), k, v)
         {
             missing++;
             if (by_id)
                 fprintf(stderr, "convoyctl: %s: no such message in the queue\n",
                         json_string_value(v));
         }
-        json_array_foreach(json_object_get(resp, "skipped"), k, v)
+        json_array_foreach(json_object_get(resp, CTL_F_SKIPPED), k, v)
         {
             skipped++;
             fprintf(stderr,
                     "convoyctl: %s: not bounced: every open recipient is being delivered now\n",
                     json_string_value(v));
         }
-        json_array_foreach(json_object_get(resp, "failed"), k, v)
+        json_array_foreach(json_object_get(resp, CTL_F_FAILED), k, v)
         {
             failed++;
-            fprintf(stderr, "convoyctl: %s: %s\n", json_string_value(json_object_get(v, "id")),
-                    json_string_value(json_object_get(v, "error")));
+            fprintf(stderr, "convoyctl: %s: %s\n", json_string_value(json_object_get(v, CTL_F_ID)),
+                    json_string_value(json_object_get(v, CTL_F_ERROR)));
         }
         json_decref(resp);
     }
@@ -1116,7 +1115,7 @@ int ctl_queue(struct conf *c, int argc, char **argv)
 {
     if (argc < 2) {
         queue_usage();
-        return 2;
+        return EXIT_USAGE;
     }
     if (strcmp(argv[1], "list") == 0)
         return cmd_list(c, argc, argv);
@@ -1130,5 +1129,5 @@ int ctl_queue(struct conf *c, int argc, char **argv)
     if (strcmp(argv[1], "help") != 0)
         fprintf(stderr, "convoyctl: queue: unknown subcommand \"%s\"\n", argv[1]);
     queue_usage();
-    return 2;
+    return EXIT_USAGE;
 }

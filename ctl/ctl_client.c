@@ -16,7 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "mta.h"
+#include "ctl.h"
 
 #define RESPONSE_MAX (64u << 20)
 
@@ -41,7 +41,8 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
 {
     char path[256];
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
-    if (control_socket_path(c, path, sizeof(path)) != 0 || strlen(path) >= sizeof(sun.sun_path)) {
+    if (settings_control_socket_path(c, path, sizeof(path)) != 0 ||
+        strlen(path) >= sizeof(sun.sun_path)) {
         fprintf(stderr, "convoyctl: control socket path under %s is too long\n",
                 c->queue_directory);
         return 1;
@@ -57,7 +58,7 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
         close(fd);
         if (e == ENOENT || e == ECONNREFUSED) {
             fprintf(stderr, "convoyctl: convoyd is not running (no control socket at %s)\n", path);
-            return 3;
+            return EXIT_NOT_RUNNING;
         }
         if (e == EACCES || e == EPERM) {
             char group[64];
@@ -146,8 +147,8 @@ static void print_pauses(json_t *a)
     json_t *p;
     json_array_foreach(a, i, p)
     {
-        const char *d = json_string_value(json_object_get(p, "domain"));
-        json_t *left = json_object_get(p, "remaining");
+        const char *d = json_string_value(json_object_get(p, CTL_F_DOMAIN));
+        json_t *left = json_object_get(p, CTL_F_REMAINING);
         char dur[48] = "";
         if (json_is_integer(left)) {
             long long t = json_integer_value(left), h = t / 3600, mi = t / 60 % 60, se = t % 60;
@@ -162,7 +163,7 @@ static void print_pauses(json_t *a)
         }
         printf("paused: %s%s%s%s: %s\n", d ? d : "all delivery", dur[0] ? " for " : "", dur,
                dur[0] ? " more" : " until resumed",
-               json_string_value(json_object_get(p, "reason")));
+               json_string_value(json_object_get(p, CTL_F_REASON)));
     }
 }
 
@@ -172,14 +173,14 @@ int ctl_status(struct conf *c, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") != 0) {
             fprintf(stderr, "convoyctl: status: unknown argument %s\n", argv[i]);
-            return 2;
+            return EXIT_USAGE;
         }
     }
-    json_t *req = json_pack("{s:s}", "cmd", "status");
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_STATUS);
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 10000);
     json_decref(req);
-    if (rc == 3 && as_json)
+    if (rc == EXIT_NOT_RUNNING && as_json)
         printf("{\"running\": false}\n");
     if (rc != 0)
         return rc;
@@ -229,16 +230,16 @@ int ctl_reload(struct conf *c, int argc, char **argv)
     (void)argv;
     if (argc != 1) {
         fprintf(stderr, "convoyctl: reload takes no arguments\n");
-        return 2;
+        return EXIT_USAGE;
     }
-    json_t *req = json_pack("{s:s}", "cmd", "reload");
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_RELOAD);
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 60000);
     json_decref(req);
     if (rc != 0)
         return rc;
-    if (!json_is_true(json_object_get(resp, "ok"))) {
-        const char *e = json_string_value(json_object_get(resp, "error"));
+    if (!json_is_true(json_object_get(resp, CTL_F_OK))) {
+        const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
         fprintf(stderr, "convoyctl: reload rejected, configuration unchanged:\n%s",
                 e ? e : "unknown error\n");
         json_decref(resp);
@@ -252,9 +253,9 @@ int ctl_reload(struct conf *c, int argc, char **argv)
 /* Print the daemon's error and return 1, or return 0 when it said ok. */
 static int answer_ok(const char *what, json_t *resp)
 {
-    if (json_is_true(json_object_get(resp, "ok")))
+    if (json_is_true(json_object_get(resp, CTL_F_OK)))
         return 0;
-    const char *e = json_string_value(json_object_get(resp, "error"));
+    const char *e = json_string_value(json_object_get(resp, CTL_F_ERROR));
     fprintf(stderr, "convoyctl: %s: %s\n", what, e ? e : "failed");
     return 1;
 }
@@ -262,7 +263,7 @@ static int answer_ok(const char *what, json_t *resp)
 /* A warning that came with an answer (a pause not saved to disk). */
 static void print_warning(json_t *resp)
 {
-    const char *w = json_string_value(json_object_get(resp, "warning"));
+    const char *w = json_string_value(json_object_get(resp, CTL_F_WARNING));
     if (w)
         fprintf(stderr, "convoyctl: warning: %s\n", w);
 }
@@ -277,24 +278,24 @@ int ctl_pause(struct conf *c, int argc, char **argv)
                                                                : NULL;
         if (!slot || i + 1 >= argc) {
             fprintf(stderr, "usage: convoyctl pause [--domain D] [--for DURATION] --reason TEXT\n");
-            return 2;
+            return EXIT_USAGE;
         }
         *slot = argv[++i];
     }
     if (!reason || !reason[0]) {
         fprintf(stderr, "convoyctl: pause: say why with --reason (it is shown in status)\n");
-        return 2;
+        return EXIT_USAGE;
     }
     int64_t secs = 0;
     if (dur && (time_parse_duration(dur, &secs) != 0 || secs <= 0)) {
         fprintf(stderr, "convoyctl: pause: bad duration \"%s\" (like 30m, 2h, 1d)\n", dur);
-        return 2;
+        return EXIT_USAGE;
     }
-    json_t *req = json_pack("{s:s, s:s}", "cmd", "pause", "reason", reason);
+    json_t *req = json_pack("{s:s, s:s}", CTL_F_CMD, CTL_CMD_PAUSE, CTL_F_REASON, reason);
     if (domain)
-        json_object_set_new(req, "domain", json_string(domain));
+        json_object_set_new(req, CTL_F_DOMAIN, json_string(domain));
     if (secs)
-        json_object_set_new(req, "for", json_integer((json_int_t)secs));
+        json_object_set_new(req, CTL_F_FOR, json_integer((json_int_t)secs));
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 10000);
     json_decref(req);
@@ -316,13 +317,13 @@ int ctl_resume(struct conf *c, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--domain") != 0 || i + 1 >= argc) {
             fprintf(stderr, "usage: convoyctl resume [--domain D]\n");
-            return 2;
+            return EXIT_USAGE;
         }
         domain = argv[++i];
     }
-    json_t *req = json_pack("{s:s}", "cmd", "resume");
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_RESUME);
     if (domain)
-        json_object_set_new(req, "domain", json_string(domain));
+        json_object_set_new(req, CTL_F_DOMAIN, json_string(domain));
     json_t *resp = NULL;
     int rc = ctl_request(c, req, &resp, 60000);
     json_decref(req);
@@ -330,7 +331,7 @@ int ctl_resume(struct conf *c, int argc, char **argv)
         return rc;
     rc = answer_ok("resume", resp);
     print_warning(resp);
-    json_int_t n = json_integer_value(json_object_get(resp, "resumed"));
+    json_int_t n = json_integer_value(json_object_get(resp, CTL_F_RESUMED));
     json_decref(resp);
     if (rc)
         return rc;

@@ -2,7 +2,7 @@
  * qfilter.h - selecting queued messages the way `convoyctl queue list` and
  * the queue actions (retry, hold, release, delete, bounce) both do, and the
  * age buckets of `convoyctl queue summary` (Postfix qshape's columns).
- * Private to mta/; pure logic on struct queue_message, no I/O.
+ * Private to ctl/; pure logic on struct queue_message, no I/O.
  *
  * Matching: a message is selected when
  *  - its sender matches --from (when given), its arrival is at least
