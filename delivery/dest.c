@@ -128,6 +128,8 @@ static bool dest_policy_lookup(struct dest *d)
     d->sts_recheck = false;
     int rc = d->rechecking ? policy_recheck(dl->pol, d->name, on_policy, d, &d->preq)
                            : policy_get(dl->pol, d->name, on_policy, d, &d->preq);
+    if (rc == 0 && d->rechecking)
+        dl->sts_rechecks++;
     if (rc != 0) {
         /* A name policy/ cannot normalise has no policy. */
         d->preq = NULL;

@@ -636,6 +636,7 @@ static void test_enforce_deferral_rechecks_next_attempt(void **state)
     assert_true(run_until(&w, deferred_twice, 10000));
     assert_int_equal(q_policy_host, 1);
     assert_int_equal(connections, 0);
+    assert_int_equal(sts_counter(&w, "rechecks"), 1);
     /* The attempt after, within sts_fetch_retry_time of the recheck: the
      * cached policy answers, no fetch. */
     fake_now_ms += 120 * 1000;
