@@ -11,7 +11,8 @@
  *   check: INT/TIME/SIZE "min..max" ("" = any non-negative);
  *          ENUM the choices separated by spaces;
  *          STR/LIST the kind of each value: "hostname", "path", "facility",
- *          "relayhost", "listen" (host:port), "hostport" (host[:port]),
+ *          "relayhost", "listen" (host:port; empty allowed), "hostport" (host[:port]),
+ *          "user" (an existing user that is not root),
  *          "cidr", "" (free text).
  *
  * Postfix names are reused where the meaning is the same; new parameters
@@ -32,6 +33,13 @@
     P(daemon_shutdown_timeout, TIME, "30s", "0..1h",                                               \
       "On SIGTERM or SIGINT, how long in-flight sessions and deliveries may take to finish "       \
       "before convoyd exits")                                                                      \
+    P(mail_owner, STR, "", "user",                                                                 \
+      "User that convoyd runs as once, started as root, it has bound its listeners and opened "    \
+      "its state (it takes that user's groups, and the state directory is given to it); empty "    \
+      "means no change of user. Must exist and must not be root")                                  \
+    P(metrics_listen, STR, "", "listen",                                                           \
+      "Address and port of the Prometheus metrics endpoint (GET /metrics, plain HTTP): "           \
+      "127.0.0.1:9125, [::1]:9125; empty means none")                                              \
     /* --- queue --- */                                                                            \
     P(queue_directory, STR, "./var", "path",                                                       \
       "Directory that holds the queue database, the policy cache and the control socket; a "       \

@@ -246,6 +246,13 @@ int main(int argc, char **argv)
         }
         buf_free(&errors);
         log_setup(c->syslog_name, c->syslog_facility, LOG_TO_STDERR, false);
+        /* Run by root: act as the state directory's owner (issue 17). */
+        char why[512] = "";
+        if (priv_become_dir_owner(c->mail_owner, c->queue_directory, why, sizeof(why)) != 0) {
+            fprintf(stderr, "convoyctl: %s\n", why);
+            conf_unref(c);
+            return 1;
+        }
         int rc = commands[i].run(c, cargc, cargv);
         conf_unref(c);
         return rc;

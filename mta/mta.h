@@ -75,6 +75,15 @@ void submission_close(struct mta *m);
 int submission_reload(struct mta *m, struct conf *c, struct buf *err);
 
 /*
+ * metrics.c: the Prometheus endpoint. metrics_start() registers the
+ * collector of the queue and session gauges and, when metrics_listen is
+ * set, binds it and serves GET /metrics (an error names the address).
+ * metrics_stop() closes the listener; requests in progress finish.
+ */
+int metrics_start(struct mta *m, struct buf *err);
+void metrics_stop(struct mta *m);
+
+/*
  * control.c: the control socket (<queue_directory>/control.sock, mode 0660,
  * line-delimited JSON). A handler gets the parsed request object (borrowed)
  * and must call control_reply() exactly once, now or later from the loop;

@@ -32,6 +32,9 @@ static bool relay_allowed(void *arg, const struct sockaddr *client)
 
 static void submitted(void *arg, int status, const char *id)
 {
+    /* Refusals are counted where the reply is sent (smtp/server.c). */
+    if (status == 0)
+        metric_add(MET_MSG_ACCEPTED, NULL, NULL, 1);
     smtpd_session_done(arg, status, id);
 }
 

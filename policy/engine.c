@@ -329,6 +329,10 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
     } else {
         str_copy(why, fr->why, sizeof(why));
     }
+    /* RFC 8460 4.3 result types name the failures ("sts-policy-fetch-
+     * error", "sts-policy-invalid", ...). */
+    const char *result = policy_failure_result_type(f);
+    metric_add(MET_STS_FETCHES, rc == 0 ? "success" : result ? result : "failure", NULL, 1);
     if (rc == 0) {
         /* The whole policy against the cached one, not only the id: a
          * domain may fix its policy without publishing a new id. */
