@@ -52,6 +52,11 @@
     P(bounce_queue_lifetime, TIME, "5d", "0..100d",                                                \
       "How long a delivery status notification (bounce) may stay deferred before it is "           \
       "discarded")                                                                                 \
+    P(delay_warning_time, TIME, "0", "0..100d",                                                    \
+      "How long a recipient may stay deferred (counted from the message's arrival) before the "    \
+      "sender gets one \"delayed\" delivery status notification (RFC 3464) for the message; 0 "    \
+      "means never. Recipients with NOTIFY=DELAY, or with no NOTIFY, are reported; none goes to "  \
+      "the null sender")                                                                           \
     P(minimal_backoff_time, TIME, "300s", "1s..1d",                                                \
       "Least time between two delivery attempts of a deferred recipient")                          \
     P(maximal_backoff_time, TIME, "4000s", "1s..7d",                                               \
@@ -165,7 +170,8 @@
       "they expire within this time, so they never lapse (RFC 8461 10.2)")                         \
     P(sts_fetch_retry_time, TIME, "5m", "5m..1d",                                                  \
       "Least time before a failed MTA-STS policy fetch is tried again for the same id (RFC "       \
-      "8461 3.3: at least five minutes)")                                                          \
+      "8461 3.3: at least five minutes); also the least time between two refetches of a "          \
+      "domain's unchanged policy id after an enforce policy deferred its mail (RFC 8461 5)")       \
     P(tls_policy_file, STR, "", "path",                                                            \
       "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
       "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \

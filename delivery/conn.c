@@ -283,9 +283,13 @@ static void conn_connect(struct conn *cn)
             struct verdict_attempt_in in = {
                 .policy_status = cn->have_sts_fail ? cn->sts_fail.status : NULL,
                 .last = cn->last.action != SMTP_ACT_NONE ? &cn->last : NULL,
+                .sts_enforce =
+                    cn->req.origin == POLICY_ORIGIN_STS && cn->req.sts_mode == POLICY_MODE_ENFORCE,
             };
             struct verdict v;
             verdict_attempt(&in, &v);
+            if (v.sts_recheck)
+                d->sts_recheck = true;
             if (v.reason == VR_NO_ADDRESS) {
                 job_fail(dl, j, &v, "no address to deliver to");
             } else {
