@@ -72,9 +72,9 @@ static void host_none(struct dane_host *h, int level, const char *why)
 static void host_done(struct dane_host *h)
 {
     struct dest *d = h->d;
-    const char *s = h->state == VERDICT_DANE_AUTH      ? "applies"
-                    : h->state == VERDICT_DANE_ENCRYPT ? "applies (no usable record: TLS "
-                                                         "without authentication)"
+    const char *s = h->state == VERDICT_DANE_AUTH       ? "applies"
+                    : h->state == VERDICT_DANE_ENCRYPT  ? "applies (no usable record: TLS "
+                                                          "without authentication)"
                     : h->state == VERDICT_DANE_DNS_FAIL ? "lookup failed: host deferred"
                     : h->state == VERDICT_DANE_REQUIRED ? "does not apply: host refused "
                                                           "(dane-only)"
@@ -177,8 +177,9 @@ bool dest_dane_start(struct dest *d, const struct dns_mx_result *r)
             continue;
         }
         if (!r->dnssec) {
-            host_none(h, level, "DNSSEC status not trusted (smtp_dns_support_level, "
-                                "dns_validating_servers)");
+            host_none(h, level,
+                      "DNSSEC status not trusted (smtp_dns_support_level, "
+                      "dns_validating_servers)");
             continue;
         }
         if (!r->secure) {

@@ -196,9 +196,11 @@ void job_policy(struct job *j, const struct conn *cn)
         j->sts_id[0] = '\0';
     }
     const struct tls_facts *f = cn && cn->c ? smtp_client_tls(cn->c) : NULL;
-    bool dane_ok = cn && cn->dane_matched && cn->dane_res.status == TLS_DANE_VERIFIED;
-    str_copy(j->verdict,
-             f && f->handshake_done ? (f->verified || dane_ok ? "verified" : "encrypted") : "none",
+    /* Where DANE governs, "verified" means the TLSA match, not PKIX. */
+    bool dane = cn && conn_dane_governs(cn);
+    bool ok =
+        dane ? cn->dane_matched && cn->dane_res.status == TLS_DANE_VERIFIED : f && f->verified;
+    str_copy(j->verdict, f && f->handshake_done ? (ok ? "verified" : "encrypted") : "none",
              sizeof(j->verdict));
     str_copy(j->dane, cn && conn_dane_governs(cn) ? j->label : "", sizeof(j->dane));
     str_copy(j->report, cn ? cn->report : "", sizeof(j->report));
@@ -287,8 +289,8 @@ static void conn_tls_verdict(struct conn *cn, const struct verdict_tls *v, const
         break;
     case VERDICT_TLSF_DANE_REQUIRED:
         conn_policy_fail(cn, v->status,
-                         "DANE required (dane-only), but it does not apply to MX host %s: %s",
-                         host, h ? h->why : "no secure TLSA records");
+                         "DANE required (dane-only), but it does not apply to MX host %s: %s", host,
+                         h ? h->why : "no secure TLSA records");
         break;
     case VERDICT_TLSF_DANE_NOT_OFFERED:
         conn_policy_fail(cn, v->status, "DANE: %s does not offer STARTTLS: %s", host, detail);
@@ -319,6 +321,9 @@ static void conn_tls_verdict(struct conn *cn, const struct verdict_tls *v, const
         conn_policy_fail(cn, v->status, "%s", detail);
         break;
     }
+    if (v->why >= VERDICT_TLSF_DANE_DNS)
+        log_info(COMPONENT, "%s: %s: MX host %s not used: %s", d_name(cn), cn->dane_label, host,
+                 cn->sts_fail.text);
 }
 
 /* The verdict on a target before connecting: false if the policy excludes
@@ -333,9 +338,6 @@ bool conn_target_allowed(struct conn *cn)
         return true;
     if (!cn->have_sts_fail || in.policy == VERDICT_POLICY_DANE)
         conn_tls_verdict(cn, &v, "");
-    if (in.policy == VERDICT_POLICY_DANE)
-        log_info(COMPONENT, "%s: %s: MX host %s skipped: %s", d_name(cn), cn->dane_label,
-                 conn_target(cn)->host, cn->sts_fail.text);
     return false;
 }
 

@@ -176,18 +176,18 @@ struct verdict_tls_in {
 /* Why the policy failed a host: selects the engine's text. */
 enum verdict_tls_fail {
     VERDICT_TLSF_NONE = 0,
-    VERDICT_TLSF_MX_MISMATCH,    /* STS enforce: the MX host matches no pattern */
-    VERDICT_TLSF_NOT_OFFERED,    /* STS enforce: no STARTTLS */
-    VERDICT_TLSF_CERT,           /* STS enforce: certificate not verified */
-    VERDICT_TLSF_HANDSHAKE,      /* STS enforce: TLS failed otherwise */
-    VERDICT_TLSF_OVERRIDE,       /* override encrypt and up: the session's reason */
-    VERDICT_TLSF_OVERRIDE_CHAIN, /* override verify/secure: chain not trusted */
-    VERDICT_TLSF_OVERRIDE_NAME,  /* override verify/secure: no allowed name */
-    VERDICT_TLSF_DANE_DNS,       /* DANE: TLSA lookup failed or bogus */
-    VERDICT_TLSF_DANE_REQUIRED,  /* dane-only: no secure TLSA for the host */
+    VERDICT_TLSF_MX_MISMATCH,      /* STS enforce: the MX host matches no pattern */
+    VERDICT_TLSF_NOT_OFFERED,      /* STS enforce: no STARTTLS */
+    VERDICT_TLSF_CERT,             /* STS enforce: certificate not verified */
+    VERDICT_TLSF_HANDSHAKE,        /* STS enforce: TLS failed otherwise */
+    VERDICT_TLSF_OVERRIDE,         /* override encrypt and up: the session's reason */
+    VERDICT_TLSF_OVERRIDE_CHAIN,   /* override verify/secure: chain not trusted */
+    VERDICT_TLSF_OVERRIDE_NAME,    /* override verify/secure: no allowed name */
+    VERDICT_TLSF_DANE_DNS,         /* DANE: TLSA lookup failed or bogus */
+    VERDICT_TLSF_DANE_REQUIRED,    /* dane-only: no secure TLSA for the host */
     VERDICT_TLSF_DANE_NOT_OFFERED, /* DANE: no STARTTLS */
-    VERDICT_TLSF_DANE_CERT,      /* DANE AUTH: the chain matches no record */
-    VERDICT_TLSF_DANE_HANDSHAKE, /* DANE: TLS failed otherwise */
+    VERDICT_TLSF_DANE_CERT,        /* DANE AUTH: the chain matches no record */
+    VERDICT_TLSF_DANE_HANDSHAKE,   /* DANE: TLS failed otherwise */
 };
 
 /* What the policy says of the facts. */
