@@ -31,6 +31,17 @@ int dl_dane_level(const struct delivery *dl)
     return 0;
 }
 
+void dane_warn(const struct delivery *dl)
+{
+    int level = dl_dane_level(dl);
+    if (level && !dns_dnssec_trusted(dl->dns))
+        log_warn(COMPONENT,
+                 "smtp_tls_security_level = %s, but DNSSEC status is not trusted "
+                 "(smtp_dns_support_level = dnssec and a validating resolver in "
+                 "dns_validating_servers are needed): DANE never applies%s",
+                 level == 2 ? "dane-only" : "dane", level == 2 ? ", so no mail is delivered" : "");
+}
+
 static void host_free(struct dane_host *h)
 {
     if (h->q) {

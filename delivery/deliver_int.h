@@ -433,6 +433,8 @@ char *dl_read_body(struct delivery *dl, const char *id, uint64_t size, size_t *l
 
 /* smtp_tls_security_level: 0 no DANE, 1 dane, 2 dane-only. */
 int dl_dane_level(const struct delivery *dl);
+/* A warning when the level asks for DANE the resolver cannot give. */
+void dane_warn(const struct delivery *dl);
 /* After the MX answer (kept in d->mx_status / mx_why, targets filled):
  * look up the TLSA records of the hosts DANE may apply to. true when
  * lookups were started: dest_resolved() is called when they end. */

@@ -254,6 +254,7 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     deliver_pause_load(dl);
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
              dl->relay ? dl->conf->relayhost : "");
+    dane_warn(dl);
     sched_lease_in(dl, 0);
     *out = dl;
     return 0;
