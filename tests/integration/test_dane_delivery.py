@@ -42,6 +42,7 @@ IPS = {
     "c1dane": "127.0.0.158",    # combo: DANE host not listed in the STS policy
     "c2dane": "127.0.0.159",    # combo: DANE fails, STS would accept
     "c3sts": "127.0.0.160",     # combo: the STS-judged host
+    "notls": "127.0.0.161",     # 3 1 1 published, no STARTTLS offered
 }
 
 STS_ENFORCE = "version: STSv1\r\nmode: enforce\r\nmx: %s\r\nmax_age: 86400\r\n"
@@ -69,7 +70,7 @@ class World:
         plain = self_signed(pki, "plain", ["mx.plain.test"])
         web_leaf = ca.issue("web", ["mta-sts.combo%d.dane.test" % i for i in (1, 2, 3)])
         certs = {"ee": ee, "bad": bad, "ta": ta, "unusable": ee, "none": ee, "bogus": ee,
-                 "plain": plain, "c1dane": c1, "c2dane": c2, "c3sts": c3}
+                 "plain": plain, "c1dane": c1, "c2dane": c2, "c3sts": c3, "notls": None}
         tlsa = "_%d._tcp." % p
         signed = [
             "ee MX 10 mx.ee", "mx.ee A " + IPS["ee"],
@@ -83,6 +84,13 @@ class World:
             "none MX 10 mx.none", "mx.none A " + IPS["none"],
             "bogus MX 10 mx.bogus", "mx.bogus A " + IPS["bogus"],
             tlsa + "mx.bogus TLSA " + tlsa_rdata(ee.cert, 3, 1, 1),
+            "notls MX 10 mx.notls", "mx.notls A " + IPS["notls"],
+            tlsa + "mx.notls TLSA " + tlsa_rdata(ee.cert, 3, 1, 1),
+            # An MX host that is an alias: TLSA at the CNAME target first
+            # (RFC 7672 2.2.3).
+            "cname MX 10 mail.cname", "mail.cname CNAME real.cname",
+            "real.cname A " + IPS["ee"],
+            tlsa + "real.cname TLSA " + tlsa_rdata(ee.cert, 3, 1, 1),
             # combo1: the DANE host (not in the policy) comes first.
             "combo1 MX 10 mx1.combo1", "mx1.combo1 A " + IPS["c1dane"],
             tlsa + "mx1.combo1 TLSA " + tlsa_rdata(c1.cert, 3, 1, 1),
@@ -112,7 +120,7 @@ class World:
             self.web = Web(self.tmp, sites, host="127.0.0.1").start()
             for name, ip in IPS.items():
                 leaf = certs[name]
-                self.sinks[name] = Sink(ip, p, tls=(leaf.chain, leaf.key),
+                self.sinks[name] = Sink(ip, p, tls=(leaf.chain, leaf.key) if leaf else None,
                                         hostname="mx.%s.test" % name).start()
         except BaseException:
             self.close()
@@ -261,6 +269,26 @@ class DaneDeliveryTest(unittest.TestCase):
                       "dane=fail dnssec-invalid")
         with self.world.sinks["bogus"].lock:
             self.assertEqual(self.world.sinks["bogus"].connections, 0)
+
+    def test_no_starttls_deferred(self):
+        self.deferred("a@notls.dane.test", ["notls"], r"DANE: mx\.notls\.dane\.test does not "
+                      r"offer STARTTLS", "dane=fail starttls-not-offered")
+
+    def test_cname_target_tlsa(self):
+        self.delivered("a@cname.dane.test", "ee", "dane=verified 3 1 1", "verified")
+
+    def test_reload_warns_dns_changes(self):
+        d = self.only
+        with open(d.conf_path) as f:
+            text = f.read()
+        d.write_config(text + "dns_validating_servers = 127.0.0.1/32\n")
+        try:
+            d.ctl("reload", check=True)
+            d.wait_log("smtp_dns_support_level and dns_validating_servers changes take effect "
+                       "at the next restart")
+        finally:
+            d.write_config(text)
+            d.ctl("reload")
 
     def test_no_tlsa_is_may(self):
         self.delivered("a@none.dane.test", "none", "sts=none", "encrypted")
