@@ -420,7 +420,10 @@ static int dane_check(const struct conf *c, const char *domain, bool as_json)
                 ok = true;
             } else {
                 result = p.matched ? tls_dane_status_name(p.res.status) : "no-match";
-                snprintf(err, sizeof(err), "%s", p.matched ? p.res.text : p.error);
+                const char *txt = p.matched ? p.res.text : p.error;
+                if (strncmp(txt, "dane: ", 6) == 0)
+                    txt += 6;
+                snprintf(err, sizeof(err), "%s", txt);
             }
             if (!as_json) {
                 if (p.tls)

@@ -297,7 +297,9 @@ static void conn_tls_verdict(struct conn *cn, const struct verdict_tls *v, const
         break;
     case VERDICT_TLSF_DANE_CERT:
         conn_policy_fail(cn, v->status, "DANE: certificate of %s: %s (%s)", host,
-                         tls_dane_status_name(cn->dane_res.status), cn->dane_res.text);
+                         tls_dane_status_name(cn->dane_res.status),
+                         strncmp(cn->dane_res.text, "dane: ", 6) == 0 ? cn->dane_res.text + 6
+                                                                      : cn->dane_res.text);
         break;
     case VERDICT_TLSF_DANE_HANDSHAKE:
         conn_policy_fail(cn, v->status, "DANE: TLS with %s failed: %s", host, detail);
