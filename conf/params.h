@@ -11,7 +11,8 @@
  *   check: INT/TIME/SIZE "min..max" ("" = any non-negative);
  *          ENUM the choices separated by spaces;
  *          STR/LIST the kind of each value: "hostname", "path", "facility",
- *          "relayhost", "listen" (host:port), "hostport" (host[:port]),
+ *          "relayhost", "listen" (host:port; empty allowed), "hostport" (host[:port]),
+ *          "user" (an existing user that is not root),
  *          "cidr", "" (free text).
  *
  * Postfix names are reused where the meaning is the same; new parameters
@@ -32,6 +33,13 @@
     P(daemon_shutdown_timeout, TIME, "30s", "0..1h",                                               \
       "On SIGTERM or SIGINT, how long in-flight sessions and deliveries may take to finish "       \
       "before convoyd exits")                                                                      \
+    P(mail_owner, STR, "", "user",                                                                 \
+      "User that convoyd runs as once, started as root, it has bound its listeners and opened "    \
+      "its state (it takes that user's groups, and the state directory is given to it); empty "    \
+      "means no change of user. Must exist and must not be root")                                  \
+    P(metrics_listen, STR, "", "listen",                                                           \
+      "Address and port of the Prometheus metrics endpoint (GET /metrics, plain HTTP): "           \
+      "127.0.0.1:9125, [::1]:9125; empty means none")                                              \
     /* --- queue --- */                                                                            \
     P(queue_directory, STR, "./var", "path",                                                       \
       "Directory that holds the queue database, the policy cache and the control socket; a "       \
@@ -177,6 +185,18 @@
     P(tlsrpt_sender, STR, "", "",                                                                  \
       "From address of mailed TLS reports; empty means noreply-tlsrpt@ followed by "               \
       "tlsrpt_submitter")                                                                          \
+    /* --- DKIM --- */                                                                             \
+    P(dkim_key_table, STR, "", "path",                                                             \
+      "Keys to sign accepted mail with (RFC 6376, RFC 8463): lines \"DOMAIN SELECTOR KEYFILE\", "  \
+      "KEYFILE a PEM private key (RSA of at least 1024 bits, or Ed25519) readable only by its "    \
+      "owner; a message is signed with every key whose DOMAIN is its From domain; empty means "    \
+      "no signing")                                                                                \
+    P(dkim_signed_headers, LIST,                                                                   \
+      "From To Cc Subject Date Message-ID In-Reply-To References MIME-Version Content-Type "       \
+      "Content-Transfer-Encoding Reply-To List-Unsubscribe List-Unsubscribe-Post Sender",          \
+      "",                                                                                          \
+      "Header fields a DKIM signature covers, each as often as it occurs; From is always "         \
+      "signed, once more than it occurs, so that no From can be added")                            \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \

@@ -462,7 +462,8 @@ void conn_policy(struct conn *cn);
 enum smtp_tls_mode conn_tls_mode(const struct conn *cn);
 void job_policy(struct job *j, const struct conn *cn);
 void conn_report(struct conn *cn, const char *type, const char *text);
-void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...);
+void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smtp_outcome *out,
                     void *arg);
 void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const struct tls_facts *f);

@@ -139,6 +139,8 @@ void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64
         str_copy(c, "0", sizeof(c));
         str_copy(d, "0", sizeof(d));
     }
+    metrics_delivery_result(status_word(o->action), o->status[0] ? o->status : NULL,
+                            (double)(done - arrival) / 1000.0);
     log_info(
         COMPONENT, "%s: to=<%s>, relay=%s, delay=%s, delays=%s/%s/%s/%s, dsn=%s, status=%s (%s)%s",
         id, addr, relay && relay[0] ? relay : "none", delay, a, b, c, d,

@@ -326,6 +326,10 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
     } else {
         str_copy(why, fr->why, sizeof(why));
     }
+    /* RFC 8460 4.3 result types name the failures ("sts-policy-fetch-
+     * error", "sts-policy-invalid", ...). */
+    const char *result = policy_failure_result_type(f);
+    metric_add(MET_STS_FETCHES, rc == 0 ? "success" : result ? result : "failure", NULL, 1);
     if (rc == 0) {
         int src = policy_entry_success(&e, j->txt_id, fr->body, fr->body_len, &sp, now);
         char mx[512];

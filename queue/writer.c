@@ -929,8 +929,10 @@ static int run_txn(struct queue *q, struct qreq *list, size_t n)
             mdb_txn_abort(w.txn);
         } else {
             err = classify_io(q, werr(&w, mdb_txn_commit(w.txn)), bytes);
-            if (!err)
+            if (!err) {
                 __atomic_add_fetch(&q->commits, 1, __ATOMIC_RELAXED);
+                metric_observe(MET_QUEUE_COMMIT, NULL, NULL, (double)n);
+            }
         }
         pthread_rwlock_unlock(&q->resize);
         if (w.map_full) {

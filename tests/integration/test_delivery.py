@@ -11,7 +11,6 @@ would.
 
 import os
 import re
-import shutil
 import smtplib
 import socket
 import tempfile
@@ -21,6 +20,7 @@ import unittest
 from convoy import Daemon, free_port
 from pki import CA
 from sink import Sink
+import world
 from world import DnsServer, MX, NULL_MX, A, AAAA
 
 MX1 = "127.0.0.11"
@@ -38,7 +38,6 @@ def have_ipv6():
 
 
 IPV6 = have_ipv6()
-HAVE_DNSMASQ = shutil.which(os.environ.get("DNSMASQ", "/usr/sbin/dnsmasq")) is not None
 
 
 def port_free_on_all(hosts):
@@ -68,7 +67,7 @@ def message(subject="test", body="Hello.\r\n"):
             "\r\n%s" % (subject, re.sub(r"\W", "", subject) + str(time.time()), body)).encode()
 
 
-@unittest.skipUnless(HAVE_DNSMASQ, "dnsmasq is not installed")
+@world.needs("dnsmasq")
 class DeliveryTest(unittest.TestCase):
     """One small world per test: DNS, sinks, the daemon."""
 

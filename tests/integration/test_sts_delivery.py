@@ -22,10 +22,10 @@ from convoy import Daemon, free_port
 from pki import CA, self_signed
 from sink import Sink
 from web import Site, Web
+import world
 from world import A, MX, TXT, DnsServer, free_udp_tcp_port
 
 WEB_IP = "127.0.0.1"
-HAVE_TOOLS = all(shutil.which(p) for p in ("/usr/sbin/dnsmasq", "/usr/sbin/nginx"))
 
 
 def policy(mode="enforce", mx=("mx1.{d}",), max_age=86400):
@@ -171,7 +171,7 @@ def message(rcpt):
             % (rcpt, rcpt, time.time(), rcpt)).encode()
 
 
-@unittest.skipUnless(HAVE_TOOLS, "dnsmasq or nginx missing")
+@world.needs("dnsmasq", "nginx")
 class StsDeliveryTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -361,7 +361,7 @@ class StsDeliveryTest(unittest.TestCase):
         self.assertIn("policy_cache_size", r.stdout)
 
 
-@unittest.skipUnless(HAVE_TOOLS, "dnsmasq or nginx missing")
+@world.needs("dnsmasq", "nginx")
 class StsCacheTest(unittest.TestCase):
     """The policy cache on the delivery path: one fetch for many messages,
     the cached policy after the policy host is gone, across a restart, and
