@@ -371,6 +371,11 @@ bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smt
     conn_verdict_in(cn, VERDICT_TLS_HANDSHAKE, f, NULL, &in);
     if (in.policy == VERDICT_POLICY_DANE) {
         verdict_tls(&in, &v);
+        bool dane_ok = cn->dane_matched && cn->dane_res.status == TLS_DANE_VERIFIED;
+        metrics_delivery_tls(v.host_failed ? "failed"
+                             : dane_ok     ? "verified"
+                                           : "opportunistic",
+                             v.host_failed ? verdict_result_type_name(v.result_type) : NULL);
         if (!v.host_failed)
             return true;
         conn_tls_verdict(cn, &v, "");
