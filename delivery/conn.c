@@ -265,6 +265,12 @@ static void conn_connect(struct conn *cn)
          * of the policy is never used. */
         if (conn_target_allowed(cn))
             break;
+        if (j)
+            job_policy(j, cn);
+        if (cn->dane != VERDICT_DANE_NONE) {
+            cn->target++;
+            continue;
+        }
         log_info(COMPONENT, "%s: MTA-STS enforce id=%s: MX host %s matches no pattern: skipped",
                  d->name, d->sts_id, conn_target(cn)->host);
         cn->target++;

@@ -123,6 +123,28 @@ struct target {
     struct sockaddr_storage addr;
 };
 
+/* One TLSA record of a host, owned (a copy of the DNS answer's). */
+struct dane_rec {
+    uint8_t usage, selector, mtype;
+    uint8_t *data;
+    size_t len;
+};
+
+/* What DANE found for one MX host of a destination (dane.c, RFC 7672 2.2). */
+struct dane_host {
+    struct dest *d;
+    char host[256];      /* the MX host name as published */
+    char canonical[256]; /* its CNAME target, "" when not an alias */
+    enum verdict_dane state;
+    char why[480];       /* "MX RRset not secure", "TLSA bogus", ... */
+    char tlsa_name[300]; /* where the records were found */
+    struct dane_rec *recs;
+    size_t n;
+    size_t usable; /* tls_dane_usable_count() */
+    struct dns_query *q;
+    bool at_canonical; /* the lookup in flight is at the canonical name */
+};
+
 struct jrcpt {
     uint32_t idx;
     char *addr;
@@ -158,6 +180,7 @@ struct job {
     char label[96];   /* "sts=enforce id=X", "tls_policy=secure", "sts=none" */
     char verdict[16]; /* "verified", "encrypted", "none" */
     char report[48];  /* testing: the RFC 8460 result type of a failure */
+    char dane[128];   /* "dane=verified 3 1 1", "dane=fail no-match", "" */
 };
 
 struct conn {
@@ -183,6 +206,12 @@ struct conn {
     struct smtp_outcome sts_fail;
     char report[48]; /* testing: result type of the failure seen, or "" */
     char report_text[256];
+    /* DANE for the current target (dane.c): what applies, the match made
+     * after the handshake, the log label. */
+    enum verdict_dane dane;
+    bool dane_matched;
+    struct tls_dane_result dane_res;
+    char dane_label[128];
 };
 
 enum dest_state { D_NEW, D_RESOLVING, D_READY };
@@ -210,6 +239,13 @@ struct dest {
      * 5), not from the addresses and policy kept from before. */
     bool sts_recheck;
     bool rechecking; /* the lookup in flight is such a recheck */
+    /* DANE (dane.c): one entry per MX host, TLSA lookups in flight, and
+     * the MX answer kept until they end. */
+    struct dane_host *dane;
+    size_t ndane;
+    size_t dane_pending;
+    enum dns_status mx_status;
+    const char *mx_why;
 };
 
 #define PAUSE_MAX 256
@@ -420,6 +456,23 @@ struct delay_rcpt {
 };
 void dsn_delay_check(struct delivery *dl, const struct job *j, const struct delay_rcpt *rcpts,
                      size_t n);
+
+/* ---- dane.c: DANE per MX host (RFC 7672) ---------------------------------- */
+
+/* smtp_tls_security_level: 0 no DANE, 1 dane, 2 dane-only. */
+int dl_dane_level(const struct delivery *dl);
+/* A warning when the level asks for DANE the resolver cannot give. */
+void dane_warn(const struct delivery *dl);
+/* After the MX answer (kept in d->mx_status / mx_why, targets filled):
+ * look up the TLSA records of the hosts DANE may apply to. true when
+ * lookups were started: dest_resolved() is called when they end. */
+bool dest_dane_start(struct dest *d, const struct dns_mx_result *r);
+/* Cancel the lookups in flight and free the per-host table. */
+void dest_dane_clear(struct dest *d);
+/* The DANE entry of a host of the destination, or NULL. */
+const struct dane_host *dest_dane_find(const struct dest *d, const char *host);
+/* dest.c: the answer became targets (or the jobs fail). */
+void dest_resolved(struct dest *d, enum dns_status st, const char *why, const char *qtype);
 
 /* ---- conn.c: connections --------------------------------------------------- */
 

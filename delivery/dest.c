@@ -60,7 +60,7 @@ static bool dest_add_target(struct dest *d, const char *host, int family, const 
 
 /* The resolver's answer becomes the destination's targets, or its jobs fail.
  * RFC 5321 5.1 for MX; RFC 7505 for a null MX. */
-static void dest_resolved(struct dest *d, enum dns_status st, const char *why, const char *qtype)
+void dest_resolved(struct dest *d, enum dns_status st, const char *why, const char *qtype)
 {
     d->query = NULL;
     if (d->ntargets > 0) {
@@ -96,6 +96,13 @@ static void on_mx(void *arg, const struct dns_mx_result *r)
                 continue;
             for (size_t a = 0; a < mh->n_addr; a++)
                 dest_add_target(d, mh->name, mh->addr[a].family, mh->addr[a].bytes, port);
+        }
+        /* DANE (dane.c): TLSA lookups first, then dest_resolved(). */
+        d->mx_status = r->status;
+        d->mx_why = r->why;
+        if (d->ntargets > 0 && !d->dl->relay && dest_dane_start(d, r)) {
+            d->query = NULL;
+            return;
         }
     }
     dest_resolved(d, r->status, r->why, "MX");
@@ -212,6 +219,7 @@ static void dest_resolve(struct dest *d)
     struct delivery *dl = d->dl;
     d->state = D_RESOLVING;
     d->ntargets = 0;
+    dest_dane_clear(d);
     uint16_t port = dest_port(dl);
     int rc;
     if (dl->relay) {

@@ -108,6 +108,7 @@ static void dests_free(struct delivery *dl)
         if (d->preq)
             policy_cancel(d->preq);
         policy_sts_clear(&d->sts);
+        dest_dane_clear(d);
         free(d->targets);
         free(d);
         d = next;
@@ -253,6 +254,7 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     deliver_pause_load(dl);
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
              dl->relay ? dl->conf->relayhost : "");
+    dane_warn(dl);
     sched_lease_in(dl, 0);
     *out = dl;
     return 0;
@@ -311,6 +313,7 @@ void delivery_close(struct delivery *dl)
             policy_cancel(d->preq);
             d->preq = NULL;
         }
+        dest_dane_clear(d);
     }
     sched_rechecks_drop(dl);
     /* Abort every session. A message in flight gets its SMTP_EV_DONE inside

@@ -186,15 +186,17 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
     /* The policy that applied and the TLS verdict, after the Postfix-shaped
      * part of the log line; a testing failure is kept with the TLS facts of
      * the recipient's last result (RFC 8460 result type, for reports). */
-    char extra[256] = "", tlsrec[256];
+    char extra[256] = "", tlsrec[400];
     if (!j->label[0] && j->dest)
         job_policy(j, NULL);
     if (j->label[0])
         snprintf(extra, sizeof(extra), ", %s, tls=%s%s%s", j->label,
                  j->verdict[0] ? j->verdict : "none", j->report[0] ? ", sts_failure=" : "",
                  j->report);
-    snprintf(tlsrec, sizeof(tlsrec), "%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
-             j->report);
+    /* DANE (RFC 7672): the queue record keeps what DANE said with the TLS
+     * facts ("... dane=verified 3 1 1"). */
+    snprintf(tlsrec, sizeof(tlsrec), "%s%s%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
+             j->report, j->dane[0] && j->tls[0] ? " " : "", j->dane);
     struct dsn_item *items = calloc(j->n ? j->n : 1, sizeof(*items));
     size_t nb = 0;
     /* Deferred recipients, for the message's delay warning. */

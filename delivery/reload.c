@@ -136,6 +136,19 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
         c->dns_timeout != dl->conf->dns_timeout || c->dns_tries != dl->conf->dns_tries)
         log_warn(QCOMP, "dns_servers, dns_timeout and dns_tries changes take effect at the next "
                         "restart");
+    if (strcmp(c->smtp_dns_support_level ? c->smtp_dns_support_level : "",
+               dl->conf->smtp_dns_support_level ? dl->conf->smtp_dns_support_level : "") != 0 ||
+        lists_differ(&c->dns_validating_servers, &dl->conf->dns_validating_servers))
+        log_warn(QCOMP, "smtp_dns_support_level and dns_validating_servers changes take effect "
+                        "at the next restart");
+    /* DANE per MX host is found with the addresses (dane.c): a changed
+     * level looks every destination up again. */
+    bool level_changed =
+        strcmp(c->smtp_tls_security_level ? c->smtp_tls_security_level : "",
+               dl->conf->smtp_tls_security_level ? dl->conf->smtp_tls_security_level : "") != 0;
+    for (struct dest *d = dl->dests; d && level_changed; d = d->next)
+        if (d->state == D_READY)
+            d->resolved_ms = dl_mono(dl) - 2 * RESOLVE_TTL_MS; /* stale: dest_run() */
     /* New sessions use the new snapshot; sessions in progress keep their
      * context (reference counted) and their copy of the override entry. */
     policy_overrides_free(dl->ov);
@@ -162,6 +175,8 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
     conf_unref(dl->conf);
     dl->conf = conf_ref(u->conf);
     dl->opt.helo_name(dl->conf, dl->helo, sizeof(dl->helo));
+    if (level_changed)
+        dane_warn(dl);
     log_info(QCOMP, "delivery: configuration reloaded, %zu TLS policy override(s)",
              policy_overrides_count(dl->ov));
     delivery_reload_cancel(u); /* what is left of it */

@@ -192,6 +192,54 @@ static void report(struct verdict_tls *out, enum verdict_result_type rt)
     out->result_type = rt;
 }
 
+/* The result type of a DANE match that failed (RFC 8460 4.3.1). */
+static enum verdict_result_type dane_result_type(const struct tls_dane_result *m)
+{
+    if (m && m->status == TLS_DANE_NAME)
+        return VERDICT_RT_CERTIFICATE_HOST_MISMATCH;
+    if (m && m->status == TLS_DANE_EXPIRED)
+        return VERDICT_RT_CERTIFICATE_EXPIRED;
+    return VERDICT_RT_VALIDATION_FAILURE;
+}
+
+/* DANE rows (RFC 7672 2.2 and 3): where DANE applies its verdict stands
+ * whatever MTA-STS says of the host (RFC 8461 2), both ways. */
+static void verdict_tls_dane(const struct verdict_tls_in *in, struct verdict_tls *out)
+{
+    bool applies = in->dane == VERDICT_DANE_AUTH || in->dane == VERDICT_DANE_ENCRYPT;
+    const struct tls_dane_result *m = in->dane_match;
+    bool match_failed = in->dane == VERDICT_DANE_AUTH && m && m->status != TLS_DANE_VERIFIED;
+    switch (in->event) {
+    case VERDICT_TLS_SKIP:
+        /* 2.2: a failed or bogus TLSA lookup never falls back to plaintext
+         * or to another policy: the host is not used. */
+        if (in->dane == VERDICT_DANE_DNS_FAIL)
+            host_fail(out, VERDICT_TLSF_DANE_DNS, "4.7.5", VERDICT_RT_DNSSEC_INVALID);
+        else if (in->dane == VERDICT_DANE_REQUIRED)
+            host_fail(out, VERDICT_TLSF_DANE_REQUIRED, "4.7.5", VERDICT_RT_DANE_REQUIRED);
+        return;
+    case VERDICT_TLS_HANDSHAKE:
+        /* 3.1: AUTH needs a record that matches the chain; ENCRYPT (no
+         * usable record) accepts any certificate. */
+        if (in->dane == VERDICT_DANE_AUTH && (!m || m->status != TLS_DANE_VERIFIED))
+            host_fail(out, VERDICT_TLSF_DANE_CERT, "4.7.5", dane_result_type(m));
+        return;
+    case VERDICT_TLS_READY:
+        return;
+    case VERDICT_TLS_CLOSED:
+        if (!applies || !in->res || in->res->err != ERR_TLS)
+            return; /* connection trouble: the next address */
+        if (match_failed)
+            host_fail(out, VERDICT_TLSF_DANE_CERT, "4.7.5", dane_result_type(m));
+        else if (in->res->tls_missing)
+            host_fail(out, VERDICT_TLSF_DANE_NOT_OFFERED, "4.7.5",
+                      VERDICT_RT_STARTTLS_NOT_SUPPORTED);
+        else
+            host_fail(out, VERDICT_TLSF_DANE_HANDSHAKE, "4.7.5", VERDICT_RT_VALIDATION_FAILURE);
+        return;
+    }
+}
+
 void verdict_tls(const struct verdict_tls_in *in, struct verdict_tls *out)
 {
     memset(out, 0, sizeof(*out));
@@ -199,6 +247,10 @@ void verdict_tls(const struct verdict_tls_in *in, struct verdict_tls *out)
     bool sts_verify = in->policy == VERDICT_POLICY_STS && in->level == POLICY_TLS_VERIFY;
     bool report_only = in->policy == VERDICT_POLICY_STS && in->sts_mode == POLICY_MODE_TESTING;
     bool ov = in->policy == VERDICT_POLICY_OVERRIDE;
+    if (in->policy == VERDICT_POLICY_DANE) {
+        verdict_tls_dane(in, out);
+        return;
+    }
     switch (in->event) {
     case VERDICT_TLS_SKIP:
         /* RFC 8461 4.1 and 5 (enforce): a host matching no pattern is never

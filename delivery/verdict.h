@@ -142,7 +142,20 @@ enum verdict_policy {
     VERDICT_POLICY_NONE = 0, /* opportunistic: no policy, or mode none */
     VERDICT_POLICY_STS,      /* MTA-STS (RFC 8461): sts_mode says which */
     VERDICT_POLICY_OVERRIDE, /* a tls_policy_file entry: level says which */
-    VERDICT_POLICY_DANE,     /* DANE (RFC 7672): rows to come */
+    VERDICT_POLICY_DANE,     /* DANE (RFC 7672): dane says which */
+};
+
+/* What DANE says of a host (RFC 7672 2.2), under smtp_tls_security_level
+ * dane or dane-only. */
+enum verdict_dane {
+    VERDICT_DANE_NONE = 0, /* DANE does not apply: no secure TLSA */
+    VERDICT_DANE_AUTH,     /* secure TLSA with usable records: STARTTLS and a
+                              chain that matches (tls_dane_verify()) */
+    VERDICT_DANE_ENCRYPT,  /* secure TLSA, none usable: STARTTLS without
+                              authentication (2.2, Postfix) */
+    VERDICT_DANE_DNS_FAIL, /* the TLSA lookup failed or was bogus: the host
+                              is not used (2.2, never plaintext) */
+    VERDICT_DANE_REQUIRED, /* dane-only, and DANE does not apply to the host */
 };
 
 /* When the facts are judged. */
@@ -164,18 +177,27 @@ struct verdict_tls_in {
     const struct smtp_outcome *res; /* CLOSED: why the session ended */
     bool name_ok;                   /* override verify/secure: the certificate carries a name
                                        the entry allows (policy_override_cert_ok()) */
+    enum verdict_dane dane;         /* DANE: what applies to the host */
+    /* DANE AUTH: the match of the presented chain (HANDSHAKE, and CLOSED
+     * after it), NULL when none was made. */
+    const struct tls_dane_result *dane_match;
 };
 
 /* Why the policy failed a host: selects the engine's text. */
 enum verdict_tls_fail {
     VERDICT_TLSF_NONE = 0,
-    VERDICT_TLSF_MX_MISMATCH,    /* STS enforce: the MX host matches no pattern */
-    VERDICT_TLSF_NOT_OFFERED,    /* STS enforce: no STARTTLS */
-    VERDICT_TLSF_CERT,           /* STS enforce: certificate not verified */
-    VERDICT_TLSF_HANDSHAKE,      /* STS enforce: TLS failed otherwise */
-    VERDICT_TLSF_OVERRIDE,       /* override encrypt and up: the session's reason */
-    VERDICT_TLSF_OVERRIDE_CHAIN, /* override verify/secure: chain not trusted */
-    VERDICT_TLSF_OVERRIDE_NAME,  /* override verify/secure: no allowed name */
+    VERDICT_TLSF_MX_MISMATCH,      /* STS enforce: the MX host matches no pattern */
+    VERDICT_TLSF_NOT_OFFERED,      /* STS enforce: no STARTTLS */
+    VERDICT_TLSF_CERT,             /* STS enforce: certificate not verified */
+    VERDICT_TLSF_HANDSHAKE,        /* STS enforce: TLS failed otherwise */
+    VERDICT_TLSF_OVERRIDE,         /* override encrypt and up: the session's reason */
+    VERDICT_TLSF_OVERRIDE_CHAIN,   /* override verify/secure: chain not trusted */
+    VERDICT_TLSF_OVERRIDE_NAME,    /* override verify/secure: no allowed name */
+    VERDICT_TLSF_DANE_DNS,         /* DANE: TLSA lookup failed or bogus */
+    VERDICT_TLSF_DANE_REQUIRED,    /* dane-only: no secure TLSA for the host */
+    VERDICT_TLSF_DANE_NOT_OFFERED, /* DANE: no STARTTLS */
+    VERDICT_TLSF_DANE_CERT,        /* DANE AUTH: the chain matches no record */
+    VERDICT_TLSF_DANE_HANDSHAKE,   /* DANE: TLS failed otherwise */
 };
 
 /* What the policy says of the facts. */

@@ -30,18 +30,6 @@ void settings_dns_options(const struct conf *c, struct dns_options *o)
 
 int settings_conf_check(const struct conf *c, struct buf *errors)
 {
-    /* DANE is resolved (dns/) and matched (tls/dane.c) but not yet part of
-     * the delivery verdict (issue 16): running with it would deliver as
-     * "may" where the operator asked for authentication, or for dane-only
-     * deliver where it must not. Refuse rather than pretend. */
-    const char *l = c->smtp_tls_security_level ? c->smtp_tls_security_level : "";
-    if (strcmp(l, "dane") == 0 || strcmp(l, "dane-only") == 0) {
-        buf_printf(errors,
-                   "smtp_tls_security_level = %s: DANE is not enforced by delivery in this "
-                   "version; use may or verify\n",
-                   l);
-        return ERR_NOTYET;
-    }
     if (c->smtp_dns_support_level && strcmp(c->smtp_dns_support_level, "disabled") == 0) {
         buf_printf(errors, "smtp_dns_support_level = disabled: delivery without DNS is not "
                            "supported; use enabled or dnssec\n");

@@ -1393,6 +1393,11 @@ const struct tls_facts *smtp_client_tls(const struct smtp_client *c)
     return c->tls_tried ? &c->facts : NULL;
 }
 
+size_t smtp_client_peer_chain(const struct smtp_client *c, struct tls_der *out, size_t max)
+{
+    return c->stream ? tls_stream_peer_chain(c->stream, out, max) : 0;
+}
+
 const struct smtp_outcome *smtp_client_result(const struct smtp_client *c)
 {
     return &c->result;

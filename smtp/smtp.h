@@ -439,6 +439,10 @@ enum smtp_stage smtp_client_stage(const struct smtp_client *c);
 const struct smtp_ext *smtp_client_ext(const struct smtp_client *c);
 /* The TLS facts (tls/tls.h) once STARTTLS was tried, else NULL. */
 const struct tls_facts *smtp_client_tls(const struct smtp_client *c);
+/* The server's certificate chain as received (leaf first), for DANE
+ * (tls_conn_peer_chain()): at most max entries, valid until the client is
+ * freed; 0 without a TLS session or certificate. */
+size_t smtp_client_peer_chain(const struct smtp_client *c, struct tls_der *out, size_t max);
 /* Why the session closed (valid in SMTP_EV_CLOSED); action SENT when it ended
  * with a normal QUIT. */
 const struct smtp_outcome *smtp_client_result(const struct smtp_client *c);

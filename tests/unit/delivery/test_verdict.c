@@ -157,67 +157,121 @@ struct tls_row {
     enum verdict_tls_fail why;
     bool report;
     enum verdict_result_type rt;
+    /* DANE (policy VERDICT_POLICY_DANE): what applies to the host, and the
+     * match of the chain: 0 none made; 1 verified; 2 no-match; 3 the leaf
+     * names no reference name (DANE-TA); 4 expired (DANE-TA). */
+    enum verdict_dane dane;
+    int match;
 };
 
 static const struct tls_row tls_rows[] = {
     /* MTA-STS enforce */
     {"enforce: MX matches no pattern", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
      false, false, VERDICT_TLS_SKIP, 0, 0, false, true, VERDICT_TLSF_MX_MISMATCH, false,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     {"enforce: matching MX may be used", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
-     true, true, VERDICT_TLS_SKIP, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, true, VERDICT_TLS_SKIP, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"enforce: STARTTLS not offered", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
      true, true, VERDICT_TLS_CLOSED, 0, 1, false, true, VERDICT_TLSF_NOT_OFFERED, false,
-     VERDICT_RT_STARTTLS_NOT_SUPPORTED},
+     VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_NONE, 0},
     {"enforce: certificate expired", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
      true, true, VERDICT_TLS_CLOSED, 2, 2, false, true, VERDICT_TLSF_CERT, false,
-     VERDICT_RT_CERTIFICATE_EXPIRED},
+     VERDICT_RT_CERTIFICATE_EXPIRED, VERDICT_DANE_NONE, 0},
     {"enforce: certificate names another host", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_CLOSED, 3, 2, false, true, VERDICT_TLSF_CERT, false,
-     VERDICT_RT_CERTIFICATE_HOST_MISMATCH},
+     VERDICT_RT_CERTIFICATE_HOST_MISMATCH, VERDICT_DANE_NONE, 0},
     {"enforce: handshake failed", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY, true,
      true, VERDICT_TLS_CLOSED, 4, 2, false, true, VERDICT_TLSF_HANDSHAKE, false,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     {"enforce: connection refused is not a policy matter", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_CLOSED, 0, 3, false, false, VERDICT_TLSF_NONE,
-     false, VERDICT_RT_NONE},
+     false, VERDICT_RT_NONE, VERDICT_DANE_NONE, 0},
     {"enforce: verified session", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY, true,
-     true, VERDICT_TLS_READY, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, VERDICT_TLS_READY, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     /* MTA-STS testing: report, deliver anyway */
     {"testing: MX matches no pattern", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY,
      true, false, VERDICT_TLS_READY, 1, 0, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     {"testing: no TLS session", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true, true,
      VERDICT_TLS_READY, 0, 0, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_STARTTLS_NOT_SUPPORTED},
+     VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_NONE, 0},
     {"testing: certificate expired", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true,
      true, VERDICT_TLS_HANDSHAKE, 2, 0, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_CERTIFICATE_EXPIRED},
+     VERDICT_RT_CERTIFICATE_EXPIRED, VERDICT_DANE_NONE, 0},
     {"testing: verified", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true, true,
-     VERDICT_TLS_HANDSHAKE, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     VERDICT_TLS_HANDSHAKE, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"testing: handshake failed", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true,
      true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     /* no policy: opportunistic */
     {"none: no TLS is fine", VERDICT_POLICY_NONE, POLICY_MODE_NONE, POLICY_TLS_MAY, true, true,
-     VERDICT_TLS_READY, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     VERDICT_TLS_READY, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"none: TLS failure is no policy failure", VERDICT_POLICY_NONE, POLICY_MODE_NONE,
      POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, false,
-     VERDICT_RT_NONE},
+     VERDICT_RT_NONE, VERDICT_DANE_NONE, 0},
     /* tls_policy_file overrides */
     {"override encrypt: TLS not offered", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE,
      POLICY_TLS_ENCRYPT, true, true, VERDICT_TLS_CLOSED, 0, 1, false, true, VERDICT_TLSF_OVERRIDE,
-     false, VERDICT_RT_STARTTLS_NOT_SUPPORTED},
+     false, VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_NONE, 0},
     {"override verify: untrusted chain", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_HANDSHAKE, 5, 0, false, true,
-     VERDICT_TLSF_OVERRIDE_CHAIN, false, VERDICT_RT_CERTIFICATE_NOT_TRUSTED},
+     VERDICT_TLSF_OVERRIDE_CHAIN, false, VERDICT_RT_CERTIFICATE_NOT_TRUSTED, VERDICT_DANE_NONE, 0},
     {"override verify: no allowed name", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_HANDSHAKE, 1, 0, false, true,
-     VERDICT_TLSF_OVERRIDE_NAME, false, VERDICT_RT_CERTIFICATE_HOST_MISMATCH},
+     VERDICT_TLSF_OVERRIDE_NAME, false, VERDICT_RT_CERTIFICATE_HOST_MISMATCH, VERDICT_DANE_NONE, 0},
     {"override verify: good", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE, POLICY_TLS_VERIFY, true,
-     true, VERDICT_TLS_HANDSHAKE, 1, 0, true, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, VERDICT_TLS_HANDSHAKE, 1, 0, true, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"override may: TLS failure is fine", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE, POLICY_TLS_MAY,
-     true, true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
+    /* DANE (RFC 7672): its verdict stands whatever MTA-STS would say, so
+     * the STS fields (deliver false: a host the policy does not list) are
+     * ignored. */
+    {"dane: TLSA bogus: host not used", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
+     true, true, VERDICT_TLS_SKIP, 0, 0, false, true, VERDICT_TLSF_DANE_DNS, false,
+     VERDICT_RT_DNSSEC_INVALID, VERDICT_DANE_DNS_FAIL, 0},
+    {"dane-only: no secure TLSA: host not used", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_SKIP, 0, 0, false, true, VERDICT_TLSF_DANE_REQUIRED,
+     false, VERDICT_RT_DANE_REQUIRED, VERDICT_DANE_REQUIRED, 0},
+    {"dane: host not in the STS policy is used", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE,
+     POLICY_TLS_VERIFY, false, false, VERDICT_TLS_SKIP, 0, 0, false, false, VERDICT_TLSF_NONE,
+     false, VERDICT_RT_NONE, VERDICT_DANE_AUTH, 0},
+    {"dane: chain matches (self-signed, other name)", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE,
+     POLICY_TLS_VERIFY, false, false, VERDICT_TLS_HANDSHAKE, 5, 0, false, false, VERDICT_TLSF_NONE,
+     false, VERDICT_RT_NONE, VERDICT_DANE_AUTH, 1},
+    {"dane: no record matches, though PKIX verifies", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE,
+     POLICY_TLS_VERIFY, true, true, VERDICT_TLS_HANDSHAKE, 1, 0, false, true,
+     VERDICT_TLSF_DANE_CERT, false, VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_AUTH, 2},
+    {"dane: TA leaf names another host", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY,
+     true, true, VERDICT_TLS_HANDSHAKE, 3, 0, false, true, VERDICT_TLSF_DANE_CERT, false,
+     VERDICT_RT_CERTIFICATE_HOST_MISMATCH, VERDICT_DANE_AUTH, 3},
+    {"dane: TA chain expired", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY, true, true,
+     VERDICT_TLS_HANDSHAKE, 2, 0, false, true, VERDICT_TLSF_DANE_CERT, false,
+     VERDICT_RT_CERTIFICATE_EXPIRED, VERDICT_DANE_AUTH, 4},
+    {"dane: the session closed after a failed match", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 1, 2, false, true, VERDICT_TLSF_DANE_CERT,
+     false, VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_AUTH, 2},
+    {"dane: STARTTLS not offered", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY, true,
+     true, VERDICT_TLS_CLOSED, 0, 1, false, true, VERDICT_TLSF_DANE_NOT_OFFERED, false,
+     VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_AUTH, 0},
+    {"dane: handshake failed", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY, true, true,
+     VERDICT_TLS_CLOSED, 4, 2, false, true, VERDICT_TLSF_DANE_HANDSHAKE, false,
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_AUTH, 0},
+    {"dane: connection refused is not a policy matter", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 0, 3, false, false, VERDICT_TLSF_NONE, false,
+     VERDICT_RT_NONE, VERDICT_DANE_AUTH, 0},
+    {"dane: no usable record: any certificate", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_HANDSHAKE, 5, 0, false, false, VERDICT_TLSF_NONE,
+     false, VERDICT_RT_NONE, VERDICT_DANE_ENCRYPT, 0},
+    {"dane: no usable record: STARTTLS still required", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 0, 1, false, true,
+     VERDICT_TLSF_DANE_NOT_OFFERED, false, VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_ENCRYPT,
+     0},
 };
 
 static void make_facts(int kind, struct tls_facts *f)
@@ -268,7 +322,15 @@ static void test_tls_table(void **state)
             res.stage = SMTP_ST_CONNECT;
             str_copy(res.status, "4.4.1", sizeof(res.status));
         }
+        struct tls_dane_result m;
+        memset(&m, 0, sizeof(m));
+        static const enum tls_dane_status match_status[] = {TLS_DANE_VERIFIED, TLS_DANE_VERIFIED,
+                                                            TLS_DANE_NO_MATCH, TLS_DANE_NAME,
+                                                            TLS_DANE_EXPIRED};
+        m.status = match_status[r->match];
         struct verdict_tls_in in = {
+            .dane = r->dane,
+            .dane_match = r->match ? &m : NULL,
             .policy = r->policy,
             .sts_mode = r->mode,
             .level = r->level,
