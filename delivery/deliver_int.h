@@ -20,6 +20,7 @@
 #include "delivery.h"
 #include "policy.h"
 #include "queue.h"
+#include "route.h"
 #include "smtp.h"
 #include "verdict.h"
 
@@ -204,6 +205,13 @@ struct dest {
     bool sts_have;
     struct sts_policy sts;
     char sts_id[POLICY_ID_MAX + 1];
+    /* Routing and flow control (route.c). */
+    bool has_nexthop;             /* relayhost or a transport_maps next hop */
+    bool transport;               /* the next hop is from transport_maps */
+    struct conf_hostport nexthop; /* bracketed: no MX lookup; port 0: default */
+    struct conc_window window;    /* connections allowed now */
+    struct token_bucket bucket;   /* destination_limits rate= */
+    struct deadness dead;         /* smtp_destination_dead_threshold */
 };
 
 #define PAUSE_MAX 256
@@ -263,6 +271,9 @@ struct delivery {
     uint64_t sts_rechecks;
     struct recheck *rechecks; /* expiring recipients waiting for policy_recheck() */
     struct pause_state pause;
+    /* transport_maps and destination_limits (route.c); NULL: none. */
+    struct conf_map *transport;
+    struct conf_map *limits;
 };
 
 /* The engine's wall clock (the options' fake one, or the real one) and its

@@ -193,12 +193,11 @@ static void sched_expire_bounce(struct delivery *dl, const struct queue_due *due
 
 static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t now)
 {
-    char name[256];
-    if (dl->relay)
-        str_copy(name, "[relayhost]", sizeof(name));
-    else
-        addr_domain(due->addr, name, sizeof(name));
     if (pause_postpone(dl, due, now))
+        return;
+    /* transport_maps, relayhost or the domain itself (route.c). */
+    char name[256];
+    if (route_recipient(dl, due, name, sizeof(name)))
         return;
     struct dest *d = name[0] ? dest_get(dl, name) : NULL;
     if (!d) {
@@ -215,7 +214,9 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
         return;
     }
     struct job *j = d->tail;
-    size_t limit = (size_t)dl->conf->default_destination_recipient_limit;
+    char rdom[256];
+    addr_domain(due->addr, rdom, sizeof(rdom));
+    size_t limit = route_rcpt_limit(dl, rdom);
     if (!j || strcmp(j->id, due->id) != 0 || j->n >= limit || j->msg.rcpt) {
         j = calloc(1, sizeof(*j));
         if (!j || !(j->r = calloc(limit, sizeof(*j->r))) || !(j->sender = dl_strdup(due->sender))) {
