@@ -214,7 +214,6 @@ bool route_may_connect(struct dest *d)
         if (d->nconns > 0)
             return false;
         d->dead.probing = true;
-        log_info(QCOMP, "%s: dead destination: one probe connection", d->name);
         return true;
     case DEST_DEAD:
         break;
