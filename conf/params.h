@@ -93,7 +93,7 @@
       "PLAIN and LOGIN, offered only after STARTTLS; empty means no AUTH")                         \
     P(smtpd_sender_login_maps, STR, "", "path",                                                    \
       "Which senders an authenticated client may use, lines \"address-or-@domain "                 \
-      "login[,login...]\"; a sender not mapped to the client's login gets 553 5.7.1 at MAIL "        \
+      "login[,login...]\"; a sender not mapped to the client's login gets 553 5.7.1 at MAIL "      \
       "FROM; unauthenticated clients are not affected; empty means no check")                      \
     /* --- delivery --- */                                                                         \
     P(relayhost, STR, "", "relayhost",                                                             \
@@ -120,10 +120,11 @@
       "How long a dead destination is left alone before the next probe (Postfix uses "             \
       "minimal_backoff_time for this)")                                                            \
     P(transport_maps, STR, "", "path",                                                             \
-      "Per-domain routing in a subset of Postfix transport(5) syntax: \"example.net "               \
-      "smtp:[host]:port\", \".example.net smtp:host\" (subdomains), \"example.org relay:[host]\", " \
+      "Per-domain routing in a subset of Postfix transport(5) syntax: \"example.net "              \
+      "smtp:[host]:port\", \".example.net smtp:host\" (subdomains), \"example.org "                \
+      "relay:[host]\", "                                                                           \
       "\"bad.test error:5.1.1 text\" (bounce at once), \"slow.test defer:4.3.0 text\", \"* "       \
-      "smtp:[host]\" (default); exact name, then parent domains, then *. A matched entry wins "     \
+      "smtp:[host]\" (default); exact name, then parent domains, then *. A matched entry wins "    \
       "over relayhost; MTA-STS and DANE do not apply to another next hop; empty means none")       \
     P(destination_limits, STR, "", "path",                                                         \
       "Per-destination limits, lines \"domain concurrency=N rate=N/s recipients=N\" (any of "      \
