@@ -207,6 +207,8 @@ static void route_wake(struct delivery *dl, int64_t ms)
 bool route_may_connect(struct dest *d)
 {
     struct delivery *dl = d->dl;
+    if (d->nconns == 0)
+        d->dead.probing = false; /* no probe can be under way */
     switch (dead_state(&d->dead, dl_mono(dl))) {
     case DEST_ALIVE:
         return d->nconns < d->window.cur;
