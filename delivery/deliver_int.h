@@ -117,6 +117,7 @@ size_t pause_file_parse(const char *text, size_t len, struct pause_rec *out, siz
 
 struct delivery;
 struct dest;
+struct route_reject;
 
 struct target {
     char host[256];
@@ -274,6 +275,7 @@ struct delivery {
     /* transport_maps and destination_limits (route.c); NULL: none. */
     struct conf_map *transport;
     struct conf_map *limits;
+    struct route_reject *rejects; /* error:/defer: recipients until route_flush() */
 };
 
 /* The engine's wall clock (the options' fake one, or the real one) and its

@@ -59,55 +59,118 @@ int route_load(const struct conf *c, struct conf_map **transport, struct conf_ma
     return 0;
 }
 
-/* error: and defer: entries end the recipient here: one log line, and a
- * DSN through the one DSN path (job_finish()) or a deferral. */
+/*
+ * error: and defer: entries end the recipient here: one log line per
+ * recipient, and for error: a DSN through the one DSN path (job_finish()).
+ * The recipients of one message that meet the same entry within one lease
+ * are gathered into one job, so that the sender gets one DSN for them;
+ * route_flush() ends the gathered jobs.
+ */
+struct route_reject {
+    struct route_reject *next;
+    struct job *j;
+    size_t cap;
+    const struct conf_transport *t; /* valid until route_flush() */
+    char key[256];
+};
+
+static void reject_defer_nomem(struct delivery *dl, const struct queue_due *due)
+{
+    struct queue_result res = {.dsn = "4.3.0",
+                               .text = "out of memory",
+                               .mx = "",
+                               .ip = "",
+                               .tls = "",
+                               .sts_mode = "",
+                               .sts_id = ""};
+    dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
+    dl->inflight--;
+}
+
+static bool reject_add(struct route_reject *rj, const struct queue_due *due)
+{
+    struct job *j = rj->j;
+    if (j->n == rj->cap) {
+        size_t cap = rj->cap ? rj->cap * 2 : 4;
+        struct jrcpt *r = realloc(j->r, cap * sizeof(*r));
+        if (!r)
+            return false;
+        j->r = r;
+        rj->cap = cap;
+    }
+    char *addr = dl_strdup(due->addr);
+    if (!addr)
+        return false;
+    j->r[j->n].idx = due->rcpt;
+    j->r[j->n].addr = addr;
+    j->r[j->n].attempts = due->attempts;
+    j->n++;
+    return true;
+}
+
 static void route_reject(struct delivery *dl, const struct queue_due *due,
                          const struct conf_transport *t, const char *key)
 {
-    int64_t now = dl_now(dl);
-    struct job *j = calloc(1, sizeof(*j));
-    if (j) {
-        j->r = calloc(1, sizeof(*j->r));
-        j->sender = dl_strdup(due->sender);
-        if (j->r)
-            j->r[0].addr = dl_strdup(due->addr);
+    for (struct route_reject *rj = dl->rejects; rj; rj = rj->next) {
+        if (rj->t == t && strcmp(rj->j->id, due->id) == 0) {
+            if (!reject_add(rj, due))
+                reject_defer_nomem(dl, due);
+            return;
+        }
     }
-    if (!j || !j->r || !j->sender || !j->r[0].addr) {
+    struct route_reject *rj = calloc(1, sizeof(*rj));
+    struct job *j = rj ? calloc(1, sizeof(*j)) : NULL;
+    if (j)
+        j->sender = dl_strdup(due->sender);
+    if (!j || !j->sender) {
         job_free(j);
-        struct queue_result res = {.dsn = "4.3.0",
-                                   .text = "out of memory",
-                                   .mx = "",
-                                   .ip = "",
-                                   .tls = "",
-                                   .sts_mode = "",
-                                   .sts_id = ""};
-        dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
-        dl->inflight--;
+        free(rj);
+        reject_defer_nomem(dl, due);
         return;
     }
-    j->n = 1;
-    j->r[0].idx = due->rcpt;
-    j->r[0].attempts = due->attempts;
+    rj->j = j;
+    rj->t = t;
+    str_copy(rj->key, key ? key : "?", sizeof(rj->key));
+    int64_t now = dl_now(dl);
     str_copy(j->id, due->id, sizeof(j->id));
     j->flags = due->flags;
     j->arrival_ms = due->arrival_ms;
     j->lease_ms = j->conn_ms = j->ready_ms = now;
     str_copy(j->relay, "none", sizeof(j->relay));
-    snprintf(j->label, sizeof(j->label), "transport_maps=%s", key ? key : "?");
-    bool bounce = t->kind == CONF_TRANSPORT_ERROR;
-    struct verdict v = {
-        .action = bounce ? VERDICT_BOUNCE : VERDICT_DEFER,
-        .reason = bounce ? VR_LOCAL_PERMANENT : VR_LOCAL_TRANSIENT,
-    };
-    str_copy(v.status, t->status, sizeof(v.status));
-    struct smtp_outcome o;
-    memset(&o, 0, sizeof(o));
-    str_copy(o.text,
-             t->text && t->text[0] ? t->text
-                                   : (bounce ? "mail for this domain is refused"
-                                             : "delivery to this domain is deferred"),
-             sizeof(o.text));
-    job_finish(dl, j, &o, &v);
+    snprintf(j->label, sizeof(j->label), "transport_maps=%.80s", rj->key);
+    if (!reject_add(rj, due)) {
+        job_free(j);
+        free(rj);
+        reject_defer_nomem(dl, due);
+        return;
+    }
+    rj->next = dl->rejects;
+    dl->rejects = rj;
+}
+
+void route_flush(struct delivery *dl)
+{
+    while (dl->rejects) {
+        struct route_reject *rj = dl->rejects;
+        dl->rejects = rj->next;
+        const struct conf_transport *t = rj->t;
+        bool bounce = t->kind == CONF_TRANSPORT_ERROR;
+        struct verdict v = {
+            .action = bounce ? VERDICT_BOUNCE : VERDICT_DEFER,
+            .reason = bounce ? VR_LOCAL_PERMANENT : VR_LOCAL_TRANSIENT,
+        };
+        str_copy(v.status, t->status, sizeof(v.status));
+        struct smtp_outcome o;
+        memset(&o, 0, sizeof(o));
+        str_copy(o.text,
+                 t->text && t->text[0] ? t->text
+                                       : (bounce ? "mail for this domain is refused"
+                                                 : "delivery to this domain is deferred"),
+                 sizeof(o.text));
+        struct job *j = rj->j;
+        free(rj);
+        job_finish(dl, j, &o, &v);
+    }
 }
 
 bool route_recipient(struct delivery *dl, const struct queue_due *due, char *name, size_t size)

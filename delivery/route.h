@@ -87,6 +87,10 @@ int route_load(const struct conf *c, struct conf_map **transport, struct conf_ma
  * "transport:[host]:port" for a transport next hop.
  */
 bool route_recipient(struct delivery *dl, const struct queue_due *due, char *name, size_t size);
+/* End the recipients route_recipient() took (error: and defer:), one job
+ * (one DSN) per message and entry. Called once the lease is filed, before
+ * anything can change the tables. */
+void route_flush(struct delivery *dl);
 /* A new destination of that name: its next hop, limits and window. */
 void route_dest_init(struct dest *d);
 /* Most recipients in one transaction for a recipient domain. */

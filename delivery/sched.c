@@ -81,6 +81,7 @@ static void on_recheck(void *arg, const struct policy_result *r)
                  r->have_policy && r->id ? r->id : "");
         rk->due.expired = false;
         sched_file(dl, &rk->due, dl_now(dl));
+        route_flush(dl);
         for (struct dest *d = dl->dests; d; d = d->next)
             dest_run(d);
     }
@@ -277,6 +278,7 @@ static void on_lease(void *arg, int status, struct queue_due *due, size_t n)
         else
             sched_file(dl, &due[i], now);
     }
+    route_flush(dl); /* transport_maps error: and defer: (route.c) */
     queue_due_free(due);
     for (struct dest *d = dl->dests; d; d = d->next)
         dest_run(d);

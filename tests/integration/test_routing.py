@@ -175,7 +175,7 @@ class RoutingTest(unittest.TestCase):
         self.submit(["x@a.test"], subject="to a")
         self.submit(["y@sub.b.test", "z@deep.sub.b.test"], subject="to b")
         self.submit(["w@c.test"], subject="to c")
-        self.submit(["nobody@bad.test"], subject="to bad")
+        self.submit(["nobody@bad.test", "else@bad.test"], subject="to bad")
         self.submit(["later@slow.test"], subject="to slow")
         self.assertTrue(a.wait_messages(1), self.log())
         self.assertTrue(b.wait_messages(1), self.log())
@@ -197,10 +197,14 @@ class RoutingTest(unittest.TestCase):
         self.assertEqual(dsn.rcpt_tos, ["sender@src.test"])
         self.assertIn(b"Status: 5.1.1", dsn.content)
         self.assertIn(b"nobody@bad.test", dsn.content)
+        # One DSN for both recipients of the message.
+        self.assertIn(b"else@bad.test", dsn.content)
         # defer: defers with the status and text, without a connection.
         self.wait_log_re(r"to=<later@slow\.test>, relay=none, .*dsn=4\.3\.2, "
                          r"status=deferred \(not today\)")
         self.assertEqual(len(re.findall(r"to=<nobody@bad\.test>", self.log())), 1)
+        self.assertEqual(len(re.findall(r"to=<else@bad\.test>, .*status=bounced", self.log())), 1)
+        self.assertEqual(len(src.messages), 1)
         for s in (a, b, mxh):
             self.assertNotIn("later@slow.test", self.rcpts_at(s))
 
