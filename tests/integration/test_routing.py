@@ -8,6 +8,7 @@ Each case reads as data: the table, where each recipient must arrive (or
 what must happen to it), and what the log says.
 """
 
+import json
 import os
 import re
 import shutil
@@ -297,6 +298,11 @@ class RoutingTest(unittest.TestCase):
         self.assertEqual(summ.returncode, 0, summ.stderr)
         self.assertIn("dead destinations", summ.stdout)
         self.assertIn("transport:[127.0.0.25]:%d" % port, summ.stdout)
+        summ = self.daemon.ctl("queue", "summary", "--json")
+        self.assertEqual(summ.returncode, 0, summ.stderr)
+        dead = json.loads(summ.stdout)["dead"]
+        self.assertEqual([d["destination"] for d in dead], ["transport:[127.0.0.25]:%d" % port])
+        self.assertGreaterEqual(dead[0]["failures"], 3)
         # The host comes back: one probe revives it and the backlog drains.
         sink = self.sink(host, port)
         self.assertTrue(sink.wait_messages(30, timeout=60),
