@@ -11,18 +11,23 @@
  *  - Relay is allowed from mynetworks (of the configuration in force when
  *    the recipient is checked) or after AUTH; the smtp module decides the
  *    rest.
+ *  - DKIM (dkim_key_table): a message whose From domain has keys is handed
+ *    to signing.c, which queues the signed copy with submit() and answers
+ *    the session itself.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "dkim.h"
 #include "mta.h"
 #include "queue.h"
 #include "smtp.h"
 
 struct submission {
     struct smtpd *srv;
-    struct conf_map *logins; /* smtpd_sender_login_maps, or NULL */
+    struct conf_map *logins;    /* smtpd_sender_login_maps, or NULL */
+    struct dkim_keytable *dkim; /* NULL: no signing */
 };
 
 /* smtpd_sender_login_maps: which senders an authenticated login may use
@@ -53,21 +58,20 @@ static bool relay_allowed(void *arg, const struct sockaddr *client)
 
 static void submitted(void *arg, int status, const char *id)
 {
+    /* Refusals are counted where the reply is sent (smtp/server.c). */
+    if (status == 0)
+        metric_add(MET_MSG_ACCEPTED, NULL, NULL, 1);
     smtpd_session_done(arg, status, id);
 }
 
-static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_message *msg)
+static int submit(struct mta *m, const struct smtpd_message *msg, const char *body, size_t len,
+                  void (*cb)(void *, int, const char *), void *arg)
 {
-    struct mta *m = arg;
-    if (!m->queue) {
-        smtpd_session_done(s, ERR_CLOSED, NULL);
-        return;
-    }
+    if (!m->queue)
+        return ERR_CLOSED;
     struct queue_rcpt_in *rc = calloc(msg->n_rcpts, sizeof(*rc));
-    if (!rc) {
-        smtpd_session_done(s, ERR_NOMEM, NULL);
-        return;
-    }
+    if (!rc)
+        return ERR_NOMEM;
     for (size_t i = 0; i < msg->n_rcpts; i++) {
         rc[i].addr = msg->rcpts[i].addr;
         rc[i].orcpt = msg->rcpts[i].orcpt[0] ? msg->rcpts[i].orcpt : NULL;
@@ -89,12 +93,26 @@ static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_me
                  (msg->eightbitmime ? QUEUE_F_8BITMIME : 0u) | (msg->tls[0] ? QUEUE_F_TLS : 0u),
     };
     /* Envelope and recipients are copied before queue_submit() returns; the
-     * body is the session's until smtpd_session_done(). */
-    int rc_submit =
-        queue_submit(m->queue, &env, rc, msg->n_rcpts, msg->body.ptr, msg->body.len, submitted, s);
+     * body must stay until the callback. */
+    int rc_submit = queue_submit(m->queue, &env, rc, msg->n_rcpts, body, len, cb, arg);
     free(rc);
-    if (rc_submit != 0)
-        smtpd_session_done(s, rc_submit, NULL);
+    return rc_submit;
+}
+
+static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_message *msg)
+{
+    struct mta *m = arg;
+    if (!m->queue) {
+        smtpd_session_done(s, ERR_CLOSED, NULL);
+        return;
+    }
+    int rc = signing_take(m, m->submission ? m->submission->dkim : NULL, s, msg, submit);
+    if (rc > 0)
+        return;
+    if (rc == 0)
+        rc = submit(m, msg, msg->body.ptr, msg->body.len, submitted, s);
+    if (rc != 0)
+        smtpd_session_done(s, rc, NULL);
 }
 
 static uint32_t ms_of(int64_t seconds)
@@ -199,14 +217,23 @@ int submission_start(struct mta *m, struct buf *err)
     int rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
     if (rc)
         return rc;
+    struct dkim_keytable *keys;
+    rc = signing_load(m->conf, &keys, err);
+    if (rc) {
+        drop_opts(&o);
+        return rc;
+    }
     struct submission *sub = calloc(1, sizeof(*sub));
     if (!sub) {
         drop_opts(&o);
+        dkim_keytable_free(keys);
         return ERR_NOMEM;
     }
+    sub->dkim = keys;
     rc = load_logins(m->conf, &sub->logins, err);
     if (rc) {
         drop_opts(&o);
+        dkim_keytable_free(sub->dkim);
         free(sub);
         return rc;
     }
@@ -214,6 +241,7 @@ int submission_start(struct mta *m, struct buf *err)
     drop_opts(&o);
     if (!sub->srv) {
         conf_map_free(sub->logins);
+        dkim_keytable_free(sub->dkim);
         free(sub);
         return ERR_INVAL;
     }
@@ -223,11 +251,15 @@ int submission_start(struct mta *m, struct buf *err)
         if (rc) {
             smtpd_free(sub->srv);
             conf_map_free(sub->logins);
+            dkim_keytable_free(sub->dkim);
             free(sub);
             return rc;
         }
     }
     m->submission = sub;
+    if (sub->dkim)
+        log_info("smtpd", "DKIM: %zu signing keys from %s", dkim_keytable_count(sub->dkim),
+                 m->conf->dkim_key_table);
     return 0;
 }
 
@@ -251,6 +283,8 @@ void submission_close(struct mta *m)
      * queue_close()), then the server frees itself as its handles close. */
     smtpd_free(sub->srv);
     conf_map_free(sub->logins);
+    /* Signing jobs in flight hold their own references. */
+    dkim_keytable_free(sub->dkim);
     free(sub);
     m->submission = NULL;
 }
@@ -261,23 +295,39 @@ int submission_reload(struct mta *m, struct conf *c, struct buf *err)
         return 0;
     struct smtpd_opts o;
     char host[256];
-    struct conf_map *logins = NULL;
-    int rc = load_logins(c, &logins, err);
+    /* The key table and the sender login map are loaded before anything
+     * changes, and swapped only when the rest of the reload has succeeded:
+     * all or nothing. */
+    struct dkim_keytable *keys;
+    int rc = signing_load(c, &keys, err);
     if (rc)
         return rc;
+    struct conf_map *logins = NULL;
+    rc = load_logins(c, &logins, err);
+    if (rc) {
+        dkim_keytable_free(keys);
+        return rc;
+    }
     rc = make_opts(m, c, &o, host, sizeof(host), err);
     if (rc) {
         conf_map_free(logins);
+        dkim_keytable_free(keys);
         return rc;
     }
     rc = smtpd_set_opts(m->submission->srv, &o, err);
     drop_opts(&o);
-    if (rc == 0) {
-        conf_map_free(m->submission->logins);
-        m->submission->logins = logins;
-    } else {
+    if (rc) {
         conf_map_free(logins);
+        dkim_keytable_free(keys);
+        return rc;
     }
+    conf_map_free(m->submission->logins);
+    m->submission->logins = logins;
+    dkim_keytable_free(m->submission->dkim);
+    m->submission->dkim = keys;
+    if (keys)
+        log_info("smtpd", "DKIM: %zu signing keys from %s", dkim_keytable_count(keys),
+                 c->dkim_key_table);
     /* smtpd_listen changes need a restart, as in Postfix's master.cf. */
     return rc;
 }

@@ -1,9 +1,9 @@
 /*
  * fetch.c - one HTTPS GET of an MTA-STS policy on the libuv loop:
- * A/AAAA of mta-sts.DOMAIN (dns/), uv_tcp connect (each address in turn),
- * TLS through tls/ with SNI and the certificate verified for mta-sts.DOMAIN
- * against the one configured trust store, then the HTTP/1.1 exchange read
- * by http.c.
+ * A/AAAA of mta-sts.DOMAIN (dns/), a tls_stream connect (each address in
+ * turn), TLS on that stream with SNI and the certificate verified for
+ * mta-sts.DOMAIN against the one configured trust store, then the HTTP/1.1
+ * exchange read by http.c.
  *
  * RFC 8461 3.3: certificate valid for the policy host (RFC 6125 via tls/),
  * status 200 only, no redirects, text/plain, bounded size and time, no
@@ -16,21 +16,13 @@
  *    after the server's TLS close_notify, so a cut TCP stream cannot pass
  *    for a shorter policy.
  *  - The struct is freed only from close callbacks, once every handle it
- *    owns has closed; callbacks of tls/ may finish the fetch, so every
- *    caller of a tls_conn_* function checks f->done afterwards.
+ *    owns has closed (the timer, and each tls_stream through on_close).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "policy_int.h"
-
-struct conn {
-    uv_tcp_t tcp;
-    uv_connect_t creq; /* per connection: a timed-out connect is still
-                          pending while the next address is tried */
-    struct fetch *f;
-};
 
 struct fetch {
     struct fetch_params fp;
@@ -41,10 +33,11 @@ struct fetch {
     struct dns_query *q;
     struct dns_addr addrs[16];
     size_t n_addr, next_addr;
-    struct conn *conn;
+    struct tls_stream *conn; /* the connection being tried or used; a
+                                timed-out connect is closed and the next
+                                address gets a new stream */
     uv_timer_t timer;
     int64_t deadline;
-    struct tls_conn *tls;
     struct policy_http *http;
     bool done, aborted, sent;
     int refs; /* open handles + 1 until done */
@@ -52,16 +45,9 @@ struct fetch {
     char last_conn_err[128];
 };
 
-struct wreq {
-    uv_write_t req;
-    size_t n;
-    char data[];
-};
-
 static void unref(struct fetch *f)
 {
     if (--f->refs == 0) {
-        tls_conn_free(f->tls);
         tls_ctx_free(f->fp.tls);
         policy_http_free(f->http);
         free(f);
@@ -73,18 +59,15 @@ static void timer_closed(uv_handle_t *h)
     unref(h->data);
 }
 
-static void conn_closed(uv_handle_t *h)
+static void conn_closed(void *arg)
 {
-    struct conn *c = h->data;
-    struct fetch *f = c->f;
-    free(c);
-    unref(f);
+    unref(arg);
 }
 
 static void close_conn(struct fetch *f)
 {
     if (f->conn) {
-        uv_close((uv_handle_t *)&f->conn->tcp, conn_closed);
+        tls_stream_close(f->conn);
         f->conn = NULL;
     }
 }
@@ -110,9 +93,10 @@ static void finish(struct fetch *f, int rc, enum policy_failure fl, const char *
         vsnprintf(f->res.why, sizeof(f->res.why), fmt, ap);
         va_end(ap);
     }
-    if (f->tls) {
+    const struct tls_facts *facts = f->conn ? tls_stream_facts(f->conn) : NULL;
+    if (facts) {
         f->res.tls_done = true;
-        f->res.tls = *tls_conn_facts(f->tls);
+        f->res.tls = *facts;
     }
     if (f->http) {
         f->res.http_status = policy_http_status(f->http);
@@ -139,31 +123,9 @@ static void http_result(struct fetch *f, int rc)
         finish(f, rc, policy_http_failure(f->http), "%s", policy_http_why(f->http));
 }
 
-/* ---- TLS over the socket -------------------------------------------------- */
+/* ---- the TLS stream ------------------------------------------------------ */
 
-static void write_done(uv_write_t *req, int status)
-{
-    (void)status;
-    free(req->data);
-}
-
-static void on_cipher_out(void *arg, const void *data, size_t n)
-{
-    struct fetch *f = arg;
-    if (!f->conn || n == 0)
-        return;
-    struct wreq *w = malloc(sizeof(*w) + n);
-    if (!w)
-        return; /* the exchange stalls and the timer ends it */
-    memcpy(w->data, data, n);
-    w->n = n;
-    w->req.data = w;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-    if (uv_write(&w->req, (uv_stream_t *)&f->conn->tcp, &b, 1, write_done) != 0)
-        free(w);
-}
-
-static void on_plain_in(void *arg, const void *data, size_t n)
+static void on_read(void *arg, const void *data, size_t n)
 {
     struct fetch *f = arg;
     if (f->done)
@@ -212,13 +174,14 @@ static void on_handshake(void *arg, int status, const struct tls_facts *facts)
         return;
     }
     f->sent = true;
-    if (tls_conn_write(f->tls, req, (size_t)n) != 0)
+    if (tls_stream_write(f->conn, req, (size_t)n) != 0)
         finish(f, ERR_TLS, POLICY_FAIL_FETCH, "%s: TLS write failed", f->host);
 }
 
-static void on_closed(void *arg, int status)
+static void on_end(void *arg, int status, int uv_status)
 {
     struct fetch *f = arg;
+    (void)uv_status;
     if (f->done)
         return;
     if (status == 0) {
@@ -233,40 +196,13 @@ static void on_closed(void *arg, int status)
 
 /* ---- TCP ------------------------------------------------------------------ */
 
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    (void)h;
-    (void)suggested;
-    static char slab[16384]; /* loop thread only; consumed before the next read */
-    *b = uv_buf_init(slab, sizeof(slab));
-}
-
-static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
-{
-    struct conn *c = s->data;
-    struct fetch *f = c->f;
-    if (f->done || f->conn != c)
-        return;
-    if (nread > 0) {
-        tls_conn_feed(f->tls, b->base, (size_t)nread);
-        return;
-    }
-    if (nread == 0)
-        return;
-    tls_conn_eof(f->tls);
-    if (!f->done)
-        finish(f, ERR_IO, POLICY_FAIL_FETCH, "%s: connection closed: %s", f->host,
-               nread == UV_EOF ? "end of stream" : uv_strerror((int)nread));
-}
-
 static void try_next(struct fetch *f);
 static void arm_timer(struct fetch *f, bool connecting);
 
-static void connect_cb(uv_connect_t *req, int status)
+static void on_connect(void *arg, int status)
 {
-    struct conn *c = req->handle->data;
-    struct fetch *f = c->f;
-    if (f->done || f->conn != c)
+    struct fetch *f = arg;
+    if (f->done)
         return;
     if (status != 0) {
         snprintf(f->last_conn_err, sizeof(f->last_conn_err), "%s", uv_strerror(status));
@@ -275,19 +211,22 @@ static void connect_cb(uv_connect_t *req, int status)
         return;
     }
     arm_timer(f, false);
-    static const struct tls_callbacks cbs = {on_cipher_out, on_plain_in, on_handshake, on_closed};
-    f->tls = tls_conn_client_new(f->fp.tls, f->host, TLS_VERIFY_HOST, &cbs, f);
     f->http = policy_http_new(f->fp.max_body);
-    if (!f->tls || !f->http) {
+    if (!f->http || tls_stream_start_tls(f->conn, f->fp.tls, f->host, TLS_VERIFY_HOST) != 0) {
         finish(f, ERR_NOMEM, POLICY_FAIL_FETCH, "out of memory");
         return;
     }
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
+    if (tls_stream_read_start(f->conn) != 0)
         finish(f, ERR_IO, POLICY_FAIL_FETCH, "%s: cannot read", f->host);
-        return;
-    }
-    tls_conn_start(f->tls);
 }
+
+static const struct tls_stream_callbacks stream_cbs = {
+    .on_connect = on_connect,
+    .on_read = on_read,
+    .on_handshake = on_handshake,
+    .on_end = on_end,
+    .on_close = conn_closed,
+};
 
 static void try_next(struct fetch *f)
 {
@@ -306,20 +245,14 @@ static void try_next(struct fetch *f)
             s6->sin6_port = htons(f->fp.port);
             memcpy(&s6->sin6_addr, a->bytes, 16);
         }
-        struct conn *c = calloc(1, sizeof(*c));
+        struct tls_stream *c = tls_stream_new(f->fp.loop, &stream_cbs, f, NULL);
         if (!c) {
             finish(f, ERR_NOMEM, POLICY_FAIL_FETCH, "out of memory");
             return;
         }
-        c->f = f;
-        if (uv_tcp_init(f->fp.loop, &c->tcp) != 0) {
-            free(c);
-            continue;
-        }
-        c->tcp.data = c;
         f->refs++;
         f->conn = c;
-        int rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&ss, connect_cb);
+        int rc = tls_stream_connect(c, (const struct sockaddr *)&ss);
         if (rc != 0) {
             snprintf(f->last_conn_err, sizeof(f->last_conn_err), "%s", uv_strerror(rc));
             close_conn(f);

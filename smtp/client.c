@@ -6,7 +6,7 @@
  * RFC 3207 STARTTLS, RFC 6531 SMTPUTF8, RFC 6152 8BITMIME, RFC 3461 DSN
  * parameters, RFC 2034 / 3463 enhanced status codes.
  *
- * Layers: uv_tcp_t -> (tls_conn when STARTTLS succeeded) -> line reader ->
+ * Layers: tls_stream (TCP, and TLS once STARTTLS succeeded) -> line reader ->
  * reply parser -> the state machine below -> events to the owner.
  *
  * Invariants:
@@ -34,7 +34,6 @@
 
 #define COMPONENT "smtp"
 #define IN_MAX (SMTP_REPLY_LINE_MAX + 2)
-#define READ_CHUNK (64 * 1024)
 #define BODY_CHUNK (32 * 1024)
 #define BODY_INFLIGHT_MAX (256 * 1024)
 #define CMD_MAX (1024 * 1024)
@@ -65,11 +64,10 @@ struct pend {
 
 struct smtp_client {
     uv_loop_t *loop;
-    uv_tcp_t tcp;
-    uv_timer_t timer; /* the one per-state timeout */
-    uv_timer_t later; /* runs deferred events (never inside an API call) */
-    uv_connect_t creq;
-    int open_handles;
+    struct tls_stream *stream; /* the connection, TCP and TLS */
+    uv_timer_t timer;          /* the one per-state timeout */
+    uv_timer_t later;          /* runs deferred events (never inside an API call) */
+    int open_handles;          /* the two timers and the stream */
 
     enum smtp_stage st;
     char *helo;
@@ -86,7 +84,6 @@ struct smtp_client {
     smtp_client_cb cb;
     void *arg;
 
-    char *rbuf;    /* read buffer handed to libuv */
     struct buf in; /* plaintext not yet split into lines */
     struct smtp_reply reply;
     struct smtp_ext ext;
@@ -94,9 +91,9 @@ struct smtp_client {
     bool established;
     bool starttls_sent;
 
-    struct tls_conn *tls;
-    bool tls_on;    /* handshake done, traffic goes through tls */
-    bool tls_tried; /* facts are meaningful */
+    bool tls_started; /* STARTTLS answered 220: the stream speaks TLS */
+    bool tls_on;      /* handshake done, traffic goes through tls */
+    bool tls_tried;   /* facts are meaningful */
     struct tls_facts facts;
 
     bool closing;
@@ -127,16 +124,8 @@ struct smtp_client {
     struct smtp_stuff stuff;
     uint64_t body_off;
     bool body_end_sent;
-    char *chunk;     /* BODY_CHUNK bytes for smtp_msg.read */
-    size_t inflight; /* bytes handed to uv_write and not yet written */
+    char *chunk; /* BODY_CHUNK bytes for smtp_msg.read */
     struct buf out;
-};
-
-struct wreq {
-    uv_write_t req;
-    struct smtp_client *c;
-    size_t n;
-    char data[];
 };
 
 static void fail_session(struct smtp_client *c, enum smtp_action act, const char *status, int err,
@@ -297,12 +286,10 @@ static void outcome_from_reply(struct smtp_client *c, struct smtp_outcome *o, co
 
 /* ---- writing ---------------------------------------------------------- */
 
-static void on_write(uv_write_t *req, int status)
+/* The stream wrote queued bytes, or failed to. */
+static void on_written(void *arg, int status)
 {
-    struct wreq *w = (struct wreq *)req;
-    struct smtp_client *c = w->c;
-    c->inflight -= w->n;
-    free(w);
+    struct smtp_client *c = arg;
     if (c->closing)
         return;
     if (status < 0) {
@@ -319,44 +306,10 @@ static void on_write(uv_write_t *req, int status)
     }
 }
 
-/* Write bytes to the socket as they are (ciphertext or plaintext). */
-static int sock_write(struct smtp_client *c, const void *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    struct wreq *w = malloc(sizeof(*w) + n);
-    if (!w)
-        return ERR_NOMEM;
-    w->c = c;
-    w->n = n;
-    memcpy(w->data, p, n);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (rc < 0) {
-        free(w);
-        return ERR_IO;
-    }
-    c->inflight += n;
-    return 0;
-}
-
-static void tls_cipher_out(void *arg, const void *data, size_t n)
-{
-    struct smtp_client *c = arg;
-    if (sock_write(c, data, n) != 0)
-        c->broken = true; /* reported by the caller of tls_conn_write */
-}
-
-/* Write protocol bytes: through TLS when it is on. */
+/* Write protocol bytes (encrypted once TLS is on). */
 static int send_bytes(struct smtp_client *c, const char *p, size_t n)
 {
-    if (c->tls_on) {
-        int rc = tls_conn_write(c->tls, p, n);
-        if (rc == 0 && c->broken)
-            rc = ERR_IO;
-        return rc;
-    }
-    return sock_write(c, p, n);
+    return tls_stream_write(c->stream, p, n);
 }
 
 static bool send_cmd(struct smtp_client *c, const char *fmt, ...)
@@ -418,12 +371,10 @@ static void on_later(uv_timer_t *t)
 
 static void really_free(struct smtp_client *c)
 {
-    tls_conn_free(c->tls);
     tls_ctx_free(c->tls_ctx);
     smtp_reply_free(&c->reply);
     buf_free(&c->in);
     buf_free(&c->out);
-    free(c->rbuf);
     free(c->chunk);
     free(c->pend);
     free(c->accepted);
@@ -433,9 +384,8 @@ static void really_free(struct smtp_client *c)
     free(c);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void handle_closed(struct smtp_client *c)
 {
-    struct smtp_client *c = h->data;
     if (--c->open_handles > 0)
         return;
     c->st = SMTP_ST_CLOSED;
@@ -448,6 +398,16 @@ static void on_handle_closed(uv_handle_t *h)
     emit(c, SMTP_EV_CLOSED);
 }
 
+static void on_handle_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void on_stream_closed(void *arg)
+{
+    handle_closed(arg);
+}
+
 static void close_session(struct smtp_client *c)
 {
     if (c->closing)
@@ -456,12 +416,10 @@ static void close_session(struct smtp_client *c)
     c->st = SMTP_ST_CLOSING;
     uv_timer_stop(&c->timer);
     uv_timer_stop(&c->later);
-    if (c->tls && c->tls_on)
-        tls_conn_shutdown(c->tls);
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    /* Sends close_notify when TLS is on. */
+    tls_stream_close(c->stream);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->later, on_handle_closed);
-    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
 /* Give every recipient still without an outcome the session's outcome. */
@@ -636,7 +594,7 @@ static void after_hello(struct smtp_client *c)
 static void process_input(struct smtp_client *c);
 static int take_plain(struct smtp_client *c, const char *p, size_t n);
 
-static void tls_plain_in(void *arg, const void *data, size_t n)
+static void on_read(void *arg, const void *data, size_t n)
 {
     struct smtp_client *c = arg;
     if (c->closing)
@@ -645,7 +603,7 @@ static void tls_plain_in(void *arg, const void *data, size_t n)
         process_input(c);
 }
 
-static void tls_handshake(void *arg, int status, const struct tls_facts *facts)
+static void on_handshake(void *arg, int status, const struct tls_facts *facts)
 {
     struct smtp_client *c = arg;
     c->facts = *facts;
@@ -683,14 +641,23 @@ static void tls_handshake(void *arg, int status, const struct tls_facts *facts)
     send_ehlo(c);
 }
 
-static void tls_closed(void *arg, int status)
+static const char *lost_while(const struct smtp_client *c);
+
+/* The input ended: the transport (status ERR_CLOSED), or the TLS session
+ * (close_notify or a fatal alert). */
+static void on_end(void *arg, int status, int uv_status)
 {
     struct smtp_client *c = arg;
-    (void)status;
+    (void)uv_status;
     if (c->closing)
         return;
     if (c->st == SMTP_ST_QUIT) {
         close_session(c);
+        return;
+    }
+    if (status == ERR_CLOSED) {
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0, "lost connection with %s[%s] while %s",
+                     c->host, c->ip, lost_while(c));
         return;
     }
     fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TLS, 0,
@@ -700,12 +667,6 @@ static void tls_closed(void *arg, int status)
 
 static void start_tls(struct smtp_client *c)
 {
-    static const struct tls_callbacks cbs = {
-        .on_cipher_out = tls_cipher_out,
-        .on_plain_in = tls_plain_in,
-        .on_handshake = tls_handshake,
-        .on_closed = tls_closed,
-    };
     /* RFC 3207 5: the server's 220 must be the last plaintext it sends. */
     if (c->in.len > 0) {
         /* Reported as a TLS failure: opportunistic callers may retry the
@@ -717,15 +678,17 @@ static void start_tls(struct smtp_client *c)
         return;
     }
     enum tls_verify v = c->tlsmode == SMTP_TLS_VERIFY ? TLS_VERIFY_HOST : TLS_VERIFY_NONE;
-    c->tls = tls_conn_client_new(c->tls_ctx, c->verify_host ? c->verify_host : c->host, v, &cbs, c);
-    if (!c->tls) {
+    c->tls_started = true;
+    int rc =
+        tls_stream_start_tls(c->stream, c->tls_ctx, c->verify_host ? c->verify_host : c->host, v);
+    if (rc == ERR_NOMEM) {
         fail_session(c, SMTP_ACT_DEFER, "4.3.0", ERR_NOMEM, 0,
                      "cannot start TLS with %s[%s]: out of memory", c->host, c->ip);
         return;
     }
     set_state(c, SMTP_ST_TLS);
     c->tls_tried = true;
-    if (tls_conn_start(c->tls) != 0 || c->broken)
+    if (rc != 0)
         fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0,
                      "lost connection with %s[%s] while starting TLS", c->host, c->ip);
 }
@@ -874,7 +837,7 @@ static void pump_body(struct smtp_client *c)
     struct smtp_msg *m = c->msg;
     uint64_t total = msg_size(m);
     while (!c->closing && c->st == SMTP_ST_BODY && !c->body_end_sent &&
-           c->inflight < BODY_INFLIGHT_MAX) {
+           tls_stream_queued(c->stream) < BODY_INFLIGHT_MAX) {
         buf_reset(&c->out);
         uint64_t left = total - c->body_off;
         size_t n = left > BODY_CHUNK ? BODY_CHUNK : (size_t)left;
@@ -1152,20 +1115,13 @@ static void process_input(struct smtp_client *c)
             return;
         }
         if (rc == 0) {
-            bool had_tls = c->tls != NULL;
+            bool had_tls = c->tls_started;
             on_reply(c);
             smtp_reply_reset(&c->reply);
-            if (!had_tls && c->tls)
+            if (!had_tls && c->tls_started)
                 return; /* TLS started: start_tls() judged what was left */
         }
     }
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    struct smtp_client *c = h->data;
-    (void)suggested;
-    *b = uv_buf_init(c->rbuf, READ_CHUNK);
 }
 
 static const char *lost_while(const struct smtp_client *c)
@@ -1198,41 +1154,6 @@ static const char *lost_while(const struct smtp_client *c)
     }
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
-{
-    struct smtp_client *c = s->data;
-    (void)b;
-    if (c->closing)
-        return;
-    if (nread < 0) {
-        if (c->st == SMTP_ST_QUIT) {
-            close_session(c);
-            return;
-        }
-        if (c->tls && c->st == SMTP_ST_TLS) {
-            tls_conn_eof(c->tls); /* reports the failed handshake */
-            if (!c->closing)
-                fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TLS, 0,
-                             "lost connection with %s[%s] while %s", c->host, c->ip, lost_while(c));
-            return;
-        }
-        fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0, "lost connection with %s[%s] while %s",
-                     c->host, c->ip, lost_while(c));
-        return;
-    }
-    if (nread == 0)
-        return;
-    if (c->tls) {
-        if (tls_conn_feed(c->tls, c->rbuf, (size_t)nread) != 0 && !c->closing)
-            fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_TLS, 0,
-                         "lost connection with %s[%s] while %s (TLS)", c->host, c->ip,
-                         lost_while(c));
-        return;
-    }
-    if (take_plain(c, c->rbuf, (size_t)nread) == 0)
-        process_input(c);
-}
-
 static void on_timeout(uv_timer_t *t)
 {
     struct smtp_client *c = t->data;
@@ -1251,9 +1172,9 @@ static void on_timeout(uv_timer_t *t)
                  "conversation with %s[%s] timed out while %s", c->host, c->ip, lost_while(c));
 }
 
-static void on_connect(uv_connect_t *req, int status)
+static void on_connect(void *arg, int status)
 {
-    struct smtp_client *c = req->data;
+    struct smtp_client *c = arg;
     if (c->closing)
         return;
     if (status < 0) {
@@ -1261,9 +1182,9 @@ static void on_connect(uv_connect_t *req, int status)
                      c->ip, c->port, uv_strerror(status));
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_nodelay(tls_stream_tcp(c->stream), 1);
     set_state(c, SMTP_ST_GREETING);
-    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    int rc = tls_stream_read_start(c->stream);
     if (rc < 0)
         fail_session(c, SMTP_ACT_DEFER, "4.4.2", ERR_IO, 0, "cannot read from %s[%s]: %s", c->host,
                      c->ip, uv_strerror(rc));
@@ -1289,12 +1210,23 @@ struct smtp_client *smtp_client_new(uv_loop_t *loop, const struct smtp_client_op
     c->helo = dup_str(o->helo_name);
     c->host = dup_str(o->host);
     c->verify_host = dup_str(o->verify_host);
-    c->rbuf = malloc(READ_CHUNK);
-    if (!c->helo || !c->host || (o->verify_host && !c->verify_host) || !c->rbuf) {
+    static const struct tls_stream_callbacks stream_cbs = {
+        .on_connect = on_connect,
+        .on_read = on_read,
+        .on_handshake = on_handshake,
+        .on_end = on_end,
+        .on_written = on_written,
+        .on_close = on_stream_closed,
+    };
+    /* Bounds the queue: a command (CMD_MAX) on top of the body in flight. */
+    const struct tls_stream_opts sopts = {.write_max =
+                                              CMD_MAX + BODY_INFLIGHT_MAX + 2 * BODY_CHUNK};
+    if (c->helo && c->host && (!o->verify_host || c->verify_host))
+        c->stream = tls_stream_new(loop, &stream_cbs, c, &sopts);
+    if (!c->stream) {
         free(c->helo);
         free(c->host);
         free(c->verify_host);
-        free(c->rbuf);
         free(c);
         return NULL;
     }
@@ -1317,21 +1249,18 @@ struct smtp_client *smtp_client_new(uv_loop_t *loop, const struct smtp_client_op
     c->to = o->timeouts;
     c->cb = o->cb;
     c->arg = o->arg;
-    buf_init(&c->in, IN_MAX + READ_CHUNK);
+    buf_init(&c->in, IN_MAX + TLS_STREAM_READ_CHUNK);
     buf_init(&c->out, 2 * BODY_CHUNK + 16);
     smtp_reply_init(&c->reply);
     c->st = SMTP_ST_CONNECT;
 
-    uv_tcp_init(loop, &c->tcp);
     uv_timer_init(loop, &c->timer);
     uv_timer_init(loop, &c->later);
-    c->tcp.data = c;
     c->timer.data = c;
     c->later.data = c;
-    c->creq.data = c;
     c->open_handles = 3;
     arm_timer(c);
-    int rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&c->addr, on_connect);
+    int rc = tls_stream_connect(c->stream, (const struct sockaddr *)&c->addr);
     if (rc < 0) {
         /* Reported through events, as every other failure. */
         fail_session(c, SMTP_ACT_DEFER, "4.4.1", ERR_IO, 0, "connect to %s[%s]:%u: %s", c->host,

@@ -10,7 +10,7 @@
  * (SMTPUTF8); RFC 3461 (DSN); RFC 3207 (STARTTLS); RFC 4954, 4616 (AUTH
  * PLAIN, LOGIN); RFC 3030 (CHUNKING); RFC 5322 3.6 (Date:, Message-ID:).
  *
- * Shape (see STYLE.md): uv_tcp_t -> tls_conn (after STARTTLS) -> input
+ * Shape (see STYLE.md): tls_stream (TCP, TLS after STARTTLS) -> input
  * buffer -> line reader or DATA/BDAT reader -> command handlers -> the
  * owner's on_message callback -> smtpd_session_done() -> the reply.
  *
@@ -36,7 +36,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#define READ_CHUNK (64 * 1024)
+#define READ_CHUNK TLS_STREAM_READ_CHUNK
 #define IN_MAX (4 * READ_CHUNK)
 #define WRITE_HIGH (256 * 1024)
 #define OUT_MAX (1024 * 1024)
@@ -186,24 +186,16 @@ static const char *const sstate_names[SS_COUNT] = {
 
 enum auth_step { AUTH_NONE, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 
-struct wreq {
-    uv_write_t req;
-    struct smtpd_session *s;
-    size_t n;
-    char data[];
-};
-
 struct smtpd_session {
     struct smtpd *d;
     struct smtpd_cfg *cfg;
     struct smtpd_session *prev, *next;
 
-    uv_tcp_t tcp;
+    struct tls_stream *stream; /* the connection; NULL once it has closed */
     uv_timer_t timer;
-    uv_shutdown_t shut;
-    int handles_open;
+    int handles_open; /* the timer and the stream */
     bool closing;     /* close started */
-    bool hard_closed; /* uv_close called */
+    bool hard_closed; /* the stream and the timer are being closed */
     int holds;        /* the owner or a password check still refers to us */
     enum sstate state;
     enum sstate resume; /* the state to go back to after SS_WAIT / SS_BDAT / SS_AUTH */
@@ -215,9 +207,8 @@ struct smtpd_session {
     bool esmtp;
 
     /* TLS */
-    struct tls_conn *tls;
-    bool tls_active;
-    bool tls_ended;
+    bool tls_started;  /* STARTTLS accepted: the stream speaks TLS */
+    bool tls_active;   /* the handshake completed */
     char tls_desc[96]; /* "TLSv1.3 TLS_AES_128_GCM_SHA256" */
     char tls_version[16];
     char tls_cipher[64];
@@ -253,14 +244,11 @@ struct smtpd_session {
     char proto[16];
 
     /* input and output */
-    char *rbuf;
-    bool reading;
     struct buf in;
     size_t in_off;
     struct smtp_lines lines;
     char cmdline[SMTP_CMD_LINE_MAX];
-    struct buf out;
-    size_t write_pending;
+    struct buf out; /* replies not yet handed to the stream */
 
     /* counters for the disconnect line, as Postfix logs them */
     unsigned errors;
@@ -280,6 +268,18 @@ static void flush(struct smtpd_session *s);
 static void reply(struct smtpd_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A negative reply in a mail transaction (to MAIL, RCPT, DATA, BDAT or the
+ * end of the message) counts as a refusal, by the reason class of its
+ * enhanced status code ("550 5.7.1 ..." -> policy) and 4xx or 5xx. */
+static void count_refusal(const struct smtpd_session *s, const char *line)
+{
+    enum sstate st = s->state == SS_WAIT || s->state == SS_BDAT ? s->resume : s->state;
+    if (s->state != SS_WAIT && st != SS_READY && st != SS_MAIL && st != SS_RCPT && st != SS_DATA &&
+        s->state != SS_BDAT)
+        return;
+    metric_add(MET_MSG_REFUSED, metrics_reason_class(line + 4), line[0] == '4' ? "4xx" : "5xx", 1);
+}
+
 static void reply(struct smtpd_session *s, const char *fmt, ...)
 {
     va_list ap;
@@ -296,8 +296,10 @@ static void reply(struct smtpd_session *s, const char *fmt, ...)
         return;
     }
     char c = s->out.data[before];
-    if ((c == '4' || c == '5') && s->out.data[before + 3] == ' ')
+    if ((c == '4' || c == '5') && s->out.data[before + 3] == ' ') {
         s->errors++;
+        count_refusal(s, s->out.data + before);
+    }
 }
 
 static const char *client_name(const struct smtpd_session *s)
@@ -367,83 +369,40 @@ static enum sstate idle_state(const struct smtpd_session *s)
 
 static void update_reading(struct smtpd_session *s);
 
-static void on_write(uv_write_t *req, int status)
+/* The stream wrote queued bytes, or failed to. */
+static void on_written(void *arg, int status)
 {
-    struct wreq *w = (struct wreq *)req;
-    struct smtpd_session *s = w->s;
-    s->write_pending -= w->n;
-    free(w);
-    if (status < 0 && !s->closing) {
+    struct smtpd_session *s = arg;
+    if (s->closing)
+        return;
+    if (status < 0) {
         log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
                  client_name(s), s->addr);
         session_close(s, false);
         return;
     }
     /* Input held back while replies piled up can go on now. */
-    if (!s->closing && !s->in_process && s->in_off < s->in.len && s->write_pending < WRITE_HIGH / 2)
+    if (!s->in_process && s->in_off < s->in.len && tls_stream_queued(s->stream) < WRITE_HIGH / 2)
         process(s);
     else
         update_reading(s);
 }
 
-static void raw_write(struct smtpd_session *s, const void *p, size_t n)
-{
-    if (s->hard_closed || n == 0)
-        return;
-    /* Most replies fit in the socket buffer: try that first. libuv refuses
-     * (UV_EAGAIN) while earlier writes are queued, so order is kept. */
-    uv_buf_t tb = uv_buf_init((char *)p, (unsigned)n);
-    int tw = uv_try_write((uv_stream_t *)&s->tcp, &tb, 1);
-    if (tw > 0) {
-        if ((size_t)tw == n)
-            return;
-        p = (const char *)p + tw;
-        n -= (size_t)tw;
-    } else if (tw != UV_EAGAIN) {
-        session_close(s, false);
-        return;
-    }
-    struct wreq *w = malloc(sizeof(*w) + n);
-    if (!w) {
-        session_close(s, false);
-        return;
-    }
-    w->s = s;
-    w->n = n;
-    memcpy(w->data, p, n);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-    if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &b, 1, on_write) != 0) {
-        free(w);
-        session_close(s, false);
-        return;
-    }
-    s->write_pending += n;
-}
-
+/* Hand the replies gathered so far to the stream, which writes everything
+ * queued in this loop iteration at once. */
 static void flush(struct smtpd_session *s)
 {
     if (s->out.len == 0 || s->hard_closed)
         return;
-    if (s->tls_active) {
-        if (tls_conn_write(s->tls, s->out.data, s->out.len) != 0) {
-            buf_reset(&s->out);
-            session_close(s, false);
-            return;
-        }
-    } else {
-        raw_write(s, s->out.data, s->out.len);
-    }
+    int rc = tls_stream_write(s->stream, s->out.data, s->out.len);
     buf_reset(&s->out);
+    if (rc != 0)
+        session_close(s, false);
 }
 
-/* ---- TLS callbacks ------------------------------------------------------ */
+/* ---- the stream's callbacks ---------------------------------------------- */
 
-static void tls_cipher_out(void *arg, const void *data, size_t n)
-{
-    raw_write(arg, data, n);
-}
-
-static void tls_plain_in(void *arg, const void *data, size_t n)
+static void on_read(void *arg, const void *data, size_t n)
 {
     struct smtpd_session *s = arg;
     if (s->closing)
@@ -455,12 +414,31 @@ static void tls_plain_in(void *arg, const void *data, size_t n)
     if (buf_append(&s->in, data, n) != 0) {
         log_warn("smtpd", "%s[%s]: input buffer overflow", client_name(s), s->addr);
         session_close(s, false);
+        return;
     }
+    if (s->state == SS_DATA || s->state == SS_BDAT)
+        arm_state_timer(s);
+    process(s);
 }
 
-static void tls_handshake(void *arg, int status, const struct tls_facts *f)
+/* The input ended: EOF or a reset, or the TLS session ended. */
+static void on_end(void *arg, int status, int uv_status)
 {
     struct smtpd_session *s = arg;
+    (void)status;
+    (void)uv_status;
+    if (s->closing)
+        return;
+    log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
+             client_name(s), s->addr);
+    session_close(s, false);
+}
+
+static void on_handshake(void *arg, int status, const struct tls_facts *f)
+{
+    struct smtpd_session *s = arg;
+    if (s->closing)
+        return;
     if (status != 0) {
         log_info("smtpd", "SSL_accept error from %s[%s]: %s", client_name(s), s->addr,
                  f && f->text[0] ? f->text : "handshake failed");
@@ -482,20 +460,17 @@ static void tls_handshake(void *arg, int status, const struct tls_facts *f)
     s->auth_user[0] = '\0';
     smtp_lines_reset(&s->lines);
     set_state(s, SS_CONNECTED);
+    process(s);
 }
 
-static void tls_closed(void *arg, int status)
-{
-    struct smtpd_session *s = arg;
-    (void)status;
-    s->tls_ended = true;
-}
+static void on_stream_close(void *arg);
 
-static const struct tls_callbacks tls_cbs = {
-    .on_cipher_out = tls_cipher_out,
-    .on_plain_in = tls_plain_in,
-    .on_handshake = tls_handshake,
-    .on_closed = tls_closed,
+static const struct tls_stream_callbacks stream_cbs = {
+    .on_read = on_read,
+    .on_handshake = on_handshake,
+    .on_end = on_end,
+    .on_written = on_written,
+    .on_close = on_stream_close,
 };
 
 /* ---- closing and freeing -------------------------------------------------- */
@@ -527,10 +502,8 @@ static void session_maybe_free(struct smtpd_session *s)
     d->n_sessions--;
     transaction_reset(s);
     free(s->rcpts);
-    tls_conn_free(s->tls);
     buf_free(&s->in);
     buf_free(&s->out);
-    free(s->rbuf);
     cfg_unref(s->cfg);
     free(s);
     server_maybe_free(d);
@@ -549,12 +522,22 @@ static void hard_close(struct smtpd_session *s)
         return;
     s->hard_closed = true;
     s->closing = true;
+    if (s->stream)
+        tls_stream_close(s->stream); /* does nothing when already closing */
     /* Someone else (a loop-wide walk at exit) may have closed a handle
      * already; closing twice is not allowed. */
-    if (!uv_is_closing((uv_handle_t *)&s->tcp))
-        uv_close((uv_handle_t *)&s->tcp, on_handle_close);
     if (!uv_is_closing((uv_handle_t *)&s->timer))
         uv_close((uv_handle_t *)&s->timer, on_handle_close);
+}
+
+/* The stream closed: after a graceful shutdown finished, or hard_close(). */
+static void on_stream_close(void *arg)
+{
+    struct smtpd_session *s = arg;
+    s->stream = NULL;
+    hard_close(s);
+    s->handles_open--;
+    session_maybe_free(s);
 }
 
 static void log_disconnect(struct smtpd_session *s)
@@ -593,13 +576,6 @@ static void log_disconnect(struct smtpd_session *s)
                  s->commands_ok, s->commands);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status)
-{
-    struct smtpd_session *s = req->data;
-    (void)status;
-    hard_close(s);
-}
-
 /*
  * Close the session. graceful: send what is queued (and a TLS close_notify),
  * then shut the TCP connection down; the closing timer bounds the wait.
@@ -613,23 +589,20 @@ static void session_close(struct smtpd_session *s, bool graceful)
     }
     s->closing = true;
     log_disconnect(s);
-    if (s->reading) {
-        uv_read_stop((uv_stream_t *)&s->tcp);
-        s->reading = false;
-    }
+    if (s->stream)
+        tls_stream_read_stop(s->stream);
     if (!graceful) {
         hard_close(s);
         return;
     }
     set_state(s, SS_CLOSING);
     flush(s);
-    if (s->tls_active)
-        tls_conn_shutdown(s->tls);
-    if (s->hard_closed)
+    if (s->hard_closed || !s->stream)
         return;
-    s->shut.data = s;
-    if (uv_shutdown(&s->shut, (uv_stream_t *)&s->tcp, on_shutdown) != 0)
-        hard_close(s);
+    /* Writes what is queued and a TLS close_notify, then FIN; the stream
+     * closes itself when done (on_stream_close), or the closing timer
+     * cuts the wait short. */
+    tls_stream_shutdown(s->stream);
 }
 
 /* Reply and close: for 421 and 521. */
@@ -641,73 +614,20 @@ static void reply_close(struct smtpd_session *s, const char *text)
 
 /* ---- reading ----------------------------------------------------------- */
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    struct smtpd_session *s = h->data;
-    (void)suggested;
-    if (!s->rbuf)
-        s->rbuf = malloc(READ_CHUNK);
-    *b = uv_buf_init(s->rbuf, s->rbuf ? READ_CHUNK : 0);
-}
-
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
-{
-    struct smtpd_session *s = st->data;
-    if (nread == 0 || s->closing)
-        return;
-    if (nread < 0) {
-        if (s->tls)
-            tls_conn_eof(s->tls);
-        if (!s->closing) {
-            log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
-                     client_name(s), s->addr);
-            session_close(s, false);
-        }
-        return;
-    }
-    if (s->tls) {
-        if (tls_conn_feed(s->tls, b->base, (size_t)nread) != 0 && !s->closing) {
-            session_close(s, false);
-            return;
-        }
-    } else {
-        if (s->in_off > 0) {
-            buf_consume(&s->in, s->in_off);
-            s->in_off = 0;
-        }
-        if (buf_append(&s->in, b->base, (size_t)nread) != 0) {
-            log_warn("smtpd", "%s[%s]: input buffer overflow", client_name(s), s->addr);
-            session_close(s, false);
-            return;
-        }
-    }
-    if (s->closing)
-        return;
-    if (s->state == SS_DATA || s->state == SS_BDAT)
-        arm_state_timer(s);
-    process(s);
-    if (s->tls_ended && !s->closing) {
-        log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
-                 client_name(s), s->addr);
-        session_close(s, false);
-    }
-}
-
 static void update_reading(struct smtpd_session *s)
 {
     if (s->closing)
         return;
-    bool want = s->state != SS_WAIT && s->write_pending < WRITE_HIGH &&
+    /* Reading goes on while the session waits for the owner (SS_WAIT):
+     * what arrives is kept, bounded by READ_CHUNK, and run when the wait
+     * ends. Stopping and starting the read for each message would cost
+     * two epoll_ctl(2) calls per message for nothing. */
+    bool want = tls_stream_queued(s->stream) < WRITE_HIGH &&
                 (s->state == SS_TLS || s->in.len - s->in_off < READ_CHUNK);
-    if (want && !s->reading) {
-        if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
-            s->reading = true;
-        else
-            session_close(s, false);
-    } else if (!want && s->reading) {
-        uv_read_stop((uv_stream_t *)&s->tcp);
-        s->reading = false;
-    }
+    if (!want)
+        tls_stream_read_stop(s->stream);
+    else if (tls_stream_read_start(s->stream) != 0)
+        session_close(s, false);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -1195,7 +1115,7 @@ static bool cmd_starttls(struct smtpd_session *s, struct view arg)
         reply(s, "501 5.5.4 Syntax: STARTTLS");
         return false;
     }
-    if (s->tls) {
+    if (s->tls_started) {
         reply(s, "554 5.5.1 Error: TLS already active");
         return false;
     }
@@ -1212,16 +1132,18 @@ static bool cmd_starttls(struct smtpd_session *s, struct view arg)
         s->in_off = s->in.len;
     }
     smtp_lines_reset(&s->lines);
-    s->tls = tls_conn_server_new(s->cfg->o.tls, &tls_cbs, s);
-    if (!s->tls) {
-        reply(s, "454 4.7.0 TLS not available due to local problem");
-        return false;
-    }
+    /* The 220 is queued in the clear first; the stream sends it before
+     * anything of TLS. */
     reply(s, "220 2.0.0 Ready to start TLS");
     flush(s);
+    if (s->closing)
+        return true;
+    s->tls_started = true;
     set_state(s, SS_TLS);
-    if (tls_conn_start(s->tls) != 0)
+    if (tls_stream_start_tls(s->stream, s->cfg->o.tls, NULL, TLS_VERIFY_NONE) != 0) {
+        log_warn("smtpd", "%s[%s]: cannot start TLS", client_name(s), s->addr);
         session_close(s, false);
+    }
     return true;
 }
 
@@ -1520,7 +1442,7 @@ again:
             break;
         /* A client that pipelines without reading its replies waits for
          * them to drain before more commands are run (RFC 2920 3.1). */
-        if (s->out.len + s->write_pending > WRITE_HIGH)
+        if (s->out.len + tls_stream_queued(s->stream) > WRITE_HIGH)
             break;
         if (s->state == SS_DATA) {
             long k = smtp_data_feed(&s->data, p, n);
@@ -1569,9 +1491,11 @@ again:
         s->in_off = 0;
     }
     flush(s);
-    /* Stopped for the output above and it all went out at once: go on. */
-    if (!s->closing && s->in_off < s->in.len && s->write_pending == 0 && s->state != SS_WAIT &&
-        s->state != SS_TLS)
+    /* Stopped for the output above and it was taken at once: go on. (It
+     * usually is not: the stream writes at the end of the loop iteration,
+     * and on_written resumes.) */
+    if (!s->closing && s->in_off < s->in.len && s->stream && tls_stream_queued(s->stream) == 0 &&
+        s->state != SS_WAIT && s->state != SS_TLS)
         goto again;
     s->in_process = false;
     update_reading(s);
@@ -1604,12 +1528,18 @@ static void on_connection(uv_stream_t *server, int status)
     struct smtpd_session *s = calloc(1, sizeof(*s));
     if (!s)
         return;
+    /* Replies are bounded by OUT_MAX per flush, and reading stops once
+     * WRITE_HIGH is queued: the queue stays well under this. */
+    const struct tls_stream_opts sopts = {.write_max = 2 * OUT_MAX + WRITE_HIGH};
+    s->stream = tls_stream_new(d->loop, &stream_cbs, s, &sopts);
+    if (!s->stream) {
+        free(s);
+        return;
+    }
     s->d = d;
     s->cfg = d->cfg;
     s->cfg->refs++;
-    uv_tcp_init(d->loop, &s->tcp);
     uv_timer_init(d->loop, &s->timer);
-    s->tcp.data = s;
     s->timer.data = s;
     s->handles_open = 2;
     buf_init(&s->in, IN_MAX);
@@ -1623,13 +1553,13 @@ static void on_connection(uv_stream_t *server, int status)
         d->sessions->prev = s;
     d->sessions = s;
     d->n_sessions++;
-    if (uv_accept(server, (uv_stream_t *)&s->tcp) != 0) {
+    if (tls_stream_accept(s->stream, server) != 0) {
         s->closing = true;
         hard_close(s);
         return;
     }
     int len = sizeof(s->peer);
-    uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&s->peer, &len);
+    uv_tcp_getpeername(tls_stream_tcp(s->stream), (struct sockaddr *)&s->peer, &len);
     if (s->peer.ss_family == AF_INET6) {
         const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)&s->peer;
         uv_ip6_name(a6, s->addr, sizeof(s->addr));
@@ -1639,7 +1569,7 @@ static void on_connection(uv_stream_t *server, int status)
     } else {
         uv_ip4_name((const struct sockaddr_in *)&s->peer, s->addr, sizeof(s->addr));
     }
-    uv_tcp_nodelay(&s->tcp, 1);
+    uv_tcp_nodelay(tls_stream_tcp(s->stream), 1);
     log_info("smtpd", "connect from %s[%s]", client_name(s), s->addr);
     size_t total;
     size_t mine = count_from(d, s->addr, &total);

@@ -46,6 +46,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 /* ---- facts ------------------------------------------------------------ */
 
@@ -424,5 +425,147 @@ int tls_dane_verify(const struct tls_tlsa *recs, size_t n_recs, const struct tls
  * handshake or without a certificate).
  */
 size_t tls_conn_peer_chain(const struct tls_conn *conn, struct tls_der *out, size_t max);
+/* ---- streams ------------------------------------------------------------ */
+
+/*
+ * struct tls_stream: one TCP connection on the libuv loop with optional TLS,
+ * the one transport every TCP user (SMTP server and client sessions, the
+ * MTA-STS policy fetcher) goes through. It owns a uv_tcp_t and, once TLS is
+ * started, a tls_conn fed from memory buffers (never wolfSSL_set_fd).
+ *
+ *   owner --tls_stream_write()--> queue --(loop idle)--> [tls_conn] --> write(2)
+ *   owner <--on_read (plaintext)-- [tls_conn] <-- read(2)
+ *
+ * Either side (tls_stream_connect() or tls_stream_accept()); TLS from the
+ * first byte (call tls_stream_start_tls() before anything is written) or
+ * upgraded mid-stream (STARTTLS: after the plaintext reply was queued).
+ *
+ * Writing. tls_stream_write() copies the bytes into the stream's queue and
+ * returns; nothing is written to the socket then. The queue is flushed once
+ * per loop iteration (by a uv_idle_t, before the loop next polls), so every
+ * write issued in one iteration goes out together: for TLS, the plaintext is
+ * encrypted as one run (one record up to 16 KiB) and the ciphertext written
+ * with one uv_try_write(), the rest (if the socket is full) with one
+ * uv_write(). tls_stream_shutdown() and tls_stream_close() flush at once.
+ * The queue is bounded: queued plaintext plus ciphertext not yet taken by
+ * the kernel never exceeds opts.write_max; a write that would pass it fails
+ * with ERR_TOOBIG and queues nothing.
+ *
+ * Reading. Between tls_stream_read_start() and tls_stream_read_stop(), each
+ * socket read is delivered as plaintext through on_read (decrypted when TLS
+ * is on; a read may be delivered in more than one call but never merged with
+ * the next read). What follows the bytes of a read (the end of the input, a
+ * failed handshake) is reported after them.
+ *
+ * Timeouts are the owner's: the stream has no timer. The owner arms its own
+ * and calls tls_stream_close() when it fires.
+ *
+ * Contracts, in libuv's style:
+ *  - Callbacks never run inside a tls_stream_* call; they run from libuv
+ *    callbacks only. If a call returns an error, no callback reports it.
+ *  - The owner may call any tls_stream_* function from any callback,
+ *    including tls_stream_close().
+ *  - After tls_stream_close() no callback runs but on_close, exactly once,
+ *    from the loop; the stream is freed when on_close returns. Never free a
+ *    stream otherwise: tls_stream_close() is the only way, also for a stream
+ *    that never connected.
+ *  - on_end runs at most once, and on_handshake at most once per
+ *    tls_stream_start_tls().
+ *  - Threads: the loop thread only.
+ */
+struct tls_stream;
+
+/* A client connect ended: status 0 (connected) or a libuv error code. */
+typedef void tls_stream_connect_cb(void *arg, int status);
+/* Plaintext from the peer; valid during the call only. */
+typedef void tls_stream_read_cb(void *arg, const void *data, size_t n);
+/* The TLS handshake ended: as tls_handshake_cb. On 0, tls_stream_write()
+ * encrypts from here on. On ERR_TLS the stream is still open: close it. */
+typedef void tls_stream_handshake_cb(void *arg, int status, const struct tls_facts *facts);
+/* The input ended. status: ERR_CLOSED when the transport ended (EOF, reset
+ * or a read error; for TLS, without close_notify); 0 when a TLS peer sent
+ * close_notify; ERR_TLS on a fatal TLS record error or alert. Not called for
+ * a failure during the handshake (on_handshake reports that). uv_status is
+ * the libuv read error (UV_EOF, UV_ECONNRESET, ...) for ERR_CLOSED, else 0. */
+typedef void tls_stream_end_cb(void *arg, int status, int uv_status);
+/* Queued bytes went out (status 0: tls_stream_queued() went down), or
+ * writing failed (status: a libuv error code, UV_EPROTO when encryption
+ * failed); after a failure the stream writes no more: close it. */
+typedef void tls_stream_written_cb(void *arg, int status);
+/* The stream is closed; it is freed when this returns. */
+typedef void tls_stream_close_cb(void *arg);
+
+struct tls_stream_callbacks {
+    tls_stream_connect_cb *on_connect;     /* required for tls_stream_connect() */
+    tls_stream_read_cb *on_read;           /* required */
+    tls_stream_handshake_cb *on_handshake; /* required for tls_stream_start_tls() */
+    tls_stream_end_cb *on_end;             /* required */
+    tls_stream_written_cb *on_written;     /* optional */
+    tls_stream_close_cb *on_close;         /* optional */
+};
+
+#define TLS_STREAM_READ_CHUNK (64 * 1024)  /* bytes per socket read */
+#define TLS_STREAM_WRITE_MAX (1024 * 1024) /* default write queue bound */
+
+struct tls_stream_opts {
+    size_t write_max; /* queued bytes at most; 0: TLS_STREAM_WRITE_MAX */
+};
+
+/* A stream on loop with its uv_tcp_t initialised, not connected. opts may be
+ * NULL. NULL on allocation failure (nothing to close then). */
+struct tls_stream *tls_stream_new(uv_loop_t *loop, const struct tls_stream_callbacks *cb, void *arg,
+                                  const struct tls_stream_opts *opts);
+
+/* Client side: connect to addr (AF_INET or AF_INET6); on_connect follows.
+ * 0, or a libuv error (on_connect will not run). */
+int tls_stream_connect(struct tls_stream *s, const struct sockaddr *addr);
+
+/* Server side: uv_accept() a pending connection of listener. 0, or a libuv
+ * error (close the stream). */
+int tls_stream_accept(struct tls_stream *s, uv_stream_t *listener);
+
+/* The TCP handle, for uv_tcp_getpeername(), uv_tcp_nodelay() and the like.
+ * Never close it, read from it or write to it directly. */
+uv_tcp_t *tls_stream_tcp(struct tls_stream *s);
+
+/* Start or stop delivering reads (flow control). 0, or a libuv error. */
+int tls_stream_read_start(struct tls_stream *s);
+void tls_stream_read_stop(struct tls_stream *s);
+
+/* Start TLS on the stream: a server session on a server ctx after
+ * tls_stream_accept(), or a client session (host, verify as in
+ * tls_conn_client_new()) after tls_stream_connect(). Plaintext already
+ * queued (the STARTTLS reply) goes out first, in the clear; bytes read from
+ * now on are ciphertext. on_handshake follows. 0; ERR_INVAL when TLS was
+ * started already, the stream is closing or the ctx is of the wrong side;
+ * ERR_NOMEM. */
+int tls_stream_start_tls(struct tls_stream *s, struct tls_ctx *ctx, const char *host,
+                         enum tls_verify verify);
+
+/* Queue n bytes of plaintext (copied). 0; ERR_TOOBIG past write_max;
+ * ERR_AGAIN while a TLS handshake is in progress; ERR_CLOSED after
+ * tls_stream_shutdown(), tls_stream_close(), a write failure, or the end of
+ * the TLS session; ERR_NOMEM. */
+int tls_stream_write(struct tls_stream *s, const void *data, size_t n);
+
+/* Bytes queued and not yet taken by the kernel. */
+size_t tls_stream_queued(const struct tls_stream *s);
+
+/* Graceful end: stop reading, flush the queue, send TLS close_notify when
+ * TLS is on, then shut the TCP write side down (FIN) once everything is
+ * written; the stream then closes itself (on_close follows). Does not wait
+ * for the peer; the owner's timer bounds the wait (tls_stream_close() ends
+ * it). Calling it twice does nothing. */
+void tls_stream_shutdown(struct tls_stream *s);
+
+/* Close now: stop reading, send close_notify if TLS is on, try once to
+ * write what is queued without blocking, drop the rest, close the socket.
+ * on_close follows from the loop. Calling it twice does nothing. */
+void tls_stream_close(struct tls_stream *s);
+
+/* TLS state: the facts of the session (NULL before tls_stream_start_tls()),
+ * and whether the handshake completed and the session has not ended. */
+const struct tls_facts *tls_stream_facts(const struct tls_stream *s);
+bool tls_stream_tls_active(const struct tls_stream *s);
 
 #endif

@@ -30,14 +30,13 @@ from convoy import CONVOYCTL, Daemon, free_port
 from pki import CA
 from sink import Sink
 from web import Site, Web
+import world
 from world import DnsServer, MX, A, TXT
 
 MX_FAIL = "127.0.0.21"
 MX_OK = "127.0.0.22"
 MX_SRC = "127.0.0.23"
 MX_POL = "127.0.0.24"
-HAVE_DNSMASQ = shutil.which(os.environ.get("DNSMASQ", "/usr/sbin/dnsmasq")) is not None
-HAVE_NGINX = shutil.which("/usr/sbin/nginx") is not None
 SETPRIV = shutil.which("setpriv")
 try:
     NOBODY = pwd.getpwnam("nobody")
@@ -68,7 +67,7 @@ def message(subject, body="Hello.\r\n"):
             "\r\n%s" % (subject, re.sub(r"\W", "", subject), time.time(), body)).encode()
 
 
-@unittest.skipUnless(HAVE_DNSMASQ, "dnsmasq is not installed")
+@world.needs("dnsmasq")
 class AdminTest(unittest.TestCase):
     def setUp(self):
         self.port = common_port([MX_FAIL, MX_OK, MX_SRC])
@@ -592,7 +591,7 @@ class AdminTest(unittest.TestCase):
 
 
 
-@unittest.skipUnless(HAVE_DNSMASQ and HAVE_NGINX, "dnsmasq or nginx missing")
+@world.needs("dnsmasq", "nginx")
 class PolicyDeferredTest(unittest.TestCase):
     """pol.test: MTA-STS enforce, id pol1; its MX presents a certificate for
     another name, so Convoy must not deliver and says why."""

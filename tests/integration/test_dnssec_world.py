@@ -17,9 +17,11 @@ import subprocess
 import tempfile
 import unittest
 
+import world
+
 from dnssec_world import DnssecWorld, Zone, available, tlsa_rdata
 
-BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/mta"))
+BIN = os.environ.get("CONVOY_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin"))
 CONVOYCTL = os.path.join(BIN, "convoyctl")
 CONVOYD = os.path.join(BIN, "convoyd")
 
@@ -53,7 +55,7 @@ ZONES = [
 ]
 
 
-@unittest.skipUnless(available(), "unbound, nsd or ldnsutils missing (scripts/install-deps.sh)")
+@world.needs("unbound", "nsd", "ldns-signzone")
 class DnssecWorldTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -10,7 +10,6 @@ memory (VmRSS) within a bound, and a queued message that stays queued
 
 import json
 import os
-import shutil
 import smtplib
 import socket
 import threading
@@ -18,10 +17,10 @@ import time
 import unittest
 
 from convoy import Daemon, free_port
+import world
 from world import A, MX, DnsServer, free_udp_tcp_port
 
 MXIP = "127.0.0.11"
-HAVE_DNSMASQ = shutil.which(os.environ.get("DNSMASQ", "/usr/sbin/dnsmasq")) is not None
 # How much the daemon's resident memory may grow during one attack.
 RSS_GROWTH_MAX_KB = 64 * 1024
 
@@ -232,7 +231,7 @@ class HostileMX:
         self.ls.close()
 
 
-@unittest.skipUnless(HAVE_DNSMASQ, "dnsmasq is not installed")
+@world.needs("dnsmasq")
 class HostileMXTest(unittest.TestCase):
     """The delivery target misbehaves; the message must stay queued."""
 
@@ -288,7 +287,7 @@ class HostileMXTest(unittest.TestCase):
                 self.run_case(mode, reason)
 
 
-@unittest.skipUnless(HAVE_DNSMASQ, "dnsmasq is not installed")
+@world.needs("dnsmasq")
 class HostileMXCheckTest(unittest.TestCase):
     """convoyctl sts check probes MX hosts itself: one that sends all its
     replies at once and closes makes the probe write into a closed

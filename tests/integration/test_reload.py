@@ -27,10 +27,10 @@ from convoy import Daemon, free_port
 from pki import CA
 from sink import Sink
 from web import Site, Web
+import world
 from world import A, MX, TXT, DnsServer
 
 MX_IP = "127.0.0.91"
-HAVE_TOOLS = all(shutil.which(p) for p in ("/usr/sbin/dnsmasq", "/usr/sbin/nginx"))
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx.{d}\r\nmax_age: 86400\r\n"
 
 
@@ -39,7 +39,7 @@ def message(subject):
             "Message-ID: <%f@src.test>\r\n\r\nHello.\r\n" % (subject, time.time())).encode()
 
 
-@unittest.skipUnless(HAVE_TOOLS, "dnsmasq or nginx missing")
+@world.needs("dnsmasq", "nginx")
 class StsReloadTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="convoy-reload-")

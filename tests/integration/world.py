@@ -31,6 +31,7 @@ answers: a resolver that is down, for timeout tests.
 """
 
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -38,8 +39,38 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 DNSMASQ = os.environ.get("DNSMASQ", "/usr/sbin/dnsmasq")
+NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+
+# Under CI (CI=true, as CI services set it) the install script has put every
+# tool there: a missing one is a failure, never a skip.
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The reason of every skip for a missing tool starts with this, so
+# run_suite.py can tell such a skip (the suite did not run: exit 77, which
+# ctest shows as "Skipped", not "Passed") from a skip of one case.
+TOOL_SKIP = "missing tool: "
+
+
+def needs(*tools):
+    """Class decorator for a suite that needs the named tools ("dnsmasq",
+    "nginx"): runs it when they are there; otherwise skips it (reason
+    TOOL_SKIP...), or under CI makes every case fail."""
+    paths = {"dnsmasq": DNSMASQ, "nginx": NGINX}
+    missing = [t for t in tools if shutil.which(paths.get(t, t)) is None]
+    if not missing:
+        return lambda cls: cls
+    why = TOOL_SKIP + " and ".join(missing) + " not installed"
+    if not CI:
+        return unittest.skip(why)
+
+    def fail(cls):
+        def setUpClass(c):
+            raise RuntimeError(why + " (CI=true: scripts/install-deps.sh installs it)")
+        cls.setUpClass = classmethod(setUpClass)
+        return cls
+    return fail
 
 # The root zone's KSK-2017 DS record: a trust anchor that nothing served here
 # can chain to, so validation of forwarded names fails (SERVFAIL).
