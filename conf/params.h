@@ -104,6 +104,10 @@
     P(smtpd_auth_file, STR, "", "path",                                                            \
       "File of \"user:hash\" lines (crypt(3) hashes: yescrypt, SHA-512-crypt, ...) for AUTH "      \
       "PLAIN and LOGIN, offered only after STARTTLS; empty means no AUTH")                         \
+    P(smtpd_sender_login_maps, STR, "", "path",                                                    \
+      "Which senders an authenticated client may use, lines \"address-or-@domain "                 \
+      "login[,login...]\"; a sender not mapped to the client's login gets 553 5.7.1 at MAIL "      \
+      "FROM; unauthenticated clients are not affected; empty means no check")                      \
     /* --- delivery --- */                                                                         \
     P(relayhost, STR, "", "relayhost",                                                             \
       "Send all mail through this host instead of MX lookups: host, host:port, or [host]:port "    \
@@ -115,6 +119,30 @@
       "Most concurrent delivery connections to one destination domain")                            \
     P(default_destination_recipient_limit, INT, "50", "1..1000",                                   \
       "Most recipients in one delivery transaction")                                               \
+    P(initial_destination_concurrency, INT, "5", "1..1000",                                        \
+      "Delivery connections a destination starts with; one more is allowed after each "            \
+      "successful delivery, up to default_destination_concurrency_limit (or the destination's "    \
+      "destination_limits concurrency), and one fewer after each attempt in which no address "     \
+      "could be reached (as Postfix's qmgr)")                                                      \
+    P(smtp_destination_dead_threshold, INT, "3", "1..1000",                                        \
+      "Consecutive delivery attempts to a destination in which no address gave a usable session "  \
+      "(connection refused or timed out, greeting or EHLO refused) after which the destination "   \
+      "is marked dead: its mail is deferred without connecting until "                             \
+      "smtp_destination_dead_time has passed, then one probe connection at a time tests it")       \
+    P(smtp_destination_dead_time, TIME, "300s", "1s..1d",                                          \
+      "How long a dead destination is left alone before the next probe (Postfix uses "             \
+      "minimal_backoff_time for this)")                                                            \
+    P(transport_maps, STR, "", "path",                                                             \
+      "Per-domain routing in a subset of Postfix transport(5) syntax: \"example.net "              \
+      "smtp:[host]:port\", \".example.net smtp:host\" (subdomains), \"example.org "                \
+      "relay:[host]\", "                                                                           \
+      "\"bad.test error:5.1.1 text\" (bounce at once), \"slow.test defer:4.3.0 text\", \"* "       \
+      "smtp:[host]\" (default); exact name, then parent domains, then *. A matched entry wins "    \
+      "over relayhost; MTA-STS and DANE do not apply to another next hop; empty means none")       \
+    P(destination_limits, STR, "", "path",                                                         \
+      "Per-destination limits, lines \"domain concurrency=N rate=N/s recipients=N\" (any of "      \
+      "the three; rate also N/m, N/h): a cap on connections, a message rate and recipients per "   \
+      "transaction; keys as transport_maps (without *); empty means none")                         \
     P(smtp_tls_CAfile, STR, "", "path",                                                            \
       "PEM file of trusted root certificates for verified TLS (MX hosts and MTA-STS policy "       \
       "hosts); empty means the system trust store")                                                \

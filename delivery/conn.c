@@ -42,6 +42,9 @@ static void conn_release(struct conn *cn)
     struct delivery *dl = d->dl;
     d->nconns--;
     dl->nconns--;
+    /* A dead destination's probe (its only connection) is over. */
+    if (d->dead.dead)
+        d->dead.probing = false;
     if (cn->all_prev)
         cn->all_prev->all_next = cn->all_next;
     else
@@ -134,7 +137,7 @@ static void conn_next(struct conn *cn)
         smtp_client_quit(cn->c);
         return;
     }
-    struct job *j = dest_pop(d);
+    struct job *j = d->head && route_may_send(d) ? dest_pop(d) : NULL;
     if (j) {
         j->conn_ms = dl_now(dl);
         j->ready_ms = j->conn_ms;
@@ -162,6 +165,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
     struct delivery *dl = d->dl;
     switch (ev) {
     case SMTP_EV_READY: {
+        route_conn_ready(d);
         conn_ready_policy(cn, smtp_client_tls(c));
         if (cn->job) {
             cn->job->ready_ms = dl_now(dl);
@@ -180,6 +184,11 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
         if (!j)
             break;
         const struct smtp_outcome *first = j->n ? &j->srcpt[0].out : NULL;
+        for (size_t i = 0; j->srcpt && i < j->n; i++)
+            if (j->srcpt[i].out.action == SMTP_ACT_SENT) {
+                route_delivered(d); /* the window grows (route.c) */
+                break;
+            }
         if (!j->msg.attempted && dl->closing) {
             for (size_t i = 0; i < j->n; i++) {
                 dl_unlease(dl, j->id, j->r[i].idx);
@@ -294,6 +303,8 @@ static void conn_connect(struct conn *cn)
             };
             struct verdict v;
             verdict_attempt(&in, &v);
+            if (v.reason == VR_ALL_ADDRESSES_FAILED)
+                route_conn_failed(d, cn->last.text);
             if (v.sts_recheck)
                 d->sts_recheck = true;
             if (v.reason == VR_NO_ADDRESS) {

@@ -20,6 +20,7 @@
 #include "delivery.h"
 #include "policy.h"
 #include "queue.h"
+#include "route.h"
 #include "smtp.h"
 #include "verdict.h"
 
@@ -117,6 +118,7 @@ size_t pause_file_parse(const char *text, size_t len, struct pause_rec *out, siz
 
 struct delivery;
 struct dest;
+struct route_reject;
 
 struct target {
     char host[256];
@@ -234,6 +236,13 @@ struct dest {
     bool sts_have;
     struct sts_policy sts;
     char sts_id[POLICY_ID_MAX + 1];
+    /* Routing and flow control (route.c). */
+    bool has_nexthop;             /* relayhost or a transport_maps next hop */
+    bool transport;               /* the next hop is from transport_maps */
+    struct conf_hostport nexthop; /* bracketed: no MX lookup; port 0: default */
+    struct conc_window window;    /* connections allowed now */
+    struct token_bucket bucket;   /* destination_limits rate= */
+    struct deadness dead;         /* smtp_destination_dead_threshold */
     /* An enforce policy deferred an attempt (verdict sts_recheck): the next
      * attempt looks the policy up again with policy_recheck() (RFC 8461
      * 5), not from the addresses and policy kept from before. */
@@ -306,6 +315,10 @@ struct delivery {
     struct recheck *rechecks;       /* expiring recipients waiting for policy_recheck() */
     struct delay_warning *warnings; /* delay warnings in flight (dsn.c) */
     struct pause_state pause;
+    /* transport_maps and destination_limits (route.c); NULL: none. */
+    struct conf_map *transport;
+    struct conf_map *limits;
+    struct route_reject *rejects; /* error:/defer: recipients until route_flush() */
 };
 
 /* The engine's wall clock (the options' fake one, or the real one) and its

@@ -3,8 +3,9 @@
  * destination), its MTA-STS policy (asked before the MX lookup, from the
  * cache without network I/O once fetched), its MX hosts and addresses
  * (RFC 5321 5.1; RFC 7505 null MX; address literals RFC 5321 4.1.3), its
- * waiting jobs and its connections within
- * default_destination_concurrency_limit and smtp_connection_limit.
+ * waiting jobs and its connections within its concurrency window (route.c)
+ * and smtp_connection_limit. A destination is a recipient domain,
+ * "[relayhost]" or a transport_maps next hop ("transport:[host]:port").
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -87,7 +88,7 @@ static void on_mx(void *arg, const struct dns_mx_result *r)
 {
     struct dest *d = arg;
     d->ntargets = 0;
-    uint16_t port = dest_port(d->dl);
+    uint16_t port = route_port(d);
     if (r->status == DNS_OK || r->status == DNS_IMPLICIT_MX) {
         /* Hosts come in delivery order; every address of each. */
         for (size_t h = 0; h < r->n_hosts; h++) {
@@ -112,10 +113,10 @@ static void on_addrs(void *arg, const struct dns_result *r)
 {
     struct dest *d = arg;
     d->ntargets = 0;
-    uint16_t port = dest_port(d->dl);
+    uint16_t port = route_port(d);
     if (r->status == DNS_OK)
         for (size_t a = 0; a < r->n_addr; a++)
-            dest_add_target(d, d->dl->relayhost.host, r->addr[a].family, r->addr[a].bytes, port);
+            dest_add_target(d, d->nexthop.host, r->addr[a].family, r->addr[a].bytes, port);
     dest_resolved(d, r->status, r->why, "A");
 }
 
@@ -220,18 +221,19 @@ static void dest_resolve(struct dest *d)
     d->state = D_RESOLVING;
     d->ntargets = 0;
     dest_dane_clear(d);
-    uint16_t port = dest_port(dl);
+    uint16_t port = route_port(d);
     int rc;
-    if (dl->relay) {
-        /* relayhost: [host] means no MX lookup (Postfix syntax). */
-        if (dest_literal_target(d, dl->relayhost.host, port)) {
+    if (d->has_nexthop) {
+        /* relayhost or a transport_maps next hop: [host] means no MX
+         * lookup (Postfix syntax). */
+        if (dest_literal_target(d, d->nexthop.host, port)) {
             dest_resolved(d, DNS_OK, NULL, "A");
             return;
         }
-        if (dl->relayhost.bracketed)
-            rc = dns_addrs(dl->dns, dl->relayhost.host, on_addrs, d, &d->query);
+        if (d->nexthop.bracketed)
+            rc = dns_addrs(dl->dns, d->nexthop.host, on_addrs, d, &d->query);
         else
-            rc = dns_mx_resolve(dl->dns, dl->relayhost.host, on_mx, d, &d->query);
+            rc = dns_mx_resolve(dl->dns, d->nexthop.host, on_mx, d, &d->query);
     } else if (d->name[0] == '[') {
         /* A domain literal (RFC 5321 4.1.3): the address itself. */
         char lit[256];
@@ -274,7 +276,7 @@ void dest_run(struct dest *d)
         dest_resolve(d);
         return;
     }
-    while (d->head && d->idle) {
+    while (d->head && d->idle && route_may_send(d)) {
         struct conn *cn = d->idle;
         conn_idle_remove(cn);
         if (!smtp_client_usable(cn->c)) {
@@ -286,8 +288,10 @@ void dest_run(struct dest *d)
         str_copy(j->mx, cn->last_relay, sizeof(j->mx));
         conn_send(cn, j);
     }
-    while (d->head && d->nconns < (size_t)dl->conf->default_destination_concurrency_limit &&
-           dl->nconns < (size_t)dl->conf->smtp_connection_limit) {
+    /* The destination's concurrency window (or its dead state, route.c),
+     * smtp_connection_limit and the destination's message rate. */
+    while (d->head && route_may_connect(d) &&
+           dl->nconns < (size_t)dl->conf->smtp_connection_limit && route_may_send(d)) {
         conn_new(d, dest_pop(d));
     }
 }
@@ -307,6 +311,7 @@ struct dest *dest_get(struct delivery *dl, const char *name)
     }
     d->dl = dl;
     str_copy(d->name, name, sizeof(d->name));
+    route_dest_init(d);
     d->next = dl->dests;
     dl->dests = d;
     return d;

@@ -127,6 +127,8 @@ void deliver_maybe_free(struct delivery *dl)
     buf_free(&dl->pause.text);
     tls_ctx_free(dl->tls_ctx);
     policy_overrides_free(dl->ov);
+    conf_map_free(dl->transport);
+    conf_map_free(dl->limits);
     conf_unref(dl->conf);
     free(dl);
 }
@@ -233,8 +235,16 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
         free(dl);
         return ERR_INVAL;
     }
-    rc = delivery_policy_new(dl, err);
+    /* transport_maps and destination_limits: a bad line refuses the start. */
+    rc = route_load(dl->conf, &dl->transport, &dl->limits, err);
+    if (rc == 0)
+        rc = delivery_policy_new(dl, err);
+    else
+        while (err->len > 0 && err->data[err->len - 1] == '\n')
+            err->data[--err->len] = '\0';
     if (rc != 0) {
+        conf_map_free(dl->transport);
+        conf_map_free(dl->limits);
         policy_overrides_free(dl->ov);
         tls_ctx_free(dl->tls_ctx);
         dns_free(dl->dns);
@@ -255,6 +265,10 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
              dl->relay ? dl->conf->relayhost : "");
     dane_warn(dl);
+    if (dl->transport || dl->limits)
+        log_info(QCOMP, "delivery: %zu transport_maps entr%s, %zu destination_limits entr%s",
+                 conf_map_size(dl->transport), conf_map_size(dl->transport) == 1 ? "y" : "ies",
+                 conf_map_size(dl->limits), conf_map_size(dl->limits) == 1 ? "y" : "ies");
     sched_lease_in(dl, 0);
     *out = dl;
     return 0;

@@ -30,6 +30,8 @@ struct delivery_update {
     struct policy_overrides *ov;
     struct tls_ctx *ctx;
     struct policy_update *pu;
+    struct conf_map *transport; /* transport_maps (route.c) */
+    struct conf_map *limits;    /* destination_limits */
     bool sts_changed;
     char no_tls_why[256]; /* why ctx is NULL (logged when applied) */
 };
@@ -41,6 +43,8 @@ void delivery_reload_cancel(struct delivery_update *u)
     policy_overrides_free(u->ov);
     tls_ctx_free(u->ctx);
     policy_update_free(u->pu);
+    conf_map_free(u->transport);
+    conf_map_free(u->limits);
     conf_unref(u->conf);
     free(u);
 }
@@ -83,6 +87,12 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
      * typo must never loosen TLS). */
     u->ov = policy_overrides_load(c->tls_policy_file ? c->tls_policy_file : "", err);
     if (!u->ov) {
+        delivery_reload_cancel(u);
+        return ERR_INVAL;
+    }
+    /* transport_maps and destination_limits: a bad line (FILE:LINE: why)
+     * refuses the reload; the old tables stay. */
+    if (route_load(c, &u->transport, &u->limits, err) != 0) {
         delivery_reload_cancel(u);
         return ERR_INVAL;
     }
@@ -177,8 +187,20 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
     dl->opt.helo_name(dl->conf, dl->helo, sizeof(dl->helo));
     if (level_changed)
         dane_warn(dl);
-    log_info(QCOMP, "delivery: configuration reloaded, %zu TLS policy override(s)",
-             policy_overrides_count(dl->ov));
+    /* New routes apply to recipients filed from now on; jobs already
+     * waiting for a destination keep it. */
+    struct conf_map *t = dl->transport, *l = dl->limits;
+    dl->transport = u->transport;
+    dl->limits = u->limits;
+    u->transport = t;
+    u->limits = l;
+    route_reloaded(dl);
+    log_info(QCOMP,
+             "delivery: configuration reloaded, %zu TLS policy override(s), %zu transport_maps "
+             "entr%s, %zu destination_limits entr%s",
+             policy_overrides_count(dl->ov), conf_map_size(dl->transport),
+             conf_map_size(dl->transport) == 1 ? "y" : "ies", conf_map_size(dl->limits),
+             conf_map_size(dl->limits) == 1 ? "y" : "ies");
     delivery_reload_cancel(u); /* what is left of it */
 }
 

@@ -91,6 +91,7 @@ static void on_recheck(void *arg, const struct policy_result *r)
                  r->change == POLICY_CHANGE_CONTENT ? " changed (same id, new content)" : "");
         rk->due.expired = false;
         sched_file(dl, &rk->due, dl_now(dl));
+        route_flush(dl);
         for (struct dest *d = dl->dests; d; d = d->next)
             dest_run(d);
     }
@@ -203,12 +204,11 @@ static void sched_expire_bounce(struct delivery *dl, const struct queue_due *due
 
 static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t now)
 {
-    char name[256];
-    if (dl->relay)
-        str_copy(name, "[relayhost]", sizeof(name));
-    else
-        addr_domain(due->addr, name, sizeof(name));
     if (pause_postpone(dl, due, now))
+        return;
+    /* transport_maps, relayhost or the domain itself (route.c). */
+    char name[256];
+    if (route_recipient(dl, due, name, sizeof(name)))
         return;
     struct dest *d = name[0] ? dest_get(dl, name) : NULL;
     if (!d) {
@@ -225,7 +225,9 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
         return;
     }
     struct job *j = d->tail;
-    size_t limit = (size_t)dl->conf->default_destination_recipient_limit;
+    char rdom[256];
+    addr_domain(due->addr, rdom, sizeof(rdom));
+    size_t limit = route_rcpt_limit(dl, rdom);
     if (!j || strcmp(j->id, due->id) != 0 || j->n >= limit || j->msg.rcpt) {
         j = calloc(1, sizeof(*j));
         if (!j || !(j->r = calloc(limit, sizeof(*j->r))) || !(j->sender = dl_strdup(due->sender))) {
@@ -286,6 +288,7 @@ static void on_lease(void *arg, int status, struct queue_due *due, size_t n)
         else
             sched_file(dl, &due[i], now);
     }
+    route_flush(dl); /* transport_maps error: and defer: (route.c) */
     queue_due_free(due);
     for (struct dest *d = dl->dests; d; d = d->next)
         dest_run(d);

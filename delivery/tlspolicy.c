@@ -114,7 +114,7 @@ static const char *d_name(const struct conn *cn)
  * address literals. */
 bool dest_sts_applies(const struct dest *d)
 {
-    return !d->dl->relay && d->name[0] != '[';
+    return !d->has_nexthop && d->name[0] != '[';
 }
 
 /* The policy of the connection's current target: an override entry wins,
@@ -174,6 +174,8 @@ static void dest_label(const struct dest *d, const struct conn *cn, char *out, s
         snprintf(out, size, "sts=%s id=%s", policy_mode_name(d->sts.mode), d->sts_id);
     else if (dest_sts_applies(d))
         snprintf(out, size, "sts=none");
+    else if (d->transport)
+        snprintf(out, size, "tls_policy=transport"); /* the operator's next hop (route.c) */
     else
         out[0] = '\0';
 }

@@ -26,8 +26,29 @@
 
 struct submission {
     struct smtpd *srv;
+    struct conf_map *logins;    /* smtpd_sender_login_maps, or NULL */
     struct dkim_keytable *dkim; /* NULL: no signing */
 };
+
+/* smtpd_sender_login_maps: which senders an authenticated login may use
+ * (conf_sender_login_ok(); no table: any). The table in force is the one
+ * of the last successful start or reload. */
+static bool sender_allowed(void *arg, const char *login, const char *sender)
+{
+    struct mta *m = arg;
+    return conf_sender_login_ok(m->submission ? m->submission->logins : NULL, sender, login);
+}
+
+/* Load the snapshot's smtpd_sender_login_maps (NULL when not set). A bad
+ * line is FILE:LINE: why in err. */
+static int load_logins(const struct conf *c, struct conf_map **out, struct buf *err)
+{
+    *out = NULL;
+    if (!c->smtpd_sender_login_maps || !c->smtpd_sender_login_maps[0])
+        return 0;
+    *out = conf_sender_logins_load(c->smtpd_sender_login_maps, err);
+    return *out ? 0 : ERR_INVAL;
+}
 
 static bool relay_allowed(void *arg, const struct sockaddr *client)
 {
@@ -130,6 +151,7 @@ static int make_opts(struct mta *m, const struct conf *c, struct smtpd_opts *o, 
     o->bare_newline = strcmp(c->smtpd_forbid_bare_newline, "normalize") == 0 ? SMTPD_BARE_NORMALIZE
                                                                              : SMTPD_BARE_REJECT;
     o->relay_allowed = relay_allowed;
+    o->sender_allowed = sender_allowed;
     o->on_message = on_message;
     o->arg = m;
     if (c->smtpd_tls_cert_file && *c->smtpd_tls_cert_file) {
@@ -208,9 +230,17 @@ int submission_start(struct mta *m, struct buf *err)
         return ERR_NOMEM;
     }
     sub->dkim = keys;
+    rc = load_logins(m->conf, &sub->logins, err);
+    if (rc) {
+        drop_opts(&o);
+        dkim_keytable_free(sub->dkim);
+        free(sub);
+        return rc;
+    }
     sub->srv = smtpd_new(m->loop, &o, err);
     drop_opts(&o);
     if (!sub->srv) {
+        conf_map_free(sub->logins);
         dkim_keytable_free(sub->dkim);
         free(sub);
         return ERR_INVAL;
@@ -220,6 +250,7 @@ int submission_start(struct mta *m, struct buf *err)
         rc = listen_one(sub->srv, l->v[i], err);
         if (rc) {
             smtpd_free(sub->srv);
+            conf_map_free(sub->logins);
             dkim_keytable_free(sub->dkim);
             free(sub);
             return rc;
@@ -251,6 +282,7 @@ void submission_close(struct mta *m)
     /* Sessions still with the queue get their answer (at the latest inside
      * queue_close()), then the server frees itself as its handles close. */
     smtpd_free(sub->srv);
+    conf_map_free(sub->logins);
     /* Signing jobs in flight hold their own references. */
     dkim_keytable_free(sub->dkim);
     free(sub);
@@ -263,23 +295,34 @@ int submission_reload(struct mta *m, struct conf *c, struct buf *err)
         return 0;
     struct smtpd_opts o;
     char host[256];
-    /* The key table is loaded before anything changes, and swapped only
-     * when the rest of the reload has succeeded: all or nothing. */
+    /* The key table and the sender login map are loaded before anything
+     * changes, and swapped only when the rest of the reload has succeeded:
+     * all or nothing. */
     struct dkim_keytable *keys;
     int rc = signing_load(c, &keys, err);
     if (rc)
         return rc;
+    struct conf_map *logins = NULL;
+    rc = load_logins(c, &logins, err);
+    if (rc) {
+        dkim_keytable_free(keys);
+        return rc;
+    }
     rc = make_opts(m, c, &o, host, sizeof(host), err);
     if (rc) {
+        conf_map_free(logins);
         dkim_keytable_free(keys);
         return rc;
     }
     rc = smtpd_set_opts(m->submission->srv, &o, err);
     drop_opts(&o);
     if (rc) {
+        conf_map_free(logins);
         dkim_keytable_free(keys);
         return rc;
     }
+    conf_map_free(m->submission->logins);
+    m->submission->logins = logins;
     dkim_keytable_free(m->submission->dkim);
     m->submission->dkim = keys;
     if (keys)

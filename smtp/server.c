@@ -932,6 +932,20 @@ static bool cmd_mail(struct smtpd_session *s, struct view arg)
         reply(s, "552 5.3.4 Message size exceeds fixed limit");
         return false;
     }
+    /* smtpd_sender_login_maps: an authenticated client sends only as the
+     * addresses its login owns (Postfix's reject_sender_login_mismatch for
+     * authenticated clients). */
+    const struct smtpd_opts *o = &s->cfg->o;
+    if (s->auth_user[0] && o->sender_allowed && !o->sender_allowed(o->arg, s->auth_user, m.addr)) {
+        char text[SMTP_PATH_MAX + 320];
+        snprintf(text, sizeof(text), "553 5.7.1 Sender address rejected: not owned by user %s",
+                 s->auth_user);
+        char logtext[2 * SMTP_PATH_MAX + 400];
+        snprintf(logtext, sizeof(logtext), "%s; sender=<%s>", text, m.addr);
+        log_reject(s, "MAIL", logtext, NULL);
+        reply(s, "%s", text);
+        return false;
+    }
     s->mail = m;
     set_state(s, SS_MAIL);
     reply(s, "250 2.1.0 Ok");

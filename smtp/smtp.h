@@ -157,6 +157,9 @@ typedef void (*smtpd_message_cb)(void *arg, struct smtpd_session *s,
                                  const struct smtpd_message *msg);
 /* May this client relay without authenticating? (mynetworks) */
 typedef bool (*smtpd_relay_cb)(void *arg, const struct sockaddr *client);
+/* May the client authenticated as login use sender in MAIL FROM?
+ * (smtpd_sender_login_maps) Asked only of authenticated clients. */
+typedef bool (*smtpd_sender_cb)(void *arg, const char *login, const char *sender);
 
 /*
  * The owner's answer to a message: status 0 with the queue ID (the client
@@ -203,6 +206,8 @@ struct smtpd_opts {
                                         takes its own reference) */
     struct smtpd_credentials *creds; /* AUTH over TLS, or NULL for no AUTH */
     smtpd_relay_cb relay_allowed;    /* NULL: only authenticated clients relay */
+    smtpd_sender_cb sender_allowed;  /* NULL: an authenticated client may use any
+                                        sender; false: 553 5.7.1 at MAIL */
     smtpd_message_cb on_message;     /* required */
     void *arg;                       /* for the callbacks */
 };
