@@ -1,7 +1,10 @@
 /*
  * submission.c - the SMTP listeners that accept mail into the queue: maps
  * the smtpd_* parameters of struct conf to the smtp module's server options
- * and hands every finished message to queue_submit().
+ * and hands every finished message to queue_submit(). Each smtpd_listen
+ * entry has a role (smtp, submission RFC 6409, submissions RFC 8314); a
+ * reload opens new addresses, closes removed ones (their sessions finish)
+ * and keeps the rest, all or nothing.
  *
  * Invariants (DESIGN.md, "the path of one message"):
  *  - The client's 250 is sent only from the queue's submit callback, which
@@ -12,6 +15,8 @@
  *    the recipient is checked) or after AUTH; the smtp module decides the
  *    rest.
  */
+#include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,8 +25,28 @@
 #include "queue.h"
 #include "smtp.h"
 
+/* One listening socket: its address text ("127.0.0.1:25", "[::]:587") and
+ * role. "*:25" stands for two sockets. */
+struct sock {
+    char key[80];
+    enum smtpd_role role;
+    char spec[300]; /* the smtpd_listen entry it came from, for errors */
+    struct sockaddr_storage sa;
+    struct smtpd_listener *l; /* NULL until bound */
+};
+
 struct submission {
     struct smtpd *srv;
+    struct sock *socks;
+    size_t n_socks;
+};
+
+/* A reload's new listener set, bound before anything else changes. */
+struct submission_update {
+    struct smtpd_opts o;
+    char host[256];
+    struct sock *socks; /* the new set: kept ones have l of the old set */
+    size_t n_socks;
 };
 
 static bool relay_allowed(void *arg, const struct sockaddr *client)
@@ -144,55 +169,156 @@ static void drop_opts(struct smtpd_opts *o)
     smtpd_credentials_free(o->creds);
 }
 
-static int listen_one(struct smtpd *srv, const char *spec, struct buf *err)
+static enum smtpd_role role_of(enum conf_listen_role r)
 {
-    struct conf_hostport hp;
-    if (conf_parse_hostport(spec, false, &hp) != 0) {
-        buf_printf(err, "smtpd_listen: bad address \"%s\"\n", spec);
-        return ERR_INVAL;
+    return r == CONF_LISTEN_SUBMISSIONS  ? SMTPD_ROLE_SUBMISSIONS
+           : r == CONF_LISTEN_SUBMISSION ? SMTPD_ROLE_SUBMISSION
+                                         : SMTPD_ROLE_SMTP;
+}
+
+static void sock_key(const struct sockaddr *sa, char *out, size_t size)
+{
+    char ip[64] = "?";
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        uv_ip6_name(a, ip, sizeof(ip));
+        snprintf(out, size, "[%s]:%u", ip, ntohs(a->sin6_port));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        uv_ip4_name(a, ip, sizeof(ip));
+        snprintf(out, size, "%s:%u", ip, ntohs(a->sin_port));
     }
-    if (strcmp(hp.host, "*") == 0) {
-        struct sockaddr_in a4;
-        struct sockaddr_in6 a6;
-        uv_ip4_addr("0.0.0.0", hp.port, &a4);
-        uv_ip6_addr("::", hp.port, &a6);
-        int rc = smtpd_listen(srv, (struct sockaddr *)&a4, err);
-        if (rc == 0)
-            rc = smtpd_listen(srv, (struct sockaddr *)&a6, err);
+}
+
+static int sock_add(struct sock **v, size_t *n, const struct sockaddr *sa, enum smtpd_role role,
+                    const char *spec, struct buf *err)
+{
+    char key[80];
+    sock_key(sa, key, sizeof(key));
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp((*v)[i].key, key) == 0) {
+            buf_printf(err, "smtpd_listen: \"%s\": %s is listed twice\n", spec, key);
+            return ERR_INVAL;
+        }
+    }
+    struct sock *nv = realloc(*v, (*n + 1) * sizeof(*nv));
+    if (!nv)
+        return ERR_NOMEM;
+    *v = nv;
+    struct sock *k = &nv[(*n)++];
+    memset(k, 0, sizeof(*k));
+    str_copy(k->key, key, sizeof(k->key));
+    str_copy(k->spec, spec, sizeof(k->spec));
+    k->role = role;
+    memcpy(&k->sa, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    return 0;
+}
+
+/* The sockets smtpd_listen of c asks for, checked against what each role
+ * needs (a submission port without a certificate or without credentials
+ * could take no mail at all: a configuration error naming the entry). */
+static int plan(const struct conf *c, struct sock **out, size_t *n_out, struct buf *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    struct sock *v = NULL;
+    size_t n = 0;
+    bool have_tls = c->smtpd_tls_cert_file && *c->smtpd_tls_cert_file;
+    bool have_auth = c->smtpd_auth_file && *c->smtpd_auth_file;
+    int rc = 0;
+    const struct conf_list *l = &c->smtpd_listen;
+    for (size_t i = 0; i < l->n && rc == 0; i++) {
+        const char *spec = l->v[i];
+        struct conf_hostport hp;
+        enum conf_listen_role cr;
+        if (conf_parse_listen(spec, &hp, &cr) != 0) {
+            buf_printf(err, "smtpd_listen: bad address \"%s\"\n", spec);
+            rc = ERR_INVAL;
+            break;
+        }
+        enum smtpd_role role = role_of(cr);
+        if (role != SMTPD_ROLE_SMTP && (!have_tls || !have_auth)) {
+            buf_printf(err,
+                       "smtpd_listen: \"%s\": the %s role needs %s%s%s (AUTH is required there "
+                       "and offered only over TLS)\n",
+                       spec, smtpd_role_name(role), have_tls ? "" : "smtpd_tls_cert_file",
+                       !have_tls && !have_auth ? " and " : "", have_auth ? "" : "smtpd_auth_file");
+            rc = ERR_INVAL;
+            break;
+        }
+        if (strcmp(hp.host, "*") == 0) {
+            struct sockaddr_in a4;
+            struct sockaddr_in6 a6;
+            uv_ip4_addr("0.0.0.0", hp.port, &a4);
+            uv_ip6_addr("::", hp.port, &a6);
+            rc = sock_add(&v, &n, (struct sockaddr *)&a4, role, spec, err);
+            if (rc == 0)
+                rc = sock_add(&v, &n, (struct sockaddr *)&a6, role, spec, err);
+            continue;
+        }
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        if (uv_ip4_addr(hp.host, hp.port, (struct sockaddr_in *)&ss) != 0 &&
+            uv_ip6_addr(hp.host, hp.port, (struct sockaddr_in6 *)&ss) != 0) {
+            buf_printf(err, "smtpd_listen: \"%s\" is not an IP address\n", spec);
+            rc = ERR_INVAL;
+            break;
+        }
+        rc = sock_add(&v, &n, (struct sockaddr *)&ss, role, spec, err);
+    }
+    if (rc != 0) {
+        free(v);
         return rc;
     }
-    struct sockaddr_storage ss;
-    if (uv_ip4_addr(hp.host, hp.port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(hp.host, hp.port, (struct sockaddr_in6 *)&ss) != 0) {
-        buf_printf(err, "smtpd_listen: \"%s\" is not an IP address\n", spec);
-        return ERR_INVAL;
-    }
-    return smtpd_listen(srv, (struct sockaddr *)&ss, err);
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+static struct sock *find_sock(struct sock *v, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].key, key) == 0)
+            return &v[i];
+    return NULL;
 }
 
 int submission_start(struct mta *m, struct buf *err)
 {
-    struct smtpd_opts o;
-    char host[256];
-    int rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
+    struct sock *socks;
+    size_t n_socks;
+    int rc = plan(m->conf, &socks, &n_socks, err);
     if (rc)
         return rc;
+    struct smtpd_opts o;
+    char host[256];
+    rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
+    if (rc) {
+        free(socks);
+        return rc;
+    }
     struct submission *sub = calloc(1, sizeof(*sub));
     if (!sub) {
         drop_opts(&o);
+        free(socks);
         return ERR_NOMEM;
     }
+    sub->socks = socks;
+    sub->n_socks = n_socks;
     sub->srv = smtpd_new(m->loop, &o, err);
     drop_opts(&o);
     if (!sub->srv) {
+        free(sub->socks);
         free(sub);
         return ERR_INVAL;
     }
-    const struct conf_list *l = &m->conf->smtpd_listen;
-    for (size_t i = 0; i < l->n; i++) {
-        rc = listen_one(sub->srv, l->v[i], err);
+    for (size_t i = 0; i < sub->n_socks; i++) {
+        struct sock *k = &sub->socks[i];
+        rc = smtpd_listen_role(sub->srv, (struct sockaddr *)&k->sa, k->role, &k->l, err);
         if (rc) {
             smtpd_free(sub->srv);
+            free(sub->socks);
             free(sub);
             return rc;
         }
@@ -220,21 +346,103 @@ void submission_close(struct mta *m)
     /* Sessions still with the queue get their answer (at the latest inside
      * queue_close()), then the server frees itself as its handles close. */
     smtpd_free(sub->srv);
+    free(sub->socks);
     free(sub);
     m->submission = NULL;
 }
 
-int submission_reload(struct mta *m, struct conf *c, struct buf *err)
+void submission_reload_cancel(struct mta *m, struct submission_update *u)
 {
-    if (!m->submission)
+    if (!u)
+        return;
+    struct submission *sub = m->submission;
+    /* Listeners opened for this update only are closed again. */
+    for (size_t i = 0; i < u->n_socks; i++) {
+        struct sock *k = &u->socks[i];
+        if (k->l && !(sub && find_sock(sub->socks, sub->n_socks, k->key)))
+            smtpd_listener_close(k->l);
+    }
+    drop_opts(&u->o);
+    free(u->socks);
+    free(u);
+}
+
+int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_update **out,
+                              struct buf *err)
+{
+    *out = NULL;
+    struct submission *sub = m->submission;
+    if (!sub)
         return 0;
-    struct smtpd_opts o;
-    char host[256];
-    int rc = make_opts(m, c, &o, host, sizeof(host), err);
-    if (rc)
+    struct submission_update *u = calloc(1, sizeof(*u));
+    if (!u)
+        return ERR_NOMEM;
+    int rc = plan(c, &u->socks, &u->n_socks, err);
+    if (rc == 0)
+        rc = make_opts(m, c, &u->o, u->host, sizeof(u->host), err);
+    else
+        memset(&u->o, 0, sizeof(u->o));
+    if (rc) {
+        free(u->socks);
+        free(u);
         return rc;
-    rc = smtpd_set_opts(m->submission->srv, &o, err);
-    drop_opts(&o);
-    /* smtpd_listen changes need a restart, as in Postfix's master.cf. */
-    return rc;
+    }
+    u->o.hostname = u->host;
+    /* The options are checked by building a server from them (no listener,
+     * no session: it is freed at once). */
+    struct smtpd *check = smtpd_new(m->loop, &u->o, err);
+    if (!check) {
+        drop_opts(&u->o);
+        free(u->socks);
+        free(u);
+        return ERR_INVAL;
+    }
+    smtpd_free(check);
+    /* Open the new addresses now: one that cannot be bound refuses the
+     * whole reload, and nothing has changed yet. Kept addresses keep their
+     * socket (and their connections). */
+    for (size_t i = 0; i < u->n_socks; i++) {
+        struct sock *k = &u->socks[i];
+        struct sock *old = find_sock(sub->socks, sub->n_socks, k->key);
+        if (old) {
+            k->l = old->l;
+            continue;
+        }
+        rc = smtpd_listen_role(sub->srv, (struct sockaddr *)&k->sa, k->role, &k->l, err);
+        if (rc) {
+            submission_reload_cancel(m, u);
+            return rc;
+        }
+    }
+    *out = u;
+    return 0;
+}
+
+void submission_reload_apply(struct mta *m, struct submission_update *u)
+{
+    struct submission *sub = m->submission;
+    if (!u)
+        return;
+    if (!sub) {
+        submission_reload_cancel(m, u);
+        return;
+    }
+    struct buf err;
+    buf_init(&err, 4096);
+    if (smtpd_set_opts(sub->srv, &u->o, &err) != 0)
+        log_err("smtpd", "reload: %s", err.data ? err.data : "cannot apply the options");
+    buf_free(&err);
+    /* Removed addresses: stop accepting; their sessions finish. */
+    for (size_t i = 0; i < sub->n_socks; i++)
+        if (!find_sock(u->socks, u->n_socks, sub->socks[i].key))
+            smtpd_listener_close(sub->socks[i].l);
+    for (size_t i = 0; i < u->n_socks; i++)
+        smtpd_listener_set_role(u->socks[i].l, u->socks[i].role);
+    free(sub->socks);
+    sub->socks = u->socks;
+    sub->n_socks = u->n_socks;
+    u->socks = NULL;
+    u->n_socks = 0;
+    drop_opts(&u->o);
+    free(u);
 }

@@ -207,12 +207,45 @@ struct smtpd_opts {
     void *arg;                       /* for the callbacks */
 };
 
+/*
+ * The role of a listener (RFC 6409, RFC 8314), fixed per listener:
+ *  SMTPD_ROLE_SMTP         relay for relay_allowed() clients or after AUTH;
+ *                          STARTTLS offered when there is a TLS context.
+ *  SMTPD_ROLE_SUBMISSION   AUTH is required before MAIL from every client
+ *                          (relay_allowed() grants nothing: "530 5.7.0
+ *                          Authentication required"); AUTH is offered only
+ *                          after STARTTLS, as everywhere.
+ *  SMTPD_ROLE_SUBMISSIONS  as SUBMISSION, over TLS from the first byte
+ *                          (implicit TLS): the handshake comes before the
+ *                          greeting, STARTTLS is never offered. Sessions
+ *                          accepted while the options have no TLS context
+ *                          are closed at once.
+ */
+enum smtpd_role { SMTPD_ROLE_SMTP, SMTPD_ROLE_SUBMISSION, SMTPD_ROLE_SUBMISSIONS };
+/* "smtp", "submission", "submissions". */
+const char *smtpd_role_name(enum smtpd_role r);
+
+/* One listening socket of a server. Owned by the server: valid until
+ * smtpd_listener_close() or smtpd_free(). */
+struct smtpd_listener;
+
 /* A server on loop with the given options (strings copied). NULL on error
  * with the reason appended to err. */
 struct smtpd *smtpd_new(uv_loop_t *loop, const struct smtpd_opts *opts, struct buf *err);
 /* Listen on one address (IPv4 or IPv6; an IPv6 listener is IPv6-only).
  * 0 or an error with "cannot listen on ADDR: reason" appended to err. */
 int smtpd_listen(struct smtpd *d, const struct sockaddr *sa, struct buf *err);
+/* The same with a role; *out (out may be NULL) names the listener for the
+ * calls below. On error *out is NULL. */
+int smtpd_listen_role(struct smtpd *d, const struct sockaddr *sa, enum smtpd_role role,
+                      struct smtpd_listener **out, struct buf *err);
+/* Sessions accepted from now on get the new role; sessions in progress
+ * keep theirs. */
+void smtpd_listener_set_role(struct smtpd_listener *l, enum smtpd_role role);
+enum smtpd_role smtpd_listener_role(const struct smtpd_listener *l);
+/* Stop accepting on this listener and forget it (a reload removed it);
+ * its sessions in progress go on to their end. */
+void smtpd_listener_close(struct smtpd_listener *l);
 /* New options for sessions accepted from now on (a reload); sessions in
  * progress keep theirs. 0 or ERR_INVAL with the reason in err. */
 int smtpd_set_opts(struct smtpd *d, const struct smtpd_opts *opts, struct buf *err);
