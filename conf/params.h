@@ -114,7 +114,7 @@
     P(smtp_sasl_password_maps, STR, "", "path",                                                    \
       "File of \"[host]:port user:password\" lines (also \"host\" and \"[host]\" keys), as "       \
       "Postfix's; looked up by the next hop as written in relayhost, then by the remote host "     \
-      "name. It must not be readable by others (mode 0600 or 0640). Read at start and on reload") \
+      "name. It must not be readable by others (mode 0600 or 0640). Read at start and on reload")  \
     P(smtp_sasl_tls_required, BOOL, "yes", "",                                                     \
       "Send credentials only over TLS: a session to a host with credentials that has no TLS is "   \
       "deferred with 4.7.0 and the password is never sent (as Postfix's "                          \

@@ -126,6 +126,7 @@ void deliver_maybe_free(struct delivery *dl)
     buf_free(&dl->pause.text);
     tls_ctx_free(dl->tls_ctx);
     policy_overrides_free(dl->ov);
+    conf_map_free(dl->sasl);
     conf_unref(dl->conf);
     free(dl);
 }
@@ -232,8 +233,13 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
         free(dl);
         return ERR_INVAL;
     }
-    rc = delivery_policy_new(dl, err);
+    rc = delivery_sasl_load(dl->conf, &dl->sasl, err);
+    if (rc == 0)
+        rc = delivery_policy_new(dl, err);
     if (rc != 0) {
+        while (err->len > 0 && err->data[err->len - 1] == '\n')
+            err->data[--err->len] = '\0';
+        conf_map_free(dl->sasl);
         policy_overrides_free(dl->ov);
         tls_ctx_free(dl->tls_ctx);
         dns_free(dl->dns);

@@ -30,6 +30,7 @@ struct delivery_update {
     struct policy_overrides *ov;
     struct tls_ctx *ctx;
     struct policy_update *pu;
+    struct conf_map *sasl; /* smtp_sasl_password_maps, or NULL */
     bool sts_changed;
     char no_tls_why[256]; /* why ctx is NULL (logged when applied) */
 };
@@ -39,6 +40,7 @@ void delivery_reload_cancel(struct delivery_update *u)
     if (!u)
         return;
     policy_overrides_free(u->ov);
+    conf_map_free(u->sasl);
     tls_ctx_free(u->ctx);
     policy_update_free(u->pu);
     conf_unref(u->conf);
@@ -83,6 +85,12 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
      * typo must never loosen TLS). */
     u->ov = policy_overrides_load(c->tls_policy_file ? c->tls_policy_file : "", err);
     if (!u->ov) {
+        delivery_reload_cancel(u);
+        return ERR_INVAL;
+    }
+    /* The smart host's credentials: a table that does not load (or that
+     * others can read) refuses the reload; the old one stays. */
+    if (delivery_sasl_load(c, &u->sasl, err) != 0) {
         delivery_reload_cancel(u);
         return ERR_INVAL;
     }
@@ -141,6 +149,9 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
     policy_overrides_free(dl->ov);
     dl->ov = u->ov;
     u->ov = NULL;
+    conf_map_free(dl->sasl);
+    dl->sasl = u->sasl;
+    u->sasl = NULL;
     for (struct dest *d = dl->dests; d; d = d->next)
         dest_quit_idle(d);
     tls_ctx_free(dl->tls_ctx);

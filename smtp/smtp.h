@@ -304,6 +304,7 @@ enum smtp_stage {
     SMTP_ST_HELO,
     SMTP_ST_STARTTLS,
     SMTP_ST_TLS,
+    SMTP_ST_AUTH, /* SMTP AUTH (RFC 4954) after EHLO, and after TLS when any */
     SMTP_ST_IDLE,
     SMTP_ST_RSET,
     SMTP_ST_MAIL,
@@ -401,6 +402,20 @@ struct smtp_client_opts {
                                     NULL: no TLS available (MAY acts as NONE,
                                     VERIFY fails with 4.7.4) */
     smtp_tls_check_cb tls_check; /* optional extra judgement */
+    /* SMTP AUTH (RFC 4954) to this server, told by the caller (the client
+     * decides no policy): auth_user NULL or "" for none. After EHLO (and
+     * STARTTLS, EHLO), when the server announces AUTH: PLAIN (RFC 4616)
+     * with an initial response, else LOGIN; a server that offers neither
+     * fails the session with 4.7.0; a server that announces no AUTH gets
+     * none (Postfix's behaviour) and the session goes on. With
+     * auth_tls_required, a session without TLS fails with 4.7.0 (err
+     * ERR_PERM, stage SMTP_ST_AUTH) and the password is never sent. A
+     * refusal (535 ...) fails the session at stage SMTP_ST_AUTH with the
+     * server's reply. The strings are copied (the password is wiped when
+     * the session is freed) and never logged. */
+    const char *auth_user;
+    const char *auth_password;
+    bool auth_tls_required;
     struct smtp_timeouts timeouts;
     smtp_client_cb cb;
     void *arg;
@@ -441,7 +456,8 @@ struct smtp_msg {
 /* Extensions the server announced in its last EHLO answer. */
 struct smtp_ext {
     bool esmtp, pipelining, starttls, smtputf8, eightbitmime, dsn, enhanced, chunking;
-    uint64_t size; /* SIZE limit, 0 = none announced */
+    bool auth, auth_plain, auth_login; /* AUTH (RFC 4954) and its mechanisms */
+    uint64_t size;                     /* SIZE limit, 0 = none announced */
 };
 
 /*
@@ -489,6 +505,8 @@ enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c);
 /* The server's 2xx greeting on one line ("220 mx.example ESMTP"); "" until
  * one came. */
 const char *smtp_client_greeting(const struct smtp_client *c);
+/* Did the session log in with SMTP AUTH (235)? */
+bool smtp_client_authenticated(const struct smtp_client *c);
 /* How many messages this session has carried (SMTP_EV_DONE seen). */
 unsigned smtp_client_messages(const struct smtp_client *c);
 
