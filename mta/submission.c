@@ -224,8 +224,6 @@ static int plan(const struct conf *c, struct sock **out, size_t *n_out, struct b
     *n_out = 0;
     struct sock *v = NULL;
     size_t n = 0;
-    bool have_tls = c->smtpd_tls_cert_file && *c->smtpd_tls_cert_file;
-    bool have_auth = c->smtpd_auth_file && *c->smtpd_auth_file;
     int rc = 0;
     const struct conf_list *l = &c->smtpd_listen;
     for (size_t i = 0; i < l->n && rc == 0; i++) {
@@ -237,16 +235,9 @@ static int plan(const struct conf *c, struct sock **out, size_t *n_out, struct b
             rc = ERR_INVAL;
             break;
         }
+        /* settings_conf_check() made sure a submission role has its
+         * certificate and credentials. */
         enum smtpd_role role = role_of(cr);
-        if (role != SMTPD_ROLE_SMTP && (!have_tls || !have_auth)) {
-            buf_printf(err,
-                       "smtpd_listen: \"%s\": the %s role needs %s%s%s (AUTH is required there "
-                       "and offered only over TLS)\n",
-                       spec, smtpd_role_name(role), have_tls ? "" : "smtpd_tls_cert_file",
-                       !have_tls && !have_auth ? " and " : "", have_auth ? "" : "smtpd_auth_file");
-            rc = ERR_INVAL;
-            break;
-        }
         if (strcmp(hp.host, "*") == 0) {
             struct sockaddr_in a4;
             struct sockaddr_in6 a6;
