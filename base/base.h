@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* ---- errors ---------------------------------------------------------- */
@@ -184,5 +185,142 @@ void log_batch_end(void);
 #define log_warn(comp, ...) log_msg(LOGL_WARN, comp, __VA_ARGS__)
 #define log_info(comp, ...) log_msg(LOGL_INFO, comp, __VA_ARGS__)
 #define log_debug(comp, ...) log_msg(LOGL_DEBUG, comp, __VA_ARGS__)
+
+/* ---- privileges (privs.c) ---------------------------------------------- */
+
+/* Look up mail_owner: its user and primary group ids. ERR_NOTFOUND when no
+ * such user exists, ERR_INVAL when it is root (user or group id 0); why
+ * says which. */
+int priv_lookup(const char *name, uid_t *uid, gid_t *gid, char *why, size_t whylen);
+/* Give dir, and everything under it that root owns, to uid:gid. Symbolic
+ * links are neither followed nor changed. Only useful as root. */
+int priv_chown_tree(const char *dir, uid_t uid, gid_t gid);
+/* Become name (uid, gid) for good: setgid, initgroups, setuid, then check
+ * that neither root's user nor group id can be taken back. Only as root. */
+int priv_drop(const char *name, uid_t uid, gid_t gid, char *why, size_t whylen);
+/* For convoyctl run as root, so that it never leaves root-owned files in
+ * the state directory: become mail_owner when set, else the owner of dir
+ * when that is not root (creating dir for mail_owner when it is missing).
+ * Does nothing when not root or when dir is root's. */
+int priv_become_dir_owner(const char *mail_owner, const char *dir, char *why, size_t whylen);
+
+/* ---- metrics (metrics.c) ----------------------------------------------- */
+
+/*
+ * The one registry of Convoy's Prometheus series. Every series is a row of
+ * CONVOY_METRICS, so the names, types, help texts and label names live in
+ * one place (docs/metrics.md lists them; a test checks it lists them all).
+ *
+ * M(id, type, name, help, label1, label2)
+ *   type: COUNTER, GAUGE, or a histogram HIST_<bounds> (see metrics.c);
+ *   label1, label2: label names, NULL for none.
+ *
+ * Updating a series is one mutex-protected add on a small table: cheap, and
+ * safe from any thread (the queue writer observes from its own). Label
+ * values are short fixed words ("policy", "verified", "enforce"); at most
+ * METRICS_MAX_CHILDREN value pairs are kept per series, later ones are
+ * counted under "other".
+ *
+ * The delivery engine's series (recipients, TLS sessions, MTA-STS
+ * verdicts, sessions out, connection cache, latency) are updated through
+ * metrics_delivery_*() below.
+ */
+#define CONVOY_METRICS(M)                                                                          \
+    M(MET_START_TIME, GAUGE, "convoy_start_time_seconds",                                          \
+      "Time convoyd started, in seconds since the epoch", NULL, NULL)                              \
+    M(MET_MSG_ACCEPTED, COUNTER, "convoy_messages_accepted_total",                                 \
+      "Messages accepted by the SMTP server (each answered 250 after it was synced to disk)",      \
+      NULL, NULL)                                                                                  \
+    M(MET_MSG_REFUSED, COUNTER, "convoy_messages_refused_total",                                   \
+      "4xx and 5xx replies of the SMTP server to MAIL, RCPT, DATA, BDAT and the end of a "         \
+      "message, by reason class and reply class",                                                  \
+      "reason", "code")                                                                            \
+    M(MET_SESSIONS_IN, GAUGE, "convoy_smtpd_sessions", "SMTP server sessions open now", NULL,      \
+      NULL)                                                                                        \
+    M(MET_QUEUE_MESSAGES, GAUGE, "convoy_queue_messages", "Messages in the queue", NULL, NULL)     \
+    M(MET_QUEUE_RCPTS, GAUGE, "convoy_queue_recipients", "Recipients in the queue, by state",      \
+      "state", NULL)                                                                               \
+    M(MET_QUEUE_OLDEST, GAUGE, "convoy_queue_oldest_message_age_seconds",                          \
+      "Age of the oldest message in the queue (0 when the queue is empty)", NULL, NULL)            \
+    M(MET_QUEUE_COMMIT, HIST_COMMIT, "convoy_queue_commit_requests",                               \
+      "Requests (submissions, leases, results) carried by one synced queue commit", NULL, NULL)    \
+    M(MET_DNS_QUERIES, COUNTER, "convoy_dns_queries_total",                                        \
+      "DNS queries sent to the resolvers (cache hits not counted), by record type", "type", NULL)  \
+    M(MET_DNS_FAILURES, COUNTER, "convoy_dns_failures_total",                                      \
+      "DNS lookups that failed (not a definite answer or no-such-name), by record type", "type",   \
+      NULL)                                                                                        \
+    M(MET_STS_FETCHES, COUNTER, "convoy_sts_policy_fetches_total",                                 \
+      "MTA-STS policy fetches, by result", "result", NULL)                                         \
+    M(MET_RCPT_DELIVERED, COUNTER, "convoy_recipients_delivered_total",                            \
+      "Recipients delivered (remote 250)", NULL, NULL)                                             \
+    M(MET_RCPT_DEFERRED, COUNTER, "convoy_recipients_deferred_total",                              \
+      "Delivery attempts that ended deferred, by reason class", "reason", NULL)                    \
+    M(MET_RCPT_BOUNCED, COUNTER, "convoy_recipients_bounced_total",                                \
+      "Recipients returned to the sender, by reason class", "reason", NULL)                        \
+    M(MET_TLS_SESSIONS, COUNTER, "convoy_tls_sessions_total",                                      \
+      "Outbound TLS sessions, by outcome (verified, opportunistic, failed) and RFC 8460 result "   \
+      "type of a failure",                                                                         \
+      "outcome", "result_type")                                                                    \
+    M(MET_STS_VERDICTS, COUNTER, "convoy_sts_verdicts_total",                                      \
+      "MTA-STS decisions on delivery candidates, by mode and verdict", "mode", "verdict")          \
+    M(MET_SESSIONS_OUT, GAUGE, "convoy_smtp_sessions", "Outbound SMTP sessions open now", NULL,    \
+      NULL)                                                                                        \
+    M(MET_CONN_CACHE_HITS, COUNTER, "convoy_smtp_connection_cache_hits_total",                     \
+      "Messages sent over a cached (reused) outbound connection", NULL, NULL)                      \
+    M(MET_DELIVERY_LATENCY, HIST_LATENCY, "convoy_delivery_latency_seconds",                       \
+      "Time from acceptance to a recipient's final delivery", NULL, NULL)
+
+enum metric_id {
+#define METRIC_ID(id, type, name, help, l1, l2) id,
+    CONVOY_METRICS(METRIC_ID)
+#undef METRIC_ID
+        MET_COUNT
+};
+
+#define METRICS_MAX_CHILDREN 64
+
+/* Add v to a counter or gauge (v may be negative for a gauge only). l1, l2
+ * are the label values, NULL where the series has fewer labels. */
+void metric_add(enum metric_id id, const char *l1, const char *l2, double v);
+/* Set a gauge. */
+void metric_set(enum metric_id id, const char *l1, const char *l2, double v);
+/* Forget a gauge's labelled values (before a collector sets them anew). */
+void metric_clear(enum metric_id id);
+/* Count one observation in a histogram. */
+void metric_observe(enum metric_id id, const char *l1, const char *l2, double v);
+/* A function run (on the caller's thread) before each rendering, to set
+ * gauges that are cheaper to read than to track. At most 16. */
+typedef void (*metrics_collector)(void *arg);
+void metrics_add_collector(metrics_collector fn, void *arg);
+/* The whole registry in the Prometheus text exposition format 0.0.4. */
+int metrics_render(struct buf *out);
+/* The name, help, type word and label names of a series, for docs/tests. */
+const char *metric_name(enum metric_id id);
+
+/* The reason class of an enhanced status code (RFC 3463) or of a reply
+ * text starting with one ("5.7.1 ..."): address, mailbox, system, network,
+ * protocol, content, policy; "other" when there is none. */
+const char *metrics_reason_class(const char *status);
+
+/* The delivery engine's calls, one per event (see docs/metrics.md):
+ *  - metrics_delivery_result(): once per recipient attempt that ended;
+ *    status "sent", "deferred" or "bounced", enhanced status code of the
+ *    reason ("4.4.1"; NULL when none). For "sent", latency_s is the time
+ *    since the message was accepted (a negative value is not observed).
+ *  - metrics_delivery_tls(): once per outbound TLS handshake: outcome
+ *    "verified", "opportunistic" or "failed"; result_type the RFC 8460 4.3
+ *    result type of a failure ("certificate-expired", "starttls-not-
+ *    supported", ...) or NULL.
+ *  - metrics_delivery_sts(): once per MTA-STS decision on a candidate host:
+ *    mode "enforce" or "testing", verdict "ok" or "refused".
+ *  - metrics_delivery_session(): +1 when an outbound session opens, -1 when
+ *    it closes.
+ *  - metrics_delivery_cache_hit(): a message goes out over a reused
+ *    connection. */
+void metrics_delivery_result(const char *status, const char *dsn, double latency_s);
+void metrics_delivery_tls(const char *outcome, const char *result_type);
+void metrics_delivery_sts(const char *mode, const char *verdict);
+void metrics_delivery_session(int delta);
+void metrics_delivery_cache_hit(void);
 
 #endif

@@ -11,7 +11,8 @@
  *   check: INT/TIME/SIZE "min..max" ("" = any non-negative);
  *          ENUM the choices separated by spaces;
  *          STR/LIST the kind of each value: "hostname", "path", "facility",
- *          "relayhost", "listen" (host:port), "hostport" (host[:port]),
+ *          "relayhost", "listen" (host:port; empty allowed), "hostport" (host[:port]),
+ *          "user" (an existing user that is not root),
  *          "cidr", "" (free text).
  *
  * Postfix names are reused where the meaning is the same; new parameters
@@ -32,6 +33,13 @@
     P(daemon_shutdown_timeout, TIME, "30s", "0..1h",                                               \
       "On SIGTERM or SIGINT, how long in-flight sessions and deliveries may take to finish "       \
       "before convoyd exits")                                                                      \
+    P(mail_owner, STR, "", "user",                                                                 \
+      "User that convoyd runs as once, started as root, it has bound its listeners and opened "    \
+      "its state (it takes that user's groups, and the state directory is given to it); empty "    \
+      "means no change of user. Must exist and must not be root")                                  \
+    P(metrics_listen, STR, "", "listen",                                                           \
+      "Address and port of the Prometheus metrics endpoint (GET /metrics, plain HTTP): "           \
+      "127.0.0.1:9125, [::1]:9125; empty means none")                                              \
     /* --- queue --- */                                                                            \
     P(queue_directory, STR, "./var", "path",                                                       \
       "Directory that holds the queue database, the policy cache and the control socket; a "       \
@@ -44,6 +52,11 @@
     P(bounce_queue_lifetime, TIME, "5d", "0..100d",                                                \
       "How long a delivery status notification (bounce) may stay deferred before it is "           \
       "discarded")                                                                                 \
+    P(delay_warning_time, TIME, "0", "0..100d",                                                    \
+      "How long a recipient may stay deferred (counted from the message's arrival) before the "    \
+      "sender gets one \"delayed\" delivery status notification (RFC 3464) for the message; 0 "    \
+      "means never. Recipients with NOTIFY=DELAY, or with no NOTIFY, are reported; none goes to "  \
+      "the null sender")                                                                           \
     P(minimal_backoff_time, TIME, "300s", "1s..1d",                                                \
       "Least time between two delivery attempts of a deferred recipient")                          \
     P(maximal_backoff_time, TIME, "4000s", "1s..7d",                                               \
@@ -174,7 +187,8 @@
       "they expire within this time, so they never lapse (RFC 8461 10.2)")                         \
     P(sts_fetch_retry_time, TIME, "5m", "5m..1d",                                                  \
       "Least time before a failed MTA-STS policy fetch is tried again for the same id (RFC "       \
-      "8461 3.3: at least five minutes)")                                                          \
+      "8461 3.3: at least five minutes); also the least time between two refetches of a "          \
+      "domain's unchanged policy id after an enforce policy deferred its mail (RFC 8461 5)")       \
     P(tls_policy_file, STR, "", "path",                                                            \
       "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
       "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \
@@ -194,6 +208,18 @@
     P(tlsrpt_sender, STR, "", "",                                                                  \
       "From address of mailed TLS reports; empty means noreply-tlsrpt@ followed by "               \
       "tlsrpt_submitter")                                                                          \
+    /* --- DKIM --- */                                                                             \
+    P(dkim_key_table, STR, "", "path",                                                             \
+      "Keys to sign accepted mail with (RFC 6376, RFC 8463): lines \"DOMAIN SELECTOR KEYFILE\", "  \
+      "KEYFILE a PEM private key (RSA of at least 1024 bits, or Ed25519) readable only by its "    \
+      "owner; a message is signed with every key whose DOMAIN is its From domain; empty means "    \
+      "no signing")                                                                                \
+    P(dkim_signed_headers, LIST,                                                                   \
+      "From To Cc Subject Date Message-ID In-Reply-To References MIME-Version Content-Type "       \
+      "Content-Transfer-Encoding Reply-To List-Unsubscribe List-Unsubscribe-Post Sender",          \
+      "",                                                                                          \
+      "Header fields a DKIM signature covers, each as often as it occurs; From is always "         \
+      "signed, once more than it occurs, so that no From can be added")                            \
     /* --- DNS --- */                                                                              \
     P(dns_servers, LIST, "", "hostport",                                                           \
       "DNS resolvers to ask, with optional ports: 127.0.0.1:5353, [::1]:53; empty means "          \

@@ -43,6 +43,9 @@ static void usage(FILE *f)
                "  tls verify CERTFILE --host NAME [--CAfile FILE] [--json]\n"
                "                                    check a certificate as MTA-STS delivery would\n"
                "  tlsrpt record|show|list ...       TLS reporting (convoyctl tlsrpt for details)\n"
+               "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] --out KEYFILE\n"
+               "                                    new signing key and its DNS record\n"
+               "  dkim verify [FILE|-] [--json]     check a message's DKIM signatures\n"
                "  status [--json]                   is convoyd running, and how\n"
                "  reload                            reload convoyd's configuration\n"
                "  pause [--domain D] [--for DUR] --reason TEXT\n"
@@ -172,7 +175,7 @@ static const struct {
 } commands[] = {
     {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},     {"status", ctl_status},
     {"reload", ctl_reload}, {"sts", ctl_sts},       {"pause", ctl_pause}, {"resume", ctl_resume},
-    {"tls", ctl_tls},       {"tlsrpt", ctl_tlsrpt},
+    {"tls", ctl_tls},       {"tlsrpt", ctl_tlsrpt}, {"dkim", ctl_dkim},
 };
 
 int main(int argc, char **argv)
@@ -246,6 +249,13 @@ int main(int argc, char **argv)
         }
         buf_free(&errors);
         log_setup(c->syslog_name, c->syslog_facility, LOG_TO_STDERR, false);
+        /* Run by root: act as the state directory's owner (issue 17). */
+        char why[512] = "";
+        if (priv_become_dir_owner(c->mail_owner, c->queue_directory, why, sizeof(why)) != 0) {
+            fprintf(stderr, "convoyctl: %s\n", why);
+            conf_unref(c);
+            return 1;
+        }
         int rc = commands[i].run(c, cargc, cargv);
         conf_unref(c);
         return rc;

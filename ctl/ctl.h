@@ -35,6 +35,7 @@ int ctl_dns(struct conf *c, int argc, char **argv);
 int ctl_sts(struct conf *c, int argc, char **argv);
 int ctl_tls(struct conf *c, int argc, char **argv);
 int ctl_tlsrpt(struct conf *c, int argc, char **argv);
+int ctl_dkim(struct conf *c, int argc, char **argv);
 int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
 int ctl_pause(struct conf *c, int argc, char **argv);

@@ -88,6 +88,8 @@ bool conn_send(struct conn *cn, struct job *j)
         return false;
     }
     cn->msgs_before = smtp_client_messages(cn->c);
+    if (cn->msgs_before > 0)
+        metrics_delivery_cache_hit(); /* a session that carried mail before */
     rc = smtp_client_send(cn->c, &j->msg);
     if (rc != 0) {
         cn->job = NULL;
@@ -214,6 +216,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
             job_policy(cn->job, cn);
             bool tls_failed = res->err == ERR_TLS && smtp_client_tls(c) != NULL;
             smtp_client_free(c);
+            metrics_delivery_session(-1);
             cn->c = NULL;
             if (cn->mode == SMTP_TLS_MAY && tls_failed && !cn->plain_retry && !dl->closing) {
                 /* Opportunistic TLS: retry the same address without it. */
@@ -227,6 +230,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
             break;
         }
         smtp_client_free(c);
+        metrics_delivery_session(-1);
         cn->c = NULL;
         conn_release(cn);
         if (!dl->closing)
@@ -279,9 +283,13 @@ static void conn_connect(struct conn *cn)
             struct verdict_attempt_in in = {
                 .policy_status = cn->have_sts_fail ? cn->sts_fail.status : NULL,
                 .last = cn->last.action != SMTP_ACT_NONE ? &cn->last : NULL,
+                .sts_enforce =
+                    cn->req.origin == POLICY_ORIGIN_STS && cn->req.sts_mode == POLICY_MODE_ENFORCE,
             };
             struct verdict v;
             verdict_attempt(&in, &v);
+            if (v.sts_recheck)
+                d->sts_recheck = true;
             if (v.reason == VR_NO_ADDRESS) {
                 job_fail(dl, j, &v, "no address to deliver to");
             } else {
@@ -334,6 +342,8 @@ static void conn_connect(struct conn *cn)
         cn->tried++;
     int err = 0;
     cn->c = smtp_client_new(dl->loop, &o, &err);
+    if (cn->c)
+        metrics_delivery_session(+1);
     if (!cn->c) {
         memset(&cn->last, 0, sizeof(cn->last));
         cn->last.action = SMTP_ACT_DEFER;

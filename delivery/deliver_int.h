@@ -27,14 +27,15 @@
 
 /* One recipient of a DSN's per-recipient part (RFC 3464 2.3). */
 struct dsn_rcpt {
-    const char *addr;        /* Final-Recipient (rfc822) */
-    const char *orcpt;       /* RFC 3461 ORCPT as given ("rfc822;a@b"), or NULL */
-    const char *action;      /* "failed" or "delayed" (RFC 3464 2.3.3) */
-    const char *status;      /* "5.1.1" */
-    const char *remote_mta;  /* MX host name, or NULL when none was reached */
-    const char *diag;        /* the remote reply ("550 5.1.1 ..."), or NULL */
-    const char *reason;      /* human text for the first part */
-    int64_t last_attempt_ms; /* 0: not given */
+    const char *addr;            /* Final-Recipient (rfc822) */
+    const char *orcpt;           /* RFC 3461 ORCPT as given ("rfc822;a@b"), or NULL */
+    const char *action;          /* "failed" or "delayed" (RFC 3464 2.3.3) */
+    const char *status;          /* "5.1.1" */
+    const char *remote_mta;      /* MX host name, or NULL when none was reached */
+    const char *diag;            /* the remote reply ("550 5.1.1 ..."), or NULL */
+    const char *reason;          /* human text for the first part */
+    int64_t last_attempt_ms;     /* 0: not given */
+    int64_t will_retry_until_ms; /* delayed: when retries end (0: not given) */
 };
 
 /* A DSN to build. */
@@ -204,6 +205,11 @@ struct dest {
     bool sts_have;
     struct sts_policy sts;
     char sts_id[POLICY_ID_MAX + 1];
+    /* An enforce policy deferred an attempt (verdict sts_recheck): the next
+     * attempt looks the policy up again with policy_recheck() (RFC 8461
+     * 5), not from the addresses and policy kept from before. */
+    bool sts_recheck;
+    bool rechecking; /* the lookup in flight is such a recheck */
 };
 
 #define PAUSE_MAX 256
@@ -263,7 +269,8 @@ struct delivery {
     uint64_t sts_testing_failures;
     uint64_t sts_enforce_failures;
     uint64_t sts_rechecks;
-    struct recheck *rechecks; /* expiring recipients waiting for policy_recheck() */
+    struct recheck *rechecks;       /* expiring recipients waiting for policy_recheck() */
+    struct delay_warning *warnings; /* delay warnings in flight (dsn.c) */
     struct pause_state pause;
 };
 
@@ -325,11 +332,13 @@ struct dsn_item {
     char remote_mta[256]; /* "" when none was reached */
     char *diag;           /* owned: the remote reply, or NULL */
     int64_t last_attempt_ms;
+    int64_t will_retry_until_ms; /* delayed: the end of the recipient's lifetime */
 };
 
 /* The kind of DSN: a failure (RFC 3464 Action: failed; the recipients are
  * marked bounced once it is committed) or a delay warning (Action: delayed;
- * NOTIFY=DELAY recipients only; nothing is marked). */
+ * recipients with NOTIFY=DELAY or no NOTIFY, as Postfix does - RFC 3461
+ * 4.1 leaves the default open; nothing is marked). */
 enum dsn_kind { DSN_FAILED, DSN_DELAYED };
 
 /* Called once when a DSN's recipients are settled: status 0 or the first
@@ -395,6 +404,25 @@ int dsn_send(struct delivery *dl, const char *id, const struct queue_message *qm
 void dsn_items_free(struct dsn_item *items, size_t n);
 char *dl_read_body(struct delivery *dl, const char *id, uint64_t size, size_t *len);
 
+/* Does a recipient's NOTIFY (QUEUE_NOTIFY_*) ask for this kind of DSN? */
+bool dsn_wanted(enum dsn_kind kind, unsigned notify);
+
+/*
+ * delay_warning_time: the recipients of job j that this attempt deferred
+ * (rcpts[0..n), with their outcomes) may call for the message's one delay
+ * warning (RFC 3464 Action: delayed). Sent when the message has waited
+ * that long since arrival, has no warning on record (QUEUE_F_DELAY_WARNED)
+ * or in flight, its sender is not null and a recipient's NOTIFY asks for
+ * it; once the DSN is committed the message is marked warned in the queue,
+ * so a restart never sends a second one.
+ */
+struct delay_rcpt {
+    uint32_t rcpt;
+    struct smtp_outcome o; /* the attempt's outcome, as logged */
+};
+void dsn_delay_check(struct delivery *dl, const struct job *j, const struct delay_rcpt *rcpts,
+                     size_t n);
+
 /* ---- conn.c: connections --------------------------------------------------- */
 
 void conn_idle_remove(struct conn *cn);
@@ -411,7 +439,8 @@ void conn_policy(struct conn *cn);
 enum smtp_tls_mode conn_tls_mode(const struct conn *cn);
 void job_policy(struct job *j, const struct conn *cn);
 void conn_report(struct conn *cn, const char *type, const char *text);
-void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...);
+void conn_policy_fail(struct conn *cn, const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smtp_outcome *out,
                     void *arg);
 void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const struct tls_facts *f);

@@ -122,7 +122,14 @@ static bool dest_policy_lookup(struct dest *d)
     struct delivery *dl = d->dl;
     if (!dl->pol || !dest_sts_applies(d))
         return false;
-    int rc = policy_get(dl->pol, d->name, on_policy, d, &d->preq);
+    /* An enforce policy deferred the last attempt: look for a fixed policy
+     * (RFC 8461 5), rate-limited per domain by the MTA-STS engine. */
+    d->rechecking = d->sts_recheck;
+    d->sts_recheck = false;
+    int rc = d->rechecking ? policy_recheck(dl->pol, d->name, on_policy, d, &d->preq)
+                           : policy_get(dl->pol, d->name, on_policy, d, &d->preq);
+    if (rc == 0 && d->rechecking)
+        dl->sts_rechecks++;
     if (rc != 0) {
         /* A name policy/ cannot normalise has no policy. */
         d->preq = NULL;
@@ -153,8 +160,18 @@ static void on_policy(void *arg, const struct policy_result *r)
     bool had = d->sts_have;
     char old_id[POLICY_ID_MAX + 1];
     str_copy(old_id, d->sts_id, sizeof(old_id));
-    if (had != (r->have_policy && r->policy) || (had && strcmp(old_id, r->id ? r->id : "") != 0))
+    if (had != (r->have_policy && r->policy) || (had && strcmp(old_id, r->id ? r->id : "") != 0) ||
+        r->change != POLICY_CHANGE_NONE)
         dest_quit_idle(d);
+    if (d->rechecking) {
+        d->rechecking = false;
+        if (r->change != POLICY_CHANGE_NONE)
+            log_info(QCOMP, "MTA-STS recheck domain=%s: policy changed (%s) id=%s mode=%s", d->name,
+                     policy_change_name(r->change), r->id && r->id[0] ? r->id : "-",
+                     r->have_policy && r->policy ? policy_mode_name(r->policy->mode) : "none");
+        else
+            log_debug(QCOMP, "MTA-STS recheck domain=%s: policy unchanged", d->name);
+    }
     policy_sts_clear(&d->sts);
     d->sts_have = false;
     d->sts_id[0] = '\0';
@@ -242,7 +259,8 @@ void dest_run(struct dest *d)
     int64_t ttl = RESOLVE_TTL_MS;
     if (dl->pol && dl->conf->sts_txt_check_interval * 1000 < ttl)
         ttl = dl->conf->sts_txt_check_interval * 1000;
-    if (d->state == D_READY && dl_mono(dl) - d->resolved_ms > ttl && d->nconns == 0)
+    if (d->state == D_READY && (dl_mono(dl) - d->resolved_ms > ttl || d->sts_recheck) &&
+        d->nconns == 0)
         d->state = D_NEW;
     if (d->state == D_NEW) {
         dest_resolve(d);

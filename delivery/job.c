@@ -139,6 +139,8 @@ void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64
         str_copy(c, "0", sizeof(c));
         str_copy(d, "0", sizeof(d));
     }
+    metrics_delivery_result(status_word(o->action), o->status[0] ? o->status : NULL,
+                            (double)(done - arrival) / 1000.0);
     log_info(
         COMPONENT, "%s: to=<%s>, relay=%s, delay=%s, delays=%s/%s/%s/%s, dsn=%s, status=%s (%s)%s",
         id, addr, relay && relay[0] ? relay : "none", delay, a, b, c, d,
@@ -195,6 +197,10 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
              j->report);
     struct dsn_item *items = calloc(j->n ? j->n : 1, sizeof(*items));
     size_t nb = 0;
+    /* Deferred recipients, for the message's delay warning. */
+    struct delay_rcpt *delayed =
+        dl->conf->delay_warning_time > 0 ? calloc(j->n ? j->n : 1, sizeof(*delayed)) : NULL;
+    size_t nd = 0;
     for (size_t i = 0; i < j->n; i++) {
         /* The verdict decides what the outcome means (verdict.c); the
          * outcome gives the texts. */
@@ -240,8 +246,13 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
             it->last_attempt_ms = now;
         } else {
             dl_report(dl, queue_defer, "deferral", j->id, j->r[i].idx, &res);
+            if (delayed)
+                delayed[nd++] = (struct delay_rcpt){.rcpt = j->r[i].idx, .o = *o};
         }
     }
+    if (nd > 0)
+        dsn_delay_check(dl, j, delayed, nd);
+    free(delayed);
     if (nb > 0) {
         /* The DSN needs the message: read it if the job never started. */
         if (!j->qm)

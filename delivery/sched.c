@@ -64,8 +64,17 @@ static void on_recheck(void *arg, const struct policy_result *r)
     struct delivery *dl = rk->dl;
     rk->req = NULL;
     dl->pending_reqs--;
-    bool same = r->have_policy && r->policy && r->policy->mode == POLICY_MODE_ENFORCE &&
-                strcmp(r->id ? r->id : "", rk->old_id) == 0;
+    /* The verdict decides from the whole policy (r->change), not the id
+     * alone; same_as_last covers a change seen before this recheck. */
+    struct verdict_recheck_in in = {
+        .have_policy = r->have_policy && r->policy,
+        .mode = r->have_policy && r->policy ? r->policy->mode : POLICY_MODE_NONE,
+        .change = r->change,
+        .same_as_last = strcmp(r->id ? r->id : "", rk->old_id) == 0,
+    };
+    struct verdict v;
+    verdict_recheck(&in, &v);
+    bool same = v.action == VERDICT_BOUNCE;
     if (dl->stopping) {
         /* Shutting down: the recipient waits in the queue for the next run. */
         dl_unlease(dl, rk->due.id, rk->due.rcpt);
@@ -76,9 +85,10 @@ static void on_recheck(void *arg, const struct policy_result *r)
         sched_expire_bounce(dl, &rk->due);
     } else {
         /* A newer policy (or none): one more attempt under it. */
-        log_info(QCOMP, "%s: MTA-STS recheck for %s: policy %s%s, trying again", rk->due.id,
+        log_info(QCOMP, "%s: MTA-STS recheck for %s: policy %s%s%s, trying again", rk->due.id,
                  rk->due.addr, r->have_policy ? "id=" : "gone",
-                 r->have_policy && r->id ? r->id : "");
+                 r->have_policy && r->id ? r->id : "",
+                 r->change == POLICY_CHANGE_CONTENT ? " changed (same id, new content)" : "");
         rk->due.expired = false;
         sched_file(dl, &rk->due, dl_now(dl));
         for (struct dest *d = dl->dests; d; d = d->next)

@@ -212,6 +212,8 @@ bool conn_target_allowed(struct conn *cn)
     struct verdict_tls v;
     conn_verdict_in(cn, VERDICT_TLS_SKIP, NULL, NULL, &in);
     verdict_tls(&in, &v);
+    if (in.policy == VERDICT_POLICY_STS && v.host_failed)
+        metrics_delivery_sts(policy_mode_name(in.sts_mode), "refused");
     if (!v.host_failed)
         return true;
     if (!cn->have_sts_fail)
@@ -245,6 +247,13 @@ bool conn_tls_check(struct smtp_client *c, const struct tls_facts *f, struct smt
     in.name_ok = in.policy == VERDICT_POLICY_OVERRIDE && in.level == POLICY_TLS_VERIFY &&
                  f->chain_ok && policy_override_cert_ok(&cn->ov, d->name, host, f);
     verdict_tls(&in, &v);
+    bool failed = v.host_failed || (v.report && !f->verified);
+    metrics_delivery_tls(failed        ? "failed"
+                         : f->verified ? "verified"
+                                       : "opportunistic",
+                         failed ? verdict_result_type_name(v.result_type) : NULL);
+    if (in.policy == VERDICT_POLICY_STS)
+        metrics_delivery_sts(policy_mode_name(in.sts_mode), v.host_failed ? "refused" : "ok");
     if (v.host_failed) {
         const char *why = v.why == VERDICT_TLSF_OVERRIDE_CHAIN
                               ? tls_failure_str(v.cert_failure)

@@ -19,6 +19,7 @@ static void set(struct verdict *v, enum verdict_action a, enum verdict_reason r,
     v->reason = r;
     str_copy(v->status, status ? status : "", sizeof(v->status));
     v->result_type = VERDICT_RT_NONE;
+    v->sts_recheck = false;
 }
 
 const char *verdict_result_type_name(enum verdict_result_type t)
@@ -94,6 +95,7 @@ const char *verdict_reason_name(enum verdict_reason r)
         [VR_DNS_TRANSIENT] = "dns-transient",
         [VR_EXPIRED] = "expired",
         [VR_EXPIRED_RECHECK] = "expired-recheck",
+        [VR_RECHECK_CHANGED] = "recheck-changed",
         [VR_ADMIN] = "admin",
         [VR_AUTH_FAILED] = "auth-failed",
     };
@@ -168,6 +170,9 @@ void verdict_attempt(const struct verdict_attempt_in *in, struct verdict *v)
          * for it, never deliver in plaintext or unverified. */
         set(v, VERDICT_DEFER, VR_POLICY, NULL);
         transient(in->policy_status, v->status, sizeof(v->status));
+        /* RFC 8461 5: the domain may have fixed its policy (perhaps under
+         * the same id): look again before the next attempt. */
+        v->sts_recheck = in->sts_enforce;
     } else if (!in->last) {
         set(v, VERDICT_DEFER, VR_NO_ADDRESS, "4.4.3");
     } else if (in->last->stage == SMTP_ST_AUTH) {
@@ -336,10 +341,22 @@ void verdict_expired(const struct verdict_expiry_in *in, struct verdict *v)
     bool policy_caused = in->can_recheck && in->have_last && in->last_mode == POLICY_MODE_ENFORCE &&
                          in->last_status.cls == 4 && in->last_status.subject == 7 &&
                          in->last_status.detail == 5;
-    if (policy_caused)
+    if (policy_caused) {
         set(v, VERDICT_DEFER, VR_EXPIRED_RECHECK, "4.4.7");
-    else
+        v->sts_recheck = true;
+    } else {
         set(v, VERDICT_BOUNCE, VR_EXPIRED, "4.4.7");
+    }
+}
+
+void verdict_recheck(const struct verdict_recheck_in *in, struct verdict *v)
+{
+    bool same = in->have_policy && in->mode == POLICY_MODE_ENFORCE &&
+                in->change == POLICY_CHANGE_NONE && in->same_as_last;
+    if (same)
+        set(v, VERDICT_BOUNCE, VR_EXPIRED, "4.4.7");
+    else
+        set(v, VERDICT_DEFER, VR_RECHECK_CHANGED, "4.4.7");
 }
 
 void verdict_local(struct verdict *v)

@@ -54,6 +54,8 @@ enum verdict_reason {
     VR_EXPIRED,              /* maximal_queue_lifetime ran out */
     VR_EXPIRED_RECHECK,      /* expired, but an enforce policy deferred the
                                 last attempt: recheck the policy first */
+    VR_RECHECK_CHANGED,      /* expired, and the recheck found another policy
+                                (or none): one more attempt under it */
     VR_ADMIN,                /* bounced by the mail administrator */
     VR_AUTH_FAILED,          /* SMTP AUTH to the next hop failed (a refusal,
                                 or TLS required for the credentials and not
@@ -94,6 +96,10 @@ struct verdict {
     char status[12]; /* the enhanced status to log, record and report */
     /* The RFC 8460 result type behind a TLS-caused outcome, else NONE. */
     enum verdict_result_type result_type;
+    /* An MTA-STS enforce policy caused this deferral: look for a newer
+     * policy (policy_recheck(), even under an unchanged id) before the
+     * next attempt to the domain (RFC 8461 5). */
+    bool sts_recheck;
 };
 
 /* ---- transactions ------------------------------------------------------------ */
@@ -120,6 +126,9 @@ struct verdict_attempt_in {
     const char *policy_status;
     /* The last address's outcome; NULL when no address was tried. */
     const struct smtp_outcome *last;
+    /* The policy that failed the hosts is an MTA-STS policy in enforce
+     * mode (not a tls_policy_file entry). */
+    bool sts_enforce;
 };
 
 /*
@@ -127,8 +136,9 @@ struct verdict_attempt_in {
  * never bounce (RFC 8461 5: a policy failure is never a bounce; Postfix's
  * smtp_skip_5xx_greeting: a 5xx greeting does not bounce mail). The status
  * is the policy's, else the last outcome's, with its class made 4; 4.4.3
- * when no address was tried. VR_AUTH_FAILED when the last address failed
- * in SMTP AUTH.
+ * when no address was tried. A deferral for an enforce MTA-STS policy asks
+ * for a recheck of the policy (sts_recheck). VR_AUTH_FAILED when the last
+ * address failed in SMTP AUTH.
  */
 void verdict_attempt(const struct verdict_attempt_in *in, struct verdict *v);
 
@@ -225,6 +235,23 @@ struct verdict_expiry_in {
  * policy before giving up (RFC 8461 5).
  */
 void verdict_expired(const struct verdict_expiry_in *in, struct verdict *v);
+
+struct verdict_recheck_in {
+    bool have_policy;          /* a policy applies after the recheck */
+    enum policy_mode mode;     /* its mode */
+    enum policy_change change; /* what the recheck changed (the whole policy
+                                  compared, policy_result.change) */
+    bool same_as_last;         /* it is the policy (id) the last attempt had */
+};
+
+/*
+ * The policy recheck of an expired recipient (VR_EXPIRED_RECHECK) is back:
+ * the same enforce policy as the last attempt, unchanged, bounces with
+ * 4.4.7 (VR_EXPIRED); another policy - a new id, new content under the
+ * same id, another mode, or none - gives one more attempt under it
+ * (VR_RECHECK_CHANGED, action DEFER).
+ */
+void verdict_recheck(const struct verdict_recheck_in *in, struct verdict *v);
 
 /* A local failure of the engine (out of memory, the queue unreadable):
  * defer with 4.3.0. */

@@ -585,6 +585,13 @@ static void ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, in
     if (f->next)
         f->next->prev = f->prev;
 
+    /* One query per flight however many waited for it (tries included). A
+     * failure is an answer that is neither data nor a definite "no". */
+    metric_add(MET_DNS_QUERIES, type_name(f->qtype), NULL, 1);
+    if (status != ARES_SUCCESS && status != ARES_ENODATA && status != ARES_ENOTFOUND &&
+        status != ARES_EDESTRUCTION && status != ARES_ECANCELLED)
+        metric_add(MET_DNS_FAILURES, type_name(f->qtype), NULL, 1);
+
     bool first = true;
     while (f->waiters) {
         struct sub *s = f->waiters;

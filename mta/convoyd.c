@@ -16,7 +16,16 @@
  * Readiness: when NOTIFY_SOCKET is set (systemd Type=notify), READY=1,
  * RELOADING=1, STOPPING=1 and STATUS= are sent by a hand-written sd_notify
  * (no libsystemd). Without -f the daemon detaches, and the parent exits only
- * once the child is ready (or with the child's failure status).
+ * once the child is ready (or with the child's failure status). With
+ * WatchdogSec= (WATCHDOG_USEC set, WATCHDOG_PID ours or absent), a loop
+ * timer sends WATCHDOG=1 at half the interval: a stuck loop stops sending
+ * and systemd restarts the daemon.
+ *
+ * Privileges: with mail_owner set and started as root, convoyd binds its
+ * listeners, opens the queue and the control socket, gives the state
+ * directory to mail_owner, then becomes mail_owner for good (base/privs.c)
+ * before it says READY=1. Started as another user it changes nothing;
+ * running as root without mail_owner is logged as a warning.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +53,7 @@ static int g_ready_fd = -1; /* write end of the detach pipe, or -1 */
 static int g_lock_fd = -1;
 
 static uv_signal_t sig_term, sig_int, sig_hup;
-static uv_timer_t stop_timer;
+static uv_timer_t stop_timer, watchdog_timer;
 static int64_t stop_deadline;
 static int signals_seen;
 
@@ -85,6 +94,27 @@ static uint64_t monotonic_usec(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The watchdog interval systemd asks for, in ms; 0 when there is none
+ * (sd_watchdog_enabled(3): WATCHDOG_USEC, for us when WATCHDOG_PID is
+ * absent or our pid). */
+static uint64_t watchdog_ms(void)
+{
+    const char *usec = getenv("WATCHDOG_USEC");
+    const char *pid = getenv("WATCHDOG_PID");
+    uint64_t u = 0, p = 0;
+    if (!usec || str_to_u64(usec, &u) != 0 || u == 0)
+        return 0;
+    if (pid && (str_to_u64(pid, &p) != 0 || p != (uint64_t)getpid()))
+        return 0;
+    return u / 1000 ? u / 1000 : 1;
+}
+
+static void watchdog_cb(uv_timer_t *t)
+{
+    (void)t;
+    notify("WATCHDOG=1");
 }
 
 /* ---- configuration ---------------------------------------------------- */
@@ -190,7 +220,9 @@ static void finish_stop(void)
     submission_close(&g_mta);
     mta_delivery_close(&g_mta);
     control_stop(&g_mta);
+    metrics_stop(&g_mta);
     uv_timer_stop(&stop_timer);
+    uv_timer_stop(&watchdog_timer);
     uv_signal_stop(&sig_term);
     uv_signal_stop(&sig_int);
     uv_signal_stop(&sig_hup);
@@ -219,6 +251,7 @@ static void begin_stop(int signum)
     notify("STOPPING=1\nSTATUS=stopping");
     submission_stop(&g_mta);
     delivery_stop(g_mta.delivery);
+    metrics_stop(&g_mta);
     stop_deadline = time_mono_ms() + g_mta.conf->daemon_shutdown_timeout * 1000;
     uv_timer_start(&stop_timer, stop_timer_cb, 0, 100);
 }
@@ -330,6 +363,33 @@ static void tell_parent(unsigned char status)
     }
 }
 
+/* Everything that needs root is done: give the state directory to
+ * mail_owner (files created since the first pass, as the queue and the
+ * control socket), then become it for good. Without drop, only warn when
+ * running as root. */
+static int become_owner(bool drop, uid_t uid, gid_t gid, struct buf *err)
+{
+    const struct conf *c = g_mta.conf;
+    if (!drop) {
+        if (geteuid() == 0)
+            log_warn("convoyd", "running as root: set mail_owner to the user convoyd should run "
+                                "as once it has bound its listeners");
+        return 0;
+    }
+    if (priv_chown_tree(c->queue_directory, uid, gid) != 0) {
+        buf_printf(err, "cannot give queue_directory %s to %s: %s", c->queue_directory,
+                   c->mail_owner, strerror(errno));
+        return ERR_IO;
+    }
+    char why[512] = "";
+    if (priv_drop(c->mail_owner, uid, gid, why, sizeof(why)) != 0) {
+        buf_printf(err, "mail_owner: %s", why);
+        return ERR_PERM;
+    }
+    log_info("convoyd", "running as %s (uid %ld, gid %ld)", c->mail_owner, (long)uid, (long)gid);
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: convoyd [-c FILE] [-o name=value]... [-f|--foreground] [-d] "
@@ -418,10 +478,28 @@ int main(int argc, char **argv)
         return 0;
     }
 
+    /* mail_owner was checked when the file was read (it exists and is not
+     * root); look it up again for its ids. */
+    bool drop = c->mail_owner[0] && geteuid() == 0;
+    uid_t owner_uid = 0;
+    gid_t owner_gid = 0;
+    char why[512] = "";
+    if (drop && priv_lookup(c->mail_owner, &owner_uid, &owner_gid, why, sizeof(why)) != 0) {
+        fprintf(stderr, "convoyd: mail_owner: %s\n", why);
+        conf_unref(c);
+        return EXIT_CONFIG;
+    }
+
     signal(SIGPIPE, SIG_IGN);
     if (make_dirs(c->queue_directory) != 0) {
         fprintf(stderr, "convoyd: cannot create queue_directory %s: %s\n", c->queue_directory,
                 strerror(errno));
+        conf_unref(c);
+        return 1;
+    }
+    if (drop && priv_chown_tree(c->queue_directory, owner_uid, owner_gid) != 0) {
+        fprintf(stderr, "convoyd: cannot give queue_directory %s to %s: %s\n", c->queue_directory,
+                c->mail_owner, strerror(errno));
         conf_unref(c);
         return 1;
     }
@@ -448,6 +526,7 @@ int main(int argc, char **argv)
     uv_signal_init(g_mta.loop, &sig_int);
     uv_signal_init(g_mta.loop, &sig_hup);
     uv_timer_init(g_mta.loop, &stop_timer);
+    uv_timer_init(g_mta.loop, &watchdog_timer);
     uv_signal_start(&sig_term, signal_cb, SIGTERM);
     uv_signal_start(&sig_int, signal_cb, SIGINT);
     uv_signal_start(&sig_hup, signal_cb, SIGHUP);
@@ -456,7 +535,9 @@ int main(int argc, char **argv)
     struct buf err;
     buf_init(&err, 4096);
     if (mta_queue_open(&g_mta, &err) != 0 || control_start(&g_mta, &err) != 0 ||
-        submission_start(&g_mta, &err) != 0 || mta_delivery_start(&g_mta, &err) != 0) {
+        submission_start(&g_mta, &err) != 0 || metrics_start(&g_mta, &err) != 0 ||
+        mta_delivery_start(&g_mta, &err) != 0 ||
+        become_owner(drop, owner_uid, owner_gid, &err) != 0) {
         log_err("convoyd", "fatal: %s", err.data ? err.data : "start-up failed");
         if (g_foreground)
             fprintf(stderr, "convoyd: %s\n", err.data ? err.data : "start-up failed");
@@ -467,6 +548,11 @@ int main(int argc, char **argv)
                  conf_path ? conf_path : "(built-in defaults)");
         notify("READY=1\nSTATUS=running\nMAINPID=%ld", (long)getpid());
         tell_parent(0);
+        uint64_t wd = watchdog_ms();
+        if (wd) {
+            notify("WATCHDOG=1");
+            uv_timer_start(&watchdog_timer, watchdog_cb, wd / 2, wd / 2 ? wd / 2 : 1);
+        }
         /* Log lines of the loop thread go out in one write per loop
          * iteration, just before the loop blocks (base/log.c). The handle
          * is unref'd: it never keeps the loop alive on its own. */
@@ -483,6 +569,7 @@ int main(int argc, char **argv)
     submission_close(&g_mta);
     mta_delivery_close(&g_mta);
     control_stop(&g_mta);
+    metrics_stop(&g_mta);
     mta_queue_close(&g_mta);
     uv_walk(g_mta.loop, close_walk_cb, NULL);
     uv_run(g_mta.loop, UV_RUN_DEFAULT);

@@ -86,6 +86,33 @@ void submission_reload_apply(struct mta *m, struct submission_update *u);
 void submission_reload_cancel(struct mta *m, struct submission_update *u);
 
 /*
+ * metrics.c: the Prometheus endpoint. metrics_start() registers the
+ * collector of the queue and session gauges and, when metrics_listen is
+ * set, binds it and serves GET /metrics (an error names the address).
+ * metrics_stop() closes the listener; requests in progress finish.
+ */
+int metrics_start(struct mta *m, struct buf *err);
+void metrics_stop(struct mta *m);
+
+/*
+ * signing.c: DKIM signing at acceptance. signing_load() loads the key table
+ * of a snapshot (*out NULL when dkim_key_table is empty; errors appended
+ * to err as FILE:LINE: why). signing_take() looks at an accepted message:
+ * 0 when it is not to be signed (no keys for its From domain: the caller
+ * queues it as it is), 1 when it took it (it queues the signed copy with
+ * enqueue and calls smtpd_session_done() itself), or an error.
+ */
+struct dkim_keytable;
+struct smtpd_session;
+struct smtpd_message;
+typedef int (*mta_enqueue_fn)(struct mta *m, const struct smtpd_message *msg, const char *body,
+                              size_t len, void (*cb)(void *arg, int status, const char *id),
+                              void *arg);
+int signing_load(const struct conf *c, struct dkim_keytable **out, struct buf *err);
+int signing_take(struct mta *m, struct dkim_keytable *keys, struct smtpd_session *s,
+                 const struct smtpd_message *msg, mta_enqueue_fn enqueue);
+
+/*
  * control.c: the control socket (<queue_directory>/control.sock, mode 0660,
  * line-delimited JSON). A handler gets the parsed request object (borrowed)
  * and must call control_reply() exactly once, now or later from the loop;

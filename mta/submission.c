@@ -14,6 +14,9 @@
  *  - Relay is allowed from mynetworks (of the configuration in force when
  *    the recipient is checked) or after AUTH; the smtp module decides the
  *    rest.
+ *  - DKIM (dkim_key_table): a message whose From domain has keys is handed
+ *    to signing.c, which queues the signed copy with submit() and answers
+ *    the session itself.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dkim.h"
 #include "mta.h"
 #include "queue.h"
 #include "smtp.h"
@@ -39,14 +43,17 @@ struct submission {
     struct smtpd *srv;
     struct sock *socks;
     size_t n_socks;
+    struct dkim_keytable *dkim; /* NULL: no signing */
 };
 
-/* A reload's new listener set, bound before anything else changes. */
+/* A reload's new listener set, bound before anything else changes, and its
+ * new DKIM key table. */
 struct submission_update {
     struct smtpd_opts o;
     char host[256];
     struct sock *socks; /* the new set: kept ones have l of the old set */
     size_t n_socks;
+    struct dkim_keytable *dkim;
 };
 
 static bool relay_allowed(void *arg, const struct sockaddr *client)
@@ -57,21 +64,20 @@ static bool relay_allowed(void *arg, const struct sockaddr *client)
 
 static void submitted(void *arg, int status, const char *id)
 {
+    /* Refusals are counted where the reply is sent (smtp/server.c). */
+    if (status == 0)
+        metric_add(MET_MSG_ACCEPTED, NULL, NULL, 1);
     smtpd_session_done(arg, status, id);
 }
 
-static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_message *msg)
+static int submit(struct mta *m, const struct smtpd_message *msg, const char *body, size_t len,
+                  void (*cb)(void *, int, const char *), void *arg)
 {
-    struct mta *m = arg;
-    if (!m->queue) {
-        smtpd_session_done(s, ERR_CLOSED, NULL);
-        return;
-    }
+    if (!m->queue)
+        return ERR_CLOSED;
     struct queue_rcpt_in *rc = calloc(msg->n_rcpts, sizeof(*rc));
-    if (!rc) {
-        smtpd_session_done(s, ERR_NOMEM, NULL);
-        return;
-    }
+    if (!rc)
+        return ERR_NOMEM;
     for (size_t i = 0; i < msg->n_rcpts; i++) {
         rc[i].addr = msg->rcpts[i].addr;
         rc[i].orcpt = msg->rcpts[i].orcpt[0] ? msg->rcpts[i].orcpt : NULL;
@@ -93,12 +99,26 @@ static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_me
                  (msg->eightbitmime ? QUEUE_F_8BITMIME : 0u) | (msg->tls[0] ? QUEUE_F_TLS : 0u),
     };
     /* Envelope and recipients are copied before queue_submit() returns; the
-     * body is the session's until smtpd_session_done(). */
-    int rc_submit =
-        queue_submit(m->queue, &env, rc, msg->n_rcpts, msg->body.ptr, msg->body.len, submitted, s);
+     * body must stay until the callback. */
+    int rc_submit = queue_submit(m->queue, &env, rc, msg->n_rcpts, body, len, cb, arg);
     free(rc);
-    if (rc_submit != 0)
-        smtpd_session_done(s, rc_submit, NULL);
+    return rc_submit;
+}
+
+static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_message *msg)
+{
+    struct mta *m = arg;
+    if (!m->queue) {
+        smtpd_session_done(s, ERR_CLOSED, NULL);
+        return;
+    }
+    int rc = signing_take(m, m->submission ? m->submission->dkim : NULL, s, msg, submit);
+    if (rc > 0)
+        return;
+    if (rc == 0)
+        rc = submit(m, msg, msg->body.ptr, msg->body.len, submitted, s);
+    if (rc != 0)
+        smtpd_session_done(s, rc, NULL);
 }
 
 static uint32_t ms_of(int64_t seconds)
@@ -289,18 +309,28 @@ int submission_start(struct mta *m, struct buf *err)
         free(socks);
         return rc;
     }
+    struct dkim_keytable *keys;
+    rc = signing_load(m->conf, &keys, err);
+    if (rc) {
+        drop_opts(&o);
+        free(socks);
+        return rc;
+    }
     struct submission *sub = calloc(1, sizeof(*sub));
     if (!sub) {
         drop_opts(&o);
         free(socks);
+        dkim_keytable_free(keys);
         return ERR_NOMEM;
     }
     sub->socks = socks;
     sub->n_socks = n_socks;
+    sub->dkim = keys;
     sub->srv = smtpd_new(m->loop, &o, err);
     drop_opts(&o);
     if (!sub->srv) {
         free(sub->socks);
+        dkim_keytable_free(sub->dkim);
         free(sub);
         return ERR_INVAL;
     }
@@ -310,11 +340,15 @@ int submission_start(struct mta *m, struct buf *err)
         if (rc) {
             smtpd_free(sub->srv);
             free(sub->socks);
+            dkim_keytable_free(sub->dkim);
             free(sub);
             return rc;
         }
     }
     m->submission = sub;
+    if (sub->dkim)
+        log_info("smtpd", "DKIM: %zu signing keys from %s", dkim_keytable_count(sub->dkim),
+                 m->conf->dkim_key_table);
     return 0;
 }
 
@@ -338,6 +372,8 @@ void submission_close(struct mta *m)
      * queue_close()), then the server frees itself as its handles close. */
     smtpd_free(sub->srv);
     free(sub->socks);
+    /* Signing jobs in flight hold their own references. */
+    dkim_keytable_free(sub->dkim);
     free(sub);
     m->submission = NULL;
 }
@@ -354,6 +390,7 @@ void submission_reload_cancel(struct mta *m, struct submission_update *u)
             smtpd_listener_close(k->l);
     }
     drop_opts(&u->o);
+    dkim_keytable_free(u->dkim);
     free(u->socks);
     free(u);
 }
@@ -368,12 +405,17 @@ int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_u
     struct submission_update *u = calloc(1, sizeof(*u));
     if (!u)
         return ERR_NOMEM;
+    /* The DKIM key table is loaded before anything changes, and swapped
+     * only when the rest of the reload has succeeded. */
     int rc = plan(c, &u->socks, &u->n_socks, err);
+    if (rc == 0)
+        rc = signing_load(c, &u->dkim, err);
     if (rc == 0)
         rc = make_opts(m, c, &u->o, u->host, sizeof(u->host), err);
     else
         memset(&u->o, 0, sizeof(u->o));
     if (rc) {
+        dkim_keytable_free(u->dkim);
         free(u->socks);
         free(u);
         return rc;
@@ -384,6 +426,7 @@ int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_u
     struct smtpd *check = smtpd_new(m->loop, &u->o, err);
     if (!check) {
         drop_opts(&u->o);
+        dkim_keytable_free(u->dkim);
         free(u->socks);
         free(u);
         return ERR_INVAL;
@@ -434,6 +477,10 @@ void submission_reload_apply(struct mta *m, struct submission_update *u)
     sub->n_socks = u->n_socks;
     u->socks = NULL;
     u->n_socks = 0;
+    dkim_keytable_free(sub->dkim);
+    sub->dkim = u->dkim;
+    if (sub->dkim)
+        log_info("smtpd", "DKIM: %zu signing keys (reloaded)", dkim_keytable_count(sub->dkim));
     drop_opts(&u->o);
     free(u);
 }

@@ -17,7 +17,33 @@ packages=(
     # tests: the DNSSEC world (a validating resolver, an authoritative
     # server, zone signing); the tests run them in the foreground
     unbound nsd ldnsutils
+    # packaging (scripts/package.sh) and its checks
+    debhelper dpkg-dev fakeroot lintian man-db groff-base util-linux
+    # tests: an independent DKIM verifier (dkimpy; python3-nacl for Ed25519)
+    python3-dkim python3-nacl
 )
+
+# promtool (checks the /metrics output) comes from Debian's prometheus
+# package; only that one program is taken out of it, into $promtool_dir,
+# so no Prometheus server is installed or started.
+promtool_dir=/usr/local/lib/convoy-tools
+install_promtool() {
+    [ -x "$promtool_dir/promtool" ] && return 0
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && "${SUDO[@]}" apt-get download -q prometheus >/dev/null 2>&1 \
+        || { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null \
+             && "${SUDO[@]}" apt-get download -q prometheus >/dev/null; })
+    "${SUDO[@]}" mkdir -p "$promtool_dir"
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb \
+        | "${SUDO[@]}" tar -x -C "$promtool_dir" --strip-components=3 ./usr/bin/promtool
+    rm -rf "$tmp"
+    echo "install-deps: promtool in $promtool_dir"
+}
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=(sudo)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -27,10 +53,10 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all ${#packages[@]} packages present"
+    install_promtool
     exit 0
 fi
 
-SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
     SUDO=(sudo)
@@ -58,5 +84,8 @@ if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
 fi
-"${SUDO[@]}" pkill -x nginx >/dev/null 2>&1 || true
+for prog in nginx unbound nsd; do
+    "${SUDO[@]}" pkill -x "$prog" >/dev/null 2>&1 || true
+done
+install_promtool
 echo "install-deps: done"

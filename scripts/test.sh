@@ -20,6 +20,9 @@ echo "== generated docs are current"
 build/bin/convoyctl config doc | diff -u docs/convoy.conf.5.md - \
     || { echo "docs/convoy.conf.5.md is stale: run build/bin/convoyctl config doc > docs/convoy.conf.5.md" >&2; exit 1; }
 
+echo "== man pages are current and render without warnings"
+scripts/man.sh --check
+
 echo "== tests (RelWithDebInfo)"
 (cd build && ctest --output-on-failure -j"$jobs")
 
@@ -47,4 +50,7 @@ if command -v clang >/dev/null; then
     cmake --build build-fuzz -j"$jobs"
     scripts/run-fuzzers.sh build-fuzz "${CONVOY_FUZZ_SECONDS:-20}"
 fi
+echo "== Debian package: build, lintian, install/upgrade/purge and a running service in a scratch root"
+scripts/package.sh
+if [ "$(id -u)" -eq 0 ]; then tests/package/test-package.sh dist/convoy_*.deb; else sudo tests/package/test-package.sh dist/convoy_*.deb; fi
 echo "== all tests passed"

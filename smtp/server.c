@@ -271,6 +271,18 @@ static void flush(struct smtpd_session *s);
 static void reply(struct smtpd_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A negative reply in a mail transaction (to MAIL, RCPT, DATA, BDAT or the
+ * end of the message) counts as a refusal, by the reason class of its
+ * enhanced status code ("550 5.7.1 ..." -> policy) and 4xx or 5xx. */
+static void count_refusal(const struct smtpd_session *s, const char *line)
+{
+    enum sstate st = s->state == SS_WAIT || s->state == SS_BDAT ? s->resume : s->state;
+    if (s->state != SS_WAIT && st != SS_READY && st != SS_MAIL && st != SS_RCPT && st != SS_DATA &&
+        s->state != SS_BDAT)
+        return;
+    metric_add(MET_MSG_REFUSED, metrics_reason_class(line + 4), line[0] == '4' ? "4xx" : "5xx", 1);
+}
+
 static void reply(struct smtpd_session *s, const char *fmt, ...)
 {
     va_list ap;
@@ -287,8 +299,10 @@ static void reply(struct smtpd_session *s, const char *fmt, ...)
         return;
     }
     char c = s->out.data[before];
-    if ((c == '4' || c == '5') && s->out.data[before + 3] == ' ')
+    if ((c == '4' || c == '5') && s->out.data[before + 3] == ' ') {
         s->errors++;
+        count_refusal(s, s->out.data + before);
+    }
 }
 
 static const char *client_name(const struct smtpd_session *s)
@@ -615,7 +629,11 @@ static void update_reading(struct smtpd_session *s)
 {
     if (s->closing)
         return;
-    bool want = s->state != SS_WAIT && tls_stream_queued(s->stream) < WRITE_HIGH &&
+    /* Reading goes on while the session waits for the owner (SS_WAIT):
+     * what arrives is kept, bounded by READ_CHUNK, and run when the wait
+     * ends. Stopping and starting the read for each message would cost
+     * two epoll_ctl(2) calls per message for nothing. */
+    bool want = tls_stream_queued(s->stream) < WRITE_HIGH &&
                 (s->state == SS_TLS || s->in.len - s->in_off < READ_CHUNK);
     if (!want)
         tls_stream_read_stop(s->stream);

@@ -14,13 +14,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define MAX 8
+#define PAUSE_RECS 8
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct pause_rec r[MAX], again[MAX];
-    size_t n = pause_file_parse((const char *)data, size, r, MAX, NULL, NULL);
-    if (n > MAX)
+    struct pause_rec r[PAUSE_RECS], again[PAUSE_RECS];
+    size_t n = pause_file_parse((const char *)data, size, r, PAUSE_RECS, NULL, NULL);
+    if (n > PAUSE_RECS)
         abort();
     for (size_t i = 0; i < n; i++) {
         if ((r[i].domain[0] && !pause_domain_ok(r[i].domain)) || r[i].since_ms <= 0 ||
@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buf_init(&b, 1 << 20);
     if (pause_file_format(r, n, &b) != 0)
         abort();
-    size_t m = pause_file_parse(b.data, b.len, again, MAX, NULL, NULL);
+    size_t m = pause_file_parse(b.data, b.len, again, PAUSE_RECS, NULL, NULL);
     if (m != n)
         abort();
     for (size_t i = 0; i < n; i++)

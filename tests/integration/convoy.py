@@ -66,6 +66,8 @@ class Daemon:
             os.unlink(sock_path)
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_sock.bind(sock_path)
+        # As systemd's: writable by a daemon that has given up root.
+        os.chmod(sock_path, 0o777)
         env = dict(os.environ, NOTIFY_SOCKET=sock_path)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

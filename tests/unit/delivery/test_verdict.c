@@ -125,12 +125,18 @@ static void test_attempt_table(void **state)
         enum verdict_reason reason;
         const char *status;
     } rows[] = {
-        {"5xx greeting on the last address", {NULL, &greet5}, VR_ALL_ADDRESSES_FAILED, "4.0.0"},
-        {"connection refused everywhere", {NULL, &refused}, VR_ALL_ADDRESSES_FAILED, "4.4.1"},
-        {"no address tried", {NULL, NULL}, VR_NO_ADDRESS, "4.4.3"},
-        {"enforce policy left no host", {"4.7.5", &refused}, VR_POLICY, "4.7.5"},
-        {"override failed with a 5.X.X", {"5.7.1", NULL}, VR_POLICY, "4.7.1"},
-        {"AUTH refused on the last address", {NULL, &auth535}, VR_AUTH_FAILED, "4.7.8"},
+        {"5xx greeting on the last address",
+         {NULL, &greet5, false},
+         VR_ALL_ADDRESSES_FAILED,
+         "4.0.0"},
+        {"connection refused everywhere",
+         {NULL, &refused, false},
+         VR_ALL_ADDRESSES_FAILED,
+         "4.4.1"},
+        {"no address tried", {NULL, NULL, false}, VR_NO_ADDRESS, "4.4.3"},
+        {"enforce policy left no host", {"4.7.5", &refused, true}, VR_POLICY, "4.7.5"},
+        {"override failed with a 5.X.X", {"5.7.1", NULL, false}, VR_POLICY, "4.7.1"},
+        {"AUTH refused on the last address", {NULL, &auth535, false}, VR_AUTH_FAILED, "4.7.8"},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         struct verdict v;
@@ -398,6 +404,69 @@ static void test_expiry_table(void **state)
     assert_int_equal(verdict_status_parse("").cls, 0);
 }
 
+/* RFC 8461 5: an enforce deferral asks for a policy recheck before the
+ * next attempt; an override's does not. */
+static void test_attempt_asks_recheck(void **state)
+{
+    (void)state;
+    struct smtp_outcome last;
+    memset(&last, 0, sizeof(last));
+    str_copy(last.status, "4.4.1", sizeof(last.status));
+    struct verdict v;
+    struct verdict_attempt_in in = {.policy_status = "4.7.5", .sts_enforce = true};
+    verdict_attempt(&in, &v);
+    assert_int_equal(v.reason, VR_POLICY);
+    assert_true(v.sts_recheck);
+    in.sts_enforce = false; /* a tls_policy_file entry failed the hosts */
+    verdict_attempt(&in, &v);
+    assert_false(v.sts_recheck);
+    struct verdict_attempt_in other = {.last = &last, .sts_enforce = true};
+    verdict_attempt(&other, &v);
+    assert_int_equal(v.reason, VR_ALL_ADDRESSES_FAILED);
+    assert_false(v.sts_recheck);
+}
+
+/* After the recheck of an expired recipient: only the same enforce policy,
+ * unchanged as a whole, bounces. */
+static void test_recheck_table(void **state)
+{
+    (void)state;
+    const struct {
+        const char *name;
+        bool have;
+        enum policy_mode mode;
+        enum policy_change change;
+        bool same;
+        enum verdict_action action;
+        enum verdict_reason reason;
+    } rows[] = {
+        {"same policy", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_NONE, true, VERDICT_BOUNCE,
+         VR_EXPIRED},
+        {"same id, new content", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_CONTENT, true,
+         VERDICT_DEFER, VR_RECHECK_CHANGED},
+        {"new id fetched", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_ID, false, VERDICT_DEFER,
+         VR_RECHECK_CHANGED},
+        {"changed before the recheck", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_NONE, false,
+         VERDICT_DEFER, VR_RECHECK_CHANGED},
+        {"now testing", true, POLICY_MODE_TESTING, POLICY_CHANGE_NONE, true, VERDICT_DEFER,
+         VR_RECHECK_CHANGED},
+        {"gone", false, POLICY_MODE_NONE, POLICY_CHANGE_NONE, false, VERDICT_DEFER,
+         VR_RECHECK_CHANGED},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        struct verdict_recheck_in in = {.have_policy = rows[i].have,
+                                        .mode = rows[i].mode,
+                                        .change = rows[i].change,
+                                        .same_as_last = rows[i].same};
+        struct verdict v;
+        verdict_recheck(&in, &v);
+        if (v.action != rows[i].action || v.reason != rows[i].reason)
+            fail_msg("row \"%s\": got action %d reason %s", rows[i].name, (int)v.action,
+                     verdict_reason_name(v.reason));
+        assert_string_equal(v.status, "4.4.7");
+    }
+}
+
 static void test_local_and_admin(void **state)
 {
     (void)state;
@@ -422,7 +491,8 @@ int main(void)
         cmocka_unit_test(test_reply_table),       cmocka_unit_test(test_no_connection),
         cmocka_unit_test(test_attempt_table),     cmocka_unit_test(test_tls_table),
         cmocka_unit_test(test_result_type_names), cmocka_unit_test(test_dns_table),
-        cmocka_unit_test(test_expiry_table),      cmocka_unit_test(test_local_and_admin),
+        cmocka_unit_test(test_expiry_table),      cmocka_unit_test(test_attempt_asks_recheck),
+        cmocka_unit_test(test_recheck_table),     cmocka_unit_test(test_local_and_admin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
