@@ -6,11 +6,13 @@
  * the credentials of its next hop. The SMTP client runs the exchange
  * (smtp/client.c); the verdict classifies a failure (VR_AUTH_FAILED).
  *
- * Lookup order, as Postfix's SASL_README describes it: the next-hop
- * destination as written (relayhost "[host]:port", or the recipient domain
- * for MX delivery), then the name of the remote host the connection goes
- * to. conf_sasl_find() tries each with and without the port and in both
- * bracket forms.
+ * Lookup order: the next-hop destination as written (relayhost
+ * "[host]:port", or the recipient domain for MX delivery), then the name of
+ * the remote host the connection goes to. conf_sasl_find() tries each with
+ * and without the port and in both bracket forms. (Postfix's
+ * smtp_sasl_glue.c asks for the remote host name before the next hop; the
+ * order matters only to a table that has both keys with different
+ * credentials, and the next hop as written is what operators key on.)
  *
  * Invariant: no password is ever logged here; the client copies what it is
  * given, so a reload may free the table under a session in progress.

@@ -8,7 +8,10 @@
  * (PIPELINING: replies are sent when the input runs dry); RFC 1870 (SIZE);
  * RFC 6152 (8BITMIME); RFC 2034 / 3463 (enhanced status codes); RFC 6531
  * (SMTPUTF8); RFC 3461 (DSN); RFC 3207 (STARTTLS); RFC 4954, 4616 (AUTH
- * PLAIN, LOGIN); RFC 3030 (CHUNKING); RFC 5322 3.6 (Date:, Message-ID:).
+ * PLAIN, LOGIN); RFC 3030 (CHUNKING); RFC 5322 3.6 (Date:, Message-ID:);
+ * RFC 6409 4.3 (submission: AUTH before MAIL from every client) and RFC 8314
+ * 3.3 (submissions: TLS from the first byte, greeting after the handshake)
+ * as listener roles.
  *
  * Shape (see STYLE.md): tls_stream (TCP, TLS after STARTTLS) -> input
  * buffer -> line reader or DATA/BDAT reader -> command handlers -> the
