@@ -38,6 +38,14 @@ def make_hash(password):
     return r.stdout.strip()
 
 
+def check_sanitizers(daemon):
+    """In a sanitizer build, the daemon's log must hold no sanitizer report."""
+    log = daemon.log_text()
+    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+        if marker in log:
+            raise AssertionError("sanitizer report in convoyd's log:\n" + log[log.index(marker) - 200:])
+
+
 def refused(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3):
@@ -78,6 +86,7 @@ class Roles(unittest.TestCase):
     def tearDownClass(cls):
         try:
             cls.daemon.stop()
+            check_sanitizers(cls.daemon)
         finally:
             cls.daemon.close()
             cls.tmp.cleanup()
@@ -213,6 +222,7 @@ class Reload(unittest.TestCase):
         self.daemon = Daemon(self.base + "smtpd_listen = 127.0.0.1:%d, 127.0.0.1:%d\n"
                              % (self.pa, self.pb))
         self.addCleanup(self.daemon.close)
+        self.addCleanup(lambda: (self.daemon.stop(), check_sanitizers(self.daemon)))
         self.daemon.start()
 
     def reload(self, listen):

@@ -31,6 +31,14 @@ WRONG = "Wrong-7Hd2-frobozz"
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: via smart host\r\n\r\nhello\r\n"
 
 
+def check_sanitizers(daemon):
+    """In a sanitizer build, the daemon's log must hold no sanitizer report."""
+    log = daemon.log_text()
+    for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+        if marker in log:
+            raise AssertionError("sanitizer report in convoyd's log:\n" + log[log.index(marker) - 200:])
+
+
 class SmartHost:
     """aiosmtpd on 127.0.0.1:port: AUTH required before MAIL, STARTTLS
     offered when tls is given (and then required before AUTH). Records
@@ -142,6 +150,12 @@ class Base(unittest.TestCase):
         ]) + "\n"
         self.daemon = Daemon(self.conf)
         self.addCleanup(self.daemon.close)
+        self.addCleanup(self.stop_and_check)
+
+    def stop_and_check(self):
+        if self.daemon.proc and self.daemon.proc.poll() is None:
+            self.daemon.stop()
+        check_sanitizers(self.daemon)
 
     def write_map(self, text, mode=0o600):
         with open(self.map, "w") as f:
