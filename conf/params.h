@@ -63,7 +63,13 @@
       "Most time between two delivery attempts of a deferred recipient")                           \
     /* --- SMTP server (submission) --- */                                                         \
     P(smtpd_listen, LIST, "127.0.0.1:2525", "listen",                                              \
-      "Addresses and ports the SMTP server listens on: 127.0.0.1:2525, [::1]:2525, *:25")          \
+      "Addresses and ports the SMTP server listens on, each with an optional role: "               \
+      "127.0.0.1:25 or 127.0.0.1:25/smtp (relay for mynetworks or after AUTH, STARTTLS "           \
+      "offered), [::]:587/submission (RFC 6409: AUTH required before MAIL from every client, "     \
+      "offered only after STARTTLS), 0.0.0.0:465/submissions (RFC 8314: TLS from the first byte, " \
+      "AUTH required); *:25 means every IPv4 and IPv6 address. submission and submissions need "   \
+      "smtpd_tls_cert_file and smtpd_auth_file. Changes apply on reload: new addresses are "       \
+      "opened, removed ones closed (their sessions finish), the others kept")                      \
     P(mynetworks, LIST, "127.0.0.0/8 [::1]/128", "cidr",                                           \
       "Client networks that may relay without authentication")                                     \
     P(smtpd_banner, STR, "ESMTP Convoy", "",                                                       \
@@ -143,6 +149,17 @@
       "Per-destination limits, lines \"domain concurrency=N rate=N/s recipients=N\" (any of "      \
       "the three; rate also N/m, N/h): a cap on connections, a message rate and recipients per "   \
       "transaction; keys as transport_maps (without *); empty means none")                         \
+    P(smtp_sasl_auth_enable, BOOL, "no", "",                                                       \
+      "Log in to the next hop (a smart host) with SMTP AUTH (RFC 4954: PLAIN, or LOGIN when "      \
+      "PLAIN is not offered) using the credentials smtp_sasl_password_maps has for it")            \
+    P(smtp_sasl_password_maps, STR, "", "path",                                                    \
+      "File of \"[host]:port user:password\" lines (also \"host\" and \"[host]\" keys), as "       \
+      "Postfix's; looked up by the next hop as written in relayhost, then by the remote host "     \
+      "name. It must not be readable by others (mode 0600 or 0640). Read at start and on reload")  \
+    P(smtp_sasl_tls_required, BOOL, "yes", "",                                                     \
+      "Send credentials only over TLS: a session to a host with credentials that has no TLS is "   \
+      "deferred with 4.7.0 and the password is never sent (as Postfix's "                          \
+      "smtp_sasl_security_options = noplaintext)")                                                 \
     P(smtp_tls_CAfile, STR, "", "path",                                                            \
       "PEM file of trusted root certificates for verified TLS (MX hosts and MTA-STS policy "       \
       "hosts); empty means the system trust store")                                                \

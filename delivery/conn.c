@@ -351,6 +351,10 @@ static void conn_connect(struct conn *cn)
         .cb = conn_event,
         .arg = cn,
     };
+    /* SMTP AUTH to the next hop (auth.c): the client is told, and copies,
+     * the credentials; TLS before them unless smtp_sasl_tls_required = no. */
+    conn_auth(cn, &o.auth_user, &o.auth_password);
+    o.auth_tls_required = cf->smtp_sasl_tls_required;
     if (!cn->plain_retry)
         cn->tried++;
     int err = 0;

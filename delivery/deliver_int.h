@@ -305,6 +305,8 @@ struct delivery {
     /* relayhost, parsed */
     bool relay;
     struct conf_hostport relayhost;
+    /* smtp_sasl_password_maps when smtp_sasl_auth_enable (auth.c), or NULL */
+    struct conf_map *sasl;
     /* MTA-STS (policy/) and the operator's tls_policy_file. */
     struct policy *pol;
     struct policy_overrides *ov;
@@ -512,6 +514,16 @@ void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const s
 bool conn_target_allowed(struct conn *cn);
 /* The session is ready: a testing policy reports what would have failed. */
 void conn_ready_policy(struct conn *cn, const struct tls_facts *f);
+
+/* ---- auth.c: SMTP AUTH to the next hop --------------------------------------- */
+
+/* The smtp_sasl_password_maps of c when smtp_sasl_auth_enable, else NULL
+ * (*out). 0, or ERR_INVAL with "FILE:LINE: reason" / "parameter: reason"
+ * lines appended to err (never a password). */
+int delivery_sasl_load(const struct conf *c, struct conf_map **out, struct buf *err);
+/* The credentials for the connection's next hop, then its current remote
+ * host; false (both NULL) when none. The strings belong to dl->sasl. */
+bool conn_auth(const struct conn *cn, const char **user, const char **password);
 
 /* ---- dest.c: destinations -------------------------------------------------- */
 

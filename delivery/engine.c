@@ -129,6 +129,7 @@ void deliver_maybe_free(struct delivery *dl)
     policy_overrides_free(dl->ov);
     conf_map_free(dl->transport);
     conf_map_free(dl->limits);
+    conf_map_free(dl->sasl);
     conf_unref(dl->conf);
     free(dl);
 }
@@ -235,16 +236,19 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
         free(dl);
         return ERR_INVAL;
     }
-    /* transport_maps and destination_limits: a bad line refuses the start. */
+    /* transport_maps and destination_limits: a bad line refuses the start;
+     * so does a smart-host credentials table that does not load. */
     rc = route_load(dl->conf, &dl->transport, &dl->limits, err);
     if (rc == 0)
+        rc = delivery_sasl_load(dl->conf, &dl->sasl, err);
+    if (rc == 0)
         rc = delivery_policy_new(dl, err);
-    else
+    if (rc != 0) {
         while (err->len > 0 && err->data[err->len - 1] == '\n')
             err->data[--err->len] = '\0';
-    if (rc != 0) {
         conf_map_free(dl->transport);
         conf_map_free(dl->limits);
+        conf_map_free(dl->sasl);
         policy_overrides_free(dl->ov);
         tls_ctx_free(dl->tls_ctx);
         dns_free(dl->dns);

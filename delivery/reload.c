@@ -32,6 +32,7 @@ struct delivery_update {
     struct policy_update *pu;
     struct conf_map *transport; /* transport_maps (route.c) */
     struct conf_map *limits;    /* destination_limits */
+    struct conf_map *sasl;      /* smtp_sasl_password_maps, or NULL */
     bool sts_changed;
     char no_tls_why[256]; /* why ctx is NULL (logged when applied) */
 };
@@ -41,6 +42,7 @@ void delivery_reload_cancel(struct delivery_update *u)
     if (!u)
         return;
     policy_overrides_free(u->ov);
+    conf_map_free(u->sasl);
     tls_ctx_free(u->ctx);
     policy_update_free(u->pu);
     conf_map_free(u->transport);
@@ -91,8 +93,10 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
         return ERR_INVAL;
     }
     /* transport_maps and destination_limits: a bad line (FILE:LINE: why)
-     * refuses the reload; the old tables stay. */
-    if (route_load(c, &u->transport, &u->limits, err) != 0) {
+     * refuses the reload; the old tables stay. So does a smart-host
+     * credentials table that does not load (or that others can read). */
+    if (route_load(c, &u->transport, &u->limits, err) != 0 ||
+        delivery_sasl_load(c, &u->sasl, err) != 0) {
         delivery_reload_cancel(u);
         return ERR_INVAL;
     }
@@ -164,6 +168,9 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
     policy_overrides_free(dl->ov);
     dl->ov = u->ov;
     u->ov = NULL;
+    conf_map_free(dl->sasl);
+    dl->sasl = u->sasl;
+    u->sasl = NULL;
     for (struct dest *d = dl->dests; d; d = d->next)
         dest_quit_idle(d);
     tls_ctx_free(dl->tls_ctx);

@@ -97,11 +97,14 @@ const char *verdict_reason_name(enum verdict_reason r)
         [VR_EXPIRED_RECHECK] = "expired-recheck",
         [VR_RECHECK_CHANGED] = "recheck-changed",
         [VR_ADMIN] = "admin",
+        [VR_AUTH_FAILED] = "auth-failed",
     };
     return (unsigned)r < VR_REASON_COUNT && names[r] ? names[r] : "?";
 }
 
 /* ---- transactions ------------------------------------------------------------ */
+
+static void transient(const char *in, char *out, size_t size);
 
 void verdict_reply(const struct smtp_outcome *o, struct verdict *v)
 {
@@ -111,7 +114,13 @@ void verdict_reply(const struct smtp_outcome *o, struct verdict *v)
         return;
     }
     int cls = o->code / 100;
-    if (o->err == ERR_TLS) {
+    if (o->stage == SMTP_ST_AUTH) {
+        /* The next hop refused our credentials (535 ...), or they could not
+         * be sent safely: the operator's to fix, never the sender's: defer
+         * (Postfix's smtp_sasl_auth_soft_bounce = yes). */
+        set(v, VERDICT_DEFER, VR_AUTH_FAILED, NULL);
+        transient(o->status[0] ? o->status : "4.7.0", v->status, sizeof(v->status));
+    } else if (o->err == ERR_TLS) {
         /* A TLS requirement (or a TLS failure) is never permanent, whatever
          * a reply to STARTTLS said. */
         set(v, VERDICT_DEFER, VR_TLS_REQUIRED, o->status);
@@ -166,6 +175,9 @@ void verdict_attempt(const struct verdict_attempt_in *in, struct verdict *v)
         v->sts_recheck = in->sts_enforce;
     } else if (!in->last) {
         set(v, VERDICT_DEFER, VR_NO_ADDRESS, "4.4.3");
+    } else if (in->last->stage == SMTP_ST_AUTH) {
+        set(v, VERDICT_DEFER, VR_AUTH_FAILED, NULL);
+        transient(in->last->status[0] ? in->last->status : "4.7.0", v->status, sizeof(v->status));
     } else {
         /* Every address failed: retry later, whatever the last one said
          * (Postfix's smtp_skip_5xx_greeting: a 5xx greeting does not bounce

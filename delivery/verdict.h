@@ -57,6 +57,10 @@ enum verdict_reason {
     VR_RECHECK_CHANGED,      /* expired, and the recheck found another policy
                                 (or none): one more attempt under it */
     VR_ADMIN,                /* bounced by the mail administrator */
+    VR_AUTH_FAILED,          /* SMTP AUTH to the next hop failed (a refusal,
+                                or TLS required for the credentials and not
+                                there): never permanent, as Postfix's
+                                smtp_sasl_auth_soft_bounce */
     VR_REASON_COUNT
 };
 
@@ -105,7 +109,9 @@ struct verdict {
  * delivered; 5xx bounces; 4xx, lost connections and timeouts defer; a
  * reply that makes no sense defers; a refusal before sending (no reply, no
  * error, a 5.X.X status) bounces; a TLS requirement defers whatever the
- * code; no outcome at all defers with 4.3.0. The status is the outcome's.
+ * code; an AUTH failure (stage SMTP_ST_AUTH) defers whatever the code, its
+ * status made 4.X.X; no outcome at all defers with 4.3.0. The status is the
+ * outcome's.
  */
 void verdict_reply(const struct smtp_outcome *o, struct verdict *v);
 
@@ -131,7 +137,8 @@ struct verdict_attempt_in {
  * smtp_skip_5xx_greeting: a 5xx greeting does not bounce mail). The status
  * is the policy's, else the last outcome's, with its class made 4; 4.4.3
  * when no address was tried. A deferral for an enforce MTA-STS policy asks
- * for a recheck of the policy (sts_recheck).
+ * for a recheck of the policy (sts_recheck). VR_AUTH_FAILED when the last
+ * address failed in SMTP AUTH.
  */
 void verdict_attempt(const struct verdict_attempt_in *in, struct verdict *v);
 

@@ -57,6 +57,10 @@ static const struct reply_row reply_rows[] = {
     {"554 to STARTTLS with TLS required", SMTP_ACT_DEFER, 554, "4.7.4", SMTP_ST_STARTTLS, ERR_TLS,
      VERDICT_DEFER, VR_TLS_REQUIRED, "4.7.4"},
     {"no outcome", SMTP_ACT_NONE, 0, "", SMTP_ST_IDLE, 0, VERDICT_DEFER, VR_NO_RESULT, "4.3.0"},
+    {"535 to AUTH (wrong password)", SMTP_ACT_DEFER, 535, "5.7.8", SMTP_ST_AUTH, ERR_PROTO,
+     VERDICT_DEFER, VR_AUTH_FAILED, "4.7.8"},
+    {"AUTH needs TLS, none", SMTP_ACT_DEFER, 0, "4.7.0", SMTP_ST_AUTH, ERR_PERM, VERDICT_DEFER,
+     VR_AUTH_FAILED, "4.7.0"},
 };
 
 static void test_reply_table(void **state)
@@ -111,6 +115,10 @@ static void test_attempt_table(void **state)
     refused.action = SMTP_ACT_DEFER;
     refused.code = 0;
     str_copy(refused.status, "4.4.1", sizeof(refused.status));
+    struct smtp_outcome auth535 = greet5;
+    auth535.code = 535;
+    auth535.stage = SMTP_ST_AUTH;
+    str_copy(auth535.status, "5.7.8", sizeof(auth535.status));
     const struct {
         const char *name;
         struct verdict_attempt_in in;
@@ -128,6 +136,7 @@ static void test_attempt_table(void **state)
         {"no address tried", {NULL, NULL, false}, VR_NO_ADDRESS, "4.4.3"},
         {"enforce policy left no host", {"4.7.5", &refused, true}, VR_POLICY, "4.7.5"},
         {"override failed with a 5.X.X", {"5.7.1", NULL, false}, VR_POLICY, "4.7.1"},
+        {"AUTH refused on the last address", {NULL, &auth535, false}, VR_AUTH_FAILED, "4.7.8"},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         struct verdict v;
