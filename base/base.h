@@ -114,6 +114,10 @@ bool host_name_ok(const char *s, size_t n, unsigned flags);
 /* The domain of an address: what follows its last '@', ASCII-lowercased,
  * without one trailing dot; "" when there is no '@'. Truncated to size. */
 void addr_domain(const char *addr, char *out, size_t size);
+struct sockaddr;
+/* A socket address as "1.2.3.4:25" or "[::1]:25" (what logs and listener
+ * keys show); "?" for another family. Truncated to size. */
+void sockaddr_text(const struct sockaddr *sa, char *out, size_t size);
 
 /* ---- files ------------------------------------------------------------ */
 

@@ -7,7 +7,11 @@
  * RFC 1035 2.3.4: labels of at most 63 octets, and 253 characters for the
  * name written without its root dot.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "base.h"
 
@@ -69,4 +73,20 @@ void addr_domain(const char *addr, char *out, size_t size)
     if (k > 0 && out[k - 1] == '.')
         k--;
     out[k] = '\0';
+}
+
+void sockaddr_text(const struct sockaddr *sa, char *out, size_t size)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+        snprintf(out, size, "[%s]:%u", ip, ntohs(a->sin6_port));
+    } else if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+        snprintf(out, size, "%s:%u", ip, ntohs(a->sin_port));
+    } else {
+        snprintf(out, size, "?");
+    }
 }

@@ -189,6 +189,44 @@ int conf_parse_hostport(const char *s, bool allow_no_port, struct conf_hostport 
     return 0;
 }
 
+const char *conf_listen_role_name(enum conf_listen_role r)
+{
+    switch (r) {
+    case CONF_LISTEN_SUBMISSION:
+        return "submission";
+    case CONF_LISTEN_SUBMISSIONS:
+        return "submissions";
+    case CONF_LISTEN_SMTP:
+        break;
+    }
+    return "smtp";
+}
+
+int conf_parse_listen(const char *s, struct conf_hostport *out, enum conf_listen_role *role)
+{
+    *role = CONF_LISTEN_SMTP;
+    const char *slash = strrchr(s, '/');
+    char addr[300];
+    if (slash) {
+        const char *r = slash + 1;
+        if (strcmp(r, "smtp") == 0)
+            *role = CONF_LISTEN_SMTP;
+        else if (strcmp(r, "submission") == 0)
+            *role = CONF_LISTEN_SUBMISSION;
+        else if (strcmp(r, "submissions") == 0)
+            *role = CONF_LISTEN_SUBMISSIONS;
+        else
+            return ERR_INVAL;
+        size_t n = (size_t)(slash - s);
+        if (n >= sizeof(addr))
+            return ERR_INVAL;
+        memcpy(addr, s, n);
+        addr[n] = '\0';
+        s = addr;
+    }
+    return conf_parse_hostport(s, false, out);
+}
+
 static bool is_ip_literal(const char *h)
 {
     uint8_t a[16];
@@ -325,10 +363,13 @@ static bool check_kind(const char *kind, const char *v, char *why, size_t whylen
     } else if (strcmp(kind, "listen") == 0) {
         if (!*v)
             return true; /* an empty single address turns the listener off */
-        if (conf_parse_hostport(v, false, &hp) == 0 &&
+        enum conf_listen_role role;
+        if (conf_parse_listen(v, &hp, &role) == 0 &&
             (strcmp(hp.host, "*") == 0 || is_ip_literal(hp.host)))
             return true;
-        snprintf(why, whylen, "expected address:port such as 127.0.0.1:2525, [::1]:25 or *:25");
+        snprintf(why, whylen,
+                 "expected address:port such as 127.0.0.1:2525, [::1]:25 or *:25, optionally "
+                 "followed by /smtp, /submission or /submissions");
     } else if (strcmp(kind, "hostport") == 0) {
         if (conf_parse_hostport(v, true, &hp) == 0 && is_ip_literal(hp.host))
             return true;

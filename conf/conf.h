@@ -125,6 +125,18 @@ bool conf_cidr_match(const struct conf_cidr *net, const struct sockaddr *sa);
 /* "host:port", "[v6]:port", "*:port", "host" (port 0 when allow_no_port). */
 int conf_parse_hostport(const char *s, bool allow_no_port, struct conf_hostport *out);
 
+/* The role of an smtpd_listen entry ("ADDR:PORT[/ROLE]"). */
+enum conf_listen_role {
+    CONF_LISTEN_SMTP,        /* /smtp or none: relay for mynetworks or after AUTH */
+    CONF_LISTEN_SUBMISSION,  /* /submission: RFC 6409, AUTH required, after STARTTLS */
+    CONF_LISTEN_SUBMISSIONS, /* /submissions: RFC 8314 implicit TLS, AUTH required */
+};
+/* "smtp", "submission", "submissions". */
+const char *conf_listen_role_name(enum conf_listen_role r);
+/* Split an smtpd_listen entry into its address ("*:25", "[::1]:587") and
+ * role. 0 or ERR_INVAL (no port, an unknown role). */
+int conf_parse_listen(const char *s, struct conf_hostport *out, enum conf_listen_role *role);
+
 /* Markdown reference of every parameter (docs/convoy.conf.5.md). */
 int conf_doc_markdown(struct buf *out);
 

@@ -52,13 +52,24 @@
     P(bounce_queue_lifetime, TIME, "5d", "0..100d",                                                \
       "How long a delivery status notification (bounce) may stay deferred before it is "           \
       "discarded")                                                                                 \
+    P(delay_warning_time, TIME, "0", "0..100d",                                                    \
+      "How long a recipient may stay deferred (counted from the message's arrival) before the "    \
+      "sender gets one \"delayed\" delivery status notification (RFC 3464) for the message; 0 "    \
+      "means never. Recipients with NOTIFY=DELAY, or with no NOTIFY, are reported; none goes to "  \
+      "the null sender")                                                                           \
     P(minimal_backoff_time, TIME, "300s", "1s..1d",                                                \
       "Least time between two delivery attempts of a deferred recipient")                          \
     P(maximal_backoff_time, TIME, "4000s", "1s..7d",                                               \
       "Most time between two delivery attempts of a deferred recipient")                           \
     /* --- SMTP server (submission) --- */                                                         \
     P(smtpd_listen, LIST, "127.0.0.1:2525", "listen",                                              \
-      "Addresses and ports the SMTP server listens on: 127.0.0.1:2525, [::1]:2525, *:25")          \
+      "Addresses and ports the SMTP server listens on, each with an optional role: "               \
+      "127.0.0.1:25 or 127.0.0.1:25/smtp (relay for mynetworks or after AUTH, STARTTLS "           \
+      "offered), [::]:587/submission (RFC 6409: AUTH required before MAIL from every client, "     \
+      "offered only after STARTTLS), 0.0.0.0:465/submissions (RFC 8314: TLS from the first byte, " \
+      "AUTH required); *:25 means every IPv4 and IPv6 address. submission and submissions need "   \
+      "smtpd_tls_cert_file and smtpd_auth_file. Changes apply on reload: new addresses are "       \
+      "opened, removed ones closed (their sessions finish), the others kept")                      \
     P(mynetworks, LIST, "127.0.0.0/8 [::1]/128", "cidr",                                           \
       "Client networks that may relay without authentication")                                     \
     P(smtpd_banner, STR, "ESMTP Convoy", "",                                                       \
@@ -99,6 +110,10 @@
     P(smtpd_auth_file, STR, "", "path",                                                            \
       "File of \"user:hash\" lines (crypt(3) hashes: yescrypt, SHA-512-crypt, ...) for AUTH "      \
       "PLAIN and LOGIN, offered only after STARTTLS; empty means no AUTH")                         \
+    P(smtpd_sender_login_maps, STR, "", "path",                                                    \
+      "Which senders an authenticated client may use, lines \"address-or-@domain "                 \
+      "login[,login...]\"; a sender not mapped to the client's login gets 553 5.7.1 at MAIL "      \
+      "FROM; unauthenticated clients are not affected; empty means no check")                      \
     /* --- delivery --- */                                                                         \
     P(relayhost, STR, "", "relayhost",                                                             \
       "Send all mail through this host instead of MX lookups: host, host:port, or [host]:port "    \
@@ -110,6 +125,41 @@
       "Most concurrent delivery connections to one destination domain")                            \
     P(default_destination_recipient_limit, INT, "50", "1..1000",                                   \
       "Most recipients in one delivery transaction")                                               \
+    P(initial_destination_concurrency, INT, "5", "1..1000",                                        \
+      "Delivery connections a destination starts with; one more is allowed after each "            \
+      "successful delivery, up to default_destination_concurrency_limit (or the destination's "    \
+      "destination_limits concurrency), and one fewer after each attempt in which no address "     \
+      "could be reached (as Postfix's qmgr)")                                                      \
+    P(smtp_destination_dead_threshold, INT, "3", "1..1000",                                        \
+      "Consecutive delivery attempts to a destination in which no address gave a usable session "  \
+      "(connection refused or timed out, greeting or EHLO refused) after which the destination "   \
+      "is marked dead: its mail is deferred without connecting until "                             \
+      "smtp_destination_dead_time has passed, then one probe connection at a time tests it")       \
+    P(smtp_destination_dead_time, TIME, "300s", "1s..1d",                                          \
+      "How long a dead destination is left alone before the next probe (Postfix uses "             \
+      "minimal_backoff_time for this)")                                                            \
+    P(transport_maps, STR, "", "path",                                                             \
+      "Per-domain routing in a subset of Postfix transport(5) syntax: \"example.net "              \
+      "smtp:[host]:port\", \".example.net smtp:host\" (subdomains), \"example.org "                \
+      "relay:[host]\", "                                                                           \
+      "\"bad.test error:5.1.1 text\" (bounce at once), \"slow.test defer:4.3.0 text\", \"* "       \
+      "smtp:[host]\" (default); exact name, then parent domains, then *. A matched entry wins "    \
+      "over relayhost; MTA-STS and DANE do not apply to another next hop; empty means none")       \
+    P(destination_limits, STR, "", "path",                                                         \
+      "Per-destination limits, lines \"domain concurrency=N rate=N/s recipients=N\" (any of "      \
+      "the three; rate also N/m, N/h): a cap on connections, a message rate and recipients per "   \
+      "transaction; keys as transport_maps (without *); empty means none")                         \
+    P(smtp_sasl_auth_enable, BOOL, "no", "",                                                       \
+      "Log in to the next hop (a smart host) with SMTP AUTH (RFC 4954: PLAIN, or LOGIN when "      \
+      "PLAIN is not offered) using the credentials smtp_sasl_password_maps has for it")            \
+    P(smtp_sasl_password_maps, STR, "", "path",                                                    \
+      "File of \"[host]:port user:password\" lines (also \"host\" and \"[host]\" keys), as "       \
+      "Postfix's; looked up by the next hop as written in relayhost, then by the remote host "     \
+      "name. It must not be readable by others (mode 0600 or 0640). Read at start and on reload")  \
+    P(smtp_sasl_tls_required, BOOL, "yes", "",                                                     \
+      "Send credentials only over TLS: a session to a host with credentials that has no TLS is "   \
+      "deferred with 4.7.0 and the password is never sent (as Postfix's "                          \
+      "smtp_sasl_security_options = noplaintext)")                                                 \
     P(smtp_tls_CAfile, STR, "", "path",                                                            \
       "PEM file of trusted root certificates for verified TLS (MX hosts and MTA-STS policy "       \
       "hosts); empty means the system trust store")                                                \
@@ -165,7 +215,8 @@
       "they expire within this time, so they never lapse (RFC 8461 10.2)")                         \
     P(sts_fetch_retry_time, TIME, "5m", "5m..1d",                                                  \
       "Least time before a failed MTA-STS policy fetch is tried again for the same id (RFC "       \
-      "8461 3.3: at least five minutes)")                                                          \
+      "8461 3.3: at least five minutes); also the least time between two refetches of a "          \
+      "domain's unchanged policy id after an enforce policy deferred its mail (RFC 8461 5)")       \
     P(tls_policy_file, STR, "", "path",                                                            \
       "Per-domain TLS overrides that apply before MTA-STS, in Postfix smtp_tls_policy_maps "       \
       "text syntax: \"example.com secure match=mx.example.com\", \"example.net may\", "            \

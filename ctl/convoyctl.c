@@ -38,6 +38,7 @@ static void usage(FILE *f)
                "      FILTER: --state S --from RE --to RE --domain D --reason RE\n"
                "              --older DUR --younger DUR\n"
                "  dns mx|a|aaaa|txt NAME            what the resolver sees\n"
+               "  dane check DOMAIN [--json]        DANE (RFC 7672) as delivery sees it\n"
                "  sts parse|show|list|forget|refresh|check ...\n"
                "                                    MTA-STS policies (convoyctl sts for details)\n"
                "  tls verify CERTFILE --host NAME [--CAfile FILE] [--json]\n"
@@ -173,9 +174,9 @@ static const struct {
     const char *name;
     int (*run)(struct conf *c, int argc, char **argv);
 } commands[] = {
-    {"config", cmd_config}, {"queue", ctl_queue},   {"dns", ctl_dns},     {"status", ctl_status},
-    {"reload", ctl_reload}, {"sts", ctl_sts},       {"pause", ctl_pause}, {"resume", ctl_resume},
-    {"tls", ctl_tls},       {"tlsrpt", ctl_tlsrpt}, {"dkim", ctl_dkim},
+    {"config", cmd_config}, {"queue", ctl_queue}, {"dns", ctl_dns},       {"status", ctl_status},
+    {"reload", ctl_reload}, {"sts", ctl_sts},     {"dane", ctl_dane},     {"pause", ctl_pause},
+    {"resume", ctl_resume}, {"tls", ctl_tls},     {"tlsrpt", ctl_tlsrpt}, {"dkim", ctl_dkim},
 };
 
 int main(int argc, char **argv)

@@ -11,6 +11,7 @@
 #define CONVOY_CTL_H
 
 #include <jansson.h>
+#include <uv.h>
 
 #include "base.h"
 #include "conf.h"
@@ -33,6 +34,7 @@ int ctl_request(const struct conf *c, json_t *request, json_t **response, int ti
 int ctl_queue(struct conf *c, int argc, char **argv);
 int ctl_dns(struct conf *c, int argc, char **argv);
 int ctl_sts(struct conf *c, int argc, char **argv);
+int ctl_dane(struct conf *c, int argc, char **argv);
 int ctl_tls(struct conf *c, int argc, char **argv);
 int ctl_tlsrpt(struct conf *c, int argc, char **argv);
 int ctl_dkim(struct conf *c, int argc, char **argv);
@@ -40,5 +42,13 @@ int ctl_status(struct conf *c, int argc, char **argv);
 int ctl_reload(struct conf *c, int argc, char **argv);
 int ctl_pause(struct conf *c, int argc, char **argv);
 int ctl_resume(struct conf *c, int argc, char **argv);
+
+struct dns;
+/* ctl_dane.c: does DANE govern an MX host (its TLSA RRset secure, or its
+ * lookup failed or bogus, with the MX and address records secure)? why:
+ * a line for the operator. Runs the loop until the lookup ends. */
+bool ctl_dane_applies(uv_loop_t *loop, struct dns *dns, uint16_t port, bool mx_secure,
+                      bool host_secure, const char *host, const char *canonical, char *why,
+                      size_t size);
 
 #endif

@@ -167,6 +167,25 @@ static void print_pauses(json_t *a)
     }
 }
 
+/* "dead": the destinations convoyd marked dead, one a line. */
+static void print_dead(json_t *a)
+{
+    if (json_array_size(a) == 0) {
+        printf("dead: none\n");
+        return;
+    }
+    size_t i;
+    json_t *d;
+    json_array_foreach(a, i, d)
+    {
+        printf("dead: %s failures=%lld queued=%lld%s\n",
+               json_string_value(json_object_get(d, "destination")),
+               (long long)json_integer_value(json_object_get(d, "failures")),
+               (long long)json_integer_value(json_object_get(d, "queued")),
+               json_is_true(json_object_get(d, "probing")) ? " probing" : "");
+    }
+}
+
 int ctl_status(struct conf *c, int argc, char **argv)
 {
     bool as_json = has_flag(argc, argv, "--json");
@@ -199,6 +218,10 @@ int ctl_status(struct conf *c, int argc, char **argv)
                 continue;
             if (strcmp(key, "paused") == 0 && json_is_array(v)) {
                 print_pauses(v);
+                continue;
+            }
+            if (strcmp(key, "dead") == 0 && json_is_array(v)) {
+                print_dead(v);
                 continue;
             }
             if (json_is_object(v)) {

@@ -27,11 +27,14 @@
 #include <strings.h>
 #include <time.h>
 
+#include <sys/stat.h>
+
 #include <jansson.h>
 
 #include "ctl.h"
 #include "qfilter.h"
 #include "queue.h"
+#include "settings.h"
 
 #define CTL_QUEUE_JSON_VERSION 1
 #define ACTION_BATCH 5000
@@ -208,6 +211,8 @@ static json_t *message_json(const struct queue_message *m)
                             : json_null());
     json_object_set_new(o, "smtputf8", json_boolean(m->env.flags & QUEUE_F_SMTPUTF8));
     json_object_set_new(o, "8bitmime", json_boolean(m->env.flags & QUEUE_F_8BITMIME));
+    /* TLS-Required: No (RFC 8689) in the message's header section. */
+    json_object_set_new(o, "tls_required_no", json_boolean(m->env.flags & QUEUE_F_TLS_OPTIONAL));
     json_t *rs = json_array();
     for (size_t i = 0; i < m->n_rcpts; i++) {
         const struct queue_rcpt *r = &m->rcpts[i];
@@ -532,6 +537,30 @@ static int sum_arg(void *arg, int argc, char **argv, int *i)
     return 1;
 }
 
+/* The destinations the running daemon has marked dead
+ * (smtp_destination_dead_threshold), from `status`; NULL when convoyd is
+ * not running (no control socket: nothing is printed about it). */
+static json_t *dead_destinations(const struct conf *c)
+{
+    char path[256];
+    struct stat st;
+    if (settings_control_socket_path(c, path, sizeof(path)) != 0 || stat(path, &st) != 0)
+        return NULL;
+    json_t *req = json_pack("{s:s}", CTL_F_CMD, CTL_CMD_STATUS);
+    json_t *resp = NULL;
+    int rc = ctl_request(c, req, &resp, 5000);
+    json_decref(req);
+    if (rc != 0 || !resp)
+        return NULL;
+    json_t *dead = json_object_get(resp, "dead");
+    if (json_is_array(dead))
+        json_incref(dead);
+    else
+        dead = NULL;
+    json_decref(resp);
+    return dead;
+}
+
 static int cmd_summary(struct conf *c, int argc, char **argv)
 {
     struct qfilter f;
@@ -557,6 +586,7 @@ static int cmd_summary(struct conf *c, int argc, char **argv)
         qsort(x.reasons.rows, x.reasons.n, sizeof(*x.reasons.rows), srow_cmp);
     size_t top = x.reasons.n < TOP_REASONS ? x.reasons.n : TOP_REASONS;
     const char *keyname = so.by_reason ? "reason" : "domain";
+    json_t *dead = dead_destinations(c);
     if (so.json) {
         json_t *o = json_object();
         json_object_set_new(o, "version", json_integer(CTL_QUEUE_JSON_VERSION));
@@ -575,6 +605,8 @@ static int cmd_summary(struct conf *c, int argc, char **argv)
             json_array_append_new(tr, json_pack("{s:o, s:I}", "reason", jstr(x.reasons.rows[i].key),
                                                 "recipients", (json_int_t)x.reasons.rows[i].total));
         json_object_set_new(o, "top_deferral_reasons", tr);
+        if (dead)
+            json_object_set(o, "dead", dead);
         char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         json_decref(o);
         printf("%s\n", s ? s : "{}");
@@ -594,7 +626,24 @@ static int cmd_summary(struct conf *c, int argc, char **argv)
                 printf("%6llu  %s\n", (unsigned long long)x.reasons.rows[i].total,
                        x.reasons.rows[i].key);
         }
+        if (dead && json_array_size(dead) > 0) {
+            printf("\ndead destinations (deferred without connecting):\n");
+            size_t i;
+            json_t *d;
+            json_array_foreach(dead, i, d)
+            {
+                json_int_t until = json_integer_value(json_object_get(d, "until"));
+                json_int_t left = until - (json_int_t)(time_now_ms() / 1000);
+                printf("  %s  %lld failed attempts, %s%llds\n",
+                       json_string_value(json_object_get(d, "destination")),
+                       (long long)json_integer_value(json_object_get(d, "failures")),
+                       json_is_true(json_object_get(d, "probing")) ? "probing, next in "
+                                                                   : "next probe in ",
+                       (long long)(left > 0 ? left : 0));
+            }
+        }
     }
+    json_decref(dead);
     if (x.rows.overflow)
         fprintf(stderr, "convoyctl: more than %d rows; the rest are counted in TOTAL only\n",
                 SUMMARY_ROWS_MAX);
@@ -775,9 +824,10 @@ static int cmd_show(struct conf *c, int argc, char **argv)
         }
         if (m->env.ret)
             printf("ret: %s\n", m->env.ret == QUEUE_RET_FULL ? "FULL" : "HDRS");
-        if (m->env.flags & (QUEUE_F_SMTPUTF8 | QUEUE_F_8BITMIME))
-            printf("flags:%s%s\n", m->env.flags & QUEUE_F_SMTPUTF8 ? " SMTPUTF8" : "",
-                   m->env.flags & QUEUE_F_8BITMIME ? " 8BITMIME" : "");
+        if (m->env.flags & (QUEUE_F_SMTPUTF8 | QUEUE_F_8BITMIME | QUEUE_F_TLS_OPTIONAL))
+            printf("flags:%s%s%s\n", m->env.flags & QUEUE_F_SMTPUTF8 ? " SMTPUTF8" : "",
+                   m->env.flags & QUEUE_F_8BITMIME ? " 8BITMIME" : "",
+                   m->env.flags & QUEUE_F_TLS_OPTIONAL ? " TLS-REQUIRED-NO" : "");
         printf("recipients:\n");
         for (size_t i = 0; i < m->n_rcpts; i++) {
             const struct queue_rcpt *r = &m->rcpts[i];

@@ -826,7 +826,10 @@ struct check_state {
         bool have_addr;
         struct dns_addr addr;
         char why[128];
+        bool secure;                     /* DNSSEC: its address records */
+        char canonical[POLICY_NAME_MAX]; /* its CNAME target, or "" */
     } hosts[DNS_MAX_MX_HOSTS];
+    bool mx_secure;
 };
 
 static void check_probe_cb(void *arg, const struct policy_probe *r)
@@ -846,10 +849,14 @@ static void check_mx_cb(void *arg, const struct dns_mx_result *r)
     struct check_state *s = arg;
     s->mx_done = true;
     s->mx_status = r->status;
+    s->mx_secure = r->secure;
     str_copy(s->mx_why, r->why ? r->why : "", sizeof(s->mx_why));
     for (size_t i = 0; i < r->n_hosts && i < DNS_MAX_MX_HOSTS; i++) {
         str_copy(s->hosts[i].name, r->hosts[i].name, POLICY_NAME_MAX);
         s->hosts[i].pref = r->hosts[i].pref;
+        s->hosts[i].secure = r->hosts[i].secure;
+        str_copy(s->hosts[i].canonical, r->hosts[i].canonical ? r->hosts[i].canonical : "",
+                 POLICY_NAME_MAX);
         s->hosts[i].have_addr = r->hosts[i].status == DNS_OK && r->hosts[i].n_addr > 0;
         if (s->hosts[i].have_addr)
             s->hosts[i].addr = r->hosts[i].addr[0];
@@ -977,7 +984,22 @@ static int sts_check(const struct conf *c, int argc, char **argv)
                    !sp       ? "no policy to match"
                    : matches ? "matches the policy"
                              : "FAIL: matches no mx pattern of the policy");
-        if (sp && !matches)
+        /* RFC 8461 2: where DANE applies to a host its verdict stands
+         * instead of the policy's (delivery/dane.c). */
+        const char *l = c->smtp_tls_security_level ? c->smtp_tls_security_level : "";
+        bool dane = false;
+        char dane_why[400] = "";
+        if (strcmp(l, "dane") == 0 || strcmp(l, "dane-only") == 0) {
+            dane = ctl_dane_applies(&v.loop, v.dns, (uint16_t)c->smtp_destination_port,
+                                    s->mx_secure, s->hosts[i].secure, h, s->hosts[i].canonical,
+                                    dane_why, sizeof(dane_why));
+            if (!as_json)
+                printf("  dane: %s (%s)\n",
+                       dane ? "takes precedence over MTA-STS for this host (convoyctl dane check)"
+                            : "does not apply: MTA-STS decides",
+                       dane_why);
+        }
+        if (sp && !matches && !dane)
             FAIL_STEP(CHECK_MX_MATCH);
         struct mxprobe *m = calloc(1, sizeof(*m));
         if (!m)
@@ -1027,6 +1049,7 @@ static int sts_check(const struct conf *c, int argc, char **argv)
         json_object_set_new(o, "preference", json_integer(s->hosts[i].pref));
         json_object_set_new(o, "address", jstr_or_null(m->ip));
         json_object_set_new(o, "matches_policy", json_boolean(sp ? matches : false));
+        json_object_set_new(o, "dane_precedence", json_boolean(dane));
         json_object_set_new(o, "starttls", json_boolean(m->starttls));
         json_object_set_new(o, "certificate_valid", json_boolean(m->cert_valid));
         json_object_set_new(o, "tls_version", jstr_or_null(m->facts.version));

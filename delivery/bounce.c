@@ -226,6 +226,12 @@ int dsn_build(const struct dsn_msg *d, struct buf *out)
             fmt_date(r->last_attempt_ms, la, sizeof(la));
             P("Last-Attempt-Date: %s\r\n", la);
         }
+        if (d->delayed && r->will_retry_until_ms > 0) {
+            /* RFC 3464 2.3.9: only with Action: delayed. */
+            char wr[64];
+            fmt_date(r->will_retry_until_ms, wr, sizeof(wr));
+            P("Will-Retry-Until: %s\r\n", wr);
+        }
     }
     P("\r\n");
 

@@ -42,6 +42,9 @@ static void conn_release(struct conn *cn)
     struct delivery *dl = d->dl;
     d->nconns--;
     dl->nconns--;
+    /* A dead destination's probe (its only connection) is over. */
+    if (d->dead.dead)
+        d->dead.probing = false;
     if (cn->all_prev)
         cn->all_prev->all_next = cn->all_next;
     else
@@ -69,7 +72,8 @@ bool conn_send(struct conn *cn, struct job *j)
     struct delivery *dl = cn->dest->dl;
     cn->job = j;
     if (JOB_TLS_OPTIONAL(j))
-        log_info(COMPONENT, "%s: TLS-Required: No: MTA-STS ignored for this message", j->id);
+        log_info(COMPONENT, "%s: TLS-Required: No: MTA-STS and DANE ignored for this message",
+                 j->id);
     if (j->conn_ms == 0)
         j->conn_ms = dl_now(dl);
     if (j->ready_ms == 0)
@@ -138,7 +142,7 @@ static void conn_next(struct conn *cn)
         smtp_client_quit(cn->c);
         return;
     }
-    struct job *j = dest_pop(d);
+    struct job *j = d->head && route_may_send(d) ? dest_pop(d) : NULL;
     if (j) {
         j->conn_ms = dl_now(dl);
         j->ready_ms = j->conn_ms;
@@ -166,6 +170,7 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
     struct delivery *dl = d->dl;
     switch (ev) {
     case SMTP_EV_READY: {
+        route_conn_ready(d);
         conn_ready_policy(cn, smtp_client_tls(c));
         conn_tlsrpt(cn, smtp_client_tls(c), NULL);
         if (cn->job) {
@@ -185,6 +190,11 @@ static void conn_event(struct smtp_client *c, enum smtp_event ev, void *arg)
         if (!j)
             break;
         const struct smtp_outcome *first = j->n ? &j->srcpt[0].out : NULL;
+        for (size_t i = 0; j->srcpt && i < j->n; i++)
+            if (j->srcpt[i].out.action == SMTP_ACT_SENT) {
+                route_delivered(d); /* the window grows (route.c) */
+                break;
+            }
         if (!j->msg.attempted && dl->closing) {
             for (size_t i = 0; i < j->n; i++) {
                 dl_unlease(dl, j->id, j->r[i].idx);
@@ -271,6 +281,12 @@ static void conn_connect(struct conn *cn)
          * of the policy is never used. */
         if (conn_target_allowed(cn))
             break;
+        if (j)
+            job_policy(j, cn);
+        if (cn->dane != VERDICT_DANE_NONE) {
+            cn->target++;
+            continue;
+        }
         log_info(COMPONENT, "%s: MTA-STS enforce id=%s: MX host %s matches no pattern: skipped",
                  d->name, d->sts_id, conn_target(cn)->host);
         cn->target++;
@@ -289,9 +305,15 @@ static void conn_connect(struct conn *cn)
             struct verdict_attempt_in in = {
                 .policy_status = cn->have_sts_fail ? cn->sts_fail.status : NULL,
                 .last = cn->last.action != SMTP_ACT_NONE ? &cn->last : NULL,
+                .sts_enforce =
+                    cn->req.origin == POLICY_ORIGIN_STS && cn->req.sts_mode == POLICY_MODE_ENFORCE,
             };
             struct verdict v;
             verdict_attempt(&in, &v);
+            if (v.reason == VR_ALL_ADDRESSES_FAILED)
+                route_conn_failed(d, cn->last.text);
+            if (v.sts_recheck)
+                d->sts_recheck = true;
             if (v.reason == VR_NO_ADDRESS) {
                 job_fail(dl, j, &v, "no address to deliver to");
             } else {
@@ -336,6 +358,10 @@ static void conn_connect(struct conn *cn)
         .cb = conn_event,
         .arg = cn,
     };
+    /* SMTP AUTH to the next hop (auth.c): the client is told, and copies,
+     * the credentials; TLS before them unless smtp_sasl_tls_required = no. */
+    conn_auth(cn, &o.auth_user, &o.auth_password);
+    o.auth_tls_required = cf->smtp_sasl_tls_required;
     if (!cn->plain_retry)
         cn->tried++;
     cn->rpt_done = false;

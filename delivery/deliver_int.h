@@ -20,6 +20,7 @@
 #include "delivery.h"
 #include "policy.h"
 #include "queue.h"
+#include "route.h"
 #include "smtp.h"
 #include "verdict.h"
 
@@ -27,14 +28,15 @@
 
 /* One recipient of a DSN's per-recipient part (RFC 3464 2.3). */
 struct dsn_rcpt {
-    const char *addr;        /* Final-Recipient (rfc822) */
-    const char *orcpt;       /* RFC 3461 ORCPT as given ("rfc822;a@b"), or NULL */
-    const char *action;      /* "failed" or "delayed" (RFC 3464 2.3.3) */
-    const char *status;      /* "5.1.1" */
-    const char *remote_mta;  /* MX host name, or NULL when none was reached */
-    const char *diag;        /* the remote reply ("550 5.1.1 ..."), or NULL */
-    const char *reason;      /* human text for the first part */
-    int64_t last_attempt_ms; /* 0: not given */
+    const char *addr;            /* Final-Recipient (rfc822) */
+    const char *orcpt;           /* RFC 3461 ORCPT as given ("rfc822;a@b"), or NULL */
+    const char *action;          /* "failed" or "delayed" (RFC 3464 2.3.3) */
+    const char *status;          /* "5.1.1" */
+    const char *remote_mta;      /* MX host name, or NULL when none was reached */
+    const char *diag;            /* the remote reply ("550 5.1.1 ..."), or NULL */
+    const char *reason;          /* human text for the first part */
+    int64_t last_attempt_ms;     /* 0: not given */
+    int64_t will_retry_until_ms; /* delayed: when retries end (0: not given) */
 };
 
 /* A DSN to build. */
@@ -116,10 +118,33 @@ size_t pause_file_parse(const char *text, size_t len, struct pause_rec *out, siz
 
 struct delivery;
 struct dest;
+struct route_reject;
 
 struct target {
     char host[256];
     struct sockaddr_storage addr;
+};
+
+/* One TLSA record of a host, owned (a copy of the DNS answer's). */
+struct dane_rec {
+    uint8_t usage, selector, mtype;
+    uint8_t *data;
+    size_t len;
+};
+
+/* What DANE found for one MX host of a destination (dane.c, RFC 7672 2.2). */
+struct dane_host {
+    struct dest *d;
+    char host[256];      /* the MX host name as published */
+    char canonical[256]; /* its CNAME target, "" when not an alias */
+    enum verdict_dane state;
+    char why[480];       /* "MX RRset not secure", "TLSA bogus", ... */
+    char tlsa_name[300]; /* where the records were found */
+    struct dane_rec *recs;
+    size_t n;
+    size_t usable; /* tls_dane_usable_count() */
+    struct dns_query *q;
+    bool at_canonical; /* the lookup in flight is at the canonical name */
 };
 
 struct jrcpt {
@@ -157,6 +182,7 @@ struct job {
     char label[96];   /* "sts=enforce id=X", "tls_policy=secure", "sts=none" */
     char verdict[16]; /* "verified", "encrypted", "none" */
     char report[48];  /* testing: the RFC 8460 result type of a failure */
+    char dane[128];   /* "dane=verified 3 1 1", "dane=fail no-match", "" */
 };
 
 /* Does the job's message say TLS-Required: No (RFC 8689)? */
@@ -192,6 +218,12 @@ struct conn {
      * current target (tlsrpt.c), else VERDICT_RT_NONE. */
     int rt;
     bool rpt_done; /* the session was counted for TLS-RPT */
+    /* DANE for the current target (dane.c): what applies, the match made
+     * after the handshake, the log label. */
+    enum verdict_dane dane;
+    bool dane_matched;
+    struct tls_dane_result dane_res;
+    char dane_label[128];
 };
 
 enum dest_state { D_NEW, D_RESOLVING, D_READY };
@@ -214,6 +246,25 @@ struct dest {
     bool sts_have;
     struct sts_policy sts;
     char sts_id[POLICY_ID_MAX + 1];
+    /* Routing and flow control (route.c). */
+    bool has_nexthop;             /* relayhost or a transport_maps next hop */
+    bool transport;               /* the next hop is from transport_maps */
+    struct conf_hostport nexthop; /* bracketed: no MX lookup; port 0: default */
+    struct conc_window window;    /* connections allowed now */
+    struct token_bucket bucket;   /* destination_limits rate= */
+    struct deadness dead;         /* smtp_destination_dead_threshold */
+    /* An enforce policy deferred an attempt (verdict sts_recheck): the next
+     * attempt looks the policy up again with policy_recheck() (RFC 8461
+     * 5), not from the addresses and policy kept from before. */
+    bool sts_recheck;
+    bool rechecking; /* the lookup in flight is such a recheck */
+    /* DANE (dane.c): one entry per MX host, TLSA lookups in flight, and
+     * the MX answer kept until they end. */
+    struct dane_host *dane;
+    size_t ndane;
+    size_t dane_pending;
+    enum dns_status mx_status;
+    const char *mx_why;
 };
 
 #define PAUSE_MAX 256
@@ -264,6 +315,8 @@ struct delivery {
     /* relayhost, parsed */
     bool relay;
     struct conf_hostport relayhost;
+    /* smtp_sasl_password_maps when smtp_sasl_auth_enable (auth.c), or NULL */
+    struct conf_map *sasl;
     /* MTA-STS (policy/) and the operator's tls_policy_file. */
     struct policy *pol;
     struct policy_overrides *ov;
@@ -271,10 +324,15 @@ struct delivery {
     uint64_t sts_testing_failures;
     uint64_t sts_enforce_failures;
     uint64_t sts_rechecks;
-    struct recheck *rechecks; /* expiring recipients waiting for policy_recheck() */
+    struct recheck *rechecks;       /* expiring recipients waiting for policy_recheck() */
+    struct delay_warning *warnings; /* delay warnings in flight (dsn.c) */
     struct pause_state pause;
     struct tlsrpt_store *tlsrpt; /* the daemon's TLS-RPT store, or NULL */
     uint64_t tlsrpt_serial;      /* session ids of the store */
+    /* transport_maps and destination_limits (route.c); NULL: none. */
+    struct conf_map *transport;
+    struct conf_map *limits;
+    struct route_reject *rejects; /* error:/defer: recipients until route_flush() */
 };
 
 /* The engine's wall clock (the options' fake one, or the real one) and its
@@ -335,11 +393,13 @@ struct dsn_item {
     char remote_mta[256]; /* "" when none was reached */
     char *diag;           /* owned: the remote reply, or NULL */
     int64_t last_attempt_ms;
+    int64_t will_retry_until_ms; /* delayed: the end of the recipient's lifetime */
 };
 
 /* The kind of DSN: a failure (RFC 3464 Action: failed; the recipients are
  * marked bounced once it is committed) or a delay warning (Action: delayed;
- * NOTIFY=DELAY recipients only; nothing is marked). */
+ * recipients with NOTIFY=DELAY or no NOTIFY, as Postfix does - RFC 3461
+ * 4.1 leaves the default open; nothing is marked). */
 enum dsn_kind { DSN_FAILED, DSN_DELAYED };
 
 /* Called once when a DSN's recipients are settled: status 0 or the first
@@ -405,6 +465,42 @@ int dsn_send(struct delivery *dl, const char *id, const struct queue_message *qm
 void dsn_items_free(struct dsn_item *items, size_t n);
 char *dl_read_body(struct delivery *dl, const char *id, uint64_t size, size_t *len);
 
+/* Does a recipient's NOTIFY (QUEUE_NOTIFY_*) ask for this kind of DSN? */
+bool dsn_wanted(enum dsn_kind kind, unsigned notify);
+
+/*
+ * delay_warning_time: the recipients of job j that this attempt deferred
+ * (rcpts[0..n), with their outcomes) may call for the message's one delay
+ * warning (RFC 3464 Action: delayed). Sent when the message has waited
+ * that long since arrival, has no warning on record (QUEUE_F_DELAY_WARNED)
+ * or in flight, its sender is not null and a recipient's NOTIFY asks for
+ * it; once the DSN is committed the message is marked warned in the queue,
+ * so a restart never sends a second one.
+ */
+struct delay_rcpt {
+    uint32_t rcpt;
+    struct smtp_outcome o; /* the attempt's outcome, as logged */
+};
+void dsn_delay_check(struct delivery *dl, const struct job *j, const struct delay_rcpt *rcpts,
+                     size_t n);
+
+/* ---- dane.c: DANE per MX host (RFC 7672) ---------------------------------- */
+
+/* smtp_tls_security_level: 0 no DANE, 1 dane, 2 dane-only. */
+int dl_dane_level(const struct delivery *dl);
+/* A warning when the level asks for DANE the resolver cannot give. */
+void dane_warn(const struct delivery *dl);
+/* After the MX answer (kept in d->mx_status / mx_why, targets filled):
+ * look up the TLSA records of the hosts DANE may apply to. true when
+ * lookups were started: dest_resolved() is called when they end. */
+bool dest_dane_start(struct dest *d, const struct dns_mx_result *r);
+/* Cancel the lookups in flight and free the per-host table. */
+void dest_dane_clear(struct dest *d);
+/* The DANE entry of a host of the destination, or NULL. */
+const struct dane_host *dest_dane_find(const struct dest *d, const char *host);
+/* dest.c: the answer became targets (or the jobs fail). */
+void dest_resolved(struct dest *d, enum dns_status st, const char *why, const char *qtype);
+
 /* ---- conn.c: connections --------------------------------------------------- */
 
 void conn_idle_remove(struct conn *cn);
@@ -440,6 +536,16 @@ void conn_closed_policy(struct conn *cn, const struct smtp_outcome *res, const s
 bool conn_target_allowed(struct conn *cn);
 /* The session is ready: a testing policy reports what would have failed. */
 void conn_ready_policy(struct conn *cn, const struct tls_facts *f);
+
+/* ---- auth.c: SMTP AUTH to the next hop --------------------------------------- */
+
+/* The smtp_sasl_password_maps of c when smtp_sasl_auth_enable, else NULL
+ * (*out). 0, or ERR_INVAL with "FILE:LINE: reason" / "parameter: reason"
+ * lines appended to err (never a password). */
+int delivery_sasl_load(const struct conf *c, struct conf_map **out, struct buf *err);
+/* The credentials for the connection's next hop, then its current remote
+ * host; false (both NULL) when none. The strings belong to dl->sasl. */
+bool conn_auth(const struct conn *cn, const char **user, const char **password);
 
 /* ---- dest.c: destinations -------------------------------------------------- */
 

@@ -157,4 +157,9 @@ int delivery_resume(struct delivery *dl, const char *domain, size_t *n_resumed,
  * object (a json_t *); an empty array for dl NULL. */
 void delivery_pause_status(struct delivery *dl, struct json_t *status);
 
+/* Add "dead": [{destination, since, until, failures, probing, queued}]
+ * (times in seconds since the epoch) to a status object (a json_t *): the
+ * destinations marked dead (smtp_destination_dead_threshold). */
+void delivery_route_status(struct delivery *dl, struct json_t *status);
+
 #endif

@@ -3,8 +3,9 @@
  * destination), its MTA-STS policy (asked before the MX lookup, from the
  * cache without network I/O once fetched), its MX hosts and addresses
  * (RFC 5321 5.1; RFC 7505 null MX; address literals RFC 5321 4.1.3), its
- * waiting jobs and its connections within
- * default_destination_concurrency_limit and smtp_connection_limit.
+ * waiting jobs and its connections within its concurrency window (route.c)
+ * and smtp_connection_limit. A destination is a recipient domain,
+ * "[relayhost]" or a transport_maps next hop ("transport:[host]:port").
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -60,7 +61,7 @@ static bool dest_add_target(struct dest *d, const char *host, int family, const 
 
 /* The resolver's answer becomes the destination's targets, or its jobs fail.
  * RFC 5321 5.1 for MX; RFC 7505 for a null MX. */
-static void dest_resolved(struct dest *d, enum dns_status st, const char *why, const char *qtype)
+void dest_resolved(struct dest *d, enum dns_status st, const char *why, const char *qtype)
 {
     d->query = NULL;
     if (d->ntargets > 0) {
@@ -87,7 +88,7 @@ static void on_mx(void *arg, const struct dns_mx_result *r)
 {
     struct dest *d = arg;
     d->ntargets = 0;
-    uint16_t port = dest_port(d->dl);
+    uint16_t port = route_port(d);
     if (r->status == DNS_OK || r->status == DNS_IMPLICIT_MX) {
         /* Hosts come in delivery order; every address of each. */
         for (size_t h = 0; h < r->n_hosts; h++) {
@@ -97,6 +98,13 @@ static void on_mx(void *arg, const struct dns_mx_result *r)
             for (size_t a = 0; a < mh->n_addr; a++)
                 dest_add_target(d, mh->name, mh->addr[a].family, mh->addr[a].bytes, port);
         }
+        /* DANE (dane.c): TLSA lookups first, then dest_resolved(). */
+        d->mx_status = r->status;
+        d->mx_why = r->why;
+        if (d->ntargets > 0 && !d->dl->relay && dest_dane_start(d, r)) {
+            d->query = NULL;
+            return;
+        }
     }
     dest_resolved(d, r->status, r->why, "MX");
 }
@@ -105,10 +113,10 @@ static void on_addrs(void *arg, const struct dns_result *r)
 {
     struct dest *d = arg;
     d->ntargets = 0;
-    uint16_t port = dest_port(d->dl);
+    uint16_t port = route_port(d);
     if (r->status == DNS_OK)
         for (size_t a = 0; a < r->n_addr; a++)
-            dest_add_target(d, d->dl->relayhost.host, r->addr[a].family, r->addr[a].bytes, port);
+            dest_add_target(d, d->nexthop.host, r->addr[a].family, r->addr[a].bytes, port);
     dest_resolved(d, r->status, r->why, "A");
 }
 
@@ -122,7 +130,14 @@ static bool dest_policy_lookup(struct dest *d)
     struct delivery *dl = d->dl;
     if (!dl->pol || !dest_sts_applies(d))
         return false;
-    int rc = policy_get(dl->pol, d->name, on_policy, d, &d->preq);
+    /* An enforce policy deferred the last attempt: look for a fixed policy
+     * (RFC 8461 5), rate-limited per domain by the MTA-STS engine. */
+    d->rechecking = d->sts_recheck;
+    d->sts_recheck = false;
+    int rc = d->rechecking ? policy_recheck(dl->pol, d->name, on_policy, d, &d->preq)
+                           : policy_get(dl->pol, d->name, on_policy, d, &d->preq);
+    if (rc == 0 && d->rechecking)
+        dl->sts_rechecks++;
     if (rc != 0) {
         /* A name policy/ cannot normalise has no policy. */
         d->preq = NULL;
@@ -154,8 +169,18 @@ static void on_policy(void *arg, const struct policy_result *r)
     bool had = d->sts_have;
     char old_id[POLICY_ID_MAX + 1];
     str_copy(old_id, d->sts_id, sizeof(old_id));
-    if (had != (r->have_policy && r->policy) || (had && strcmp(old_id, r->id ? r->id : "") != 0))
+    if (had != (r->have_policy && r->policy) || (had && strcmp(old_id, r->id ? r->id : "") != 0) ||
+        r->change != POLICY_CHANGE_NONE)
         dest_quit_idle(d);
+    if (d->rechecking) {
+        d->rechecking = false;
+        if (r->change != POLICY_CHANGE_NONE)
+            log_info(QCOMP, "MTA-STS recheck domain=%s: policy changed (%s) id=%s mode=%s", d->name,
+                     policy_change_name(r->change), r->id && r->id[0] ? r->id : "-",
+                     r->have_policy && r->policy ? policy_mode_name(r->policy->mode) : "none");
+        else
+            log_debug(QCOMP, "MTA-STS recheck domain=%s: policy unchanged", d->name);
+    }
     policy_sts_clear(&d->sts);
     d->sts_have = false;
     d->sts_id[0] = '\0';
@@ -196,18 +221,20 @@ static void dest_resolve(struct dest *d)
     struct delivery *dl = d->dl;
     d->state = D_RESOLVING;
     d->ntargets = 0;
-    uint16_t port = dest_port(dl);
+    dest_dane_clear(d);
+    uint16_t port = route_port(d);
     int rc;
-    if (dl->relay) {
-        /* relayhost: [host] means no MX lookup (Postfix syntax). */
-        if (dest_literal_target(d, dl->relayhost.host, port)) {
+    if (d->has_nexthop) {
+        /* relayhost or a transport_maps next hop: [host] means no MX
+         * lookup (Postfix syntax). */
+        if (dest_literal_target(d, d->nexthop.host, port)) {
             dest_resolved(d, DNS_OK, NULL, "A");
             return;
         }
-        if (dl->relayhost.bracketed)
-            rc = dns_addrs(dl->dns, dl->relayhost.host, on_addrs, d, &d->query);
+        if (d->nexthop.bracketed)
+            rc = dns_addrs(dl->dns, d->nexthop.host, on_addrs, d, &d->query);
         else
-            rc = dns_mx_resolve(dl->dns, dl->relayhost.host, on_mx, d, &d->query);
+            rc = dns_mx_resolve(dl->dns, d->nexthop.host, on_mx, d, &d->query);
     } else if (d->name[0] == '[') {
         /* A domain literal (RFC 5321 4.1.3): the address itself. */
         char lit[256];
@@ -243,13 +270,14 @@ void dest_run(struct dest *d)
     int64_t ttl = RESOLVE_TTL_MS;
     if (dl->pol && dl->conf->sts_txt_check_interval * 1000 < ttl)
         ttl = dl->conf->sts_txt_check_interval * 1000;
-    if (d->state == D_READY && dl_mono(dl) - d->resolved_ms > ttl && d->nconns == 0)
+    if (d->state == D_READY && (dl_mono(dl) - d->resolved_ms > ttl || d->sts_recheck) &&
+        d->nconns == 0)
         d->state = D_NEW;
     if (d->state == D_NEW) {
         dest_resolve(d);
         return;
     }
-    while (d->head && d->idle) {
+    while (d->head && d->idle && route_may_send(d)) {
         struct conn *cn = d->idle;
         conn_idle_remove(cn);
         if (!smtp_client_usable(cn->c)) {
@@ -261,8 +289,10 @@ void dest_run(struct dest *d)
         str_copy(j->mx, cn->last_relay, sizeof(j->mx));
         conn_send(cn, j);
     }
-    while (d->head && d->nconns < (size_t)dl->conf->default_destination_concurrency_limit &&
-           dl->nconns < (size_t)dl->conf->smtp_connection_limit) {
+    /* The destination's concurrency window (or its dead state, route.c),
+     * smtp_connection_limit and the destination's message rate. */
+    while (d->head && route_may_connect(d) &&
+           dl->nconns < (size_t)dl->conf->smtp_connection_limit && route_may_send(d)) {
         conn_new(d, dest_pop(d));
     }
 }
@@ -282,6 +312,7 @@ struct dest *dest_get(struct delivery *dl, const char *name)
     }
     d->dl = dl;
     str_copy(d->name, name, sizeof(d->name));
+    route_dest_init(d);
     d->next = dl->dests;
     dl->dests = d;
     return d;

@@ -6,6 +6,12 @@
  * headers only; it is submitted from the null sender, and only after it is
  * committed are the recipients marked bounced. If it cannot be queued the
  * recipients are deferred instead, so nothing is lost.
+ *
+ * Delay warnings (delay_warning_time) take the same path with DSN_DELAYED:
+ * one per message, ever - after the DSN is committed the message is marked
+ * QUEUE_F_DELAY_WARNED in the queue (a restart does not warn again), and
+ * while that is in flight the engine keeps the message's id in a list so
+ * two jobs of one message cannot both warn.
  */
 #include <arpa/inet.h>
 #include <stdarg.h>
@@ -151,11 +157,14 @@ static void on_dsn_queued(void *arg, int status, const char *dsn_id)
     dsn_req_done(b);
 }
 
-/* Does a recipient's NOTIFY ask for this kind of DSN (RFC 3461 4.1)? */
-static bool dsn_wanted(enum dsn_kind kind, unsigned notify)
+/* Does a recipient's NOTIFY ask for this kind of DSN (RFC 3461 4.1)? No
+ * NOTIFY at all: failures are reported, and delays too - RFC 3461 4.1
+ * says the default is FAILURE "and possibly DELAY"; Postfix sends delay
+ * warnings then, and so do we. NEVER excludes both. */
+bool dsn_wanted(enum dsn_kind kind, unsigned notify)
 {
     if (kind == DSN_DELAYED)
-        return (notify & QUEUE_NOTIFY_DELAY) != 0;
+        return notify == 0 || (notify & QUEUE_NOTIFY_DELAY) != 0;
     return deliver_wants_failure_dsn(notify);
 }
 
@@ -199,6 +208,7 @@ int dsn_send(struct delivery *dl, const char *id, const struct queue_message *qm
             .diag = it->diag && it->diag[0] ? it->diag : NULL,
             .reason = it->text,
             .last_attempt_ms = it->last_attempt_ms,
+            .will_retry_until_ms = it->will_retry_until_ms,
         };
     }
     int rc = 0;
@@ -299,4 +309,140 @@ char *dl_read_body(struct delivery *dl, const char *id, uint64_t size, size_t *l
     body[size] = '\0';
     *len = size;
     return body;
+}
+
+/* ---- delay warnings (delay_warning_time) ----------------------------------------- */
+
+/* A delay warning in flight: from dsn_send() to the commit of the mark. */
+struct delay_warning {
+    struct delay_warning *next;
+    struct delivery *dl;
+    char id[QUEUE_ID_LEN + 1];
+};
+
+static void warning_free(struct delay_warning *w)
+{
+    struct delay_warning **pp = &w->dl->warnings;
+    while (*pp && *pp != w)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = w->next;
+    free(w);
+}
+
+static void on_warned_marked(void *arg, int status)
+{
+    struct delay_warning *w = arg;
+    struct delivery *dl = w->dl;
+    if (status != 0)
+        log_warn(QCOMP, "%s: cannot record the delay notification: %s", w->id, err_str(status));
+    warning_free(w);
+    dl->pending_reqs--;
+    deliver_maybe_free(dl);
+}
+
+static void on_delay_sent(void *arg, int status, size_t n)
+{
+    (void)n;
+    struct delay_warning *w = arg;
+    struct delivery *dl = w->dl;
+    if (status == 0 && dl->q && queue_delay_warned(dl->q, w->id, on_warned_marked, w) == 0) {
+        dl->pending_reqs++;
+        return;
+    }
+    warning_free(w);
+}
+
+void dsn_delay_check(struct delivery *dl, const struct job *j, const struct delay_rcpt *rcpts,
+                     size_t n)
+{
+    int64_t after_ms = dl->conf->delay_warning_time * 1000;
+    /* Never to the null sender (RFC 5321 6.1, RFC 3464). */
+    if (after_ms <= 0 || n == 0 || !dl->q || (j->flags & QUEUE_F_DELAY_WARNED) || !j->sender ||
+        !j->sender[0])
+        return;
+    int64_t now = dl_now(dl);
+    if (now - j->arrival_ms < after_ms)
+        return;
+    for (const struct delay_warning *w = dl->warnings; w; w = w->next)
+        if (strcmp(w->id, j->id) == 0)
+            return;
+    /* The flag as committed now (the job's copy is from its lease). */
+    struct queue_message *qm = NULL;
+    if (queue_message_read(dl->q, j->id, &qm) != 0) {
+        queue_message_free(qm);
+        return;
+    }
+    struct dsn_item *items = NULL;
+    size_t k = 0;
+    if (!(qm->env.flags & QUEUE_F_DELAY_WARNED) && qm->env.sender[0])
+        items = calloc(n + qm->n_rcpts, sizeof(*items));
+    int64_t lifetime_ms = dl->conf->maximal_queue_lifetime * 1000;
+    for (size_t i = 0; items && i < n; i++) {
+        const struct delay_rcpt *r = &rcpts[i];
+        if (r->rcpt >= qm->n_rcpts || !dsn_wanted(DSN_DELAYED, qm->rcpts[r->rcpt].notify))
+            continue;
+        struct dsn_item *it = &items[k++];
+        it->rcpt = r->rcpt;
+        it->code = r->o.code;
+        /* RFC 3464 2.3.4: the status of the last attempt, a 4.X.X. */
+        str_copy(it->dsn, r->o.status[0] ? r->o.status : "4.0.0", sizeof(it->dsn));
+        it->text = dl_strdup(r->o.text);
+        str_copy(it->mx, j->mx, sizeof(it->mx));
+        str_copy(it->ip, j->ip, sizeof(it->ip));
+        str_copy(it->remote_mta, r->o.code ? j->mx : "", sizeof(it->remote_mta));
+        it->diag = r->o.reply[0] ? dl_strdup(r->o.reply) : NULL;
+        it->last_attempt_ms = now;
+        /* RFC 3464 2.3.9: retries end with the recipient's lifetime. */
+        it->will_retry_until_ms = lifetime_ms > 0 ? qm->env.arrival_ms + lifetime_ms : 0;
+    }
+    /* The message's other recipients that wait after a deferral are
+     * delayed too: the one warning names them all (as Postfix's does). */
+    for (size_t i = 0; items && i < qm->n_rcpts; i++) {
+        const struct queue_rcpt *qr = &qm->rcpts[i];
+        bool in_job = false;
+        for (size_t m = 0; m < n && !in_job; m++)
+            in_job = rcpts[m].rcpt == qr->index;
+        bool waiting = qr->state == QUEUE_RCPT_DEFERRED || qr->state == QUEUE_RCPT_ACTIVE;
+        if (in_job || !waiting || !qr->has_result || !dsn_wanted(DSN_DELAYED, qr->notify))
+            continue;
+        struct dsn_item *it = &items[k++];
+        it->rcpt = qr->index;
+        it->code = qr->last.smtp_code;
+        str_copy(it->dsn, qr->last.dsn && qr->last.dsn[0] ? qr->last.dsn : "4.0.0",
+                 sizeof(it->dsn));
+        it->text = dl_strdup(qr->last.text ? qr->last.text : "");
+        str_copy(it->mx, qr->last.mx ? qr->last.mx : "", sizeof(it->mx));
+        str_copy(it->ip, qr->last.ip ? qr->last.ip : "", sizeof(it->ip));
+        str_copy(it->remote_mta, qr->last.smtp_code ? it->mx : "", sizeof(it->remote_mta));
+        if (qr->last.smtp_code && qr->last.text) {
+            /* The record keeps "host H[ip] said: REPLY": the reply is the
+             * Diagnostic-Code (RFC 3464 2.3.6). */
+            const char *said = strstr(qr->last.text, " said: ");
+            it->diag = dl_strdup(said ? said + 7 : qr->last.text);
+        }
+        it->last_attempt_ms = qr->last.when_ms;
+        it->will_retry_until_ms = lifetime_ms > 0 ? qm->env.arrival_ms + lifetime_ms : 0;
+    }
+    struct delay_warning *w = k ? calloc(1, sizeof(*w)) : NULL;
+    if (!w) {
+        dsn_items_free(items, n + qm->n_rcpts);
+        queue_message_free(qm);
+        return;
+    }
+    w->dl = dl;
+    str_copy(w->id, j->id, sizeof(w->id));
+    w->next = dl->warnings;
+    dl->warnings = w;
+    size_t blen = 0;
+    char *body = dl_read_body(dl, j->id, qm->env.size, &blen);
+    struct dsn_opts o = {.keep_on_error = true, .cb = on_delay_sent, .arg = w};
+    int rc = dsn_send(dl, j->id, qm, (struct view){body ? body : "", body ? blen : 0}, DSN_DELAYED,
+                      items, k, &o);
+    if (rc != 0) {
+        log_warn(QCOMP, "%s: cannot send the delay notification: %s", j->id, err_str(rc));
+        warning_free(w);
+    }
+    free(body);
+    queue_message_free(qm);
 }

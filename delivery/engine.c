@@ -108,6 +108,7 @@ static void dests_free(struct delivery *dl)
         if (d->preq)
             policy_cancel(d->preq);
         policy_sts_clear(&d->sts);
+        dest_dane_clear(d);
         free(d->targets);
         free(d);
         d = next;
@@ -126,6 +127,9 @@ void deliver_maybe_free(struct delivery *dl)
     buf_free(&dl->pause.text);
     tls_ctx_free(dl->tls_ctx);
     policy_overrides_free(dl->ov);
+    conf_map_free(dl->transport);
+    conf_map_free(dl->limits);
+    conf_map_free(dl->sasl);
     conf_unref(dl->conf);
     free(dl);
 }
@@ -233,8 +237,19 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
         free(dl);
         return ERR_INVAL;
     }
-    rc = delivery_policy_new(dl, err);
+    /* transport_maps and destination_limits: a bad line refuses the start;
+     * so does a smart-host credentials table that does not load. */
+    rc = route_load(dl->conf, &dl->transport, &dl->limits, err);
+    if (rc == 0)
+        rc = delivery_sasl_load(dl->conf, &dl->sasl, err);
+    if (rc == 0)
+        rc = delivery_policy_new(dl, err);
     if (rc != 0) {
+        while (err->len > 0 && err->data[err->len - 1] == '\n')
+            err->data[--err->len] = '\0';
+        conf_map_free(dl->transport);
+        conf_map_free(dl->limits);
+        conf_map_free(dl->sasl);
         policy_overrides_free(dl->ov);
         tls_ctx_free(dl->tls_ctx);
         dns_free(dl->dns);
@@ -254,6 +269,11 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     deliver_pause_load(dl);
     log_info(QCOMP, "delivery started%s%s", dl->relay ? ": relayhost " : "",
              dl->relay ? dl->conf->relayhost : "");
+    dane_warn(dl);
+    if (dl->transport || dl->limits)
+        log_info(QCOMP, "delivery: %zu transport_maps entr%s, %zu destination_limits entr%s",
+                 conf_map_size(dl->transport), conf_map_size(dl->transport) == 1 ? "y" : "ies",
+                 conf_map_size(dl->limits), conf_map_size(dl->limits) == 1 ? "y" : "ies");
     sched_lease_in(dl, 0);
     *out = dl;
     return 0;
@@ -312,6 +332,7 @@ void delivery_close(struct delivery *dl)
             policy_cancel(d->preq);
             d->preq = NULL;
         }
+        dest_dane_clear(d);
     }
     sched_rechecks_drop(dl);
     /* Abort every session. A message in flight gets its SMTP_EV_DONE inside

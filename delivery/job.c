@@ -186,7 +186,7 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
     /* The policy that applied and the TLS verdict, after the Postfix-shaped
      * part of the log line; a testing failure is kept with the TLS facts of
      * the recipient's last result (RFC 8460 result type, for reports). */
-    char extra[256] = "", tlsrec[256];
+    char extra[256] = "", tlsrec[400];
     if (!j->label[0] && j->dest)
         job_policy(j, NULL);
     if (j->label[0])
@@ -197,10 +197,16 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
         size_t el = strlen(extra);
         snprintf(extra + el, sizeof(extra) - el, ", tls_required=no");
     }
-    snprintf(tlsrec, sizeof(tlsrec), "%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
-             j->report);
+    /* DANE (RFC 7672): the queue record keeps what DANE said with the TLS
+     * facts ("... dane=verified 3 1 1"). */
+    snprintf(tlsrec, sizeof(tlsrec), "%s%s%s%s%s", j->tls, j->report[0] ? " sts_failure=" : "",
+             j->report, j->dane[0] && j->tls[0] ? " " : "", j->dane);
     struct dsn_item *items = calloc(j->n ? j->n : 1, sizeof(*items));
     size_t nb = 0;
+    /* Deferred recipients, for the message's delay warning. */
+    struct delay_rcpt *delayed =
+        dl->conf->delay_warning_time > 0 ? calloc(j->n ? j->n : 1, sizeof(*delayed)) : NULL;
+    size_t nd = 0;
     for (size_t i = 0; i < j->n; i++) {
         /* The verdict decides what the outcome means (verdict.c); the
          * outcome gives the texts. */
@@ -246,8 +252,13 @@ void job_finish(struct delivery *dl, struct job *j, const struct smtp_outcome *a
             it->last_attempt_ms = now;
         } else {
             dl_report(dl, queue_defer, "deferral", j->id, j->r[i].idx, &res);
+            if (delayed)
+                delayed[nd++] = (struct delay_rcpt){.rcpt = j->r[i].idx, .o = *o};
         }
     }
+    if (nd > 0)
+        dsn_delay_check(dl, j, delayed, nd);
+    free(delayed);
     if (nb > 0) {
         /* The DSN needs the message: read it if the job never started. */
         if (!j->qm)

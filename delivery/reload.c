@@ -30,6 +30,11 @@ struct delivery_update {
     struct policy_overrides *ov;
     struct tls_ctx *ctx;
     struct policy_update *pu;
+    struct conf_map *transport; /* transport_maps (route.c) */
+    struct conf_map *limits;    /* destination_limits */
+    struct conf_map *sasl;      /* smtp_sasl_password_maps, or NULL */
+    bool relay;                 /* relayhost set */
+    struct conf_hostport relayhost;
     bool sts_changed;
     char no_tls_why[256]; /* why ctx is NULL (logged when applied) */
 };
@@ -39,8 +44,11 @@ void delivery_reload_cancel(struct delivery_update *u)
     if (!u)
         return;
     policy_overrides_free(u->ov);
+    conf_map_free(u->sasl);
     tls_ctx_free(u->ctx);
     policy_update_free(u->pu);
+    conf_map_free(u->transport);
+    conf_map_free(u->limits);
     conf_unref(u->conf);
     free(u);
 }
@@ -86,6 +94,22 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
         delivery_reload_cancel(u);
         return ERR_INVAL;
     }
+    /* transport_maps and destination_limits: a bad line (FILE:LINE: why)
+     * refuses the reload; the old tables stay. So does a smart-host
+     * credentials table that does not load (or that others can read). */
+    if (route_load(c, &u->transport, &u->limits, err) != 0 ||
+        delivery_sasl_load(c, &u->sasl, err) != 0) {
+        delivery_reload_cancel(u);
+        return ERR_INVAL;
+    }
+    if (c->relayhost && c->relayhost[0]) {
+        if (conf_parse_hostport(c->relayhost, true, &u->relayhost) != 0) {
+            buf_printf(err, "relayhost: cannot parse \"%s\"\n", c->relayhost);
+            delivery_reload_cancel(u);
+            return ERR_INVAL;
+        }
+        u->relay = true;
+    }
     char why[512] = "";
     u->ctx = delivery_tls_ctx(c, why, sizeof(why));
     if (!u->ctx && strcmp(c->smtp_tls_security_level, "verify") == 0) {
@@ -118,6 +142,26 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
     return 0;
 }
 
+/* A new relayhost routes mail leased from now on (route.c decides per
+ * lease); sessions in progress finish where they are. The "[relayhost]"
+ * destination takes the new next hop and looks it up again; when relayhost
+ * is removed it keeps the old one for the jobs it still holds, and new mail
+ * goes to the recipient domains' own MX hosts. */
+static void relayhost_apply(struct delivery *dl, const struct delivery_update *u)
+{
+    dl->relay = u->relay;
+    dl->relayhost = u->relayhost;
+    for (struct dest *d = dl->dests; d && u->relay; d = d->next) {
+        if (strcmp(d->name, "[relayhost]") != 0)
+            continue;
+        d->nexthop = u->relayhost;
+        d->has_nexthop = true;
+        if (d->state == D_READY)
+            d->resolved_ms = dl_mono(dl) - 2 * RESOLVE_TTL_MS; /* stale: dest_run() */
+    }
+    log_info(QCOMP, "relayhost: %s", u->relay ? u->conf->relayhost : "none (MX delivery)");
+}
+
 void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
 {
     if (!u)
@@ -131,16 +175,32 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
         log_warn(COMPONENT, "TLS for delivery is off: %s", u->no_tls_why);
     if (strcmp(c->relayhost ? c->relayhost : "", dl->conf->relayhost ? dl->conf->relayhost : "") !=
         0)
-        log_warn(QCOMP, "relayhost changes take effect at the next restart");
+        relayhost_apply(dl, u);
     if (lists_differ(&c->dns_servers, &dl->conf->dns_servers) ||
         c->dns_timeout != dl->conf->dns_timeout || c->dns_tries != dl->conf->dns_tries)
         log_warn(QCOMP, "dns_servers, dns_timeout and dns_tries changes take effect at the next "
                         "restart");
+    if (strcmp(c->smtp_dns_support_level ? c->smtp_dns_support_level : "",
+               dl->conf->smtp_dns_support_level ? dl->conf->smtp_dns_support_level : "") != 0 ||
+        lists_differ(&c->dns_validating_servers, &dl->conf->dns_validating_servers))
+        log_warn(QCOMP, "smtp_dns_support_level and dns_validating_servers changes take effect "
+                        "at the next restart");
+    /* DANE per MX host is found with the addresses (dane.c): a changed
+     * level looks every destination up again. */
+    bool level_changed =
+        strcmp(c->smtp_tls_security_level ? c->smtp_tls_security_level : "",
+               dl->conf->smtp_tls_security_level ? dl->conf->smtp_tls_security_level : "") != 0;
+    for (struct dest *d = dl->dests; d && level_changed; d = d->next)
+        if (d->state == D_READY)
+            d->resolved_ms = dl_mono(dl) - 2 * RESOLVE_TTL_MS; /* stale: dest_run() */
     /* New sessions use the new snapshot; sessions in progress keep their
      * context (reference counted) and their copy of the override entry. */
     policy_overrides_free(dl->ov);
     dl->ov = u->ov;
     u->ov = NULL;
+    conf_map_free(dl->sasl);
+    dl->sasl = u->sasl;
+    u->sasl = NULL;
     for (struct dest *d = dl->dests; d; d = d->next)
         dest_quit_idle(d);
     tls_ctx_free(dl->tls_ctx);
@@ -162,8 +222,22 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
     conf_unref(dl->conf);
     dl->conf = conf_ref(u->conf);
     dl->opt.helo_name(dl->conf, dl->helo, sizeof(dl->helo));
-    log_info(QCOMP, "delivery: configuration reloaded, %zu TLS policy override(s)",
-             policy_overrides_count(dl->ov));
+    if (level_changed)
+        dane_warn(dl);
+    /* New routes apply to recipients filed from now on; jobs already
+     * waiting for a destination keep it. */
+    struct conf_map *t = dl->transport, *l = dl->limits;
+    dl->transport = u->transport;
+    dl->limits = u->limits;
+    u->transport = t;
+    u->limits = l;
+    route_reloaded(dl);
+    log_info(QCOMP,
+             "delivery: configuration reloaded, %zu TLS policy override(s), %zu transport_maps "
+             "entr%s, %zu destination_limits entr%s",
+             policy_overrides_count(dl->ov), conf_map_size(dl->transport),
+             conf_map_size(dl->transport) == 1 ? "y" : "ies", conf_map_size(dl->limits),
+             conf_map_size(dl->limits) == 1 ? "y" : "ies");
     delivery_reload_cancel(u); /* what is left of it */
 }
 

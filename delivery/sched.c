@@ -64,8 +64,17 @@ static void on_recheck(void *arg, const struct policy_result *r)
     struct delivery *dl = rk->dl;
     rk->req = NULL;
     dl->pending_reqs--;
-    bool same = r->have_policy && r->policy && r->policy->mode == POLICY_MODE_ENFORCE &&
-                strcmp(r->id ? r->id : "", rk->old_id) == 0;
+    /* The verdict decides from the whole policy (r->change), not the id
+     * alone; same_as_last covers a change seen before this recheck. */
+    struct verdict_recheck_in in = {
+        .have_policy = r->have_policy && r->policy,
+        .mode = r->have_policy && r->policy ? r->policy->mode : POLICY_MODE_NONE,
+        .change = r->change,
+        .same_as_last = strcmp(r->id ? r->id : "", rk->old_id) == 0,
+    };
+    struct verdict v;
+    verdict_recheck(&in, &v);
+    bool same = v.action == VERDICT_BOUNCE;
     if (dl->stopping) {
         /* Shutting down: the recipient waits in the queue for the next run. */
         dl_unlease(dl, rk->due.id, rk->due.rcpt);
@@ -76,11 +85,13 @@ static void on_recheck(void *arg, const struct policy_result *r)
         sched_expire_bounce(dl, &rk->due);
     } else {
         /* A newer policy (or none): one more attempt under it. */
-        log_info(QCOMP, "%s: MTA-STS recheck for %s: policy %s%s, trying again", rk->due.id,
+        log_info(QCOMP, "%s: MTA-STS recheck for %s: policy %s%s%s, trying again", rk->due.id,
                  rk->due.addr, r->have_policy ? "id=" : "gone",
-                 r->have_policy && r->id ? r->id : "");
+                 r->have_policy && r->id ? r->id : "",
+                 r->change == POLICY_CHANGE_CONTENT ? " changed (same id, new content)" : "");
         rk->due.expired = false;
         sched_file(dl, &rk->due, dl_now(dl));
+        route_flush(dl);
         for (struct dest *d = dl->dests; d; d = d->next)
             dest_run(d);
     }
@@ -193,12 +204,11 @@ static void sched_expire_bounce(struct delivery *dl, const struct queue_due *due
 
 static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t now)
 {
-    char name[256];
-    if (dl->relay)
-        str_copy(name, "[relayhost]", sizeof(name));
-    else
-        addr_domain(due->addr, name, sizeof(name));
     if (pause_postpone(dl, due, now))
+        return;
+    /* transport_maps, relayhost or the domain itself (route.c). */
+    char name[256];
+    if (route_recipient(dl, due, name, sizeof(name)))
         return;
     struct dest *d = name[0] ? dest_get(dl, name) : NULL;
     if (!d) {
@@ -215,7 +225,9 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
         return;
     }
     struct job *j = d->tail;
-    size_t limit = (size_t)dl->conf->default_destination_recipient_limit;
+    char rdom[256];
+    addr_domain(due->addr, rdom, sizeof(rdom));
+    size_t limit = route_rcpt_limit(dl, rdom);
     if (!j || strcmp(j->id, due->id) != 0 || j->n >= limit || j->msg.rcpt) {
         j = calloc(1, sizeof(*j));
         if (!j || !(j->r = calloc(limit, sizeof(*j->r))) || !(j->sender = dl_strdup(due->sender))) {
@@ -276,6 +288,7 @@ static void on_lease(void *arg, int status, struct queue_due *due, size_t n)
         else
             sched_file(dl, &due[i], now);
     }
+    route_flush(dl); /* transport_maps error: and defer: (route.c) */
     queue_due_free(due);
     for (struct dest *d = dl->dests; d; d = d->next)
         dest_run(d);

@@ -19,6 +19,7 @@ static void set(struct verdict *v, enum verdict_action a, enum verdict_reason r,
     v->reason = r;
     str_copy(v->status, status ? status : "", sizeof(v->status));
     v->result_type = VERDICT_RT_NONE;
+    v->sts_recheck = false;
 }
 
 const char *verdict_result_type_name(enum verdict_result_type t)
@@ -94,12 +95,16 @@ const char *verdict_reason_name(enum verdict_reason r)
         [VR_DNS_TRANSIENT] = "dns-transient",
         [VR_EXPIRED] = "expired",
         [VR_EXPIRED_RECHECK] = "expired-recheck",
+        [VR_RECHECK_CHANGED] = "recheck-changed",
         [VR_ADMIN] = "admin",
+        [VR_AUTH_FAILED] = "auth-failed",
     };
     return (unsigned)r < VR_REASON_COUNT && names[r] ? names[r] : "?";
 }
 
 /* ---- transactions ------------------------------------------------------------ */
+
+static void transient(const char *in, char *out, size_t size);
 
 void verdict_reply(const struct smtp_outcome *o, struct verdict *v)
 {
@@ -109,7 +114,13 @@ void verdict_reply(const struct smtp_outcome *o, struct verdict *v)
         return;
     }
     int cls = o->code / 100;
-    if (o->err == ERR_TLS) {
+    if (o->stage == SMTP_ST_AUTH) {
+        /* The next hop refused our credentials (535 ...), or they could not
+         * be sent safely: the operator's to fix, never the sender's: defer
+         * (Postfix's smtp_sasl_auth_soft_bounce = yes). */
+        set(v, VERDICT_DEFER, VR_AUTH_FAILED, NULL);
+        transient(o->status[0] ? o->status : "4.7.0", v->status, sizeof(v->status));
+    } else if (o->err == ERR_TLS) {
         /* A TLS requirement (or a TLS failure) is never permanent, whatever
          * a reply to STARTTLS said. */
         set(v, VERDICT_DEFER, VR_TLS_REQUIRED, o->status);
@@ -159,8 +170,14 @@ void verdict_attempt(const struct verdict_attempt_in *in, struct verdict *v)
          * for it, never deliver in plaintext or unverified. */
         set(v, VERDICT_DEFER, VR_POLICY, NULL);
         transient(in->policy_status, v->status, sizeof(v->status));
+        /* RFC 8461 5: the domain may have fixed its policy (perhaps under
+         * the same id): look again before the next attempt. */
+        v->sts_recheck = in->sts_enforce;
     } else if (!in->last) {
         set(v, VERDICT_DEFER, VR_NO_ADDRESS, "4.4.3");
+    } else if (in->last->stage == SMTP_ST_AUTH) {
+        set(v, VERDICT_DEFER, VR_AUTH_FAILED, NULL);
+        transient(in->last->status[0] ? in->last->status : "4.7.0", v->status, sizeof(v->status));
     } else {
         /* Every address failed: retry later, whatever the last one said
          * (Postfix's smtp_skip_5xx_greeting: a 5xx greeting does not bounce
@@ -187,6 +204,54 @@ static void report(struct verdict_tls *out, enum verdict_result_type rt)
     out->result_type = rt;
 }
 
+/* The result type of a DANE match that failed (RFC 8460 4.3.1). */
+static enum verdict_result_type dane_result_type(const struct tls_dane_result *m)
+{
+    if (m && m->status == TLS_DANE_NAME)
+        return VERDICT_RT_CERTIFICATE_HOST_MISMATCH;
+    if (m && m->status == TLS_DANE_EXPIRED)
+        return VERDICT_RT_CERTIFICATE_EXPIRED;
+    return VERDICT_RT_VALIDATION_FAILURE;
+}
+
+/* DANE rows (RFC 7672 2.2 and 3): where DANE applies its verdict stands
+ * whatever MTA-STS says of the host (RFC 8461 2), both ways. */
+static void verdict_tls_dane(const struct verdict_tls_in *in, struct verdict_tls *out)
+{
+    bool applies = in->dane == VERDICT_DANE_AUTH || in->dane == VERDICT_DANE_ENCRYPT;
+    const struct tls_dane_result *m = in->dane_match;
+    bool match_failed = in->dane == VERDICT_DANE_AUTH && m && m->status != TLS_DANE_VERIFIED;
+    switch (in->event) {
+    case VERDICT_TLS_SKIP:
+        /* 2.2: a failed or bogus TLSA lookup never falls back to plaintext
+         * or to another policy: the host is not used. */
+        if (in->dane == VERDICT_DANE_DNS_FAIL)
+            host_fail(out, VERDICT_TLSF_DANE_DNS, "4.7.5", VERDICT_RT_DNSSEC_INVALID);
+        else if (in->dane == VERDICT_DANE_REQUIRED)
+            host_fail(out, VERDICT_TLSF_DANE_REQUIRED, "4.7.5", VERDICT_RT_DANE_REQUIRED);
+        return;
+    case VERDICT_TLS_HANDSHAKE:
+        /* 3.1: AUTH needs a record that matches the chain; ENCRYPT (no
+         * usable record) accepts any certificate. */
+        if (in->dane == VERDICT_DANE_AUTH && (!m || m->status != TLS_DANE_VERIFIED))
+            host_fail(out, VERDICT_TLSF_DANE_CERT, "4.7.5", dane_result_type(m));
+        return;
+    case VERDICT_TLS_READY:
+        return;
+    case VERDICT_TLS_CLOSED:
+        if (!applies || !in->res || in->res->err != ERR_TLS)
+            return; /* connection trouble: the next address */
+        if (match_failed)
+            host_fail(out, VERDICT_TLSF_DANE_CERT, "4.7.5", dane_result_type(m));
+        else if (in->res->tls_missing)
+            host_fail(out, VERDICT_TLSF_DANE_NOT_OFFERED, "4.7.5",
+                      VERDICT_RT_STARTTLS_NOT_SUPPORTED);
+        else
+            host_fail(out, VERDICT_TLSF_DANE_HANDSHAKE, "4.7.5", VERDICT_RT_VALIDATION_FAILURE);
+        return;
+    }
+}
+
 void verdict_tls(const struct verdict_tls_in *in, struct verdict_tls *out)
 {
     memset(out, 0, sizeof(*out));
@@ -194,6 +259,10 @@ void verdict_tls(const struct verdict_tls_in *in, struct verdict_tls *out)
     bool sts_verify = in->policy == VERDICT_POLICY_STS && in->level == POLICY_TLS_VERIFY;
     bool report_only = in->policy == VERDICT_POLICY_STS && in->sts_mode == POLICY_MODE_TESTING;
     bool ov = in->policy == VERDICT_POLICY_OVERRIDE;
+    if (in->policy == VERDICT_POLICY_DANE) {
+        verdict_tls_dane(in, out);
+        return;
+    }
     switch (in->event) {
     case VERDICT_TLS_SKIP:
         /* RFC 8461 4.1 and 5 (enforce): a host matching no pattern is never
@@ -324,10 +393,22 @@ void verdict_expired(const struct verdict_expiry_in *in, struct verdict *v)
     bool policy_caused = in->can_recheck && in->have_last && in->last_mode == POLICY_MODE_ENFORCE &&
                          in->last_status.cls == 4 && in->last_status.subject == 7 &&
                          in->last_status.detail == 5;
-    if (policy_caused)
+    if (policy_caused) {
         set(v, VERDICT_DEFER, VR_EXPIRED_RECHECK, "4.4.7");
-    else
+        v->sts_recheck = true;
+    } else {
         set(v, VERDICT_BOUNCE, VR_EXPIRED, "4.4.7");
+    }
+}
+
+void verdict_recheck(const struct verdict_recheck_in *in, struct verdict *v)
+{
+    bool same = in->have_policy && in->mode == POLICY_MODE_ENFORCE &&
+                in->change == POLICY_CHANGE_NONE && in->same_as_last;
+    if (same)
+        set(v, VERDICT_BOUNCE, VR_EXPIRED, "4.4.7");
+    else
+        set(v, VERDICT_DEFER, VR_RECHECK_CHANGED, "4.4.7");
 }
 
 void verdict_local(struct verdict *v)

@@ -54,7 +54,13 @@ enum verdict_reason {
     VR_EXPIRED,              /* maximal_queue_lifetime ran out */
     VR_EXPIRED_RECHECK,      /* expired, but an enforce policy deferred the
                                 last attempt: recheck the policy first */
+    VR_RECHECK_CHANGED,      /* expired, and the recheck found another policy
+                                (or none): one more attempt under it */
     VR_ADMIN,                /* bounced by the mail administrator */
+    VR_AUTH_FAILED,          /* SMTP AUTH to the next hop failed (a refusal,
+                                or TLS required for the credentials and not
+                                there): never permanent, as Postfix's
+                                smtp_sasl_auth_soft_bounce */
     VR_REASON_COUNT
 };
 
@@ -90,6 +96,10 @@ struct verdict {
     char status[12]; /* the enhanced status to log, record and report */
     /* The RFC 8460 result type behind a TLS-caused outcome, else NONE. */
     enum verdict_result_type result_type;
+    /* An MTA-STS enforce policy caused this deferral: look for a newer
+     * policy (policy_recheck(), even under an unchanged id) before the
+     * next attempt to the domain (RFC 8461 5). */
+    bool sts_recheck;
 };
 
 /* ---- transactions ------------------------------------------------------------ */
@@ -99,7 +109,9 @@ struct verdict {
  * delivered; 5xx bounces; 4xx, lost connections and timeouts defer; a
  * reply that makes no sense defers; a refusal before sending (no reply, no
  * error, a 5.X.X status) bounces; a TLS requirement defers whatever the
- * code; no outcome at all defers with 4.3.0. The status is the outcome's.
+ * code; an AUTH failure (stage SMTP_ST_AUTH) defers whatever the code, its
+ * status made 4.X.X; no outcome at all defers with 4.3.0. The status is the
+ * outcome's.
  */
 void verdict_reply(const struct smtp_outcome *o, struct verdict *v);
 
@@ -114,6 +126,9 @@ struct verdict_attempt_in {
     const char *policy_status;
     /* The last address's outcome; NULL when no address was tried. */
     const struct smtp_outcome *last;
+    /* The policy that failed the hosts is an MTA-STS policy in enforce
+     * mode (not a tls_policy_file entry). */
+    bool sts_enforce;
 };
 
 /*
@@ -121,7 +136,9 @@ struct verdict_attempt_in {
  * never bounce (RFC 8461 5: a policy failure is never a bounce; Postfix's
  * smtp_skip_5xx_greeting: a 5xx greeting does not bounce mail). The status
  * is the policy's, else the last outcome's, with its class made 4; 4.4.3
- * when no address was tried.
+ * when no address was tried. A deferral for an enforce MTA-STS policy asks
+ * for a recheck of the policy (sts_recheck). VR_AUTH_FAILED when the last
+ * address failed in SMTP AUTH.
  */
 void verdict_attempt(const struct verdict_attempt_in *in, struct verdict *v);
 
@@ -132,7 +149,20 @@ enum verdict_policy {
     VERDICT_POLICY_NONE = 0, /* opportunistic: no policy, or mode none */
     VERDICT_POLICY_STS,      /* MTA-STS (RFC 8461): sts_mode says which */
     VERDICT_POLICY_OVERRIDE, /* a tls_policy_file entry: level says which */
-    VERDICT_POLICY_DANE,     /* DANE (RFC 7672): rows to come */
+    VERDICT_POLICY_DANE,     /* DANE (RFC 7672): dane says which */
+};
+
+/* What DANE says of a host (RFC 7672 2.2), under smtp_tls_security_level
+ * dane or dane-only. */
+enum verdict_dane {
+    VERDICT_DANE_NONE = 0, /* DANE does not apply: no secure TLSA */
+    VERDICT_DANE_AUTH,     /* secure TLSA with usable records: STARTTLS and a
+                              chain that matches (tls_dane_verify()) */
+    VERDICT_DANE_ENCRYPT,  /* secure TLSA, none usable: STARTTLS without
+                              authentication (2.2, Postfix) */
+    VERDICT_DANE_DNS_FAIL, /* the TLSA lookup failed or was bogus: the host
+                              is not used (2.2, never plaintext) */
+    VERDICT_DANE_REQUIRED, /* dane-only, and DANE does not apply to the host */
 };
 
 /* When the facts are judged. */
@@ -154,18 +184,27 @@ struct verdict_tls_in {
     const struct smtp_outcome *res; /* CLOSED: why the session ended */
     bool name_ok;                   /* override verify/secure: the certificate carries a name
                                        the entry allows (policy_override_cert_ok()) */
+    enum verdict_dane dane;         /* DANE: what applies to the host */
+    /* DANE AUTH: the match of the presented chain (HANDSHAKE, and CLOSED
+     * after it), NULL when none was made. */
+    const struct tls_dane_result *dane_match;
 };
 
 /* Why the policy failed a host: selects the engine's text. */
 enum verdict_tls_fail {
     VERDICT_TLSF_NONE = 0,
-    VERDICT_TLSF_MX_MISMATCH,    /* STS enforce: the MX host matches no pattern */
-    VERDICT_TLSF_NOT_OFFERED,    /* STS enforce: no STARTTLS */
-    VERDICT_TLSF_CERT,           /* STS enforce: certificate not verified */
-    VERDICT_TLSF_HANDSHAKE,      /* STS enforce: TLS failed otherwise */
-    VERDICT_TLSF_OVERRIDE,       /* override encrypt and up: the session's reason */
-    VERDICT_TLSF_OVERRIDE_CHAIN, /* override verify/secure: chain not trusted */
-    VERDICT_TLSF_OVERRIDE_NAME,  /* override verify/secure: no allowed name */
+    VERDICT_TLSF_MX_MISMATCH,      /* STS enforce: the MX host matches no pattern */
+    VERDICT_TLSF_NOT_OFFERED,      /* STS enforce: no STARTTLS */
+    VERDICT_TLSF_CERT,             /* STS enforce: certificate not verified */
+    VERDICT_TLSF_HANDSHAKE,        /* STS enforce: TLS failed otherwise */
+    VERDICT_TLSF_OVERRIDE,         /* override encrypt and up: the session's reason */
+    VERDICT_TLSF_OVERRIDE_CHAIN,   /* override verify/secure: chain not trusted */
+    VERDICT_TLSF_OVERRIDE_NAME,    /* override verify/secure: no allowed name */
+    VERDICT_TLSF_DANE_DNS,         /* DANE: TLSA lookup failed or bogus */
+    VERDICT_TLSF_DANE_REQUIRED,    /* dane-only: no secure TLSA for the host */
+    VERDICT_TLSF_DANE_NOT_OFFERED, /* DANE: no STARTTLS */
+    VERDICT_TLSF_DANE_CERT,        /* DANE AUTH: the chain matches no record */
+    VERDICT_TLSF_DANE_HANDSHAKE,   /* DANE: TLS failed otherwise */
 };
 
 /* What the policy says of the facts. */
@@ -218,6 +257,23 @@ struct verdict_expiry_in {
  * policy before giving up (RFC 8461 5).
  */
 void verdict_expired(const struct verdict_expiry_in *in, struct verdict *v);
+
+struct verdict_recheck_in {
+    bool have_policy;          /* a policy applies after the recheck */
+    enum policy_mode mode;     /* its mode */
+    enum policy_change change; /* what the recheck changed (the whole policy
+                                  compared, policy_result.change) */
+    bool same_as_last;         /* it is the policy (id) the last attempt had */
+};
+
+/*
+ * The policy recheck of an expired recipient (VR_EXPIRED_RECHECK) is back:
+ * the same enforce policy as the last attempt, unchanged, bounces with
+ * 4.4.7 (VR_EXPIRED); another policy - a new id, new content under the
+ * same id, another mode, or none - gives one more attempt under it
+ * (VR_RECHECK_CHANGED, action DEFER).
+ */
+void verdict_recheck(const struct verdict_recheck_in *in, struct verdict *v);
 
 /* A local failure of the engine (out of memory, the queue unreadable):
  * defer with 4.3.0. */

@@ -172,14 +172,17 @@ static int mta_reload(struct mta *m, struct buf *errors)
     }
     /* Every part checks the new snapshot before any part applies it. */
     struct delivery_update *du = NULL;
+    struct submission_update *su = NULL;
     if (c && (delivery_reload_prepare(m->delivery, c, &du, errors) != 0 ||
-              submission_reload(m, c, errors) != 0)) {
+              submission_reload_prepare(m, c, &su, errors) != 0)) {
         delivery_reload_cancel(du);
         conf_unref(c);
         c = NULL;
     }
-    if (c)
+    if (c) {
         delivery_reload_apply(m->delivery, du);
+        submission_reload_apply(m, su);
+    }
     if (!c) {
         log_lines(LOGL_ERR, "reload failed, configuration unchanged: ", errors);
         notify("READY=1\nSTATUS=reload failed; previous configuration in force");

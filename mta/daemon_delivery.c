@@ -16,6 +16,7 @@ static void new_work(struct mta *m)
 static void sts_status_hook(struct mta *m, json_t *status)
 {
     delivery_sts_status(m->delivery, status);
+    delivery_route_status(m->delivery, status);
 }
 
 int mta_delivery_start(struct mta *m, struct buf *err)

@@ -23,6 +23,7 @@ struct delivery;
 struct tlsrpt_store;
 struct queue;
 struct submission;
+struct submission_update;
 
 /* The running daemon. */
 struct mta {
@@ -63,18 +64,28 @@ void mta_delivery_close(struct mta *m);
 
 /*
  * submission.c: the SMTP listeners that accept mail into the queue.
- * submission_start() binds every smtpd_listen address (an error names the
- * address) and starts accepting. submission_stop() stops accepting new
- * connections; sessions in progress go on. submission_active() counts them.
- * submission_close() drops them all (the clients see the connection close;
- * nothing they had not been given a 250 for was accepted).
- * submission_reload() applies a new snapshot to new sessions.
+ * submission_start() binds every smtpd_listen address with its role (an
+ * error names the entry) and starts accepting. submission_stop() stops
+ * accepting new connections; sessions in progress go on.
+ * submission_active() counts them. submission_close() drops them all (the
+ * clients see the connection close; nothing they had not been given a 250
+ * for was accepted).
+ * Reload, in two steps as delivery's: submission_reload_prepare() checks
+ * the new snapshot's server options and binds the addresses that are new
+ * (a failure closes them again and changes nothing); then
+ * submission_reload_apply() (cannot fail: new sessions get the new
+ * options, removed addresses stop accepting while their sessions finish,
+ * kept ones keep their socket and take their new role) or
+ * submission_reload_cancel(). *u is NULL when there is no server.
  */
 int submission_start(struct mta *m, struct buf *err);
 void submission_stop(struct mta *m);
 size_t submission_active(const struct mta *m);
 void submission_close(struct mta *m);
-int submission_reload(struct mta *m, struct conf *c, struct buf *err);
+int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_update **u,
+                              struct buf *err);
+void submission_reload_apply(struct mta *m, struct submission_update *u);
+void submission_reload_cancel(struct mta *m, struct submission_update *u);
 
 /*
  * tlsrpt.c: TLS-RPT (RFC 8460). mta_tlsrpt_start() opens the store (when

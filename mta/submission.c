@@ -1,7 +1,10 @@
 /*
  * submission.c - the SMTP listeners that accept mail into the queue: maps
  * the smtpd_* parameters of struct conf to the smtp module's server options
- * and hands every finished message to queue_submit().
+ * and hands every finished message to queue_submit(). Each smtpd_listen
+ * entry has a role (smtp, submission RFC 6409, submissions RFC 8314); a
+ * reload opens new addresses, closes removed ones (their sessions finish)
+ * and keeps the rest, all or nothing.
  *
  * Invariants (DESIGN.md, "the path of one message"):
  *  - The client's 250 is sent only from the queue's submit callback, which
@@ -15,6 +18,8 @@
  *    to signing.c, which queues the signed copy with submit() and answers
  *    the session itself.
  */
+#include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -25,8 +30,21 @@
 #include "queue.h"
 #include "smtp.h"
 
+/* One listening socket: its address text ("127.0.0.1:25", "[::]:587") and
+ * role. "*:25" stands for two sockets. */
+struct sock {
+    char key[80];
+    enum smtpd_role role;
+    char spec[300]; /* the smtpd_listen entry it came from, for errors */
+    struct sockaddr_storage sa;
+    struct smtpd_listener *l; /* NULL until bound */
+};
+
 struct submission {
     struct smtpd *srv;
+    struct sock *socks;
+    size_t n_socks;
+    struct conf_map *logins;    /* smtpd_sender_login_maps, or NULL */
     struct dkim_keytable *dkim; /* NULL: no signing */
 };
 
@@ -77,6 +95,37 @@ static bool tls_required_no(const char *msg, size_t len)
     }
     return false;
 }
+
+/* smtpd_sender_login_maps: which senders an authenticated login may use
+ * (conf_sender_login_ok(); no table: any). The table in force is the one
+ * of the last successful start or reload. */
+static bool sender_allowed(void *arg, const char *login, const char *sender)
+{
+    struct mta *m = arg;
+    return conf_sender_login_ok(m->submission ? m->submission->logins : NULL, sender, login);
+}
+
+/* Load the snapshot's smtpd_sender_login_maps (NULL when not set). A bad
+ * line is FILE:LINE: why in err. */
+static int load_logins(const struct conf *c, struct conf_map **out, struct buf *err)
+{
+    *out = NULL;
+    if (!c->smtpd_sender_login_maps || !c->smtpd_sender_login_maps[0])
+        return 0;
+    *out = conf_sender_logins_load(c->smtpd_sender_login_maps, err);
+    return *out ? 0 : ERR_INVAL;
+}
+
+/* A reload's new listener set, bound before anything else changes, and its
+ * new DKIM key table. */
+struct submission_update {
+    struct smtpd_opts o;
+    char host[256];
+    struct sock *socks; /* the new set: kept ones have l of the old set */
+    size_t n_socks;
+    struct dkim_keytable *dkim;
+    struct conf_map *logins;
+};
 
 static bool relay_allowed(void *arg, const struct sockaddr *client)
 {
@@ -180,6 +229,7 @@ static int make_opts(struct mta *m, const struct conf *c, struct smtpd_opts *o, 
     o->bare_newline = strcmp(c->smtpd_forbid_bare_newline, "normalize") == 0 ? SMTPD_BARE_NORMALIZE
                                                                              : SMTPD_BARE_REJECT;
     o->relay_allowed = relay_allowed;
+    o->sender_allowed = sender_allowed;
     o->on_message = on_message;
     o->arg = m;
     if (c->smtpd_tls_cert_file && *c->smtpd_tls_cert_file) {
@@ -212,64 +262,153 @@ static void drop_opts(struct smtpd_opts *o)
     smtpd_credentials_free(o->creds);
 }
 
-static int listen_one(struct smtpd *srv, const char *spec, struct buf *err)
+static enum smtpd_role role_of(enum conf_listen_role r)
 {
-    struct conf_hostport hp;
-    if (conf_parse_hostport(spec, false, &hp) != 0) {
-        buf_printf(err, "smtpd_listen: bad address \"%s\"\n", spec);
-        return ERR_INVAL;
+    return r == CONF_LISTEN_SUBMISSIONS  ? SMTPD_ROLE_SUBMISSIONS
+           : r == CONF_LISTEN_SUBMISSION ? SMTPD_ROLE_SUBMISSION
+                                         : SMTPD_ROLE_SMTP;
+}
+
+static int sock_add(struct sock **v, size_t *n, const struct sockaddr *sa, enum smtpd_role role,
+                    const char *spec, struct buf *err)
+{
+    char key[80];
+    sockaddr_text(sa, key, sizeof(key));
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp((*v)[i].key, key) == 0) {
+            buf_printf(err, "smtpd_listen: \"%s\": %s is listed twice\n", spec, key);
+            return ERR_INVAL;
+        }
     }
-    if (strcmp(hp.host, "*") == 0) {
-        struct sockaddr_in a4;
-        struct sockaddr_in6 a6;
-        uv_ip4_addr("0.0.0.0", hp.port, &a4);
-        uv_ip6_addr("::", hp.port, &a6);
-        int rc = smtpd_listen(srv, (struct sockaddr *)&a4, err);
-        if (rc == 0)
-            rc = smtpd_listen(srv, (struct sockaddr *)&a6, err);
+    struct sock *nv = realloc(*v, (*n + 1) * sizeof(*nv));
+    if (!nv)
+        return ERR_NOMEM;
+    *v = nv;
+    struct sock *k = &nv[(*n)++];
+    memset(k, 0, sizeof(*k));
+    str_copy(k->key, key, sizeof(k->key));
+    str_copy(k->spec, spec, sizeof(k->spec));
+    k->role = role;
+    memcpy(&k->sa, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    return 0;
+}
+
+/* The sockets smtpd_listen of c asks for, checked against what each role
+ * needs (a submission port without a certificate or without credentials
+ * could take no mail at all: a configuration error naming the entry). */
+static int plan(const struct conf *c, struct sock **out, size_t *n_out, struct buf *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    struct sock *v = NULL;
+    size_t n = 0;
+    int rc = 0;
+    const struct conf_list *l = &c->smtpd_listen;
+    for (size_t i = 0; i < l->n && rc == 0; i++) {
+        const char *spec = l->v[i];
+        struct conf_hostport hp;
+        enum conf_listen_role cr;
+        if (conf_parse_listen(spec, &hp, &cr) != 0) {
+            buf_printf(err, "smtpd_listen: bad address \"%s\"\n", spec);
+            rc = ERR_INVAL;
+            break;
+        }
+        /* settings_conf_check() made sure a submission role has its
+         * certificate and credentials. */
+        enum smtpd_role role = role_of(cr);
+        if (strcmp(hp.host, "*") == 0) {
+            struct sockaddr_in a4;
+            struct sockaddr_in6 a6;
+            uv_ip4_addr("0.0.0.0", hp.port, &a4);
+            uv_ip6_addr("::", hp.port, &a6);
+            rc = sock_add(&v, &n, (struct sockaddr *)&a4, role, spec, err);
+            if (rc == 0)
+                rc = sock_add(&v, &n, (struct sockaddr *)&a6, role, spec, err);
+            continue;
+        }
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        if (uv_ip4_addr(hp.host, hp.port, (struct sockaddr_in *)&ss) != 0 &&
+            uv_ip6_addr(hp.host, hp.port, (struct sockaddr_in6 *)&ss) != 0) {
+            buf_printf(err, "smtpd_listen: \"%s\" is not an IP address\n", spec);
+            rc = ERR_INVAL;
+            break;
+        }
+        rc = sock_add(&v, &n, (struct sockaddr *)&ss, role, spec, err);
+    }
+    if (rc != 0) {
+        free(v);
         return rc;
     }
-    struct sockaddr_storage ss;
-    if (uv_ip4_addr(hp.host, hp.port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(hp.host, hp.port, (struct sockaddr_in6 *)&ss) != 0) {
-        buf_printf(err, "smtpd_listen: \"%s\" is not an IP address\n", spec);
-        return ERR_INVAL;
-    }
-    return smtpd_listen(srv, (struct sockaddr *)&ss, err);
+    *out = v;
+    *n_out = n;
+    return 0;
+}
+
+static struct sock *find_sock(struct sock *v, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].key, key) == 0)
+            return &v[i];
+    return NULL;
 }
 
 int submission_start(struct mta *m, struct buf *err)
 {
-    struct smtpd_opts o;
-    char host[256];
-    int rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
+    struct sock *socks;
+    size_t n_socks;
+    int rc = plan(m->conf, &socks, &n_socks, err);
     if (rc)
         return rc;
+    struct smtpd_opts o;
+    char host[256];
+    rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
+    if (rc) {
+        free(socks);
+        return rc;
+    }
     struct dkim_keytable *keys;
     rc = signing_load(m->conf, &keys, err);
     if (rc) {
         drop_opts(&o);
+        free(socks);
         return rc;
     }
     struct submission *sub = calloc(1, sizeof(*sub));
     if (!sub) {
         drop_opts(&o);
+        free(socks);
         dkim_keytable_free(keys);
         return ERR_NOMEM;
     }
+    sub->socks = socks;
+    sub->n_socks = n_socks;
     sub->dkim = keys;
+    rc = load_logins(m->conf, &sub->logins, err);
+    if (rc) {
+        drop_opts(&o);
+        dkim_keytable_free(sub->dkim);
+        free(sub->socks);
+        free(sub);
+        return rc;
+    }
     sub->srv = smtpd_new(m->loop, &o, err);
     drop_opts(&o);
     if (!sub->srv) {
+        conf_map_free(sub->logins);
+        free(sub->socks);
         dkim_keytable_free(sub->dkim);
         free(sub);
         return ERR_INVAL;
     }
-    const struct conf_list *l = &m->conf->smtpd_listen;
-    for (size_t i = 0; i < l->n; i++) {
-        rc = listen_one(sub->srv, l->v[i], err);
+    for (size_t i = 0; i < sub->n_socks; i++) {
+        struct sock *k = &sub->socks[i];
+        rc = smtpd_listen_role(sub->srv, (struct sockaddr *)&k->sa, k->role, &k->l, err);
         if (rc) {
             smtpd_free(sub->srv);
+            conf_map_free(sub->logins);
+            free(sub->socks);
             dkim_keytable_free(sub->dkim);
             free(sub);
             return rc;
@@ -301,40 +440,125 @@ void submission_close(struct mta *m)
     /* Sessions still with the queue get their answer (at the latest inside
      * queue_close()), then the server frees itself as its handles close. */
     smtpd_free(sub->srv);
+    conf_map_free(sub->logins);
+    free(sub->socks);
     /* Signing jobs in flight hold their own references. */
     dkim_keytable_free(sub->dkim);
     free(sub);
     m->submission = NULL;
 }
 
-int submission_reload(struct mta *m, struct conf *c, struct buf *err)
+void submission_reload_cancel(struct mta *m, struct submission_update *u)
 {
-    if (!m->submission)
+    if (!u)
+        return;
+    struct submission *sub = m->submission;
+    /* Listeners opened for this update only are closed again. */
+    for (size_t i = 0; i < u->n_socks; i++) {
+        struct sock *k = &u->socks[i];
+        if (k->l && !(sub && find_sock(sub->socks, sub->n_socks, k->key)))
+            smtpd_listener_close(k->l);
+    }
+    drop_opts(&u->o);
+    dkim_keytable_free(u->dkim);
+    conf_map_free(u->logins);
+    free(u->socks);
+    free(u);
+}
+
+int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_update **out,
+                              struct buf *err)
+{
+    *out = NULL;
+    struct submission *sub = m->submission;
+    if (!sub)
         return 0;
-    struct smtpd_opts o;
-    char host[256];
-    /* The key table is loaded before anything changes, and swapped only
-     * when the rest of the reload has succeeded: all or nothing. */
-    struct dkim_keytable *keys;
-    int rc = signing_load(c, &keys, err);
-    if (rc)
-        return rc;
-    rc = make_opts(m, c, &o, host, sizeof(host), err);
+    struct submission_update *u = calloc(1, sizeof(*u));
+    if (!u)
+        return ERR_NOMEM;
+    /* The DKIM key table is loaded before anything changes, and swapped
+     * only when the rest of the reload has succeeded. */
+    int rc = plan(c, &u->socks, &u->n_socks, err);
+    if (rc == 0)
+        rc = signing_load(c, &u->dkim, err);
+    if (rc == 0)
+        rc = load_logins(c, &u->logins, err);
+    if (rc == 0)
+        rc = make_opts(m, c, &u->o, u->host, sizeof(u->host), err);
+    else
+        memset(&u->o, 0, sizeof(u->o));
     if (rc) {
-        dkim_keytable_free(keys);
+        dkim_keytable_free(u->dkim);
+        conf_map_free(u->logins);
+        free(u->socks);
+        free(u);
         return rc;
     }
-    rc = smtpd_set_opts(m->submission->srv, &o, err);
-    drop_opts(&o);
-    if (rc) {
-        dkim_keytable_free(keys);
-        return rc;
+    u->o.hostname = u->host;
+    /* The options are checked by building a server from them (no listener,
+     * no session: it is freed at once). */
+    struct smtpd *check = smtpd_new(m->loop, &u->o, err);
+    if (!check) {
+        drop_opts(&u->o);
+        dkim_keytable_free(u->dkim);
+        conf_map_free(u->logins);
+        free(u->socks);
+        free(u);
+        return ERR_INVAL;
     }
-    dkim_keytable_free(m->submission->dkim);
-    m->submission->dkim = keys;
-    if (keys)
-        log_info("smtpd", "DKIM: %zu signing keys from %s", dkim_keytable_count(keys),
-                 c->dkim_key_table);
-    /* smtpd_listen changes need a restart, as in Postfix's master.cf. */
-    return rc;
+    smtpd_free(check);
+    /* Open the new addresses now: one that cannot be bound refuses the
+     * whole reload, and nothing has changed yet. Kept addresses keep their
+     * socket (and their connections). */
+    for (size_t i = 0; i < u->n_socks; i++) {
+        struct sock *k = &u->socks[i];
+        struct sock *old = find_sock(sub->socks, sub->n_socks, k->key);
+        if (old) {
+            k->l = old->l;
+            continue;
+        }
+        rc = smtpd_listen_role(sub->srv, (struct sockaddr *)&k->sa, k->role, &k->l, err);
+        if (rc) {
+            submission_reload_cancel(m, u);
+            return rc;
+        }
+    }
+    *out = u;
+    return 0;
+}
+
+void submission_reload_apply(struct mta *m, struct submission_update *u)
+{
+    struct submission *sub = m->submission;
+    if (!u)
+        return;
+    if (!sub) {
+        submission_reload_cancel(m, u);
+        return;
+    }
+    struct buf err;
+    buf_init(&err, 4096);
+    if (smtpd_set_opts(sub->srv, &u->o, &err) != 0)
+        log_err("smtpd", "reload: %s", err.data ? err.data : "cannot apply the options");
+    buf_free(&err);
+    /* Removed addresses: stop accepting; their sessions finish. */
+    for (size_t i = 0; i < sub->n_socks; i++)
+        if (!find_sock(u->socks, u->n_socks, sub->socks[i].key))
+            smtpd_listener_close(sub->socks[i].l);
+    for (size_t i = 0; i < u->n_socks; i++)
+        smtpd_listener_set_role(u->socks[i].l, u->socks[i].role);
+    free(sub->socks);
+    sub->socks = u->socks;
+    sub->n_socks = u->n_socks;
+    u->socks = NULL;
+    u->n_socks = 0;
+    conf_map_free(sub->logins);
+    sub->logins = u->logins;
+    u->logins = NULL;
+    dkim_keytable_free(sub->dkim);
+    sub->dkim = u->dkim;
+    if (sub->dkim)
+        log_info("smtpd", "DKIM: %zu signing keys (reloaded)", dkim_keytable_count(sub->dkim));
+    drop_opts(&u->o);
+    free(u);
 }

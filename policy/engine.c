@@ -39,6 +39,7 @@ struct dom {
     struct dom *next;
     char domain[POLICY_NAME_MAX];
     int64_t txt_checked; /* last definitive TXT answer (seconds) */
+    int64_t rechecked;   /* last forced refetch for policy_recheck() (seconds) */
     struct job *job;
     bool mem_set; /* memory-only mode: the entry lives here */
     struct policy_entry mem;
@@ -65,6 +66,7 @@ struct job {
     struct policy_req *waiters;
     enum policy_failure failure;
     char error[256];
+    enum policy_change change;
 };
 
 struct probe_state {
@@ -267,6 +269,7 @@ static void job_end(struct job *j, const struct policy_entry *e, enum policy_sou
     p->jobs--;
     struct policy_result res;
     result_from(&res, e, now_s(p), src, j->failure, j->error);
+    res.change = j->change;
     struct policy_req *w = j->waiters;
     while (w) {
         struct policy_req *next = w->next;
@@ -331,11 +334,22 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
     const char *result = policy_failure_result_type(f);
     metric_add(MET_STS_FETCHES, rc == 0 ? "success" : result ? result : "failure", NULL, 1);
     if (rc == 0) {
+        /* The whole policy against the cached one, not only the id: a
+         * domain may fix its policy without publishing a new id. */
+        if (!e.have_policy)
+            j->change = POLICY_CHANGE_NEW;
+        else if (strcmp(e.id, j->txt_id) != 0)
+            j->change = POLICY_CHANGE_ID;
+        else if (!policy_sts_equal(&e.policy, &sp))
+            j->change = POLICY_CHANGE_CONTENT;
         int src = policy_entry_success(&e, j->txt_id, fr->body, fr->body_len, &sp, now);
         char mx[512];
         mx_list(&sp, mx, sizeof(mx));
         log_info("sts", "policy fetched domain=%s id=%s mode=%s mx=%s max_age=%u", j->d->domain,
                  j->txt_id, policy_mode_name(sp.mode), mx, sp.max_age);
+        if (j->change == POLICY_CHANGE_CONTENT)
+            log_info("sts", "policy changed domain=%s id=%s: same id, new content", j->d->domain,
+                     j->txt_id);
         policy_sts_clear(&sp);
         if (src == 0)
             entry_store(p, j->d, &e);
@@ -398,13 +412,22 @@ static void txt_done(void *arg, const struct dns_result *r)
         d->txt_checked = now;
         if (rc == 0) {
             bool force = j->kind != JOB_NORMAL;
-            /* A recheck or refresh refetches an unchanged id only once per
-             * retry period; an admin refresh always does. */
-            if (force && j->kind != JOB_ADMIN && e.last_attempt &&
-                now - e.last_attempt < (int64_t)p->o.retry_after_s && now >= e.last_attempt)
+            int64_t retry_after = (int64_t)p->o.retry_after_s;
+            /* A refresh refetches an unchanged id only once per retry
+             * period after any attempt; a recheck (an enforce policy
+             * failed a delivery) once per retry period after the last
+             * recheck, so the first failure after a fetch is looked at
+             * again on the next attempt; an admin refresh always does. */
+            if (force && j->kind == JOB_REFRESH && e.last_attempt &&
+                now - e.last_attempt < retry_after && now >= e.last_attempt)
+                force = false;
+            if (force && j->kind == JOB_RECHECK && d->rechecked &&
+                now - d->rechecked < retry_after && now >= d->rechecked)
                 force = false;
             int64_t retry = j->kind == JOB_ADMIN ? 0 : (int64_t)p->o.retry_after_s;
             if (policy_entry_should_fetch(&e, j->txt_id, force, now, retry)) {
+                if (j->kind == JOB_RECHECK)
+                    d->rechecked = now;
                 j->f = start_fetch(p, d->domain, fetch_done, j);
                 if (j->f) {
                     policy_entry_clear(&e);

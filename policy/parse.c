@@ -131,6 +131,40 @@ int policy_sts_copy(struct sts_policy *dst, const struct sts_policy *src)
     return 0;
 }
 
+/* Is every pattern of a among those of b? */
+static bool mx_subset(const struct sts_policy *a, const struct sts_policy *b)
+{
+    for (size_t i = 0; i < a->n_mx; i++) {
+        bool found = false;
+        for (size_t k = 0; k < b->n_mx && !found; k++)
+            found = strcmp(a->mx[i], b->mx[k]) == 0;
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+bool policy_sts_equal(const struct sts_policy *a, const struct sts_policy *b)
+{
+    if (!a || !b)
+        return a == b;
+    return a->mode == b->mode && a->max_age == b->max_age && mx_subset(a, b) && mx_subset(b, a);
+}
+
+const char *policy_change_name(enum policy_change c)
+{
+    switch (c) {
+    case POLICY_CHANGE_NEW:
+        return "new";
+    case POLICY_CHANGE_ID:
+        return "id";
+    case POLICY_CHANGE_CONTENT:
+        return "content";
+    default:
+        return "none";
+    }
+}
+
 /* ---- RFC 8461 3.1: the TXT record ---------------------------------------- */
 
 /*

@@ -81,6 +81,11 @@ struct sts_policy {
     char **mx;
 };
 
+/* Are two policies the same in every field: mode, max_age and the mx
+ * patterns (as a set: order and repeats do not matter; patterns are
+ * already lower case)? Two NULLs are equal. */
+bool policy_sts_equal(const struct sts_policy *a, const struct sts_policy *b);
+
 /* Free what a parsed policy owns and zero it. NULL is fine. */
 void policy_sts_clear(struct sts_policy *p);
 /* Deep copy. 0 or ERR_NOMEM (dst is then zeroed). */
@@ -397,6 +402,18 @@ enum policy_source {
     POLICY_SRC_FETCHED,  /* fetched during this lookup */
 };
 
+/* What a lookup changed, comparing the whole policy (not only its id) with
+ * the one cached before it. */
+enum policy_change {
+    POLICY_CHANGE_NONE = 0, /* nothing fetched, or the same policy again */
+    POLICY_CHANGE_NEW,      /* fetched where no policy was cached */
+    POLICY_CHANGE_ID,       /* fetched under a new TXT id */
+    POLICY_CHANGE_CONTENT,  /* fetched under the same id, yet different: the
+                               domain fixed its policy without a new id */
+};
+/* "none", "new", "id", "content". */
+const char *policy_change_name(enum policy_change c);
+
 struct policy_result {
     const char *domain;
     bool have_policy; /* a policy applies (its mode may still be none) */
@@ -408,6 +425,8 @@ struct policy_result {
      * still applies (for TLS-RPT and the log). NONE and "" otherwise. */
     enum policy_failure failure;
     const char *error;
+    /* Did this lookup replace the cached policy with a different one? */
+    enum policy_change change;
 };
 
 typedef void (*policy_cb)(void *arg, const struct policy_result *r);
@@ -468,9 +487,14 @@ int policy_get(struct policy *p, const char *domain, policy_cb cb, void *arg,
                struct policy_req **req);
 
 /*
- * RFC 8461 5: before a failure caused by an enforce policy becomes final,
- * look for a newer policy: a TXT lookup now, and a fetch even if the id did
- * not change (unless one was tried within retry_after_s). Same callback
+ * RFC 8461 5: after an enforce policy failed a delivery (and before such a
+ * failure becomes final), look for a newer policy: a TXT lookup now, and a
+ * fetch even if the id did not change. Rate-limited per domain: such a
+ * forced refetch of an unchanged id happens at most once per retry_after_s
+ * (sts_fetch_retry_time), and never within retry_after_s of a failed fetch
+ * of that id (RFC 8461 3.3); otherwise the cached policy answers. The
+ * result's change compares the whole policy with the cached one, so a
+ * domain that fixed its policy under the same id is seen. Same callback
  * rules as policy_get().
  */
 int policy_recheck(struct policy *p, const char *domain, policy_cb cb, void *arg,

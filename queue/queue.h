@@ -125,10 +125,13 @@ enum queue_ret { QUEUE_RET_NONE = 0, QUEUE_RET_FULL = 1, QUEUE_RET_HDRS = 2 };
 #define QUEUE_F_SMTPUTF8 0x01u
 #define QUEUE_F_8BITMIME 0x02u
 #define QUEUE_F_TLS 0x04u /* the client used TLS (details in tls) */
+/* The sender got the message's one delay warning (delay_warning_time, RFC
+ * 3464 Action: delayed): set by queue_delay_warned(), never on submit. */
+#define QUEUE_F_DELAY_WARNED 0x08u
 /* The message says "TLS-Required: No" (RFC 8689): delivered with
  * opportunistic TLS whatever the recipient domain's policy, and never
  * counted for TLS-RPT (reports carry it: RFC 8460 5.3, no loops). */
-#define QUEUE_F_TLS_OPTIONAL 0x08u
+#define QUEUE_F_TLS_OPTIONAL 0x10u
 
 /* RFC 3461 NOTIFY bits; 0 means NOTIFY was not given (default behaviour). */
 #define QUEUE_NOTIFY_NEVER 0x01u
@@ -314,6 +317,13 @@ int queue_hold(struct queue *q, const char *id, queue_done_cb cb, void *arg);
 int queue_release(struct queue *q, const char *id, queue_done_cb cb, void *arg);
 int queue_retry(struct queue *q, const char *id, queue_done_cb cb, void *arg);
 int queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg);
+/*
+ * Record that the sender of message id got its delay warning: sets
+ * QUEUE_F_DELAY_WARNED in the message's flags (durable after the commit,
+ * so a restart does not warn again). Recipients and schedule are not
+ * touched. ERR_NOTFOUND through cb for an unknown ID.
+ */
+int queue_delay_warned(struct queue *q, const char *id, queue_done_cb cb, void *arg);
 
 /* ---- reads (any thread, synchronous) --------------------------------------- */
 

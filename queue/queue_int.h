@@ -23,6 +23,11 @@
  * RESULT field layout, oldest first; these are the results before `last`.
  * A version 1 record without history re-encodes as version 1, so a round
  * trip is byte-exact; it becomes version 2 when a history is added.
+ *
+ * MSG record flags (QUEUE_F_*) are a u32 whose unknown bits are kept as
+ * they are: a flag added later (QUEUE_F_DELAY_WARNED 0x08,
+ * QUEUE_F_TLS_OPTIONAL 0x10) needs no new
+ * record version, and records written before it read with it clear.
  */
 #ifndef CONVOY_QUEUE_INT_H
 #define CONVOY_QUEUE_INT_H

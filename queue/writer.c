@@ -45,7 +45,8 @@ enum qreq_type {
     R_HOLD,
     R_RELEASE,
     R_RETRY,
-    R_REMOVE
+    R_REMOVE,
+    R_DELAY_WARNED
 };
 
 struct qreq {
@@ -668,6 +669,19 @@ static int apply_message_op(struct wtx *w, struct qreq *r, const char *id)
         int err = wget(w, QDB_MSG, id, QUEUE_ID_LEN, &v);
         return err ? err : msg_delete(w, id);
     }
+    if (r->type == R_DELAY_WARNED) {
+        /* A bit of the MSG record's flags: records written before it
+         * existed read as "not warned". */
+        void *raw = NULL;
+        struct qrec_msg m;
+        int err = msg_load(w, id, &m, &raw);
+        if (!err && !(m.flags & QUEUE_F_DELAY_WARNED)) {
+            m.flags |= QUEUE_F_DELAY_WARNED;
+            err = msg_store(w, id, &m);
+        }
+        free(raw);
+        return err;
+    }
     void *msg_raw = NULL;
     struct qrec_msg m;
     int err = msg_load(w, id, &m, &msg_raw);
@@ -779,6 +793,7 @@ static int apply(struct wtx *w, struct qreq *r)
     case R_HOLD:
     case R_RELEASE:
     case R_REMOVE:
+    case R_DELAY_WARNED:
         return apply_message_op(w, r, r->id);
     }
     return ERR_INVAL;
@@ -1205,7 +1220,7 @@ int queue_submit(struct queue *q, const struct queue_envelope *env,
         .n_rcpts = (uint32_t)n_rcpts,
         .n_open = (uint32_t)n_rcpts,
         .ret = (uint8_t)(env->ret <= QUEUE_RET_HDRS ? env->ret : QUEUE_RET_NONE),
-        .flags = env->flags,
+        .flags = env->flags & ~QUEUE_F_DELAY_WARNED,
         .sender = qrec_view(env->sender),
         .client_name = qrec_view(env->client_name),
         .client_addr = qrec_view(env->client_addr),
@@ -1373,4 +1388,9 @@ int queue_retry(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 int queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 {
     return message_op(q, R_REMOVE, id, cb, arg);
+}
+
+int queue_delay_warned(struct queue *q, const char *id, queue_done_cb cb, void *arg)
+{
+    return message_op(q, R_DELAY_WARNED, id, cb, arg);
 }

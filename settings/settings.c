@@ -6,6 +6,7 @@
  */
 #include "settings.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,18 +31,28 @@ void settings_dns_options(const struct conf *c, struct dns_options *o)
 
 int settings_conf_check(const struct conf *c, struct buf *errors)
 {
-    /* DANE is resolved (dns/) and matched (tls/dane.c) but not yet part of
-     * the delivery verdict (issue 16): running with it would deliver as
-     * "may" where the operator asked for authentication, or for dane-only
-     * deliver where it must not. Refuse rather than pretend. */
-    const char *l = c->smtp_tls_security_level ? c->smtp_tls_security_level : "";
-    if (strcmp(l, "dane") == 0 || strcmp(l, "dane-only") == 0) {
+    /* A submission port (RFC 6409, RFC 8314) takes mail only after AUTH,
+     * which is offered only over TLS: without a certificate or without
+     * credentials it could take no mail at all. */
+    bool have_tls = c->smtpd_tls_cert_file && *c->smtpd_tls_cert_file;
+    bool have_auth = c->smtpd_auth_file && *c->smtpd_auth_file;
+    int rc = 0;
+    for (size_t i = 0; i < c->smtpd_listen.n; i++) {
+        struct conf_hostport hp;
+        enum conf_listen_role role;
+        if (conf_parse_listen(c->smtpd_listen.v[i], &hp, &role) != 0 || role == CONF_LISTEN_SMTP ||
+            (have_tls && have_auth))
+            continue;
         buf_printf(errors,
-                   "smtp_tls_security_level = %s: DANE is not enforced by delivery in this "
-                   "version; use may or verify\n",
-                   l);
-        return ERR_NOTYET;
+                   "smtpd_listen: \"%s\": the %s role needs %s%s%s (AUTH is required "
+                   "there and offered only over TLS)\n",
+                   c->smtpd_listen.v[i], conf_listen_role_name(role),
+                   have_tls ? "" : "smtpd_tls_cert_file", !have_tls && !have_auth ? " and " : "",
+                   have_auth ? "" : "smtpd_auth_file");
+        rc = ERR_INVAL;
     }
+    if (rc != 0)
+        return rc;
     if (c->smtp_dns_support_level && strcmp(c->smtp_dns_support_level, "disabled") == 0) {
         buf_printf(errors, "smtp_dns_support_level = disabled: delivery without DNS is not "
                            "supported; use enabled or dnssec\n");

@@ -42,10 +42,12 @@ void settings_helo_name(const struct conf *c, char *out, size_t size);
 /* <queue_directory>/<CTL_SOCKET_NAME>: 0, or ERR_TOOBIG when it does not
  * fit in size. */
 int settings_control_socket_path(const struct conf *c, char *out, size_t size);
-/* Settings the daemon cannot run with yet although the configuration
- * accepts them (smtp_tls_security_level = dane / dane-only until DANE is
- * part of the delivery verdict; smtp_dns_support_level = disabled). 0, or
- * ERR_NOTYET with one line per problem appended to errors. */
+/* Settings the daemon cannot run with although each value is valid on its
+ * own (smtp_tls_security_level = dane / dane-only until DANE is part of the
+ * delivery verdict; smtp_dns_support_level = disabled; an smtpd_listen
+ * entry with the submission or submissions role without
+ * smtpd_tls_cert_file and smtpd_auth_file). 0, or ERR_NOTYET / ERR_INVAL
+ * with one line per problem appended to errors. */
 int settings_conf_check(const struct conf *c, struct buf *errors);
 /* The names TLS reports carry (RFC 8460 4.1, 5.3), with their defaults:
  * submitter = tlsrpt_submitter or myhostname or the host name (lower case);

@@ -4,7 +4,9 @@
  * Standards: RFC 5321 (3.3 mail transactions, 4.1.1 commands, 4.2 replies,
  * 4.5.2 transparency, 4.5.3.2 timeouts), RFC 2920 PIPELINING, RFC 1870 SIZE,
  * RFC 3207 STARTTLS, RFC 6531 SMTPUTF8, RFC 6152 8BITMIME, RFC 3461 DSN
- * parameters, RFC 2034 / 3463 enhanced status codes.
+ * parameters, RFC 2034 / 3463 enhanced status codes, RFC 4954 AUTH with
+ * PLAIN (RFC 4616) or LOGIN (the caller's credentials; never logged, and
+ * never sent without TLS when the caller requires it).
  *
  * Layers: tls_stream (TCP, and TLS once STARTTLS succeeded) -> line reader ->
  * reply parser -> the state machine below -> events to the owner.
@@ -42,10 +44,10 @@
 static const char *const stage_names[SMTP_ST_COUNT] = {
     [SMTP_ST_CONNECT] = "connect", [SMTP_ST_GREETING] = "greeting", [SMTP_ST_EHLO] = "ehlo",
     [SMTP_ST_HELO] = "helo",       [SMTP_ST_STARTTLS] = "starttls", [SMTP_ST_TLS] = "tls",
-    [SMTP_ST_IDLE] = "idle",       [SMTP_ST_RSET] = "rset",         [SMTP_ST_MAIL] = "mail",
-    [SMTP_ST_RCPT] = "rcpt",       [SMTP_ST_DATA] = "data",         [SMTP_ST_BODY] = "body",
-    [SMTP_ST_DOT] = "dot",         [SMTP_ST_QUIT] = "quit",         [SMTP_ST_CLOSING] = "closing",
-    [SMTP_ST_CLOSED] = "closed",
+    [SMTP_ST_AUTH] = "auth",       [SMTP_ST_IDLE] = "idle",         [SMTP_ST_RSET] = "rset",
+    [SMTP_ST_MAIL] = "mail",       [SMTP_ST_RCPT] = "rcpt",         [SMTP_ST_DATA] = "data",
+    [SMTP_ST_BODY] = "body",       [SMTP_ST_DOT] = "dot",           [SMTP_ST_QUIT] = "quit",
+    [SMTP_ST_CLOSING] = "closing", [SMTP_ST_CLOSED] = "closed",
 };
 
 const char *smtp_stage_name(enum smtp_stage st)
@@ -81,6 +83,11 @@ struct smtp_client {
     enum smtp_tls_mode tlsmode;
     struct tls_ctx *tls_ctx;
     smtp_tls_check_cb tls_check;
+    char *auth_user;
+    char *auth_pass;
+    bool auth_tls_required;
+    bool auth_login_step; /* LOGIN: the user name was sent, the password is next */
+    bool authenticated;
     struct smtp_timeouts to;
     smtp_client_cb cb;
     void *arg;
@@ -165,6 +172,7 @@ static uint32_t stage_timeout(const struct smtp_client *c, enum smtp_stage st)
         return t->greeting ? t->greeting : 300000;
     case SMTP_ST_EHLO:
     case SMTP_ST_HELO:
+    case SMTP_ST_AUTH:
         return t->helo ? t->helo : 300000;
     case SMTP_ST_STARTTLS:
     case SMTP_ST_TLS:
@@ -370,8 +378,19 @@ static void on_later(uv_timer_t *t)
 
 /* ---- closing ----------------------------------------------------------- */
 
+/* Wipe and free a secret. */
+static void free_secret(char *p)
+{
+    if (p) {
+        explicit_bzero(p, strlen(p));
+        free(p);
+    }
+}
+
 static void really_free(struct smtp_client *c)
 {
+    free_secret(c->auth_user);
+    free_secret(c->auth_pass);
     tls_ctx_free(c->tls_ctx);
     smtp_reply_free(&c->reply);
     buf_free(&c->in);
@@ -508,6 +527,27 @@ static bool kw_is(const char *line, size_t n, const char *kw, const char **rest)
     return true;
 }
 
+/* The mechanisms of "AUTH PLAIN LOGIN ..." (RFC 4954 3), also the old
+ * "AUTH=PLAIN LOGIN" form some servers still send. */
+static void parse_auth(struct smtp_client *c, const char *p, size_t n)
+{
+    c->ext.auth = true;
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && p[i] == ' ')
+            i++;
+        size_t j = i;
+        while (j < n && p[j] != ' ')
+            j++;
+        struct view w = {p + i, j - i};
+        if (view_eq_ci(w, "PLAIN"))
+            c->ext.auth_plain = true;
+        else if (view_eq_ci(w, "LOGIN"))
+            c->ext.auth_login = true;
+        i = j;
+    }
+}
+
 static void parse_ehlo(struct smtp_client *c)
 {
     memset(&c->ext, 0, sizeof(c->ext));
@@ -534,6 +574,8 @@ static void parse_ehlo(struct smtp_client *c)
                 c->ext.enhanced = true;
             else if (kw_is(p, n, "CHUNKING", NULL))
                 c->ext.chunking = true;
+            else if (kw_is(p, n, "AUTH", &rest))
+                parse_auth(c, rest, (size_t)(p + n - rest));
             else if (kw_is(p, n, "SIZE", &rest)) {
                 /* RFC 1870 4: "SIZE" [SP number]; 0 or absent = no limit. */
                 uint64_t v = 0;
@@ -564,6 +606,8 @@ static bool tls_required(const struct smtp_client *c)
     return c->tlsmode == SMTP_TLS_VERIFY || c->tlsmode == SMTP_TLS_ENCRYPT;
 }
 
+static bool start_auth(struct smtp_client *c);
+
 /* After EHLO/HELO: STARTTLS when wanted and possible, else ready. */
 static void after_hello(struct smtp_client *c)
 {
@@ -586,8 +630,145 @@ static void after_hello(struct smtp_client *c)
             return;
         }
     }
+    if (start_auth(c))
+        return;
     set_state(c, SMTP_ST_IDLE);
     emit(c, SMTP_EV_READY);
+}
+
+/* ---- AUTH (RFC 4954) ------------------------------------------------------ */
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Append base64 (RFC 4648 4, padded) of n bytes to out. */
+static int b64_append(struct buf *out, const unsigned char *in, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63], i + 1 < n ? b64[(v >> 6) & 63] : '=',
+                     i + 2 < n ? b64[v & 63] : '='};
+        rc = buf_append(out, q, 4);
+    }
+    return rc;
+}
+
+/* Send a command that carries a secret: built in a buffer that is wiped
+ * afterwards, and never logged. */
+static void send_secret(struct smtp_client *c, const char *prefix, const unsigned char *data,
+                        size_t n)
+{
+    struct buf b;
+    buf_init(&b, 8192);
+    int rc = buf_append_str(&b, prefix);
+    if (rc == 0)
+        rc = b64_append(&b, data, n);
+    if (rc == 0)
+        rc = buf_append(&b, "\r\n", 2);
+    if (rc == 0)
+        rc = send_bytes(c, b.data, b.len);
+    if (b.data)
+        explicit_bzero(b.data, b.len);
+    buf_free(&b);
+    if (rc != 0)
+        fail_session(c, SMTP_ACT_DEFER, "4.4.2", rc, 0, "lost connection with %s[%s] while %s",
+                     c->host, c->ip, "sending AUTH");
+}
+
+/* After EHLO (and TLS): log in when the caller gave credentials and the
+ * server takes AUTH. true when the AUTH stage started (or failed the
+ * session); false to go on without AUTH. */
+static bool start_auth(struct smtp_client *c)
+{
+    if (!c->auth_user || c->authenticated)
+        return false;
+    /* Never the password in clear where TLS is required: checked before
+     * anything else, whatever the server announces. */
+    if (c->auth_tls_required && !c->tls_on) {
+        set_state(c, SMTP_ST_AUTH);
+        fail_session(c, SMTP_ACT_DEFER, "4.7.0", ERR_PERM, 0,
+                     "SASL authentication to %s[%s] needs TLS, which %s; credentials not sent",
+                     c->host, c->ip,
+                     !c->ext.starttls ? "the server did not offer (no STARTTLS)"
+                     : !c->tls_ctx    ? "is not available here (no TLS context)"
+                                      : "was not established");
+        return true;
+    }
+    if (!c->ext.auth) {
+        log_info(COMPONENT, "%s offers no AUTH: sending without authentication", c->relay);
+        return false;
+    }
+    set_state(c, SMTP_ST_AUTH);
+    if (c->ext.auth_plain) {
+        /* RFC 4616 2: authzid (empty) NUL authcid NUL passwd, sent as the
+         * initial response (RFC 4954 4). */
+        size_t ul = strlen(c->auth_user), pl = strlen(c->auth_pass);
+        unsigned char *msg = malloc(ul + pl + 2);
+        if (!msg) {
+            fail_session(c, SMTP_ACT_DEFER, "4.3.0", ERR_NOMEM, 0, "out of memory");
+            return true;
+        }
+        msg[0] = '\0';
+        memcpy(msg + 1, c->auth_user, ul);
+        msg[1 + ul] = '\0';
+        memcpy(msg + 2 + ul, c->auth_pass, pl);
+        send_secret(c, "AUTH PLAIN ", msg, ul + pl + 2);
+        explicit_bzero(msg, ul + pl + 2);
+        free(msg);
+        return true;
+    }
+    if (c->ext.auth_login) {
+        c->auth_login_step = false;
+        send_cmd(c, "AUTH LOGIN\r\n");
+        return true;
+    }
+    fail_session(c, SMTP_ACT_DEFER, "4.7.0", ERR_PERM, 0,
+                 "SASL authentication to %s[%s] failed: no mechanism in common (PLAIN, LOGIN)",
+                 c->host, c->ip);
+    return true;
+}
+
+/* A reply in the AUTH stage. */
+static void on_auth_reply(struct smtp_client *c)
+{
+    int code = c->reply.code;
+    if (code == 235) {
+        c->authenticated = true;
+        log_info(COMPONENT, "%s: SASL authentication succeeded", c->relay);
+        set_state(c, SMTP_ST_IDLE);
+        emit(c, SMTP_EV_READY);
+        return;
+    }
+    if (code == 334 && c->ext.auth_login && !c->ext.auth_plain) {
+        /* LOGIN: the first 334 asks for the user name, the second for the
+         * password (the prompts' texts are not standard: go by order). */
+        const char *secret = c->auth_login_step ? c->auth_pass : c->auth_user;
+        c->auth_login_step = true;
+        send_secret(c, "", (const unsigned char *)secret, strlen(secret));
+        return;
+    }
+    /* RFC 4954 6: 535 credentials invalid, 534 mechanism too weak, 538
+     * encryption required, 454 temporary failure, ... Postfix defers on
+     * every AUTH failure; the verdict decides (stage SMTP_ST_AUTH). */
+    struct smtp_outcome o;
+    outcome_from_reply(c, &o, "AUTH command");
+    if (o.action == SMTP_ACT_SENT)
+        o.action = SMTP_ACT_DEFER;
+    if (code == 334)
+        str_copy(o.status, "4.5.0", sizeof(o.status)); /* a challenge we did not expect */
+    char text[sizeof(o.text)];
+    snprintf(text, sizeof(text), "SASL authentication failed; server %s[%s] said: %s", c->host,
+             c->ip, o.reply);
+    str_copy(o.text, text, sizeof(o.text));
+    if (code == 334 && !c->closing) {
+        /* Cancel the exchange (RFC 4954 4: "*") before leaving. */
+        send_bytes(c, "*\r\n", 3);
+    }
+    fail_session_reply(c, &o);
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -1025,10 +1206,16 @@ static void on_reply(struct smtp_client *c)
                          "TLS is required, but host %s[%s] refused to start TLS: %s", c->host,
                          c->ip, o.text);
         } else {
-            /* Opportunistic: go on in plaintext. */
+            /* Opportunistic: go on in plaintext (AUTH decides whether its
+             * credentials may go without TLS). */
+            if (start_auth(c))
+                break;
             set_state(c, SMTP_ST_IDLE);
             emit(c, SMTP_EV_READY);
         }
+        break;
+    case SMTP_ST_AUTH:
+        on_auth_reply(c);
         break;
     case SMTP_ST_RSET:
         if (cls == 2) {
@@ -1133,6 +1320,8 @@ static const char *lost_while(const struct smtp_client *c)
     case SMTP_ST_EHLO:
     case SMTP_ST_HELO:
         return "performing the EHLO handshake";
+    case SMTP_ST_AUTH:
+        return "performing SASL authentication";
     case SMTP_ST_STARTTLS:
     case SMTP_ST_TLS:
         return "performing the TLS handshake";
@@ -1230,9 +1419,18 @@ struct smtp_client *smtp_client_new(uv_loop_t *loop, const struct smtp_client_op
     /* Bounds the queue: a command (CMD_MAX) on top of the body in flight. */
     const struct tls_stream_opts sopts = {.write_max =
                                               CMD_MAX + BODY_INFLIGHT_MAX + 2 * BODY_CHUNK};
-    if (c->helo && c->host && (!o->verify_host || c->verify_host))
+    bool auth_ok = true;
+    if (o->auth_user && *o->auth_user) {
+        c->auth_user = dup_str(o->auth_user);
+        c->auth_pass = dup_str(o->auth_password ? o->auth_password : "");
+        c->auth_tls_required = o->auth_tls_required;
+        auth_ok = c->auth_user && c->auth_pass;
+    }
+    if (c->helo && c->host && (!o->verify_host || c->verify_host) && auth_ok)
         c->stream = tls_stream_new(loop, &stream_cbs, c, &sopts);
     if (!c->stream) {
+        free_secret(c->auth_user);
+        free_secret(c->auth_pass);
         free(c->helo);
         free(c->host);
         free(c->verify_host);
@@ -1402,6 +1600,11 @@ const struct tls_facts *smtp_client_tls(const struct smtp_client *c)
     return c->tls_tried ? &c->facts : NULL;
 }
 
+size_t smtp_client_peer_chain(const struct smtp_client *c, struct tls_der *out, size_t max)
+{
+    return c->stream ? tls_stream_peer_chain(c->stream, out, max) : 0;
+}
+
 const struct smtp_outcome *smtp_client_result(const struct smtp_client *c)
 {
     return &c->result;
@@ -1435,6 +1638,11 @@ const char *smtp_client_greeting(const struct smtp_client *c)
 bool smtp_client_established(const struct smtp_client *c)
 {
     return c->established;
+}
+
+bool smtp_client_authenticated(const struct smtp_client *c)
+{
+    return c->authenticated;
 }
 
 unsigned smtp_client_messages(const struct smtp_client *c)

@@ -8,7 +8,10 @@
  * (PIPELINING: replies are sent when the input runs dry); RFC 1870 (SIZE);
  * RFC 6152 (8BITMIME); RFC 2034 / 3463 (enhanced status codes); RFC 6531
  * (SMTPUTF8); RFC 3461 (DSN); RFC 3207 (STARTTLS); RFC 4954, 4616 (AUTH
- * PLAIN, LOGIN); RFC 3030 (CHUNKING); RFC 5322 3.6 (Date:, Message-ID:).
+ * PLAIN, LOGIN); RFC 3030 (CHUNKING); RFC 5322 3.6 (Date:, Message-ID:);
+ * RFC 6409 4.3 (submission: AUTH before MAIL from every client) and RFC 8314
+ * 3.3 (submissions: TLS from the first byte, greeting after the handshake)
+ * as listener roles.
  *
  * Shape (see STYLE.md): tls_stream (TCP, TLS after STARTTLS) -> input
  * buffer -> line reader or DATA/BDAT reader -> command handlers -> the
@@ -147,17 +150,18 @@ static struct smtpd_cfg *cfg_new(const struct smtpd_opts *o, struct buf *err)
 
 /* ---- the server and its sessions ---------------------------------------- */
 
-struct listener {
+struct smtpd_listener {
     uv_tcp_t tcp;
     struct smtpd *d;
-    struct listener *next;
+    struct smtpd_listener *next;
+    enum smtpd_role role;
     char name[80];
 };
 
 struct smtpd {
     uv_loop_t *loop;
     struct smtpd_cfg *cfg;
-    struct listener *listeners;
+    struct smtpd_listener *listeners;
     size_t listeners_open; /* listener handles not yet closed */
     struct smtpd_session *sessions;
     size_t n_sessions; /* in the list: from accept until freed */
@@ -202,6 +206,8 @@ struct smtpd_session {
 
     struct sockaddr_storage peer;
     char addr[INET6_ADDRSTRLEN];
+    enum smtpd_role role; /* of the listener, when the session was accepted */
+    bool implicit_tls;    /* SMTPD_ROLE_SUBMISSIONS: greet after the handshake */
     char helo[256];
     bool helo_seen;
     bool esmtp;
@@ -460,6 +466,14 @@ static void on_handshake(void *arg, int status, const struct tls_facts *f)
     s->auth_user[0] = '\0';
     smtp_lines_reset(&s->lines);
     set_state(s, SS_CONNECTED);
+    if (s->implicit_tls) {
+        /* RFC 8314 3.3: the SMTP greeting comes once TLS is up. */
+        s->implicit_tls = false;
+        reply(s, "220 %s %s", s->cfg->o.hostname, s->cfg->o.banner);
+        flush(s);
+        update_reading(s);
+        return;
+    }
     process(s);
 }
 
@@ -480,7 +494,7 @@ static void server_maybe_free(struct smtpd *d)
     if (!d->freeing || d->listeners_open > 0 || d->n_sessions > 0)
         return;
     while (d->listeners) {
-        struct listener *l = d->listeners;
+        struct smtpd_listener *l = d->listeners;
         d->listeners = l->next;
         free(l);
     }
@@ -618,7 +632,11 @@ static void update_reading(struct smtpd_session *s)
 {
     if (s->closing)
         return;
-    bool want = s->state != SS_WAIT && tls_stream_queued(s->stream) < WRITE_HIGH &&
+    /* Reading goes on while the session waits for the owner (SS_WAIT):
+     * what arrives is kept, bounded by READ_CHUNK, and run when the wait
+     * ends. Stopping and starting the read for each message would cost
+     * two epoll_ctl(2) calls per message for nothing. */
+    bool want = tls_stream_queued(s->stream) < WRITE_HIGH &&
                 (s->state == SS_TLS || s->in.len - s->in_off < READ_CHUNK);
     if (!want)
         tls_stream_read_stop(s->stream);
@@ -913,6 +931,13 @@ static bool cmd_mail(struct smtpd_session *s, struct view arg)
         reply(s, "503 5.5.1 Error: nested MAIL command");
         return false;
     }
+    /* RFC 6409 4.3 / RFC 8314 3.3: the submission ports take mail from
+     * authenticated clients only, whatever their address. */
+    if (s->role != SMTPD_ROLE_SMTP && !s->auth_user[0]) {
+        log_reject(s, "MAIL", "530 5.7.0 Authentication required", NULL);
+        reply(s, "530 5.7.0 Authentication required");
+        return false;
+    }
     const char *why = NULL;
     struct smtp_mail_args m;
     if (smtp_parse_mail(arg, s->esmtp, &m, &why) != 0) {
@@ -926,6 +951,20 @@ static bool cmd_mail(struct smtpd_session *s, struct view arg)
     }
     if (m.has_size && m.size > s->cfg->o.message_size_limit) {
         reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        return false;
+    }
+    /* smtpd_sender_login_maps: an authenticated client sends only as the
+     * addresses its login owns (Postfix's reject_sender_login_mismatch for
+     * authenticated clients). */
+    const struct smtpd_opts *o = &s->cfg->o;
+    if (s->auth_user[0] && o->sender_allowed && !o->sender_allowed(o->arg, s->auth_user, m.addr)) {
+        char text[SMTP_PATH_MAX + 320];
+        snprintf(text, sizeof(text), "553 5.7.1 Sender address rejected: not owned by user %s",
+                 s->auth_user);
+        char logtext[2 * SMTP_PATH_MAX + 400];
+        snprintf(logtext, sizeof(logtext), "%s; sender=<%s>", text, m.addr);
+        log_reject(s, "MAIL", logtext, NULL);
+        reply(s, "%s", text);
         return false;
     }
     s->mail = m;
@@ -958,7 +997,8 @@ static bool cmd_rcpt(struct smtpd_session *s, struct view arg)
     if (r.postmaster)
         str_copy(r.addr, o->postmaster, sizeof(r.addr));
     bool allowed = r.postmaster || s->auth_user[0] ||
-                   (o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer));
+                   (s->role == SMTPD_ROLE_SMTP && o->relay_allowed &&
+                    o->relay_allowed(o->arg, (struct sockaddr *)&s->peer));
     if (!allowed) {
         char text[SMTP_PATH_MAX + 64];
         snprintf(text, sizeof(text), "554 5.7.1 <%s>: Relay access denied", r.addr);
@@ -1501,7 +1541,7 @@ static size_t count_from(const struct smtpd *d, const char *addr, size_t *total)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    struct listener *l = server->data;
+    struct smtpd_listener *l = server->data;
     struct smtpd *d = l->d;
     if (status < 0) {
         log_warn("smtpd", "accept on %s: %s", l->name, uv_strerror(status));
@@ -1552,10 +1592,34 @@ static void on_connection(uv_stream_t *server, int status)
         uv_ip4_name((const struct sockaddr_in *)&s->peer, s->addr, sizeof(s->addr));
     }
     uv_tcp_nodelay(tls_stream_tcp(s->stream), 1);
-    log_info("smtpd", "connect from %s[%s]", client_name(s), s->addr);
+    s->role = l->role;
+    log_info("smtpd", "connect from %s[%s] to %s (%s)", client_name(s), s->addr, l->name,
+             smtpd_role_name(s->role));
     size_t total;
     size_t mine = count_from(d, s->addr, &total);
     const struct smtpd_opts *o = &s->cfg->o;
+    if (s->role == SMTPD_ROLE_SUBMISSIONS) {
+        /* Implicit TLS (RFC 8314): no plaintext byte is ever sent, so a
+         * refusal is a close. */
+        if (!o->tls || total > o->session_limit ||
+            (mine > o->client_limit &&
+             !(o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer)))) {
+            log_warn("smtpd", "%s[%s]: %s: closing", client_name(s), s->addr,
+                     !o->tls ? "no TLS certificate for implicit TLS" : "too many connections");
+            session_close(s, false);
+            return;
+        }
+        s->implicit_tls = true;
+        s->tls_started = true;
+        set_state(s, SS_TLS);
+        if (tls_stream_start_tls(s->stream, o->tls, NULL, TLS_VERIFY_NONE) != 0) {
+            log_warn("smtpd", "%s[%s]: cannot start TLS", client_name(s), s->addr);
+            session_close(s, false);
+            return;
+        }
+        update_reading(s);
+        return;
+    }
     if (total > o->session_limit) {
         log_warn("smtpd", "too many sessions: refusing %s[%s]", client_name(s), s->addr);
         reply_close(s, "421 4.7.0 Error: too many connections");
@@ -1604,27 +1668,13 @@ int smtpd_set_opts(struct smtpd *d, const struct smtpd_opts *opts, struct buf *e
     return 0;
 }
 
-static void sockaddr_text(const struct sockaddr *sa, char *out, size_t size)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        uv_ip6_name(a, ip, sizeof(ip));
-        snprintf(out, size, "[%s]:%u", ip, ntohs(a->sin6_port));
-    } else {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        uv_ip4_name(a, ip, sizeof(ip));
-        snprintf(out, size, "%s:%u", ip, ntohs(a->sin_port));
-    }
-}
-
 static void on_listener_close(uv_handle_t *h)
 {
-    struct listener *l = h->data;
+    struct smtpd_listener *l = h->data;
     struct smtpd *d = l->d;
     d->listeners_open--;
     /* Unlink and free. */
-    for (struct listener **pp = &d->listeners; *pp; pp = &(*pp)->next) {
+    for (struct smtpd_listener **pp = &d->listeners; *pp; pp = &(*pp)->next) {
         if (*pp == l) {
             *pp = l->next;
             break;
@@ -1634,12 +1684,34 @@ static void on_listener_close(uv_handle_t *h)
     server_maybe_free(d);
 }
 
+const char *smtpd_role_name(enum smtpd_role r)
+{
+    switch (r) {
+    case SMTPD_ROLE_SUBMISSION:
+        return "submission";
+    case SMTPD_ROLE_SUBMISSIONS:
+        return "submissions";
+    case SMTPD_ROLE_SMTP:
+        break;
+    }
+    return "smtp";
+}
+
 int smtpd_listen(struct smtpd *d, const struct sockaddr *sa, struct buf *err)
 {
-    struct listener *l = calloc(1, sizeof(*l));
+    return smtpd_listen_role(d, sa, SMTPD_ROLE_SMTP, NULL, err);
+}
+
+int smtpd_listen_role(struct smtpd *d, const struct sockaddr *sa, enum smtpd_role role,
+                      struct smtpd_listener **out, struct buf *err)
+{
+    if (out)
+        *out = NULL;
+    struct smtpd_listener *l = calloc(1, sizeof(*l));
     if (!l)
         return ERR_NOMEM;
     l->d = d;
+    l->role = role;
     sockaddr_text(sa, l->name, sizeof(l->name));
     uv_tcp_init(d->loop, &l->tcp);
     l->tcp.data = l;
@@ -1654,13 +1726,36 @@ int smtpd_listen(struct smtpd *d, const struct sockaddr *sa, struct buf *err)
         uv_close((uv_handle_t *)&l->tcp, on_listener_close);
         return rc == UV_EADDRINUSE ? ERR_EXISTS : ERR_IO;
     }
-    log_info("smtpd", "listening on %s", l->name);
+    log_info("smtpd", "listening on %s (%s)", l->name, smtpd_role_name(role));
+    if (out)
+        *out = l;
     return 0;
+}
+
+void smtpd_listener_set_role(struct smtpd_listener *l, enum smtpd_role role)
+{
+    if (l->role != role)
+        log_info("smtpd", "listener %s: role %s -> %s", l->name, smtpd_role_name(l->role),
+                 smtpd_role_name(role));
+    l->role = role;
+}
+
+enum smtpd_role smtpd_listener_role(const struct smtpd_listener *l)
+{
+    return l->role;
+}
+
+void smtpd_listener_close(struct smtpd_listener *l)
+{
+    if (!l || uv_is_closing((uv_handle_t *)&l->tcp))
+        return;
+    log_info("smtpd", "no longer listening on %s (%s)", l->name, smtpd_role_name(l->role));
+    uv_close((uv_handle_t *)&l->tcp, on_listener_close);
 }
 
 void smtpd_stop_listening(struct smtpd *d)
 {
-    for (struct listener *l = d->listeners; l; l = l->next)
+    for (struct smtpd_listener *l = d->listeners; l; l = l->next)
         if (!uv_is_closing((uv_handle_t *)&l->tcp))
             uv_close((uv_handle_t *)&l->tcp, on_listener_close);
 }

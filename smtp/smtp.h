@@ -157,6 +157,9 @@ typedef void (*smtpd_message_cb)(void *arg, struct smtpd_session *s,
                                  const struct smtpd_message *msg);
 /* May this client relay without authenticating? (mynetworks) */
 typedef bool (*smtpd_relay_cb)(void *arg, const struct sockaddr *client);
+/* May the client authenticated as login use sender in MAIL FROM?
+ * (smtpd_sender_login_maps) Asked only of authenticated clients. */
+typedef bool (*smtpd_sender_cb)(void *arg, const char *login, const char *sender);
 
 /*
  * The owner's answer to a message: status 0 with the queue ID (the client
@@ -203,9 +206,33 @@ struct smtpd_opts {
                                         takes its own reference) */
     struct smtpd_credentials *creds; /* AUTH over TLS, or NULL for no AUTH */
     smtpd_relay_cb relay_allowed;    /* NULL: only authenticated clients relay */
+    smtpd_sender_cb sender_allowed;  /* NULL: an authenticated client may use any
+                                        sender; false: 553 5.7.1 at MAIL */
     smtpd_message_cb on_message;     /* required */
     void *arg;                       /* for the callbacks */
 };
+
+/*
+ * The role of a listener (RFC 6409, RFC 8314), fixed per listener:
+ *  SMTPD_ROLE_SMTP         relay for relay_allowed() clients or after AUTH;
+ *                          STARTTLS offered when there is a TLS context.
+ *  SMTPD_ROLE_SUBMISSION   AUTH is required before MAIL from every client
+ *                          (relay_allowed() grants nothing: "530 5.7.0
+ *                          Authentication required"); AUTH is offered only
+ *                          after STARTTLS, as everywhere.
+ *  SMTPD_ROLE_SUBMISSIONS  as SUBMISSION, over TLS from the first byte
+ *                          (implicit TLS): the handshake comes before the
+ *                          greeting, STARTTLS is never offered. Sessions
+ *                          accepted while the options have no TLS context
+ *                          are closed at once.
+ */
+enum smtpd_role { SMTPD_ROLE_SMTP, SMTPD_ROLE_SUBMISSION, SMTPD_ROLE_SUBMISSIONS };
+/* "smtp", "submission", "submissions". */
+const char *smtpd_role_name(enum smtpd_role r);
+
+/* One listening socket of a server. Owned by the server: valid until
+ * smtpd_listener_close() or smtpd_free(). */
+struct smtpd_listener;
 
 /* A server on loop with the given options (strings copied). NULL on error
  * with the reason appended to err. */
@@ -213,6 +240,17 @@ struct smtpd *smtpd_new(uv_loop_t *loop, const struct smtpd_opts *opts, struct b
 /* Listen on one address (IPv4 or IPv6; an IPv6 listener is IPv6-only).
  * 0 or an error with "cannot listen on ADDR: reason" appended to err. */
 int smtpd_listen(struct smtpd *d, const struct sockaddr *sa, struct buf *err);
+/* The same with a role; *out (out may be NULL) names the listener for the
+ * calls below. On error *out is NULL. */
+int smtpd_listen_role(struct smtpd *d, const struct sockaddr *sa, enum smtpd_role role,
+                      struct smtpd_listener **out, struct buf *err);
+/* Sessions accepted from now on get the new role; sessions in progress
+ * keep theirs. */
+void smtpd_listener_set_role(struct smtpd_listener *l, enum smtpd_role role);
+enum smtpd_role smtpd_listener_role(const struct smtpd_listener *l);
+/* Stop accepting on this listener and forget it (a reload removed it);
+ * its sessions in progress go on to their end. */
+void smtpd_listener_close(struct smtpd_listener *l);
 /* New options for sessions accepted from now on (a reload); sessions in
  * progress keep theirs. 0 or ERR_INVAL with the reason in err. */
 int smtpd_set_opts(struct smtpd *d, const struct smtpd_opts *opts, struct buf *err);
@@ -271,6 +309,7 @@ enum smtp_stage {
     SMTP_ST_HELO,
     SMTP_ST_STARTTLS,
     SMTP_ST_TLS,
+    SMTP_ST_AUTH, /* SMTP AUTH (RFC 4954) after EHLO, and after TLS when any */
     SMTP_ST_IDLE,
     SMTP_ST_RSET,
     SMTP_ST_MAIL,
@@ -368,6 +407,20 @@ struct smtp_client_opts {
                                     NULL: no TLS available (MAY acts as NONE,
                                     VERIFY fails with 4.7.4) */
     smtp_tls_check_cb tls_check; /* optional extra judgement */
+    /* SMTP AUTH (RFC 4954) to this server, told by the caller (the client
+     * decides no policy): auth_user NULL or "" for none. After EHLO (and
+     * STARTTLS, EHLO), when the server announces AUTH: PLAIN (RFC 4616)
+     * with an initial response, else LOGIN; a server that offers neither
+     * fails the session with 4.7.0; a server that announces no AUTH gets
+     * none (Postfix's behaviour) and the session goes on. With
+     * auth_tls_required, a session without TLS fails with 4.7.0 (err
+     * ERR_PERM, stage SMTP_ST_AUTH) and the password is never sent. A
+     * refusal (535 ...) fails the session at stage SMTP_ST_AUTH with the
+     * server's reply. The strings are copied (the password is wiped when
+     * the session is freed) and never logged. */
+    const char *auth_user;
+    const char *auth_password;
+    bool auth_tls_required;
     struct smtp_timeouts timeouts;
     smtp_client_cb cb;
     void *arg;
@@ -408,7 +461,8 @@ struct smtp_msg {
 /* Extensions the server announced in its last EHLO answer. */
 struct smtp_ext {
     bool esmtp, pipelining, starttls, smtputf8, eightbitmime, dsn, enhanced, chunking;
-    uint64_t size; /* SIZE limit, 0 = none announced */
+    bool auth, auth_plain, auth_login; /* AUTH (RFC 4954) and its mechanisms */
+    uint64_t size;                     /* SIZE limit, 0 = none announced */
 };
 
 /*
@@ -439,6 +493,10 @@ enum smtp_stage smtp_client_stage(const struct smtp_client *c);
 const struct smtp_ext *smtp_client_ext(const struct smtp_client *c);
 /* The TLS facts (tls/tls.h) once STARTTLS was tried, else NULL. */
 const struct tls_facts *smtp_client_tls(const struct smtp_client *c);
+/* The server's certificate chain as received (leaf first), for DANE
+ * (tls_conn_peer_chain()): at most max entries, valid until the client is
+ * freed; 0 without a TLS session or certificate. */
+size_t smtp_client_peer_chain(const struct smtp_client *c, struct tls_der *out, size_t max);
 /* Why the session closed (valid in SMTP_EV_CLOSED); action SENT when it ended
  * with a normal QUIT. */
 const struct smtp_outcome *smtp_client_result(const struct smtp_client *c);
@@ -458,6 +516,8 @@ enum smtp_stage smtp_client_failed_stage(const struct smtp_client *c);
 /* The server's 2xx greeting on one line ("220 mx.example ESMTP"); "" until
  * one came. */
 const char *smtp_client_greeting(const struct smtp_client *c);
+/* Did the session log in with SMTP AUTH (235)? */
+bool smtp_client_authenticated(const struct smtp_client *c);
 /* How many messages this session has carried (SMTP_EV_DONE seen). */
 unsigned smtp_client_messages(const struct smtp_client *c);
 

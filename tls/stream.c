@@ -504,6 +504,11 @@ const struct tls_facts *tls_stream_facts(const struct tls_stream *s)
     return s->tls ? tls_conn_facts(s->tls) : NULL;
 }
 
+size_t tls_stream_peer_chain(const struct tls_stream *s, struct tls_der *out, size_t max)
+{
+    return s->tls ? tls_conn_peer_chain(s->tls, out, max) : 0;
+}
+
 bool tls_stream_tls_active(const struct tls_stream *s)
 {
     return s->tls && s->tls_on && !s->tls_ended;

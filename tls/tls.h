@@ -567,5 +567,8 @@ void tls_stream_close(struct tls_stream *s);
  * and whether the handshake completed and the session has not ended. */
 const struct tls_facts *tls_stream_facts(const struct tls_stream *s);
 bool tls_stream_tls_active(const struct tls_stream *s);
+/* The peer's certificate chain (tls_conn_peer_chain()), for DANE; 0 before
+ * the handshake or without TLS. */
+size_t tls_stream_peer_chain(const struct tls_stream *s, struct tls_der *out, size_t max);
 
 #endif

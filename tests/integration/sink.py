@@ -22,6 +22,9 @@ Behaviour, given as data:
   greeting_code=None  e.g. 421 or 554: greet with that code and close
   stall=None          "greeting": never send the banner; "data": never answer
                       the final dot; "rcpt": never answer RCPT
+  data_delay=0        seconds to wait before answering the final dot (to make
+                      sessions overlap); .max_active counts the most sessions
+                      open at once, .transactions the RCPTs of each message
 The content recorded is what the client sent between DATA and the final dot,
 dot-unstuffed, with its CRLFs: it must equal what was submitted, byte for
 byte.
@@ -102,6 +105,8 @@ class _Handler:
         s = self.sink
         if s.stall == "data":
             await asyncio.sleep(3600)
+        if s.data_delay:
+            await asyncio.sleep(s.data_delay)
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         msg = Message(sender, list(envelope.rcpt_tos), envelope.original_content or
                       envelope.content, bool(session.ssl), list(envelope.mail_options))
@@ -119,7 +124,14 @@ class _SMTP(SMTP):
     def connection_made(self, transport):
         with self.sink.lock:
             self.sink.connections += 1
+            self.sink.active += 1
+            self.sink.max_active = max(self.sink.max_active, self.sink.active)
         super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        with self.sink.lock:
+            self.sink.active -= 1
+        super().connection_lost(exc)
 
     async def _handle_client(self):
         s = self.sink
@@ -154,7 +166,7 @@ class Sink:
                  pipelining: bool = True, smtputf8: bool = True, tempfail_first: int = 0,
                  reject: Sequence[str] = (), reject_all: bool = False,
                  greeting_code: Optional[int] = None, stall: Optional[str] = None,
-                 hostname: str = "mx.test"):
+                 hostname: str = "mx.test", data_delay: float = 0):
         self.host = host
         self.port = port
         self.tls = tls
@@ -166,6 +178,9 @@ class Sink:
         self.greeting_code = greeting_code
         self.stall = stall
         self.hostname = hostname
+        self.data_delay = data_delay
+        self.active = 0
+        self.max_active = 0
         self.lock = threading.Lock()
         self.messages: List[Message] = []
         self.connections = 0
@@ -190,6 +205,7 @@ class Sink:
         time.sleep(0.1)
         with self.lock:
             self.connections = 0
+            self.max_active = self.active
         return self
 
     def stop(self):

@@ -9,6 +9,7 @@ Mail is submitted over SMTP to the daemon's own listener, as an application
 would.
 """
 
+import email
 import os
 import re
 import smtplib
@@ -269,6 +270,61 @@ class DeliveryTest(unittest.TestCase):
         self.assertEqual(dest.messages, [])
         self.wait_log_re(r"to=<rcpt@dest\.test>, relay=none, .*dsn=4\.4\.7, status=bounced "
                          r"\(delivery time expired")
+
+    def test_delay_warning_once_per_message(self):
+        # delay_warning_time (RFC 3464 Action: delayed): one DSN per message,
+        # for recipients with NOTIFY=DELAY or no NOTIFY; none for NEVER or
+        # FAILURE, none to the null sender, and none again after a restart.
+        dest, src = self.dsn_world(config="delay_warning_time = 2s\n"
+                                          "maximal_queue_lifetime = 1d\n", tempfail_first=100000)
+        rcpts = [("plain@dest.test", []), ("delay@dest.test", ["NOTIFY=DELAY"]),
+                 ("never@dest.test", ["NOTIFY=NEVER"]), ("fail@dest.test", ["NOTIFY=FAILURE"])]
+        with smtplib.SMTP("127.0.0.1", self.sub_port, timeout=10) as c:
+            c.ehlo("app.test")
+            self.assertTrue(c.has_extn("dsn"))
+            for sender, to in (("sender@src.test", rcpts),
+                               ("sender@src.test", rcpts[2:]),
+                               ("", rcpts[:2])):
+                self.assertEqual(c.mail(sender)[0], 250)
+                for addr, opts in to:
+                    self.assertEqual(c.rcpt(addr, opts)[0], 250)
+                code, resp = c.data(message("delayed"))
+                self.assertEqual(code, 250, resp)
+        self.assertTrue(src.wait_messages(1, timeout=30), self.log())
+        dsn = src.messages[0]
+        self.assertEqual(dsn.mail_from, "")
+        self.assertEqual(dsn.rcpt_tos, ["sender@src.test"])
+        msg = email.message_from_bytes(dsn.content)
+        self.assertEqual(msg.get_content_type(), "multipart/report")
+        self.assertEqual(msg.get_param("report-type"), "delivery-status")
+        status = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+        self.assertEqual(len(status), 1)
+        blocks = status[0].get_payload()
+        self.assertEqual(blocks[0]["Reporting-MTA"], "dns; relay.test")
+        per_rcpt = blocks[1:]
+        self.assertEqual(sorted(b["Final-Recipient"] for b in per_rcpt),
+                         ["rfc822; delay@dest.test", "rfc822; plain@dest.test"])
+        for b in per_rcpt:
+            self.assertEqual(b["Action"], "delayed")
+            self.assertEqual(b["Status"], "4.3.0")
+            self.assertIn("451 4.3.0", b["Diagnostic-Code"])
+            self.assertIsNotNone(b["Will-Retry-Until"])
+        self.wait_log_re(r"sender delay notification: ")
+        # More retries, then a restart: no second warning for any message.
+        time.sleep(4)
+        self.daemon.stop()
+        self.daemon.start()
+        self.daemon.wait_log("delivery started", timeout=5)
+        retried = len(re.findall(r"to=<plain@dest\.test>, .*status=deferred", self.log()))
+        deadline = time.time() + 20
+        while time.time() < deadline and len(
+                re.findall(r"to=<plain@dest\.test>, .*status=deferred", self.log())) < retried + 2:
+            time.sleep(0.2)
+        self.assertGreaterEqual(
+            len(re.findall(r"to=<plain@dest\.test>, .*status=deferred", self.log())), retried + 2)
+        time.sleep(1)
+        self.assertEqual(len(src.messages), 1, [m.content[:300] for m in src.messages])
+        self.assertEqual(dest.messages, [])
 
     def test_null_mx(self):
         dest, src = self.dsn_world(extra_records=[NULL_MX("null.test")])

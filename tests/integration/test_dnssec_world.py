@@ -7,8 +7,7 @@ records changed so their signatures fail). `convoyctl dns ... --json` with
 smtp_dns_support_level = dnssec must see secure, insecure and a failure
 (bogus: SERVFAIL) respectively - for A, MX, TLSA and a CNAME chain - and
 nothing secure when DNSSEC is off or the resolver is not declared
-validating. Also: convoyd refuses smtp_tls_security_level = dane until
-delivery enforces it.
+validating.
 """
 
 import json
@@ -224,17 +223,15 @@ class TlsaRdata(unittest.TestCase):
             self.assertEqual(len(full), 182)
 
 
-class DaneNotYetEnforced(unittest.TestCase):
-    def test_convoyd_refuses_dane(self):
+class DaneAccepted(unittest.TestCase):
+    def test_convoyd_accepts_dane(self):
+        # Delivery enforces DANE (test_dane_delivery.py): the levels start.
         for level in ("dane", "dane-only"):
             p = subprocess.run([CONVOYD, "-c", "/dev/null", "-o",
-                                "smtp_tls_security_level=" + level, "--check-config"],
+                                "smtp_tls_security_level=" + level, "-o",
+                                "smtp_dns_support_level=dnssec", "--check-config"],
                                capture_output=True, text=True, timeout=30)
-            self.assertNotEqual(p.returncode, 0)
-            self.assertIn("DANE is not enforced by delivery", p.stderr)
-        p = subprocess.run([CONVOYD, "-c", "/dev/null", "-o", "smtp_dns_support_level=dnssec",
-                            "--check-config"], capture_output=True, text=True, timeout=30)
-        self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.returncode, 0, p.stderr)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ class MetricsTest(Base):
         self.assertRegex(text, r"(?m)^convoy_queue_oldest_message_age_seconds \d")
         self.assertRegex(text, r"(?m)^convoy_queue_commit_requests_count [1-9]")
         self.assertRegex(text, r"(?m)^convoy_smtpd_sessions 0$")
+        # The delivery engine's series: the one delivery above.
+        self.assertRegex(text, r"(?m)^convoy_recipients_delivered_total 1$")
+        self.assertRegex(text, r"(?m)^convoy_delivery_latency_seconds_count 1$")
+        self.assertRegex(text, r"(?m)^convoy_smtp_sessions [01]$")
         # Every series is documented, and the doc names no other.
         with open(DOCS) as f:
             doc = f.read()

@@ -83,6 +83,11 @@ DOMAINS = {
                           mx=[("mx1.ovsecure.test", 10, "127.0.0.81", "other")]),
     "ovmay.test": dict(txt=[("v=STSv1; id=om1",)], site=dict(body=ENFORCE),
                        mx=[("mx1.ovmay.test", 10, "127.0.0.82", "self")]),
+    # Published broken (its MX host not listed) and fixed later under the same
+    # id: StsCacheTest.test_fixed_policy_same_id_delivers_on_next_retry.
+    "fixed.test": dict(txt=[("v=STSv1; id=fx1",)],
+                       site=dict(body=policy(mx=("mx9.elsewhere.test",))),
+                       mx=[("mx1.fixed.test", 10, "127.0.0.83", "good")]),
 }
 
 OVERRIDES = "# test overrides\novsecure.test secure\novmay.test may\n"
@@ -446,12 +451,37 @@ class StsCacheTest(unittest.TestCase):
         text = d.log_text()
         self.assertIn("MTA-STS recheck for late@expired.test: policy id=ex1 unchanged", text)
         # The recheck comes before the bounce. (Its refetch of the same id is
-        # skipped here: the policy was fetched seconds ago, within
-        # sts_fetch_retry_time.)
+        # skipped here: the retry after the first deferral already rechecked
+        # the policy seconds ago, within sts_fetch_retry_time.)
         self.assertLess(text.index("MTA-STS recheck for late@expired.test"),
                         text.index("status=bounced (delivery time expired"))
         self.assertEqual([m for s in self.world.sinks.values() for m in s.messages
                           if "late@expired.test" in m.rcpt_tos], [])
+
+    def test_fixed_policy_same_id_delivers_on_next_retry(self):
+        # RFC 8461 5, not only before an expiry bounce: an enforce deferral
+        # makes the next attempt refetch the policy even though the TXT id
+        # is unchanged, and the whole policy is compared, so a domain that
+        # fixed its policy without a new id gets its mail on the next retry.
+        d = self.start("minimal_backoff_time = 2s\nmaximal_backoff_time = 2s\n")
+        qid = self.submit(d, "fix@fixed.test")
+        self.log_line(d, "fix@fixed.test",
+                      r"dsn=4\.7\.5, status=deferred \(MTA-STS enforce: MX host "
+                      r"mx1\.fixed\.test matches no pattern")
+        self.world.web.set_body("fixed.test", policy(mx=("mx1.fixed.test",)))
+        line = self.log_line(d, "fix@fixed.test", r"status=sent ", timeout=20)
+        self.assertIn("sts=enforce id=fx1, tls=verified", line)
+        self.assertIn("relay=mx1.fixed.test[127.0.0.83]", line)
+        text = d.log_text()
+        self.assertIn("policy changed domain=fixed.test id=fx1: same id, new content", text)
+        self.assertIn("MTA-STS recheck domain=fixed.test: policy changed (content) id=fx1 "
+                      "mode=enforce", text)
+        self.assertEqual(self.fetches(d, "fixed.test"), 2)
+        with self.world.sinks["127.0.0.83"].lock:
+            got = [m for m in self.world.sinks["127.0.0.83"].messages
+                   if "fix@fixed.test" in m.rcpt_tos]
+        self.assertEqual(len(got), 1)
+        self.assertIsNotNone(qid)
 
     def test_broken_override_file_refuses_reload(self):
         ov = os.path.join(self.world.tmp, "tls_policy_reload")

@@ -255,6 +255,62 @@ static void test_header_len(void **state)
                          cases[i].want);
 }
 
+/* A delay warning (RFC 3464): Action: delayed, the 4.X.X of the last
+ * attempt, Will-Retry-Until (2.3.9, only with delayed). */
+static void test_dsn_delayed(void **state)
+{
+    (void)state;
+    struct dsn_rcpt r = {.addr = "slow@example.com",
+                         .status = "4.3.0",
+                         .remote_mta = "mx.example.com",
+                         .diag = "451 4.3.0 Temporary failure, try again later",
+                         .reason = "host mx.example.com[192.0.2.1] said: 451 4.3.0 ...",
+                         .last_attempt_ms = 1764520000000,
+                         .will_retry_until_ms = 1764942400000};
+    struct dsn_msg d = {
+        .reporting_mta = "relay.example.net",
+        .queue_id = "0123456789ABCDEF",
+        .sender = "s@example.org",
+        .arrival_ms = 1764510000000,
+        .now_ms = 1764520000000,
+        .delayed = true,
+        .original = {original, sizeof(original) - 1},
+        .rcpts = &r,
+        .nrcpt = 1,
+    };
+    struct buf out;
+    buf_init(&out, 1 << 20);
+    assert_int_equal(dsn_build(&d, &out), 0);
+    assert_crlf_only(out.data, out.len);
+    assert_non_null(strstr(out.data, "Subject: Delayed Mail (still being retried)\r\n"));
+    assert_non_null(strstr(out.data, "Final-Recipient: rfc822; slow@example.com\r\n"
+                                     "Action: delayed\r\nStatus: 4.3.0\r\n"));
+    assert_non_null(strstr(out.data, "Will-Retry-Until: Fri, 5 Dec 2025 "));
+    /* A failure DSN never says Will-Retry-Until. */
+    d.delayed = false;
+    r.action = "failed";
+    buf_reset(&out);
+    assert_int_equal(dsn_build(&d, &out), 0);
+    assert_null(strstr(out.data, "Will-Retry-Until"));
+    buf_free(&out);
+    /* Who is told (RFC 3461 4.1): no NOTIFY means failures and delays. */
+    static const struct {
+        unsigned notify;
+        bool failed, delayed;
+    } rows[] = {
+        {0, true, true},
+        {QUEUE_NOTIFY_NEVER, false, false},
+        {QUEUE_NOTIFY_FAILURE, true, false},
+        {QUEUE_NOTIFY_DELAY, false, true},
+        {QUEUE_NOTIFY_SUCCESS, false, false},
+        {QUEUE_NOTIFY_FAILURE | QUEUE_NOTIFY_DELAY, true, true},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        assert_int_equal(dsn_wanted(DSN_FAILED, rows[i].notify), rows[i].failed);
+        assert_int_equal(dsn_wanted(DSN_DELAYED, rows[i].notify), rows[i].delayed);
+    }
+}
+
 static void test_helpers(void **state)
 {
     (void)state;
@@ -284,6 +340,7 @@ int main(void)
         cmocka_unit_test(test_dsn_boundary_length),
         cmocka_unit_test(test_dsn_refusals_and_folding),
         cmocka_unit_test(test_header_len),
+        cmocka_unit_test(test_dsn_delayed),
         cmocka_unit_test(test_helpers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,7 +10,9 @@
  * connects; testing delivers anyway and counts the failure; a cached
  * policy is refetched before it expires (only once the fake clock nears
  * the expiry), not before; a recipient an enforce policy kept until its
- * lifetime ran out gets a policy recheck before its bounce. The queue
+ * lifetime ran out gets a policy recheck before its bounce; a recipient an
+ * enforce policy deferred gets a recheck (a refetch of the unchanged id)
+ * on its next attempt, at most once per sts_fetch_retry_time. The queue
  * shares the fake clock.
  */
 #include <setjmp.h>
@@ -588,6 +590,63 @@ static void test_expiry_rechecks_policy(void **state)
     world_stop(&w);
 }
 
+static int rcpt_attempts(void *arg, const struct queue_message *qm)
+{
+    uint32_t *out = arg;
+    if (qm->n_rcpts)
+        *out = qm->rcpts[0].attempts;
+    return 0;
+}
+
+static uint32_t attempts_of(struct world *w)
+{
+    uint32_t n = 0;
+    queue_list(w->q, NULL, rcpt_attempts, &n);
+    return n;
+}
+
+static bool deferred_twice(struct world *w)
+{
+    return attempts_of(w) >= 2 && one_deferred(w);
+}
+
+static bool deferred_thrice(struct world *w)
+{
+    return attempts_of(w) >= 3 && one_deferred(w);
+}
+
+/* RFC 8461 5, not only at expiry: an enforce deferral makes the next
+ * attempt look for a fixed policy - a TXT lookup and a refetch of the
+ * unchanged id (the A lookup of mta-sts.DOMAIN is the fetch starting) -
+ * but at most once per sts_fetch_retry_time (5 minutes) per domain. */
+static void test_enforce_deferral_rechecks_next_attempt(void **state)
+{
+    (void)state;
+    struct world w;
+    world_init(&w);
+    seed(&w, "enforce", "mx.elsewhere.test", 86400 * 7, fake_now_ms / 1000);
+    world_start(&w);
+    submit(&w);
+    assert_true(run_until(&w, one_deferred, 10000));
+    assert_int_equal(q_policy_host, 0);
+    assert_int_equal(attempts_of(&w), 1);
+    /* The next attempt, past the backoff: the policy is fetched again. */
+    fake_now_ms += 120 * 1000;
+    delivery_kick(w.dl);
+    assert_true(run_until(&w, deferred_twice, 10000));
+    assert_int_equal(q_policy_host, 1);
+    assert_int_equal(connections, 0);
+    assert_int_equal(sts_counter(&w, "rechecks"), 1);
+    /* The attempt after, within sts_fetch_retry_time of the recheck: the
+     * cached policy answers, no fetch. */
+    fake_now_ms += 120 * 1000;
+    delivery_kick(w.dl);
+    assert_true(run_until(&w, deferred_thrice, 10000));
+    assert_int_equal(q_policy_host, 1);
+    assert_int_equal(connections, 0);
+    world_stop(&w);
+}
+
 int main(void)
 {
     log_setup("convoy", "mail", LOG_TO_STDERR, false);
@@ -596,6 +655,7 @@ int main(void)
         cmocka_unit_test(test_testing_delivers),
         cmocka_unit_test(test_refetch_before_expiry),
         cmocka_unit_test(test_expiry_rechecks_policy),
+        cmocka_unit_test(test_enforce_deferral_rechecks_next_attempt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

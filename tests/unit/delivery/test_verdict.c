@@ -57,6 +57,10 @@ static const struct reply_row reply_rows[] = {
     {"554 to STARTTLS with TLS required", SMTP_ACT_DEFER, 554, "4.7.4", SMTP_ST_STARTTLS, ERR_TLS,
      VERDICT_DEFER, VR_TLS_REQUIRED, "4.7.4"},
     {"no outcome", SMTP_ACT_NONE, 0, "", SMTP_ST_IDLE, 0, VERDICT_DEFER, VR_NO_RESULT, "4.3.0"},
+    {"535 to AUTH (wrong password)", SMTP_ACT_DEFER, 535, "5.7.8", SMTP_ST_AUTH, ERR_PROTO,
+     VERDICT_DEFER, VR_AUTH_FAILED, "4.7.8"},
+    {"AUTH needs TLS, none", SMTP_ACT_DEFER, 0, "4.7.0", SMTP_ST_AUTH, ERR_PERM, VERDICT_DEFER,
+     VR_AUTH_FAILED, "4.7.0"},
 };
 
 static void test_reply_table(void **state)
@@ -111,17 +115,28 @@ static void test_attempt_table(void **state)
     refused.action = SMTP_ACT_DEFER;
     refused.code = 0;
     str_copy(refused.status, "4.4.1", sizeof(refused.status));
+    struct smtp_outcome auth535 = greet5;
+    auth535.code = 535;
+    auth535.stage = SMTP_ST_AUTH;
+    str_copy(auth535.status, "5.7.8", sizeof(auth535.status));
     const struct {
         const char *name;
         struct verdict_attempt_in in;
         enum verdict_reason reason;
         const char *status;
     } rows[] = {
-        {"5xx greeting on the last address", {NULL, &greet5}, VR_ALL_ADDRESSES_FAILED, "4.0.0"},
-        {"connection refused everywhere", {NULL, &refused}, VR_ALL_ADDRESSES_FAILED, "4.4.1"},
-        {"no address tried", {NULL, NULL}, VR_NO_ADDRESS, "4.4.3"},
-        {"enforce policy left no host", {"4.7.5", &refused}, VR_POLICY, "4.7.5"},
-        {"override failed with a 5.X.X", {"5.7.1", NULL}, VR_POLICY, "4.7.1"},
+        {"5xx greeting on the last address",
+         {NULL, &greet5, false},
+         VR_ALL_ADDRESSES_FAILED,
+         "4.0.0"},
+        {"connection refused everywhere",
+         {NULL, &refused, false},
+         VR_ALL_ADDRESSES_FAILED,
+         "4.4.1"},
+        {"no address tried", {NULL, NULL, false}, VR_NO_ADDRESS, "4.4.3"},
+        {"enforce policy left no host", {"4.7.5", &refused, true}, VR_POLICY, "4.7.5"},
+        {"override failed with a 5.X.X", {"5.7.1", NULL, false}, VR_POLICY, "4.7.1"},
+        {"AUTH refused on the last address", {NULL, &auth535, false}, VR_AUTH_FAILED, "4.7.8"},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         struct verdict v;
@@ -151,67 +166,121 @@ struct tls_row {
     enum verdict_tls_fail why;
     bool report;
     enum verdict_result_type rt;
+    /* DANE (policy VERDICT_POLICY_DANE): what applies to the host, and the
+     * match of the chain: 0 none made; 1 verified; 2 no-match; 3 the leaf
+     * names no reference name (DANE-TA); 4 expired (DANE-TA). */
+    enum verdict_dane dane;
+    int match;
 };
 
 static const struct tls_row tls_rows[] = {
     /* MTA-STS enforce */
     {"enforce: MX matches no pattern", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
      false, false, VERDICT_TLS_SKIP, 0, 0, false, true, VERDICT_TLSF_MX_MISMATCH, false,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     {"enforce: matching MX may be used", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
-     true, true, VERDICT_TLS_SKIP, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, true, VERDICT_TLS_SKIP, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"enforce: STARTTLS not offered", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
      true, true, VERDICT_TLS_CLOSED, 0, 1, false, true, VERDICT_TLSF_NOT_OFFERED, false,
-     VERDICT_RT_STARTTLS_NOT_SUPPORTED},
+     VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_NONE, 0},
     {"enforce: certificate expired", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
      true, true, VERDICT_TLS_CLOSED, 2, 2, false, true, VERDICT_TLSF_CERT, false,
-     VERDICT_RT_CERTIFICATE_EXPIRED},
+     VERDICT_RT_CERTIFICATE_EXPIRED, VERDICT_DANE_NONE, 0},
     {"enforce: certificate names another host", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_CLOSED, 3, 2, false, true, VERDICT_TLSF_CERT, false,
-     VERDICT_RT_CERTIFICATE_HOST_MISMATCH},
+     VERDICT_RT_CERTIFICATE_HOST_MISMATCH, VERDICT_DANE_NONE, 0},
     {"enforce: handshake failed", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY, true,
      true, VERDICT_TLS_CLOSED, 4, 2, false, true, VERDICT_TLSF_HANDSHAKE, false,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     {"enforce: connection refused is not a policy matter", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_CLOSED, 0, 3, false, false, VERDICT_TLSF_NONE,
-     false, VERDICT_RT_NONE},
+     false, VERDICT_RT_NONE, VERDICT_DANE_NONE, 0},
     {"enforce: verified session", VERDICT_POLICY_STS, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY, true,
-     true, VERDICT_TLS_READY, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, VERDICT_TLS_READY, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     /* MTA-STS testing: report, deliver anyway */
     {"testing: MX matches no pattern", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY,
      true, false, VERDICT_TLS_READY, 1, 0, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     {"testing: no TLS session", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true, true,
      VERDICT_TLS_READY, 0, 0, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_STARTTLS_NOT_SUPPORTED},
+     VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_NONE, 0},
     {"testing: certificate expired", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true,
      true, VERDICT_TLS_HANDSHAKE, 2, 0, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_CERTIFICATE_EXPIRED},
+     VERDICT_RT_CERTIFICATE_EXPIRED, VERDICT_DANE_NONE, 0},
     {"testing: verified", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true, true,
-     VERDICT_TLS_HANDSHAKE, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     VERDICT_TLS_HANDSHAKE, 1, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"testing: handshake failed", VERDICT_POLICY_STS, POLICY_MODE_TESTING, POLICY_TLS_MAY, true,
      true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, true,
-     VERDICT_RT_VALIDATION_FAILURE},
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_NONE, 0},
     /* no policy: opportunistic */
     {"none: no TLS is fine", VERDICT_POLICY_NONE, POLICY_MODE_NONE, POLICY_TLS_MAY, true, true,
-     VERDICT_TLS_READY, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     VERDICT_TLS_READY, 0, 0, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"none: TLS failure is no policy failure", VERDICT_POLICY_NONE, POLICY_MODE_NONE,
      POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, false,
-     VERDICT_RT_NONE},
+     VERDICT_RT_NONE, VERDICT_DANE_NONE, 0},
     /* tls_policy_file overrides */
     {"override encrypt: TLS not offered", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE,
      POLICY_TLS_ENCRYPT, true, true, VERDICT_TLS_CLOSED, 0, 1, false, true, VERDICT_TLSF_OVERRIDE,
-     false, VERDICT_RT_STARTTLS_NOT_SUPPORTED},
+     false, VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_NONE, 0},
     {"override verify: untrusted chain", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_HANDSHAKE, 5, 0, false, true,
-     VERDICT_TLSF_OVERRIDE_CHAIN, false, VERDICT_RT_CERTIFICATE_NOT_TRUSTED},
+     VERDICT_TLSF_OVERRIDE_CHAIN, false, VERDICT_RT_CERTIFICATE_NOT_TRUSTED, VERDICT_DANE_NONE, 0},
     {"override verify: no allowed name", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE,
      POLICY_TLS_VERIFY, true, true, VERDICT_TLS_HANDSHAKE, 1, 0, false, true,
-     VERDICT_TLSF_OVERRIDE_NAME, false, VERDICT_RT_CERTIFICATE_HOST_MISMATCH},
+     VERDICT_TLSF_OVERRIDE_NAME, false, VERDICT_RT_CERTIFICATE_HOST_MISMATCH, VERDICT_DANE_NONE, 0},
     {"override verify: good", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE, POLICY_TLS_VERIFY, true,
-     true, VERDICT_TLS_HANDSHAKE, 1, 0, true, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, VERDICT_TLS_HANDSHAKE, 1, 0, true, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
     {"override may: TLS failure is fine", VERDICT_POLICY_OVERRIDE, POLICY_MODE_NONE, POLICY_TLS_MAY,
-     true, true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE},
+     true, true, VERDICT_TLS_CLOSED, 4, 2, false, false, VERDICT_TLSF_NONE, false, VERDICT_RT_NONE,
+     VERDICT_DANE_NONE, 0},
+    /* DANE (RFC 7672): its verdict stands whatever MTA-STS would say, so
+     * the STS fields (deliver false: a host the policy does not list) are
+     * ignored. */
+    {"dane: TLSA bogus: host not used", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE, POLICY_TLS_VERIFY,
+     true, true, VERDICT_TLS_SKIP, 0, 0, false, true, VERDICT_TLSF_DANE_DNS, false,
+     VERDICT_RT_DNSSEC_INVALID, VERDICT_DANE_DNS_FAIL, 0},
+    {"dane-only: no secure TLSA: host not used", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_SKIP, 0, 0, false, true, VERDICT_TLSF_DANE_REQUIRED,
+     false, VERDICT_RT_DANE_REQUIRED, VERDICT_DANE_REQUIRED, 0},
+    {"dane: host not in the STS policy is used", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE,
+     POLICY_TLS_VERIFY, false, false, VERDICT_TLS_SKIP, 0, 0, false, false, VERDICT_TLSF_NONE,
+     false, VERDICT_RT_NONE, VERDICT_DANE_AUTH, 0},
+    {"dane: chain matches (self-signed, other name)", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE,
+     POLICY_TLS_VERIFY, false, false, VERDICT_TLS_HANDSHAKE, 5, 0, false, false, VERDICT_TLSF_NONE,
+     false, VERDICT_RT_NONE, VERDICT_DANE_AUTH, 1},
+    {"dane: no record matches, though PKIX verifies", VERDICT_POLICY_DANE, POLICY_MODE_ENFORCE,
+     POLICY_TLS_VERIFY, true, true, VERDICT_TLS_HANDSHAKE, 1, 0, false, true,
+     VERDICT_TLSF_DANE_CERT, false, VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_AUTH, 2},
+    {"dane: TA leaf names another host", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY,
+     true, true, VERDICT_TLS_HANDSHAKE, 3, 0, false, true, VERDICT_TLSF_DANE_CERT, false,
+     VERDICT_RT_CERTIFICATE_HOST_MISMATCH, VERDICT_DANE_AUTH, 3},
+    {"dane: TA chain expired", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY, true, true,
+     VERDICT_TLS_HANDSHAKE, 2, 0, false, true, VERDICT_TLSF_DANE_CERT, false,
+     VERDICT_RT_CERTIFICATE_EXPIRED, VERDICT_DANE_AUTH, 4},
+    {"dane: the session closed after a failed match", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 1, 2, false, true, VERDICT_TLSF_DANE_CERT,
+     false, VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_AUTH, 2},
+    {"dane: STARTTLS not offered", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY, true,
+     true, VERDICT_TLS_CLOSED, 0, 1, false, true, VERDICT_TLSF_DANE_NOT_OFFERED, false,
+     VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_AUTH, 0},
+    {"dane: handshake failed", VERDICT_POLICY_DANE, POLICY_MODE_NONE, POLICY_TLS_MAY, true, true,
+     VERDICT_TLS_CLOSED, 4, 2, false, true, VERDICT_TLSF_DANE_HANDSHAKE, false,
+     VERDICT_RT_VALIDATION_FAILURE, VERDICT_DANE_AUTH, 0},
+    {"dane: connection refused is not a policy matter", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 0, 3, false, false, VERDICT_TLSF_NONE, false,
+     VERDICT_RT_NONE, VERDICT_DANE_AUTH, 0},
+    {"dane: no usable record: any certificate", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_HANDSHAKE, 5, 0, false, false, VERDICT_TLSF_NONE,
+     false, VERDICT_RT_NONE, VERDICT_DANE_ENCRYPT, 0},
+    {"dane: no usable record: STARTTLS still required", VERDICT_POLICY_DANE, POLICY_MODE_NONE,
+     POLICY_TLS_MAY, true, true, VERDICT_TLS_CLOSED, 0, 1, false, true,
+     VERDICT_TLSF_DANE_NOT_OFFERED, false, VERDICT_RT_STARTTLS_NOT_SUPPORTED, VERDICT_DANE_ENCRYPT,
+     0},
 };
 
 static void make_facts(int kind, struct tls_facts *f)
@@ -262,7 +331,15 @@ static void test_tls_table(void **state)
             res.stage = SMTP_ST_CONNECT;
             str_copy(res.status, "4.4.1", sizeof(res.status));
         }
+        struct tls_dane_result m;
+        memset(&m, 0, sizeof(m));
+        static const enum tls_dane_status match_status[] = {TLS_DANE_VERIFIED, TLS_DANE_VERIFIED,
+                                                            TLS_DANE_NO_MATCH, TLS_DANE_NAME,
+                                                            TLS_DANE_EXPIRED};
+        m.status = match_status[r->match];
         struct verdict_tls_in in = {
+            .dane = r->dane,
+            .dane_match = r->match ? &m : NULL,
             .policy = r->policy,
             .sts_mode = r->mode,
             .level = r->level,
@@ -389,6 +466,69 @@ static void test_expiry_table(void **state)
     assert_int_equal(verdict_status_parse("").cls, 0);
 }
 
+/* RFC 8461 5: an enforce deferral asks for a policy recheck before the
+ * next attempt; an override's does not. */
+static void test_attempt_asks_recheck(void **state)
+{
+    (void)state;
+    struct smtp_outcome last;
+    memset(&last, 0, sizeof(last));
+    str_copy(last.status, "4.4.1", sizeof(last.status));
+    struct verdict v;
+    struct verdict_attempt_in in = {.policy_status = "4.7.5", .sts_enforce = true};
+    verdict_attempt(&in, &v);
+    assert_int_equal(v.reason, VR_POLICY);
+    assert_true(v.sts_recheck);
+    in.sts_enforce = false; /* a tls_policy_file entry failed the hosts */
+    verdict_attempt(&in, &v);
+    assert_false(v.sts_recheck);
+    struct verdict_attempt_in other = {.last = &last, .sts_enforce = true};
+    verdict_attempt(&other, &v);
+    assert_int_equal(v.reason, VR_ALL_ADDRESSES_FAILED);
+    assert_false(v.sts_recheck);
+}
+
+/* After the recheck of an expired recipient: only the same enforce policy,
+ * unchanged as a whole, bounces. */
+static void test_recheck_table(void **state)
+{
+    (void)state;
+    const struct {
+        const char *name;
+        bool have;
+        enum policy_mode mode;
+        enum policy_change change;
+        bool same;
+        enum verdict_action action;
+        enum verdict_reason reason;
+    } rows[] = {
+        {"same policy", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_NONE, true, VERDICT_BOUNCE,
+         VR_EXPIRED},
+        {"same id, new content", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_CONTENT, true,
+         VERDICT_DEFER, VR_RECHECK_CHANGED},
+        {"new id fetched", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_ID, false, VERDICT_DEFER,
+         VR_RECHECK_CHANGED},
+        {"changed before the recheck", true, POLICY_MODE_ENFORCE, POLICY_CHANGE_NONE, false,
+         VERDICT_DEFER, VR_RECHECK_CHANGED},
+        {"now testing", true, POLICY_MODE_TESTING, POLICY_CHANGE_NONE, true, VERDICT_DEFER,
+         VR_RECHECK_CHANGED},
+        {"gone", false, POLICY_MODE_NONE, POLICY_CHANGE_NONE, false, VERDICT_DEFER,
+         VR_RECHECK_CHANGED},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        struct verdict_recheck_in in = {.have_policy = rows[i].have,
+                                        .mode = rows[i].mode,
+                                        .change = rows[i].change,
+                                        .same_as_last = rows[i].same};
+        struct verdict v;
+        verdict_recheck(&in, &v);
+        if (v.action != rows[i].action || v.reason != rows[i].reason)
+            fail_msg("row \"%s\": got action %d reason %s", rows[i].name, (int)v.action,
+                     verdict_reason_name(v.reason));
+        assert_string_equal(v.status, "4.4.7");
+    }
+}
+
 static void test_local_and_admin(void **state)
 {
     (void)state;
@@ -413,7 +553,8 @@ int main(void)
         cmocka_unit_test(test_reply_table),       cmocka_unit_test(test_no_connection),
         cmocka_unit_test(test_attempt_table),     cmocka_unit_test(test_tls_table),
         cmocka_unit_test(test_result_type_names), cmocka_unit_test(test_dns_table),
-        cmocka_unit_test(test_expiry_table),      cmocka_unit_test(test_local_and_admin),
+        cmocka_unit_test(test_expiry_table),      cmocka_unit_test(test_attempt_asks_recheck),
+        cmocka_unit_test(test_recheck_table),     cmocka_unit_test(test_local_and_admin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -777,6 +777,45 @@ static void test_cache(void **state)
     rmdir(cdir);
 }
 
+/* The whole policy, not only its id (RFC 8461 5 recheck): mode, max_age
+ * and the mx patterns as a set. */
+static void test_sts_equal(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *a, *b;
+        bool equal;
+    } rows[] = {
+        {"mode: enforce\nmx: a.example\nmx: *.b.example\nmax_age: 86400\n",
+         "mode: enforce\nmx: *.b.example\nmx: a.example\nmax_age: 86400\n", true},
+        {"mode: enforce\nmx: a.example\nmax_age: 86400\n",
+         "mode: enforce\nmx: a.example\nmx: a.example\nmax_age: 86400\n", true},
+        {"mode: enforce\nmx: a.example\nmax_age: 86400\n",
+         "mode: enforce\nmx: c.example\nmax_age: 86400\n", false},
+        {"mode: enforce\nmx: a.example\nmax_age: 86400\n",
+         "mode: enforce\nmx: a.example\nmx: c.example\nmax_age: 86400\n", false},
+        {"mode: enforce\nmx: a.example\nmax_age: 86400\n",
+         "mode: testing\nmx: a.example\nmax_age: 86400\n", false},
+        {"mode: enforce\nmx: a.example\nmax_age: 86400\n",
+         "mode: enforce\nmx: a.example\nmax_age: 604800\n", false},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        char ta[256], tb[256];
+        snprintf(ta, sizeof(ta), "version: STSv1\n%s", rows[i].a);
+        snprintf(tb, sizeof(tb), "version: STSv1\n%s", rows[i].b);
+        struct sts_policy a, b;
+        assert_int_equal(policy_parse(ta, strlen(ta), &a, NULL, 0), 0);
+        assert_int_equal(policy_parse(tb, strlen(tb), &b, NULL, 0), 0);
+        if (policy_sts_equal(&a, &b) != rows[i].equal || policy_sts_equal(&b, &a) != rows[i].equal)
+            fail_msg("row %zu: equal should be %d", i, (int)rows[i].equal);
+        policy_sts_clear(&a);
+        policy_sts_clear(&b);
+    }
+    assert_true(policy_sts_equal(NULL, NULL));
+    assert_string_equal(policy_change_name(POLICY_CHANGE_CONTENT), "content");
+    assert_string_equal(policy_change_name(POLICY_CHANGE_NONE), "none");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -785,7 +824,7 @@ int main(void)
         cmocka_unit_test(test_match_table),  cmocka_unit_test(test_normalize),
         cmocka_unit_test(test_requirement),  cmocka_unit_test(test_http_table),
         cmocka_unit_test(test_overrides),    cmocka_unit_test(test_entry_rules),
-        cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_sts_equal),    cmocka_unit_test(test_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -448,6 +448,82 @@ static void test_hold_release_retry_remove(void **state)
     assert_int_equal(queue_message_read(f->q, id2, &m), ERR_NOTFOUND);
 }
 
+/* delay_warning_time: the one warning of a message is recorded in its
+ * flags (QUEUE_F_DELAY_WARNED); a submission cannot set it, the recipients
+ * are untouched, the mark survives a reopen, a lease carries it, and a
+ * MSG record written before the flag existed (flags without it) reads as
+ * not warned. */
+static void test_delay_warned(void **state)
+{
+    struct fx *f = *state;
+    char id[QUEUE_ID_LEN + 1];
+    assert_int_equal(submit(f, "s@example.com", two, 2, "x", 1, id), 0);
+    struct queue_message *m;
+    assert_int_equal(queue_message_read(f->q, id, &m), 0);
+    assert_false(m->env.flags & QUEUE_F_DELAY_WARNED);
+    queue_message_free(m);
+    assert_int_equal(lease(f, 10, NULL), 2);
+    assert_int_equal(report(f, queue_defer, id, 0, NULL), 0);
+    assert_int_equal(msg_op(f, queue_delay_warned, id), 0);
+    assert_int_equal(msg_op(f, queue_delay_warned, id), 0); /* again: no change */
+    assert_int_equal(msg_op(f, queue_delay_warned, "0000000000000000"), ERR_NOTFOUND);
+    assert_int_equal(rcpt_state(f, id, 0), QUEUE_RCPT_DEFERRED);
+    assert_int_equal(rcpt_state(f, id, 1), QUEUE_RCPT_ACTIVE);
+    fx_close(f);
+    assert_int_equal(fx_open(f), 0);
+    assert_int_equal(queue_message_read(f->q, id, &m), 0);
+    assert_true(m->env.flags & QUEUE_F_DELAY_WARNED);
+    queue_message_free(m);
+    f->now += 3600 * 1000;
+    struct queue_due *due;
+    assert_int_equal(lease(f, 10, &due), 2);
+    assert_true(due[0].flags & QUEUE_F_DELAY_WARNED);
+    queue_due_free(due);
+    /* The record as written before the flag: the same layout, bit clear. */
+    struct qrec_msg old = {.arrival_ms = T0,
+                           .size = 1,
+                           .n_chunks = 1,
+                           .n_rcpts = 1,
+                           .n_open = 1,
+                           .flags = QUEUE_F_8BITMIME,
+                           .sender = qrec_view("s@example.com")};
+    struct buf b;
+    buf_init(&b, 4096);
+    assert_int_equal(qrec_msg_encode(&old, &b), 0);
+    struct qrec_msg back;
+    assert_int_equal(qrec_msg_decode(b.data, b.len, &back), 0);
+    assert_int_equal(back.flags & QUEUE_F_DELAY_WARNED, 0);
+    buf_free(&b);
+    /* A submission cannot claim a warning was sent. */
+    char id2[QUEUE_ID_LEN + 1];
+    struct queue_envelope env = {.sender = "s@example.com", .flags = QUEUE_F_DELAY_WARNED};
+    struct done d = {0};
+    struct queue_rcpt_in r1 = {.addr = one[0]};
+    assert_int_equal(queue_submit(f->q, &env, &r1, 1, "y", 1, on_submit, &d), 0);
+    wait_for(f, &d);
+    assert_int_equal(d.status, 0);
+    str_copy(id2, d.id, sizeof(id2));
+    assert_int_equal(queue_message_read(f->q, id2, &m), 0);
+    assert_false(m->env.flags & QUEUE_F_DELAY_WARNED);
+    queue_message_free(m);
+    /* TLS-Required: No (QUEUE_F_TLS_OPTIONAL) is kept by a submission,
+     * survives a warning mark and a reopen, and a lease carries it. */
+    char id3[QUEUE_ID_LEN + 1];
+    struct queue_envelope env3 = {.sender = "s@example.com", .flags = QUEUE_F_TLS_OPTIONAL};
+    struct done d3 = {0};
+    assert_int_equal(queue_submit(f->q, &env3, &r1, 1, "z", 1, on_submit, &d3), 0);
+    wait_for(f, &d3);
+    assert_int_equal(d3.status, 0);
+    str_copy(id3, d3.id, sizeof(id3));
+    assert_int_equal(msg_op(f, queue_delay_warned, id3), 0);
+    fx_close(f);
+    assert_int_equal(fx_open(f), 0);
+    assert_int_equal(queue_message_read(f->q, id3, &m), 0);
+    assert_int_equal(m->env.flags & (QUEUE_F_TLS_OPTIONAL | QUEUE_F_DELAY_WARNED),
+                     QUEUE_F_TLS_OPTIONAL | QUEUE_F_DELAY_WARNED);
+    queue_message_free(m);
+}
+
 /* Hold while in flight: the attempt goes on; a release gives the lease back
  * instead of making the recipient due, so it is never leased twice. */
 static void test_hold_in_flight(void **state)
@@ -1177,6 +1253,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hold_release_retry_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hold_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delay_warned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_postpone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unlease_and_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ids, setup, teardown),

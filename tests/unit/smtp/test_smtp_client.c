@@ -261,6 +261,8 @@ struct peer {
     bool starttls_garbage;    /* answer STARTTLS with 220, then junk, then close */
     struct tls_conn *tls;
     bool tls_done;
+    const char *auth_reply; /* the final reply to AUTH; NULL: 235 */
+    int auth_login_lines;   /* LOGIN: response lines still expected */
 };
 
 static void peer_line(struct peer *p, char *line, size_t n);
@@ -359,7 +361,20 @@ static void peer_line(struct peer *p, char *line, size_t n)
     }
     buf_append(&p->log, line, n);
     buf_append(&p->log, "\n", 1);
-    if (strncasecmp(line, "STARTTLS", 8) == 0 && p->starttls_garbage) {
+    if (p->auth_login_lines > 0) {
+        /* RFC 4954 4: a response line of the LOGIN exchange. */
+        if (--p->auth_login_lines > 0)
+            peer_send(p, "334 UGFzc3dvcmQ6\r\n");
+        else
+            peer_send(p, p->auth_reply ? p->auth_reply : "235 2.7.0 Ok\r\n");
+        return;
+    }
+    if (strncasecmp(line, "AUTH LOGIN", 10) == 0) {
+        p->auth_login_lines = 2;
+        peer_send(p, "334 VXNlcm5hbWU6\r\n");
+    } else if (strncasecmp(line, "AUTH PLAIN ", 11) == 0) {
+        peer_send(p, p->auth_reply ? p->auth_reply : "235 2.7.0 Ok\r\n");
+    } else if (strncasecmp(line, "STARTTLS", 8) == 0 && p->starttls_garbage) {
         peer_send(p, "220 2.0.0 go ahead\r\n");
         peer_send(p, "HTTP/1.0 400 Bad Request\r\n\r\n");
         peer_close_conn(p);
@@ -544,6 +559,8 @@ static void on_event(struct smtp_client *c, enum smtp_event ev, void *arg)
 static struct tls_ctx *run_cctx;
 static const char *run_verify_host;
 static smtp_tls_check_cb run_check;
+static const char *run_auth_user, *run_auth_pass;
+static bool run_auth_tls;
 
 static void run_session(struct run *r, int port, enum smtp_tls_mode tls, uint32_t timeout_ms)
 {
@@ -562,6 +579,9 @@ static void run_session(struct run *r, int port, enum smtp_tls_mode tls, uint32_
         .tls_ctx = run_cctx,
         .verify_host = run_verify_host,
         .tls_check = run_check,
+        .auth_user = run_auth_user,
+        .auth_password = run_auth_pass,
+        .auth_tls_required = run_auth_tls,
         .cb = on_event,
         .arg = r,
     };
@@ -883,6 +903,96 @@ static void test_encrypt_without_starttls(void **state)
     run_cctx = NULL;
 }
 
+/* ---- SMTP AUTH (RFC 4954) ---------------------------------------------------- */
+
+#define EHLO_AUTH(mechs) "250-peer.test\r\n250-PIPELINING\r\n250-AUTH " mechs "\r\n250 8BITMIME\r\n"
+
+static void auth_run(struct peer *p, struct run *r, const char *user, const char *pass, bool tls)
+{
+    run_auth_user = user;
+    run_auth_pass = pass;
+    run_auth_tls = tls;
+    run_session(r, 0, SMTP_TLS_MAY, 5000);
+    run_auth_user = run_auth_pass = NULL;
+    run_auth_tls = false;
+    (void)p;
+}
+
+static void test_auth_plain(void **state)
+{
+    (void)state;
+    struct peer p = {.greeting = "220 p\r\n", .ehlo = EHLO_AUTH("LOGIN PLAIN")};
+    struct smtp_rcpt rc[1] = {{.addr = "a@x"}};
+    struct smtp_msg m = {.sender = "s@x", .body = {"b\r\n", 3}, .nrcpt = 1, .rcpt = rc};
+    struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
+    auth_run(&p, &r, "user", "pass", false);
+    /* RFC 4616 2: NUL user NUL pass, as the initial response. */
+    assert_non_null(strstr(p.log.data, "AUTH PLAIN AHVzZXIAcGFzcw==\nMAIL FROM:<s@x>"));
+    assert_int_equal(rc[0].out.action, SMTP_ACT_SENT);
+    peer_free(&p);
+}
+
+static void test_auth_login(void **state)
+{
+    (void)state;
+    struct peer p = {.greeting = "220 p\r\n", .ehlo = EHLO_AUTH("LOGIN")};
+    struct smtp_rcpt rc[1] = {{.addr = "a@x"}};
+    struct smtp_msg m = {.sender = "s@x", .body = {"b\r\n", 3}, .nrcpt = 1, .rcpt = rc};
+    struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
+    auth_run(&p, &r, "user", "pass", false);
+    assert_non_null(strstr(p.log.data, "AUTH LOGIN\ndXNlcg==\ncGFzcw==\nMAIL"));
+    assert_int_equal(rc[0].out.action, SMTP_ACT_SENT);
+    peer_free(&p);
+}
+
+static void test_auth_refused(void **state)
+{
+    (void)state;
+    struct peer p = {.greeting = "220 p\r\n",
+                     .ehlo = EHLO_AUTH("PLAIN"),
+                     .auth_reply = "535 5.7.8 bad credentials\r\n"};
+    struct run r = {.peer = &p};
+    auth_run(&p, &r, "user", "pass", false);
+    assert_int_equal(r.ready, 0);
+    assert_int_equal(r.result.stage, SMTP_ST_AUTH);
+    assert_int_equal(r.result.code, 535);
+    assert_string_equal(r.result.status, "5.7.8");
+    assert_string_equal(r.result.reply, "535 5.7.8 bad credentials");
+    assert_non_null(strstr(r.result.text, "SASL authentication failed; server peer.test"));
+    assert_null(strstr(p.log.data, "MAIL"));
+    peer_free(&p);
+}
+
+/* TLS required for the credentials and not there: nothing is sent. */
+static void test_auth_needs_tls(void **state)
+{
+    (void)state;
+    struct peer p = {.greeting = "220 p\r\n", .ehlo = EHLO_AUTH("PLAIN LOGIN")};
+    struct run r = {.peer = &p};
+    auth_run(&p, &r, "user", "pass", true);
+    assert_int_equal(r.ready, 0);
+    assert_int_equal(r.result.stage, SMTP_ST_AUTH);
+    assert_string_equal(r.result.status, "4.7.0");
+    assert_int_equal(r.result.err, ERR_PERM);
+    assert_null(strstr(p.log.data, "AUTH"));
+    assert_null(strstr(p.log.data, "MAIL"));
+    peer_free(&p);
+}
+
+/* A server that announces no AUTH gets none (as Postfix). */
+static void test_auth_not_offered(void **state)
+{
+    (void)state;
+    struct peer p = {.greeting = "220 p\r\n", .ehlo = EHLO_FULL};
+    struct smtp_rcpt rc[1] = {{.addr = "a@x"}};
+    struct smtp_msg m = {.sender = "s@x", .body = {"b\r\n", 3}, .nrcpt = 1, .rcpt = rc};
+    struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
+    auth_run(&p, &r, "user", "pass", false);
+    assert_null(strstr(p.log.data, "AUTH"));
+    assert_int_equal(rc[0].out.action, SMTP_ACT_SENT);
+    peer_free(&p);
+}
+
 static void test_bad_addresses(void **state)
 {
     (void)state;
@@ -1195,6 +1305,11 @@ int main(void)
         cmocka_unit_test(test_verify_without_starttls),
         cmocka_unit_test(test_encrypt_without_starttls),
         cmocka_unit_test(test_bad_addresses),
+        cmocka_unit_test(test_auth_plain),
+        cmocka_unit_test(test_auth_login),
+        cmocka_unit_test(test_auth_refused),
+        cmocka_unit_test(test_auth_needs_tls),
+        cmocka_unit_test(test_auth_not_offered),
         cmocka_unit_test(test_large_body),
         cmocka_unit_test(test_body_reader),
         cmocka_unit_test(test_starttls),

@@ -1,0 +1,369 @@
+/*
+ * route.c - where a recipient goes and how fast: transport_maps (a subset
+ * of Postfix transport(5): smtp:/relay: next hops, error: and defer:),
+ * destination_limits (concurrency, message rate, recipients per
+ * transaction), the concurrency window and dead destinations
+ * (smtp_destination_dead_threshold, smtp_destination_dead_time).
+ *
+ * Routing rules:
+ * - A matched transport_maps entry wins over relayhost (as in Postfix);
+ *   a recipient domain with no entry goes to relayhost when one is set,
+ *   else to its own MX hosts.
+ * - "smtp:" with no next hop is the recipient domain's own MX delivery,
+ *   with its MTA-STS policy. A next hop ("smtp:[host]:port", "smtp:host")
+ *   is the operator's choice: the recipient domain's MTA-STS policy (and
+ *   DANE) does not apply to it; the log line says tls_policy=transport and
+ *   smtp_tls_security_level is the TLS it gets.
+ * - Destinations with a next hop are keyed "transport:NEXTHOP", so every
+ *   domain routed to one host shares its connections and limits.
+ *
+ * A dead destination: after smtp_destination_dead_threshold attempts in a
+ * row in which no address gave a usable session, nothing connects to it
+ * for smtp_destination_dead_time; mail that comes due meanwhile is
+ * deferred at once ("delivery temporarily suspended") without walking the
+ * addresses; then one probe connection at a time tests it; a session that
+ * becomes ready revives it. One log line when it is marked dead, one when
+ * it is revived.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "conf.h"
+#include "deliver_int.h"
+#include "delivery.h"
+#include "route.h"
+#include "verdict.h"
+
+#define TRANSPORT_PREFIX "transport:"
+
+int route_load(const struct conf *c, struct conf_map **transport, struct conf_map **limits,
+               struct buf *err)
+{
+    *transport = *limits = NULL;
+    if (c->transport_maps && c->transport_maps[0]) {
+        *transport = conf_transport_load(c->transport_maps, err);
+        if (!*transport)
+            return ERR_INVAL;
+    }
+    if (c->destination_limits && c->destination_limits[0]) {
+        *limits = conf_dest_limits_load(c->destination_limits, err);
+        if (!*limits) {
+            conf_map_free(*transport);
+            *transport = NULL;
+            return ERR_INVAL;
+        }
+    }
+    return 0;
+}
+
+/*
+ * error: and defer: entries end the recipient here: one log line per
+ * recipient, and for error: a DSN through the one DSN path (job_finish()).
+ * The recipients of one message that meet the same entry within one lease
+ * are gathered into one job, so that the sender gets one DSN for them;
+ * route_flush() ends the gathered jobs.
+ */
+struct route_reject {
+    struct route_reject *next;
+    struct job *j;
+    size_t cap;
+    const struct conf_transport *t; /* valid until route_flush() */
+    char key[256];
+};
+
+static void reject_defer_nomem(struct delivery *dl, const struct queue_due *due)
+{
+    struct queue_result res = {.dsn = "4.3.0",
+                               .text = "out of memory",
+                               .mx = "",
+                               .ip = "",
+                               .tls = "",
+                               .sts_mode = "",
+                               .sts_id = ""};
+    dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
+    dl->inflight--;
+}
+
+static bool reject_add(struct route_reject *rj, const struct queue_due *due)
+{
+    struct job *j = rj->j;
+    if (j->n == rj->cap) {
+        size_t cap = rj->cap ? rj->cap * 2 : 4;
+        struct jrcpt *r = realloc(j->r, cap * sizeof(*r));
+        if (!r)
+            return false;
+        j->r = r;
+        rj->cap = cap;
+    }
+    char *addr = dl_strdup(due->addr);
+    if (!addr)
+        return false;
+    j->r[j->n].idx = due->rcpt;
+    j->r[j->n].addr = addr;
+    j->r[j->n].attempts = due->attempts;
+    j->n++;
+    return true;
+}
+
+static void route_reject(struct delivery *dl, const struct queue_due *due,
+                         const struct conf_transport *t, const char *key)
+{
+    for (struct route_reject *rj = dl->rejects; rj; rj = rj->next) {
+        if (rj->t == t && strcmp(rj->j->id, due->id) == 0) {
+            if (!reject_add(rj, due))
+                reject_defer_nomem(dl, due);
+            return;
+        }
+    }
+    struct route_reject *rj = calloc(1, sizeof(*rj));
+    struct job *j = rj ? calloc(1, sizeof(*j)) : NULL;
+    if (j)
+        j->sender = dl_strdup(due->sender);
+    if (!j || !j->sender) {
+        job_free(j);
+        free(rj);
+        reject_defer_nomem(dl, due);
+        return;
+    }
+    rj->j = j;
+    rj->t = t;
+    str_copy(rj->key, key ? key : "?", sizeof(rj->key));
+    int64_t now = dl_now(dl);
+    str_copy(j->id, due->id, sizeof(j->id));
+    j->flags = due->flags;
+    j->arrival_ms = due->arrival_ms;
+    j->lease_ms = j->conn_ms = j->ready_ms = now;
+    str_copy(j->relay, "none", sizeof(j->relay));
+    snprintf(j->label, sizeof(j->label), "transport_maps=%.80s", rj->key);
+    if (!reject_add(rj, due)) {
+        job_free(j);
+        free(rj);
+        reject_defer_nomem(dl, due);
+        return;
+    }
+    rj->next = dl->rejects;
+    dl->rejects = rj;
+}
+
+void route_flush(struct delivery *dl)
+{
+    while (dl->rejects) {
+        struct route_reject *rj = dl->rejects;
+        dl->rejects = rj->next;
+        const struct conf_transport *t = rj->t;
+        bool bounce = t->kind == CONF_TRANSPORT_ERROR;
+        struct verdict v = {
+            .action = bounce ? VERDICT_BOUNCE : VERDICT_DEFER,
+            .reason = bounce ? VR_LOCAL_PERMANENT : VR_LOCAL_TRANSIENT,
+        };
+        str_copy(v.status, t->status, sizeof(v.status));
+        struct smtp_outcome o;
+        memset(&o, 0, sizeof(o));
+        str_copy(o.text,
+                 t->text && t->text[0] ? t->text
+                                       : (bounce ? "mail for this domain is refused"
+                                                 : "delivery to this domain is deferred"),
+                 sizeof(o.text));
+        struct job *j = rj->j;
+        free(rj);
+        job_finish(dl, j, &o, &v);
+    }
+}
+
+bool route_recipient(struct delivery *dl, const struct queue_due *due, char *name, size_t size)
+{
+    char dom[256];
+    addr_domain(due->addr, dom, sizeof(dom));
+    const char *key = NULL;
+    const struct conf_transport *t =
+        dl->transport && dom[0] ? conf_transport_find(dl->transport, dom, &key) : NULL;
+    if (t && (t->kind == CONF_TRANSPORT_ERROR || t->kind == CONF_TRANSPORT_DEFER)) {
+        route_reject(dl, due, t, key);
+        return true;
+    }
+    if (t && t->nexthop.host[0]) {
+        const struct conf_hostport *h = &t->nexthop;
+        char port[16] = "";
+        if (h->port)
+            snprintf(port, sizeof(port), ":%u", (unsigned)h->port);
+        snprintf(name, size, TRANSPORT_PREFIX "%s%s%s%s", h->bracketed ? "[" : "", h->host,
+                 h->bracketed ? "]" : "", port);
+    } else if (!t && dl->relay) {
+        str_copy(name, "[relayhost]", size);
+    } else {
+        str_copy(name, dom, size);
+    }
+    return false;
+}
+
+static const struct conf_dest_limit *dest_limit(const struct dest *d)
+{
+    const struct delivery *dl = d->dl;
+    if (!dl->limits)
+        return NULL;
+    /* A next hop's limits are those of its host name. */
+    const char *key = d->has_nexthop ? d->nexthop.host : d->name;
+    return conf_dest_limit_find(dl->limits, key);
+}
+
+static void route_limits(struct dest *d, bool init)
+{
+    const struct conf *c = d->dl->conf;
+    const struct conf_dest_limit *lim = dest_limit(d);
+    unsigned limit = lim && lim->concurrency ? lim->concurrency
+                                             : (unsigned)c->default_destination_concurrency_limit;
+    if (init)
+        window_init(&d->window, (unsigned)c->initial_destination_concurrency, limit);
+    else
+        window_set_limit(&d->window, limit);
+    double rate = lim ? lim->rate_per_s : 0;
+    if (init || rate != d->bucket.rate)
+        bucket_init(&d->bucket, rate, dl_mono(d->dl));
+}
+
+void route_dest_init(struct dest *d)
+{
+    struct delivery *dl = d->dl;
+    if (strncmp(d->name, TRANSPORT_PREFIX, strlen(TRANSPORT_PREFIX)) == 0) {
+        const char *hop = d->name + strlen(TRANSPORT_PREFIX);
+        if (conf_parse_hostport(hop, true, &d->nexthop) == 0) {
+            d->has_nexthop = true;
+            d->transport = true;
+        }
+    } else if (strcmp(d->name, "[relayhost]") == 0 && dl->relay) {
+        d->nexthop = dl->relayhost;
+        d->has_nexthop = true;
+    }
+    route_limits(d, true);
+}
+
+size_t route_rcpt_limit(const struct delivery *dl, const char *domain)
+{
+    const struct conf_dest_limit *lim =
+        dl->limits && domain && domain[0] ? conf_dest_limit_find(dl->limits, domain) : NULL;
+    if (lim && lim->recipients)
+        return lim->recipients;
+    return (size_t)dl->conf->default_destination_recipient_limit;
+}
+
+uint16_t route_port(const struct dest *d)
+{
+    if (d->has_nexthop && d->nexthop.port)
+        return d->nexthop.port;
+    return (uint16_t)d->dl->conf->smtp_destination_port;
+}
+
+/* Wake the scheduler in ms (it runs every destination after a lease). */
+static void route_wake(struct delivery *dl, int64_t ms)
+{
+    if (ms < 1)
+        ms = 1;
+    if (uv_is_active((uv_handle_t *)&dl->due_timer) &&
+        uv_timer_get_due_in(&dl->due_timer) <= (uint64_t)ms)
+        return;
+    sched_lease_in(dl, (uint64_t)ms);
+}
+
+bool route_may_connect(struct dest *d)
+{
+    struct delivery *dl = d->dl;
+    if (d->nconns == 0)
+        d->dead.probing = false; /* no probe can be under way */
+    switch (dead_state(&d->dead, dl_mono(dl))) {
+    case DEST_ALIVE:
+        return d->nconns < d->window.cur;
+    case DEST_PROBE:
+        if (d->nconns > 0)
+            return false;
+        d->dead.probing = true;
+        return true;
+    case DEST_DEAD:
+        break;
+    }
+    /* Dead: what waits is deferred without a connection. */
+    char text[400];
+    snprintf(text, sizeof(text),
+             "delivery temporarily suspended: destination %s is dead (no address reachable in "
+             "%u attempts)",
+             d->name, d->dead.fails);
+    struct verdict v = {.action = VERDICT_DEFER, .reason = VR_ALL_ADDRESSES_FAILED};
+    str_copy(v.status, "4.4.1", sizeof(v.status));
+    struct job *j;
+    while ((j = dest_pop(d))) {
+        str_copy(j->relay, "none", sizeof(j->relay));
+        job_fail(dl, j, &v, text);
+    }
+    return false;
+}
+
+bool route_may_send(struct dest *d)
+{
+    int64_t wait = 0;
+    if (bucket_take(&d->bucket, dl_mono(d->dl), &wait))
+        return true;
+    route_wake(d->dl, wait);
+    return false;
+}
+
+void route_conn_failed(struct dest *d, const char *why)
+{
+    struct delivery *dl = d->dl;
+    window_failure(&d->window);
+    int64_t dead_ms = dl->conf->smtp_destination_dead_time * 1000;
+    if (dead_failure(&d->dead, (unsigned)dl->conf->smtp_destination_dead_threshold, dl_mono(dl),
+                     dead_ms))
+        log_warn(QCOMP,
+                 "%s: destination is dead: %u attempts in a row reached no address (last: %s); "
+                 "mail for it is deferred without connecting, next probe in %llds",
+                 d->name, d->dead.fails, why && why[0] ? why : "no session",
+                 (long long)dl->conf->smtp_destination_dead_time);
+}
+
+void route_conn_ready(struct dest *d)
+{
+    int64_t was_since = d->dead.since_ms;
+    if (dead_success(&d->dead))
+        log_info(QCOMP, "%s: destination is alive again after %llds", d->name,
+                 (long long)((dl_mono(d->dl) - was_since) / 1000));
+}
+
+void route_delivered(struct dest *d)
+{
+    window_success(&d->window);
+}
+
+void route_reloaded(struct delivery *dl)
+{
+    for (struct dest *d = dl->dests; d; d = d->next)
+        route_limits(d, false);
+}
+
+void route_status(struct delivery *dl, void *status)
+{
+    json_t *st = status;
+    json_t *dead = json_array();
+    int64_t mono = dl ? dl_mono(dl) : 0;
+    int64_t now = dl ? dl_now(dl) : 0;
+    for (struct dest *d = dl ? dl->dests : NULL; d; d = d->next) {
+        if (!d->dead.dead)
+            continue;
+        int64_t left = d->dead.until_ms - mono;
+        if (left < 0)
+            left = 0;
+        json_array_append_new(
+            dead,
+            json_pack("{s:s, s:I, s:I, s:I, s:b, s:I}", "destination", d->name, "since",
+                      (json_int_t)((now - (mono - d->dead.since_ms)) / 1000), "until",
+                      (json_int_t)((now + left) / 1000), "failures", (json_int_t)d->dead.fails,
+                      "probing", d->dead.probing, "queued", (json_int_t)d->njobs));
+    }
+    json_object_set_new(st, "dead", dead);
+}
+
+void delivery_route_status(struct delivery *dl, struct json_t *status)
+{
+    route_status(dl, status);
+}
