@@ -50,8 +50,8 @@ FLAKY_URL = "https://collector.test/flaky"
 MAILTO = "mailto:tlsrpt@reports.test"
 
 
-def policy(mode="enforce", mx=("mx1.{d}",)):
-    lines = ["version: STSv1", "mode: " + mode] + ["mx: " + m for m in mx] + ["max_age: 86400"]
+def policy(mode, domain):
+    lines = ["version: STSv1", "mode: " + mode, "mx: mx1." + domain, "max_age: 86400"]
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -67,6 +67,8 @@ DOMAINS = {
     "norua.test": ("enforce", "good", None, "ok"),
     # The SMTP collector's own domain: its MX fails enforce.
     "reports.test": ("enforce", "other", None, None),
+    # A domain with a rua that gets no mail: nothing to say, no report.
+    "quiet.test": ("enforce", "good", [HTTPS_URL], None),
 }
 IPS = {d: "127.0.0.%d" % (100 + i) for i, d in enumerate(DOMAINS)}
 
@@ -154,7 +156,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
         self.ca = ca = CA(pkidir)
         self.collector = Collector(COLLECTOR_IP, ca.issue("collector", ["collector.test"]))
         web_leaf = ca.issue("web", ["mta-sts." + d for d in DOMAINS])
-        sites = [Site(d, web_leaf, body=policy(mode)) for d, (mode, _, _, _) in DOMAINS.items()
+        sites = [Site(d, web_leaf, body=policy(mode, d)) for d, (mode, _, _, _) in DOMAINS.items()
                  if mode]
         self.web = Web(self.tmp, sites, host=WEB_IP).start()
         self.smtp_port = free_udp_tcp_port(tuple(IPS.values()))
@@ -260,7 +262,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
         p = rep["policies"][0]
         self.assertEqual(p["policy"]["policy-domain"], domain)
         if mode:
-            self.assertEqual(p["policy"]["policy-type"], "sts")
+            self.assertEqual(p["policy"]["policy-type"], "sts", rep)
             self.assertEqual(p["policy"]["policy-string"],
                              ["version: STSv1", "mode: " + mode, "mx: mx1." + domain,
                               "max_age: 86400"])
@@ -271,7 +273,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
         if expected == "ok":
             self.assertEqual((s["total-successful-session-count"],
                               s["total-failure-session-count"]), (1, 0), rep)
-            self.assertNotIn("failure-details", p)
+            self.assertEqual(p.get("failure-details", []), [], p)
         else:
             self.assertEqual((s["total-successful-session-count"],
                               s["total-failure-session-count"]), (0, 1), rep)
@@ -288,7 +290,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
         d = self.daemon
         d.wait_log("delivery started", timeout=10)
         for dom in DOMAINS:
-            if dom != "reports.test":
+            if dom not in ("reports.test", "quiet.test"):
                 self.send("user@" + dom)
         # TLS-Required: No on an ordinary message: delivered to a wrong-name
         # MX under enforce, logged, and not counted.
@@ -300,6 +302,12 @@ class TlsrptDeliveryTest(unittest.TestCase):
         rows = wait_for(lambda: (lambda l: l if want <= set(l) else None)(self.listing()), 40)
         self.assertTrue(rows, self.listing())
         self.assertNotIn("reports.test", self.listing())
+        self.assertNotIn("quiet.test", self.listing())
+        # A restart between recording and sending counts nothing twice.
+        before = self.listing()
+        d.stop()
+        d.start()
+        self.assertEqual(self.listing(), before)
 
         # --dry-run: what would go, nothing sent.
         r = d.ctl("tlsrpt", "send", "--date", "today", "--dry-run")
@@ -312,7 +320,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
         self.assertIn("norua.test no-record", r.stdout)
         # https: one POST per domain with an https rua.
         https_domains = {dom for dom, spec in DOMAINS.items() if spec[2] and
-                         any(u.startswith("https:") for u in spec[2])}
+                         spec[3] and any(u.startswith("https:") for u in spec[2])}
         posts = wait_for(lambda: (lambda p: p if len(p) >= len(https_domains) else None)(
             self.collector.ok_posts()), 30)
         self.assertTrue(posts, self.collector.posts)
@@ -323,6 +331,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
             dom = rep["policies"][0]["policy"]["policy-domain"]
             seen[dom] = self.check_report(p["body"], dom, 0)
         self.assertEqual(set(seen), https_domains)
+        self.assertNotIn("quiet.test", seen)
         # mailto: through the queue to reports.test, whose MX fails enforce.
         sink = self.sinks["reports.test"]
         self.assertTrue(sink.wait_messages(2, 30), "report mail did not arrive")
@@ -341,12 +350,15 @@ class TlsrptDeliveryTest(unittest.TestCase):
         self.assertEqual(len(att), 1)
         self.assertRegex(att[0].get_filename(), r"^relay\.test!wrongname\.test!\d+!\d+\.json\.gz$")
         self.check_report(att[0].get_content(), "wrongname.test", 0)
+        self.assertTrue(wait_for(lambda: d.log_text().count("tls_required=no") >= 2, 10),
+                        "the report's delivery with TLS-Required: No is not logged")
         ok = dkim.verify(msg.content, dnsfunc=lambda n, timeout=5: self.dkim_records.get(
             (n.decode() if isinstance(n, bytes) else n).rstrip("."), "").encode())
         self.assertTrue(ok, "DKIM signature does not verify")
         # The delivery of the report was not counted.
         time.sleep(1)
         self.assertNotIn("reports.test", self.listing())
+        self.assertEqual(len(self.collector.ok_posts()), len(https_domains), self.collector.posts)
         self.assertRegex(d.log_text(), r"report domain=expired\.test day=\S+ "
                          r"rua=https://collector\.test/v1/report report-id=\S+ size=\d+ result=sent")
 
