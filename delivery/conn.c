@@ -284,6 +284,7 @@ static void conn_connect(struct conn *cn)
         if (j)
             job_policy(j, cn);
         if (cn->dane != VERDICT_DANE_NONE) {
+            conn_tlsrpt_skipped(cn);
             cn->target++;
             continue;
         }

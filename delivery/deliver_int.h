@@ -517,6 +517,9 @@ void conn_new(struct dest *d, struct job *j);
  * tried to negotiate TLS. Nothing without a store, for relayhost and
  * address literals, and for TLS-Required: No sessions. */
 void conn_tlsrpt(struct conn *cn, const struct tls_facts *f, const struct smtp_outcome *res);
+/* DANE excluded cn's current target before connecting (dnssec-invalid,
+ * dane-required): count it as a failed "tlsa" session. */
+void conn_tlsrpt_skipped(struct conn *cn);
 /* The MTA-STS discovery of d failed (policy engine result): count it. */
 void dest_tlsrpt_policy_failure(struct dest *d, const struct policy_result *r);
 

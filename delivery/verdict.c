@@ -211,6 +211,10 @@ static enum verdict_result_type dane_result_type(const struct tls_dane_result *m
         return VERDICT_RT_CERTIFICATE_HOST_MISMATCH;
     if (m && m->status == TLS_DANE_EXPIRED)
         return VERDICT_RT_CERTIFICATE_EXPIRED;
+    /* RFC 8460 4.3.2 tlsa-invalid: none of the records of the RRset was
+     * found valid for the presented chain. */
+    if (m && m->status == TLS_DANE_NO_MATCH)
+        return VERDICT_RT_TLSA_INVALID;
     return VERDICT_RT_VALIDATION_FAILURE;
 }
 

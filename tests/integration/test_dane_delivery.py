@@ -22,6 +22,7 @@ import tempfile
 import time
 import unittest
 
+import tlsrpt_check
 from convoy import CONVOYCTL, Daemon, free_port
 from dnssec_world import DnssecWorld, Zone, available, tlsa_rdata
 from pki import CA, self_signed
@@ -69,6 +70,7 @@ class World:
         c3bad = ca.issue("c3bad", ["mx1.combo3.dane.test"])
         plain = self_signed(pki, "plain", ["mx.plain.test"])
         web_leaf = ca.issue("web", ["mta-sts.combo%d.dane.test" % i for i in (1, 2, 3)])
+        self.ee, self.other = ee, other
         certs = {"ee": ee, "bad": bad, "ta": ta, "unusable": ee, "none": ee, "bogus": ee,
                  "plain": plain, "c1dane": c1, "c2dane": c2, "c3sts": c3, "notls": None}
         tlsa = "_%d._tcp." % p
@@ -140,6 +142,7 @@ class World:
                 "smtp_starttls_timeout = 5s\n"
                 "minimal_backoff_time = 60s\n"
                 "smtp_connection_cache_time_limit = 1s\n"
+                "tlsrpt_enable = yes\n"
                 % (free_port(), self.dns.server, level, self.port, self.ca.cert, self.web.port))
 
     def close(self):
@@ -244,6 +247,82 @@ class DaneDeliveryTest(unittest.TestCase):
         self.assertEqual(r["last_result"]["dsn"], "4.7.5")
         self.assertIn(label, r["last_result"]["tls"])
         return line
+
+    # ---- TLS-RPT (RFC 8460): "tlsa" policies ----------------------------------
+
+    def tlsrpt(self, domain, daemon=None):
+        """The domain's report so far as (policy, successes, {result-type:
+        count}); (None, 0, {}) while there is nothing to report."""
+        d = daemon or self.daemon
+        r = d.ctl("tlsrpt", "show", domain, "--json")
+        if r.returncode != 0:
+            return None, 0, {}
+        rep = json.loads(r.stdout)
+        tlsrpt_check.assert_valid(rep, convoy=True)
+        self.assertEqual(len(rep["policies"]), 1, rep)
+        p = rep["policies"][0]
+        fails = {}
+        for row in p.get("failure-details", []):
+            fails[row["result-type"]] = fails.get(row["result-type"], 0) + \
+                row["failed-session-count"]
+            self.assertEqual(row["receiving-mx-hostname"], "mx.%s" % domain, row)
+        return p["policy"], p["summary"]["total-successful-session-count"], fails
+
+    def tlsrpt_counted(self, domain, result, daemon=None):
+        """Wait for one more session of the domain under result ("ok" or a
+        result type); return the policy it was counted under."""
+        _, ok0, f0 = self.tlsrpt(domain, daemon)
+        before = ok0 if result == "ok" else f0.get(result, 0)
+        yield
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            pol, ok, f = self.tlsrpt(domain, daemon)
+            now = ok if result == "ok" else f.get(result, 0)
+            if now > before:
+                self.assertTrue(set(f) <= {result} or result == "ok", f)
+                yield pol
+                return
+            time.sleep(0.2)
+        self.fail("no %s session counted for %s: %r" % (result, domain, self.tlsrpt(domain, daemon)))
+
+    def test_tlsrpt_tlsa(self):
+        # Verified by its 3 1 1 record: a success under policy-type tlsa
+        # with the host's TLSA records as policy-string.
+        g = self.tlsrpt_counted("ee.dane.test", "ok")
+        next(g)
+        self.delivered("rpt@ee.dane.test", "ee", "dane=verified 3 1 1", "verified")
+        pol = next(g)
+        self.assertEqual(pol, {"policy-type": "tlsa", "policy-domain": "ee.dane.test",
+                               "policy-string": [tlsa_rdata(self.world.ee.cert, 3, 1, 1)],
+                               "mx-host": ["mx.ee.dane.test"]})
+        # No record matches the chain: tlsa-invalid (RFC 8460 4.3.2).
+        g = self.tlsrpt_counted("bad.dane.test", "tlsa-invalid")
+        next(g)
+        self.deferred("rpt@bad.dane.test", ["bad"], r"DANE: certificate", "dane=fail no-match")
+        pol = next(g)
+        self.assertEqual(pol["policy-type"], "tlsa")
+        self.assertEqual(pol["policy-string"], [tlsa_rdata(self.world.other.cert, 3, 1, 1)])
+        # A bogus TLSA RRset: the host is never used, counted as
+        # dnssec-invalid.
+        g = self.tlsrpt_counted("bogus.dane.test", "dnssec-invalid")
+        next(g)
+        self.deferred("rpt@bogus.dane.test", ["bogus"], r"DANE: TLSA lookup", "dane=fail")
+        pol = next(g)
+        self.assertEqual((pol["policy-type"], pol["mx-host"]), ("tlsa", ["mx.bogus.dane.test"]))
+        # dane-only and no secure TLSA: dane-required.
+        g = self.tlsrpt_counted("none.dane.test", "dane-required", self.only)
+        next(g)
+        self.deferred("rpt@none.dane.test", ["none"], r"DANE required", "dane=fail dane-required",
+                      daemon=self.only)
+        pol = next(g)
+        self.assertEqual(pol["policy-type"], "tlsa")
+        # Without DANE (no TLSA records) the session is no-policy-found.
+        _, ok0, _ = self.tlsrpt("none.dane.test")
+        self.submit("rpt2@none.dane.test")
+        self.log_line("rpt2@none.dane.test", "status=sent")
+        pol, ok, f = self.tlsrpt("none.dane.test")
+        self.assertEqual(pol["policy-type"], "no-policy-found")
+        self.assertEqual(ok, ok0 + 1)
 
     # ---- DANE alone ------------------------------------------------------
 
