@@ -294,7 +294,8 @@ class TlsrptDeliveryTest(unittest.TestCase):
                 self.send("user@" + dom)
         # TLS-Required: No on an ordinary message: delivered to a wrong-name
         # MX under enforce, logged, and not counted.
-        self.send("other@reports.test", "TLS-Required: No\r\n")
+        # Lower case and folded (RFC 8689 5, RFC 5322 2.2.3).
+        self.send("other@reports.test", "tls-required:\r\n  no\r\n")
         self.assertTrue(self.sinks["reports.test"].wait_messages(1, 30))
         self.assertTrue(wait_for(lambda: "tls_required=no" in d.log_text(), 10))
         # Every counted session is in the store.
