@@ -243,6 +243,18 @@ struct dest {
     struct conc_window window;    /* connections allowed now */
     struct token_bucket bucket;   /* destination_limits rate= */
     struct deadness dead;         /* smtp_destination_dead_threshold */
+    /* shared_state (route.c): tokens the fleet's bucket granted and when,
+     * a grant in flight, no new request before grant_retry_ms; the local
+     * bucket at this node's share while Redis is away; the configured
+     * concurrency= (0: none) that the fleet splits. */
+    unsigned grants;
+    int64_t grant_ms;
+    bool grant_pending;
+    int64_t grant_retry_ms;
+    int64_t grant_fail_until; /* a grant failed: the local share until then */
+    struct token_bucket fallback;
+    double fallback_share;
+    unsigned conc_conf;
     /* An enforce policy deferred an attempt (verdict sts_recheck): the next
      * attempt looks the policy up again with policy_recheck() (RFC 8461
      * 5), not from the addresses and policy kept from before. */
@@ -292,6 +304,9 @@ struct delivery {
     uv_timer_t due_timer;
     uv_timer_t kick_timer;
     uv_timer_t sweep_timer;
+    /* A destination's message rate (route.c) said wait: run the
+     * destinations again when it ends. */
+    uv_timer_t route_timer;
     int open_handles;
     bool leasing;
     bool want_lease;

@@ -32,6 +32,7 @@ struct dns_options;
 struct json_t;
 struct policy_options;
 struct queue;
+struct shared;
 struct delivery;
 
 struct delivery_options {
@@ -52,6 +53,10 @@ struct delivery_options {
     /* How often cached MTA-STS policies are checked for a refresh (RFC
      * 8461 5.1 / 10.2); 0: every 60 s. */
     uint32_t sts_refresh_tick_ms;
+    /* shared_state (shared/shared.h), or NULL: one node, every limit local.
+     * Owned by the caller; close it after delivery_close() (the engine's
+     * requests in flight then call back and it frees itself). */
+    struct shared *shared;
 };
 
 /*

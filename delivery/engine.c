@@ -260,8 +260,10 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     uv_timer_init(dl->loop, &dl->kick_timer);
     uv_timer_init(dl->loop, &dl->sweep_timer);
     uv_timer_init(dl->loop, &dl->sts_timer);
+    uv_timer_init(dl->loop, &dl->route_timer);
     dl->due_timer.data = dl->kick_timer.data = dl->sweep_timer.data = dl->sts_timer.data = dl;
-    dl->open_handles = 4;
+    dl->route_timer.data = dl;
+    dl->open_handles = 5;
     uint64_t tick = dl->opt.sts_refresh_tick_ms ? dl->opt.sts_refresh_tick_ms : 60000;
     uv_timer_start(&dl->sts_timer, on_sts_timer, tick, tick);
     /* Pauses set before a restart hold from the first lease on. */
@@ -359,4 +361,5 @@ void delivery_close(struct delivery *dl)
     uv_close((uv_handle_t *)&dl->due_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->kick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->sweep_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&dl->route_timer, on_handle_closed);
 }

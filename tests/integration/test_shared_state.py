@@ -1,0 +1,272 @@
+"""shared_state: several convoyd share destination limits and MTA-STS
+policies through a real redis-server (Debian's) on loopback.
+
+- Three nodes, each with its own queue and port, relay to one sink whose
+  destination has destination_limits rate=50/s: the sink sees the fleet's
+  50 a second (plus the bucket's burst), not 150, and every message once.
+- Redis is killed in the middle of a run and started again: the nodes log
+  that it went away, deliver under their fallback share (1/3 each), log
+  that it is back; nothing is lost or delivered twice.
+- rediss:// is refused at start (exit 78): Debian's hiredis has no TLS.
+
+The issue asks for 3 x 1,000 messages; at 50/s that is a minute of run
+time per case, so the cases use 3 x 200 (12 s at the limit) and 3 x 150.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import world
+from convoy import CONVOYD, Daemon, free_port
+from sink import Sink
+
+SINK_HOST = "127.0.0.14"
+RATE = 50
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class Redis:
+    """A private redis-server on 127.0.0.1:port: no persistence, no
+    daemonizing; kill() is SIGKILL (a crash), start() again on the same
+    port."""
+
+    def __init__(self, workdir, port=None):
+        self.dir = workdir
+        self.port = port or free_port()
+        self.proc = None
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "yes"],
+            stdout=self.log, stderr=self.log)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def ping(self):
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+            self.log = None
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+
+def message(subject):
+    return ("From: <app@src.test>\r\nTo: <x@lim.test>\r\nSubject: %s\r\n"
+            "Message-ID: <%s@src.test>\r\n\r\nHello.\r\n" % (subject, subject)).encode()
+
+
+@world.needs("redis-server")
+class SharedStateTest(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="convoy-shared-")
+        self.redis = Redis(self.tmp.name).start()
+        self.sink = Sink(SINK_HOST, free_port(SINK_HOST)).start()
+        self.limits = os.path.join(self.tmp.name, "limits")
+        with open(self.limits, "w") as f:
+            f.write("%s rate=%d/s\n" % (SINK_HOST, RATE))
+        self.nodes = []
+
+    def tearDown(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:
+                pass
+            n.close()
+        self.sink.stop()
+        self.redis.kill()
+        self.tmp.cleanup()
+
+    def node(self, name, extra=""):
+        port = free_port()
+        text = ("myhostname = %s.relay.test\n"
+                "shared_state = %s\n"
+                "shared_state_node = %s\n"
+                "smtpd_listen = 127.0.0.1:%d\n"
+                "relayhost = [%s]:%d\n"
+                "destination_limits = %s\n"
+                "minimal_backoff_time = 1s\n"
+                "maximal_backoff_time = 2s\n"
+                "smtp_connect_timeout = 2s\n"
+                "metrics_listen = 127.0.0.1:%d\n%s"
+                % (name, self.redis.url, name, port, SINK_HOST, self.sink.port, self.limits,
+                   free_port(), extra))
+        d = Daemon(text).start()
+        d.sub_port = port
+        d.name = name
+        self.nodes.append(d)
+        return d
+
+    def submit_many(self, d, n, tag):
+        with smtplib.SMTP("127.0.0.1", d.sub_port, timeout=30) as c:
+            c.ehlo("app.test")
+            for i in range(n):
+                c.sendmail("app@src.test", ["r@lim.test"], message("%s-%d" % (tag, i)))
+
+    def submit_all(self, n, tag=""):
+        threads = [threading.Thread(target=self.submit_many, args=(d, n, tag + d.name))
+                   for d in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def status(self, d):
+        r = d.ctl("status", "--json", check=True)
+        return json.loads(r.stdout)
+
+    def wait_fleet(self, size, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            sts = [self.status(d).get("shared_state", {}) for d in self.nodes]
+            if all(s.get("state") == "up" and s.get("fleet_size") == size for s in sts):
+                return sts
+            time.sleep(0.2)
+        self.fail("fleet of %d not seen: %r" % (size, sts))
+
+    def subjects(self):
+        with self.sink.lock:
+            return [re.search(rb"Subject: (\S+)", m.content).group(1).decode()
+                    for m in self.sink.messages]
+
+    def assert_all_once(self, expected):
+        got = self.subjects()
+        dups = {s for s in got if got.count(s) > 1}
+        self.assertFalse(dups, "delivered twice: %s" % sorted(dups)[:10])
+        self.assertEqual(sorted(got), sorted(expected))
+
+    def assert_rate(self, arrivals, rate, slack):
+        """No window of the run holds more than rate * its length + slack
+        (the bucket's burst and the grants in flight)."""
+        a = sorted(arrivals)
+        worst = 0.0
+        # Every window that starts at an arrival.
+        for i in range(len(a)):
+            for w in (1.0, 2.0, 5.0):
+                k = i
+                while k < len(a) and a[k] - a[i] <= w:
+                    k += 1
+                excess = (k - i) - rate * w
+                worst = max(worst, excess)
+        self.assertLessEqual(worst, slack, "a window exceeded %d/s by %.0f" % (rate, worst))
+
+    def test_fleet_shares_the_rate(self):
+        """3 x 200 messages through three nodes: the sink sees at most 50 a
+        second (after the burst) and every message exactly once; status
+        shows the shared state and the fleet."""
+        for name in ("a", "b", "c"):
+            self.node(name)
+        sts = self.wait_fleet(3)
+        self.assertEqual(sts[0]["url"], self.redis.url)
+        self.assertEqual(sorted(n["node"] for n in sts[0]["fleet"]), ["a", "b", "c"])
+        n = 200
+        start = time.time()
+        self.submit_all(n)
+        self.assertTrue(self.sink.wait_messages(3 * n, timeout=90),
+                        "%d of %d delivered" % (len(self.sink.messages), 3 * n))
+        took = max(self.sink.arrivals) - start
+        sustained = (3 * n - RATE) / (max(self.sink.arrivals) - sorted(self.sink.arrivals)[RATE])
+        print("shared rate=%d/s: %d messages in %.1f s, %.1f/s after the burst"
+              % (RATE, 3 * n, took, sustained), file=sys.stderr)
+        self.assertLess(sustained, RATE * 1.1)
+        self.assertGreater(sustained, RATE * 0.6)
+        self.assert_rate(self.sink.arrivals, RATE, RATE + 20)
+        self.assert_all_once(["%s-%d" % (d.name, i) for d in self.nodes for i in range(n)])
+        # Text status and metrics.
+        text = self.nodes[0].ctl("status", check=True).stdout
+        self.assertIn("shared_state: %s up" % self.redis.url, text)
+        self.assertRegex(text, r"fleet: a \(seen")
+        for d in self.nodes:
+            self.assertNotIn("unreachable", d.log_text())
+
+    def test_redis_killed_and_restarted(self):
+        """Redis killed in the middle of a run: the nodes log it once, go on
+        at their fallback share (1/3 of 50/s each), log its return once;
+        nothing lost or delivered twice."""
+        for name in ("a", "b", "c"):
+            self.node(name)
+        self.wait_fleet(3)
+        n = 150
+        self.submit_all(n)
+        time.sleep(2)
+        self.redis.kill()
+        for d in self.nodes:
+            d.wait_log("is unreachable", timeout=10)
+        during = len(self.sink.messages)
+        time.sleep(3)
+        moved = len(self.sink.messages) - during
+        print("Redis away for 3 s: %d messages delivered meanwhile" % moved, file=sys.stderr)
+        self.assertGreater(moved, 0, "delivery stopped while Redis was away")
+        # Fallback: each node 1/3 of the rate, so the fleet stays near it.
+        self.assertLessEqual(moved, RATE * 3 + RATE + 10)
+        self.redis.start()
+        for d in self.nodes:
+            d.wait_log("limits are shared with the fleet again", timeout=15)
+        self.assertTrue(self.sink.wait_messages(3 * n, timeout=90),
+                        "%d of %d delivered" % (len(self.sink.messages), 3 * n))
+        self.assert_all_once(["%s-%d" % (d.name, i) for d in self.nodes for i in range(n)])
+        for d in self.nodes:
+            log = d.log_text()
+            self.assertEqual(log.count("is unreachable"), 1, log[-3000:])
+            self.assertEqual(log.count("limits are shared with the fleet again"), 1)
+        self.wait_fleet(3)
+
+
+class SharedStateConfigTest(unittest.TestCase):
+
+    def run_convoyd(self, url):
+        with tempfile.TemporaryDirectory(prefix="convoy-shared-") as tmp:
+            conf = os.path.join(tmp, "convoy.conf")
+            with open(conf, "w") as f:
+                f.write("queue_directory = %s/q\nsmtpd_listen = 127.0.0.1:%d\n"
+                        "shared_state = %s\n" % (tmp, free_port(), url))
+            return subprocess.run([CONVOYD, "--check-config", "-c", conf], capture_output=True,
+                                  text=True, timeout=30)
+
+    def test_rediss_is_a_config_error(self):
+        r = self.run_convoyd("rediss://127.0.0.1:6380/0")
+        self.assertEqual(r.returncode, 78, r.stderr)
+        self.assertIn("hiredis 0.14 has no TLS", r.stderr)
+
+    def test_bad_urls(self):
+        for url in ("http://127.0.0.1", "redis://", "redis://h:99999", "unix:relative"):
+            r = self.run_convoyd(url)
+            self.assertEqual(r.returncode, 78, url + ": " + r.stderr)
+            self.assertIn("shared_state", r.stderr)
+        r = self.run_convoyd("unix:/run/redis/redis.sock?db=2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
