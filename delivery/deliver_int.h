@@ -343,6 +343,10 @@ struct delivery {
 int64_t dl_now(const struct delivery *dl);
 int64_t dl_mono(const struct delivery *dl);
 
+/* Give the MTA-STS engine's options the shared policy cache of
+ * shared_state, when there is one (engine.c). */
+void deliver_policy_remote(const struct delivery *dl, struct policy_options *o);
+
 /* A closed engine frees itself here once nothing is left in flight. */
 void deliver_maybe_free(struct delivery *dl);
 

@@ -7,6 +7,8 @@ policies through a real redis-server (Debian's) on loopback.
 - Redis is killed in the middle of a run and started again: the nodes log
   that it went away, deliver under their fallback share (1/3 each), log
   that it is back; nothing is lost or delivered twice.
+- An MTA-STS policy fetched by node A (nginx's access log shows the one
+  GET) is used by node B from Redis without a fetch of its own.
 - rediss:// is refused at start (exit 78): Debian's hiredis has no TLS.
 
 The issue asks for 3 x 1,000 messages; at 50/s that is a minute of run
@@ -241,6 +243,69 @@ class SharedStateTest(unittest.TestCase):
             self.assertEqual(log.count("is unreachable"), 1, log[-3000:])
             self.assertEqual(log.count("limits are shared with the fleet again"), 1)
         self.wait_fleet(3)
+
+
+@world.needs("redis-server", "dnsmasq", "nginx")
+class SharedPolicyTest(unittest.TestCase):
+    """A policy fetched by one node is read by the other from Redis."""
+
+    def setUp(self):
+        from test_sts_delivery import World
+        self.world = None
+        self.nodes = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="convoy-shared-")
+        self.redis = Redis(self.tmp.name).start()
+        self.world = World()
+
+    def tearDown(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:
+                pass
+            n.close()
+        if self.world:
+            self.world.close()
+        self.redis.kill()
+        self.tmp.cleanup()
+
+    def node(self, name):
+        d = Daemon(self.world.config("shared_state = %s\nshared_state_node = %s\n"
+                                     % (self.redis.url, name))).start()
+        d.wait_log("shared state %s is up" % self.redis.url, timeout=10)
+        self.nodes.append(d)
+        return d
+
+    def send(self, d, rcpt):
+        with open(d.conf_path) as f:
+            port = int(re.search(r"smtpd_listen = 127\.0\.0\.1:(\d+)", f.read()).group(1))
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+            c.sendmail("s@src.test", [rcpt], message(rcpt.replace("@", "-")))
+
+    def wait_sent(self, d, rcpt, timeout=30):
+        rx = re.compile(r"to=<%s>, .*status=sent.*sts=enforce" % re.escape(rcpt))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if rx.search(d.log_text()):
+                return
+            time.sleep(0.1)
+        self.fail("%s not delivered under enforce:\n%s" % (rcpt, d.log_text()[-4000:]))
+
+    def fetches(self):
+        return self.world.web.access_log().count("GET /.well-known/mta-sts.txt")
+
+    def test_policy_fetched_once_for_the_fleet(self):
+        a, b = self.node("a"), self.node("b")
+        self.send(a, "one@ok.test")
+        self.wait_sent(a, "one@ok.test")
+        self.assertIn("policy fetched domain=ok.test id=ok1", a.log_text())
+        self.assertEqual(self.fetches(), 1, self.world.web.access_log())
+        self.send(b, "two@ok.test")
+        self.wait_sent(b, "two@ok.test")
+        log = b.log_text()
+        self.assertIn("policy from shared state domain=ok.test id=ok1 mode=enforce", log)
+        self.assertNotIn("policy fetched domain=ok.test", log)
+        self.assertEqual(self.fetches(), 1, self.world.web.access_log())
 
 
 class SharedStateConfigTest(unittest.TestCase):
