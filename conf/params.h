@@ -153,7 +153,7 @@
     P(shared_state, STR, "", "",                                                                   \
       "Redis that several convoyd share (docs/scale-out.md): redis://[[USER]:PASSWORD@]HOST:PORT"   \
       "[/DB] or unix:/path[?db=N]; destination_limits rates become fleet-wide token buckets, "     \
-      "concurrency limits are split across the fleet, MTA-STS policies fetched by one node are "   \
+      "concurrency limits fleet-wide connection leases, MTA-STS policies fetched by one node are " \
       "read by the others. rediss:// is refused: Debian's hiredis 0.14 has no TLS. Empty means "   \
       "one node, everything local")                                                                \
     P(shared_state_node, STR, "", "",                                                              \

@@ -198,6 +198,7 @@ struct conn {
     unsigned msgs_before;
     enum smtp_tls_mode mode;
     int64_t idle_since;
+    uint64_t lease; /* shared_state connection lease (route.c), 0: none */
     struct smtp_outcome last;
     char last_relay[320];
     /* The policy of the current target (RFC 8461 4 and 5, or an override). */
@@ -255,6 +256,12 @@ struct dest {
     struct token_bucket fallback;
     double fallback_share;
     unsigned conc_conf;
+    /* A connection lease of the fleet (shared_lease_take()) granted and not
+     * yet given to a connection, one being asked for, no new ask before
+     * lease_retry_ms. */
+    uint64_t spare_lease;
+    bool lease_pending;
+    int64_t lease_retry_ms;
     /* An enforce policy deferred an attempt (verdict sts_recheck): the next
      * attempt looks the policy up again with policy_recheck() (RFC 8461
      * 5), not from the addresses and policy kept from before. */

@@ -261,11 +261,15 @@ uint16_t route_port(const struct dest *d)
     return (uint16_t)d->dl->conf->smtp_destination_port;
 }
 
+static void lease_drop_spare(struct dest *d);
+
 static void on_route_timer(uv_timer_t *t)
 {
     struct delivery *dl = t->data;
-    for (struct dest *d = dl->dests; d; d = d->next)
+    for (struct dest *d = dl->dests; d; d = d->next) {
         dest_run(d);
+        lease_drop_spare(d);
+    }
 }
 
 /* Run the destinations again in ms: their jobs wait in memory, so no
@@ -283,16 +287,17 @@ static void route_wake(struct delivery *dl, int64_t ms)
 }
 
 /*
- * The connections this node may have open to d: the window, and with
- * shared_state a destination's concurrency= is split across the fleet
- * (this node's share of it, at least one), so the fleet as a whole stays
- * within it.
+ * The connections this node may have open to d: the window; with
+ * shared_state a destination's concurrency= is the fleet's, held as
+ * leases in Redis (route_lease()) while Redis is up, and split across the
+ * fleet (this node's fallback share of it, at least one) while it is
+ * away.
  */
 static unsigned route_conn_cap(const struct dest *d)
 {
     unsigned cap = d->window.cur;
     struct shared *sh = d->dl->opt.shared;
-    if (sh && d->conc_conf) {
+    if (sh && d->conc_conf && !shared_up(sh)) {
         unsigned mine = (unsigned)((double)d->conc_conf * shared_fallback_share(sh));
         if (mine < 1)
             mine = 1;
@@ -302,6 +307,71 @@ static unsigned route_conn_cap(const struct dest *d)
     return cap;
 }
 
+/* A lease nobody took (the mail went over connections already open). */
+static void lease_drop_spare(struct dest *d)
+{
+    if (d->spare_lease && !d->head) {
+        shared_lease_release(d->dl->opt.shared, d->spare_lease);
+        d->spare_lease = 0;
+    }
+}
+
+#define LEASE_RETRY_MS 200
+
+static void on_lease(void *arg, int status, uint64_t lease)
+{
+    struct dest *d = arg;
+    struct delivery *dl = d->dl;
+    d->lease_pending = false;
+    dl->pending_reqs--;
+    if (dl->closing) {
+        shared_lease_release(dl->opt.shared, lease);
+        deliver_maybe_free(dl);
+        return;
+    }
+    if (status == 0 && lease) {
+        d->spare_lease = lease;
+    } else {
+        /* The fleet's limit is reached (or Redis failed: the state is
+         * down then, and the split applies): ask again shortly. */
+        d->lease_retry_ms = dl_mono(dl) + LEASE_RETRY_MS;
+        route_wake(dl, LEASE_RETRY_MS);
+    }
+    dest_run(d);
+    lease_drop_spare(d);
+}
+
+/* May one more connection be opened as far as the fleet's concurrency=
+ * goes? A lease is taken first; true when there is one (or no fleet
+ * limit applies), false while it is asked for. */
+static bool route_lease(struct dest *d)
+{
+    struct delivery *dl = d->dl;
+    struct shared *sh = dl->opt.shared;
+    if (!sh || !d->conc_conf || !shared_up(sh) || d->spare_lease)
+        return true;
+    if (d->lease_pending)
+        return false;
+    int64_t now = dl_mono(dl);
+    if (now < d->lease_retry_ms) {
+        route_wake(dl, d->lease_retry_ms - now);
+        return false;
+    }
+    const char *key = d->has_nexthop ? d->nexthop.host : d->name;
+    if (shared_lease_take(sh, key, d->conc_conf, on_lease, d) != 0)
+        return true; /* not up after all: the split applies */
+    d->lease_pending = true;
+    dl->pending_reqs++;
+    return false;
+}
+
+void route_conn_closed(struct conn *cn)
+{
+    if (cn->lease)
+        shared_lease_release(cn->dest->dl->opt.shared, cn->lease);
+    cn->lease = 0;
+}
+
 bool route_may_connect(struct dest *d)
 {
     struct delivery *dl = d->dl;
@@ -309,7 +379,7 @@ bool route_may_connect(struct dest *d)
         d->dead.probing = false; /* no probe can be under way */
     switch (dead_state(&d->dead, dl_mono(dl))) {
     case DEST_ALIVE:
-        return d->nconns < route_conn_cap(d);
+        return d->nconns < route_conn_cap(d) && route_lease(d);
     case DEST_PROBE:
         if (d->nconns > 0)
             return false;

@@ -57,7 +57,37 @@ static const char heartbeat_lua[] =
     "local r = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES') "
     "local out = {tostring(now)} for i = 1, #r do out[#out + 1] = r[i] end return out";
 
-enum req_kind { RQ_HANDSHAKE, RQ_SCRIPT_RATE, RQ_SCRIPT_HB, RQ_HEARTBEAT, RQ_RATE, RQ_GET, RQ_PUT };
+/* KEYS[1] the leases (zset: member -> expiry ms); ARGV member, limit,
+ * ttl ms, "take" or "renew". A renewal always re-adds (the connection
+ * exists); a take only under the limit. Returns 1 or 0. */
+static const char lease_lua[] =
+    "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+    "local ttl = tonumber(ARGV[3]) "
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
+    "if ARGV[4] == 'renew' or redis.call('ZSCORE', KEYS[1], ARGV[1]) or "
+    "redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then "
+    "redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) "
+    "redis.call('PEXPIRE', KEYS[1], ttl * 2) return 1 end return 0";
+
+enum req_kind {
+    RQ_HANDSHAKE,
+    RQ_SCRIPT_RATE,
+    RQ_SCRIPT_HB,
+    RQ_SCRIPT_LEASE,
+    RQ_HEARTBEAT,
+    RQ_RATE,
+    RQ_LEASE,
+    RQ_GET,
+    RQ_PUT
+};
+
+/* A lease held (or being taken: id set when granted). */
+struct lease {
+    struct lease *next;
+    uint64_t id;
+    char key[300];
+    char member[160];
+};
 
 struct sreq {
     struct shared *s;
@@ -67,8 +97,10 @@ struct sreq {
     union {
         shared_grant_cb grant;
         shared_get_cb get;
+        shared_lease_cb lease;
     } cb;
     void *arg;
+    struct lease *lease; /* RQ_LEASE: the lease asked for (owned until granted) */
 };
 
 struct fleet_node {
@@ -90,7 +122,10 @@ struct shared {
     int64_t connect_started_ms, next_connect_ms, next_heartbeat_ms, state_since_ms;
     uint32_t backoff_ms;
     struct sreq *head, *tail; /* in flight, oldest first */
-    char rate_sha[41], hb_sha[41];
+    char rate_sha[41], hb_sha[41], lease_sha[41];
+    struct lease *leases; /* held */
+    size_t nleases;
+    uint64_t next_lease;
     /* Round trips (ms). */
     double rtt_last, rtt_avg, rtt_max;
     /* The fleet at the last heartbeat. */
@@ -214,8 +249,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         break;
     case RQ_SCRIPT_RATE:
     case RQ_SCRIPT_HB:
-        if (status == 0 && copy_sha(rp, r->kind == RQ_SCRIPT_RATE ? s->rate_sha : s->hb_sha)) {
-            if (s->rate_sha[0] && s->hb_sha[0]) {
+    case RQ_SCRIPT_LEASE:
+        if (status == 0 && copy_sha(rp, r->kind == RQ_SCRIPT_RATE ? s->rate_sha
+                                        : r->kind == RQ_SCRIPT_HB ? s->hb_sha
+                                                                  : s->lease_sha)) {
+            if (s->rate_sha[0] && s->hb_sha[0] && s->lease_sha[0]) {
                 s->backoff_ms = 0;
                 s->next_heartbeat_ms = 0; /* at the next tick */
                 set_state(s, SHARED_UP, NULL);
@@ -244,6 +282,21 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             r->cb.grant(r->arg, status, 0, 0);
         }
         break;
+    case RQ_LEASE: {
+        struct lease *l = r->lease;
+        r->lease = NULL;
+        uint64_t id = 0;
+        if (status == 0 && reply_int(rp) == 1) {
+            id = l->id;
+            l->next = s->leases;
+            s->leases = l;
+            s->nleases++;
+        } else {
+            free(l);
+        }
+        r->cb.lease(r->arg, status, id);
+        break;
+    }
     case RQ_GET:
         if (status == 0 && rp->type == REDIS_REPLY_STRING)
             r->cb.get(r->arg, 0, rp->str, rp->len);
@@ -255,6 +308,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     case RQ_PUT:
         break;
     }
+    free(r->lease);
     free(r);
 }
 
@@ -274,6 +328,8 @@ static int send_cmd(struct shared *s, enum req_kind kind, void *cb, void *arg, i
         r->cb.grant = (shared_grant_cb)cb;
     else if (kind == RQ_GET)
         r->cb.get = (shared_get_cb)cb;
+    else if (kind == RQ_LEASE)
+        r->cb.lease = (shared_lease_cb)cb;
     r->sent_ns = uv_hrtime();
     if (redisAsyncCommandArgv(s->ac, on_reply, r, argc, argv, lens) != REDIS_OK) {
         free(r);
@@ -301,7 +357,7 @@ static void teardown(struct shared *s, int status, const char *why)
 {
     redisAsyncContext *ac = s->ac;
     s->ac = NULL;
-    s->rate_sha[0] = s->hb_sha[0] = '\0';
+    s->rate_sha[0] = s->hb_sha[0] = s->lease_sha[0] = '\0';
     set_state(s, SHARED_DOWN, why);
     if (!s->closing) {
         s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : SHARED_BACKOFF_MIN_MS;
@@ -344,6 +400,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
     send_strs(s, RQ_SCRIPT_RATE, 3, a1);
     const char *a2[3] = {"SCRIPT", "LOAD", heartbeat_lua};
     send_strs(s, RQ_SCRIPT_HB, 3, a2);
+    const char *a3[3] = {"SCRIPT", "LOAD", lease_lua};
+    send_strs(s, RQ_SCRIPT_LEASE, 3, a3);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -386,8 +444,28 @@ static void start_connect(struct shared *s)
     s->state = SHARED_CONNECTING; /* not logged: only up/down changes are */
 }
 
+/* Send the lease script for l ("take" or "renew"); r_lease: the request
+ * owns l until the reply (a take). */
+static int lease_send(struct shared *s, struct lease *l, unsigned limit, const char *mode,
+                      shared_lease_cb cb, void *arg)
+{
+    char lim[16], ttl[16];
+    snprintf(lim, sizeof(lim), "%u", limit);
+    snprintf(ttl, sizeof(ttl), "%u", (unsigned)SHARED_LEASE_TTL_MS);
+    const char *a[8] = {"EVALSHA", s->lease_sha, "1", l->key, l->member, lim, ttl, mode};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
+        lens[i] = strlen(a[i]);
+    int rc = send_cmd(s, cb ? RQ_LEASE : RQ_PUT, (void *)cb, arg, 8, a, lens);
+    if (rc == 0 && cb)
+        s->tail->lease = l;
+    return rc;
+}
+
 static void heartbeat(struct shared *s)
 {
+    for (struct lease *l = s->leases; l; l = l->next)
+        lease_send(s, l, 0, "renew", NULL, NULL);
     char win[24];
     snprintf(win, sizeof(win), "%u", SHARED_FLEET_WINDOW_MS);
     const char *a[6] = {"EVALSHA", s->hb_sha, "1", "convoy:nodes", s->node, win};
@@ -464,6 +542,13 @@ void shared_close(struct shared *s)
     s->state = was_up ? SHARED_DOWN : s->state;
     teardown(s, ERR_CLOSED, "closed");
     uv_close((uv_handle_t *)&s->tick, on_tick_closed);
+    /* Held leases expire in Redis by themselves. */
+    while (s->leases) {
+        struct lease *l = s->leases;
+        s->leases = l->next;
+        free(l);
+    }
+    s->nleases = 0;
 }
 
 enum shared_state shared_state(const struct shared *s)
@@ -507,6 +592,8 @@ void shared_status(const struct shared *s, struct json_t *status)
         "state", state_names[s->state], "since", (json_int_t)(s->state_since_ms / 1000), "rtt_ms",
         s->rtt_last, "rtt_avg_ms", s->rtt_avg, "rtt_max_ms", s->rtt_max, "fallback_share",
         shared_fallback_share(s), "fleet_size", (int)shared_fleet_size(s), "fleet", fleet);
+    if (o)
+        json_object_set_new(o, "leases", json_integer((json_int_t)s->nleases));
     if (o && s->last_error[0])
         json_object_set_new(o, "last_error", json_string(s->last_error));
     json_object_set_new(status, "shared_state", o ? o : json_null());
@@ -550,4 +637,45 @@ void shared_put(struct shared *s, const char *key, const char *value, size_t len
     const char *a[5] = {"SET", k, value, "EX", t};
     size_t lens[5] = {3, strlen(k), len, 2, strlen(t)};
     send_cmd(s, RQ_PUT, NULL, NULL, 5, a, lens);
+}
+
+int shared_lease_take(struct shared *s, const char *key, unsigned limit, shared_lease_cb cb,
+                      void *arg)
+{
+    if (!shared_up(s))
+        return ERR_AGAIN;
+    struct lease *l = calloc(1, sizeof(*l));
+    if (!l)
+        return ERR_NOMEM;
+    l->id = ++s->next_lease;
+    snprintf(l->key, sizeof(l->key), "convoy:conc:%.280s", key);
+    snprintf(l->member, sizeof(l->member), "%.120s:%llu", s->node, (unsigned long long)l->id);
+    int rc = lease_send(s, l, limit ? limit : 1, "take", cb, arg);
+    if (rc != 0)
+        free(l);
+    return rc;
+}
+
+void shared_lease_release(struct shared *s, uint64_t lease)
+{
+    if (!s || !lease)
+        return;
+    for (struct lease **pp = &s->leases; *pp; pp = &(*pp)->next) {
+        struct lease *l = *pp;
+        if (l->id != lease)
+            continue;
+        *pp = l->next;
+        s->nleases--;
+        if (shared_up(s)) {
+            const char *a[3] = {"ZREM", l->key, l->member};
+            send_strs(s, RQ_PUT, 3, a);
+        }
+        free(l);
+        return;
+    }
+}
+
+size_t shared_leases(const struct shared *s)
+{
+    return s ? s->nleases : 0;
 }

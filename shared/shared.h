@@ -15,7 +15,8 @@
  *
  * Keys (all under "convoy:"): convoy:nodes (a sorted set of node names
  * scored by their last heartbeat, ms), convoy:rate:DEST (a hash: tokens,
- * ts), convoy:sts:DOMAIN (a policy text with the policy's expiry as TTL).
+ * ts), convoy:conc:DEST (connection leases: node:n scored by expiry ms),
+ * convoy:sts:DOMAIN ID (a policy text with the policy's max_age as TTL).
  * Adding shared counters later (TLS-RPT: HINCRBY per report key, a
  * SET NX PX lock for the daily sender) is one more request kind in
  * shared.c (enum req_kind, a case in on_reply()) and one function here.
@@ -117,7 +118,8 @@ unsigned shared_fleet_size(const struct shared *s);
 double shared_fallback_share(const struct shared *s);
 const char *shared_node(const struct shared *s);
 /* Add "shared_state": {url, node, state, rtt_ms, rtt_avg_ms, rtt_max_ms,
- * since, fallback_share, fleet: [{node, seen}], fleet_size} to a status
+ * since, fallback_share, fleet: [{node, seen, seen_ago}], fleet_size,
+ * leases} to a status
  * object (a json_t *). */
 void shared_status(const struct shared *s, struct json_t *status);
 
@@ -131,6 +133,25 @@ void shared_status(const struct shared *s, struct json_t *status);
 typedef void (*shared_grant_cb)(void *arg, int status, unsigned granted, int64_t wait_ms);
 int shared_rate_take(struct shared *s, const char *key, double rate, double burst, unsigned want,
                      shared_grant_cb cb, void *arg);
+
+/*
+ * Connection leases: a destination's concurrency= across the fleet is a
+ * sorted set in Redis (convoy:conc:KEY) of "node:n" members scored by
+ * their expiry; a lease lives SHARED_LEASE_TTL_MS and is renewed at every
+ * heartbeat while held, so a node that dies frees its leases within that
+ * time. shared_lease_take(): 0, and cb is called once, later, with status
+ * 0 and a lease id (0: the limit is reached), or a negative enum err; not
+ * 0 (the state is not up): cb is never called. shared_lease_release()
+ * gives a lease back (when Redis is away it just expires); 0 does
+ * nothing.
+ */
+#define SHARED_LEASE_TTL_MS 15000
+typedef void (*shared_lease_cb)(void *arg, int status, uint64_t lease);
+int shared_lease_take(struct shared *s, const char *key, unsigned limit, shared_lease_cb cb,
+                      void *arg);
+void shared_lease_release(struct shared *s, uint64_t lease);
+/* Leases held now. */
+size_t shared_leases(const struct shared *s);
 
 /*
  * The shared policy cache: shared_get() of convoy:sts:KEY calls cb once
