@@ -151,7 +151,7 @@
       "transaction; keys as transport_maps (without *); empty means none")                         \
     /* --- scale-out --- */                                                                        \
     P(shared_state, STR, "", "",                                                                   \
-      "Redis that several convoyd share (docs/scale-out.md): redis://[[USER]:PASSWORD@]HOST:PORT"   \
+      "Redis that several convoyd share (docs/scale-out.md): redis://[[USER]:PASSWORD@]HOST:PORT"  \
       "[/DB] or unix:/path[?db=N]; destination_limits rates become fleet-wide token buckets, "     \
       "concurrency limits fleet-wide connection leases, MTA-STS policies fetched by one node are " \
       "read by the others. rediss:// is refused: Debian's hiredis 0.14 has no TLS. Empty means "   \
