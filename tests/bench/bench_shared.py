@@ -13,7 +13,8 @@ Not part of ctest. Needs redis-server and python3-aiosmtpd (Debian's).
 
 Measured per run, from the first submission to the Nth message at the
 sink: wall seconds, convoyd's CPU (user + system, /proc/PID/stat), and
-redis-server's CPU; printed as CPU microseconds per message. The sink
+redis-server's CPU; printed as CPU microseconds per message; and the
+Redis scripts run (EVALSHA calls: grants, heartbeats) per message. The sink
 (aiosmtpd) and the submitting client run on the same machine: the wall
 time is theirs as much as convoyd's; compare the CPU columns.
 """
@@ -48,6 +49,16 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def evalsha_calls(port):
+    """EVALSHA calls so far (grants, heartbeats, leases), from INFO."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
+                         capture_output=True, text=True, timeout=10).stdout
+    for line in out.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
 def one_run(shared, tmp):
     redis = Redis(tmp).start() if shared else None
     sink = Sink(SINK_HOST, free_port(SINK_HOST)).start()
@@ -65,6 +76,7 @@ def one_run(shared, tmp):
             d.wait_log("is up", timeout=10)
         c0 = cpu_s(d.proc.pid)
         r0 = cpu_s(redis.proc.pid) if shared else 0
+        e0 = evalsha_calls(redis.port) if shared else 0
         t0 = time.time()
 
         def submit(k):
@@ -83,7 +95,8 @@ def one_run(shared, tmp):
         wall = max(sink.arrivals) - t0
         c1 = cpu_s(d.proc.pid)
         r1 = cpu_s(redis.proc.pid) if shared else 0
-        return wall, (c1 - c0) / N * 1e6, (r1 - r0) / N * 1e6
+        e1 = evalsha_calls(redis.port) if shared else 0
+        return wall, (c1 - c0) / N * 1e6, (r1 - r0) / N * 1e6, (e1 - e0) / N
     finally:
         d.stop()
         d.close()
@@ -99,20 +112,23 @@ def main():
             with tempfile.TemporaryDirectory(prefix="convoy-bench-shared-") as tmp:
                 res = one_run(shared, tmp)
             rows[shared].append(res)
-            print("run %d %-6s wall %.1f s, convoyd %.0f us/msg, redis %.0f us/msg"
+            print("run %d %-6s wall %.1f s, convoyd %.0f us/msg, redis %.0f us/msg, "
+                  "%.3f round trips/msg"
                   % (r + 1, "shared" if shared else "local", *res), file=sys.stderr)
-    print("| case | msg/s | convoyd CPU us/msg | redis-server CPU us/msg |")
-    print("| --- | --- | --- | --- |")
+    print("| case | msg/s | convoyd CPU us/msg | redis-server CPU us/msg | Redis scripts/msg |")
+    print("| --- | --- | --- | --- | --- |")
     for shared in (False, True):
         w = [N / x[0] for x in rows[shared]]
         c = [x[1] for x in rows[shared]]
         rr = [x[2] for x in rows[shared]]
-        print("| %s | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %s |"
+        ee = [x[3] for x in rows[shared]]
+        print("| %s | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %s | %s |"
               % ("shared_state (Redis on loopback)" if shared else "local rate",
                  statistics.median(w), min(w), max(w),
                  statistics.median(c), min(c), max(c),
                  "%.0f (%.0f-%.0f)" % (statistics.median(rr), min(rr), max(rr))
-                 if shared else "-"))
+                 if shared else "-",
+                 "%.3f" % statistics.median(ee) if shared else "-"))
 
 
 if __name__ == "__main__":
