@@ -365,6 +365,11 @@ static bool route_lease(struct dest *d)
     return false;
 }
 
+void route_ran(struct dest *d)
+{
+    lease_drop_spare(d);
+}
+
 void route_conn_closed(struct conn *cn)
 {
     if (cn->lease)

@@ -85,6 +85,24 @@ class Redis:
         return "redis://127.0.0.1:%d/0" % self.port
 
 
+def stop_clean(test, nodes):
+    """Stop every node (SIGTERM): each exits 0 (a sanitizer build exits
+    otherwise on a report) and its log holds no sanitizer report. A node
+    the test killed is only closed."""
+    for n in nodes:
+        killed = n.proc is not None and n.proc.poll() is not None
+        try:
+            rc = n.stop()
+            log = n.log_text()
+        finally:
+            n.close()
+        if killed:
+            continue
+        test.assertEqual(rc, 0, log[-3000:])
+        for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+            test.assertNotIn(marker, log)
+
+
 def message(subject):
     return ("From: <app@src.test>\r\nTo: <x@lim.test>\r\nSubject: %s\r\n"
             "Message-ID: <%s@src.test>\r\n\r\nHello.\r\n" % (subject, subject)).encode()
@@ -103,15 +121,12 @@ class SharedStateTest(unittest.TestCase):
         self.nodes = []
 
     def tearDown(self):
-        for n in self.nodes:
-            try:
-                n.stop()
-            except Exception:
-                pass
-            n.close()
-        self.sink.stop()
-        self.redis.kill()
-        self.tmp.cleanup()
+        try:
+            stop_clean(self, self.nodes)
+        finally:
+            self.sink.stop()
+            self.redis.kill()
+            self.tmp.cleanup()
 
     def node(self, name, extra=""):
         port = free_port()
@@ -311,12 +326,12 @@ class SharedPolicyTest(unittest.TestCase):
         self.world = World()
 
     def tearDown(self):
-        for n in self.nodes:
-            try:
-                n.stop()
-            except Exception:
-                pass
-            n.close()
+        try:
+            stop_clean(self, self.nodes)
+        finally:
+            self._close_world()
+
+    def _close_world(self):
         if self.world:
             self.world.close()
         self.redis.kill()
