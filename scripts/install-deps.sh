@@ -42,6 +42,19 @@ install_promtool() {
     rm -rf "$tmp"
     echo "install-deps: promtool in $promtool_dir"
 }
+# redis-server: the packaged service must neither run nor start at boot
+# (the tests start their own on a free loopback port). systemctl disable
+# works without a running systemd; the packaged daemon is stopped by its
+# pid file, not by name, so a test's redis-server is left alone.
+quiet_redis() {
+    dpkg-query -W -f='${Status}' redis-server 2>/dev/null | grep -q 'install ok installed' || return 0
+    if command -v systemctl >/dev/null; then
+        "${SUDO[@]}" systemctl disable redis-server.service >/dev/null 2>&1 || true
+    fi
+    if [ -s /run/redis/redis-server.pid ]; then
+        "${SUDO[@]}" kill "$(cat /run/redis/redis-server.pid)" >/dev/null 2>&1 || true
+    fi
+}
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=(sudo)
@@ -55,6 +68,7 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all ${#packages[@]} packages present"
+    quiet_redis
     install_promtool
     exit 0
 fi
@@ -89,17 +103,6 @@ fi
 for prog in nginx unbound nsd; do
     "${SUDO[@]}" pkill -x "$prog" >/dev/null 2>&1 || true
 done
-# redis-server: the packaged service must neither run nor start at boot
-# (the tests start their own on a free loopback port). systemctl disable
-# works without a running systemd; the packaged daemon is stopped by its
-# pid file, not by name, so a test's redis-server is left alone.
-if dpkg-query -W -f='${Status}' redis-server 2>/dev/null | grep -q 'install ok installed'; then
-    if command -v systemctl >/dev/null; then
-        "${SUDO[@]}" systemctl disable redis-server.service >/dev/null 2>&1 || true
-    fi
-    if [ -s /run/redis/redis-server.pid ]; then
-        "${SUDO[@]}" kill "$(cat /run/redis/redis-server.pid)" >/dev/null 2>&1 || true
-    fi
-fi
+quiet_redis
 install_promtool
 echo "install-deps: done"

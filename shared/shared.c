@@ -89,16 +89,19 @@ struct lease {
     char member[160];
 };
 
+/* The caller's callback of a request, by its kind. */
+union req_cb {
+    shared_grant_cb grant; /* RQ_RATE */
+    shared_get_cb get;     /* RQ_GET */
+    shared_lease_cb lease; /* RQ_LEASE */
+};
+
 struct sreq {
     struct shared *s;
     struct sreq *prev, *next;
     enum req_kind kind;
     uint64_t sent_ns;
-    union {
-        shared_grant_cb grant;
-        shared_get_cb get;
-        shared_lease_cb lease;
-    } cb;
+    union req_cb cb;
     void *arg;
     struct lease *lease; /* RQ_LEASE: the lease asked for (owned until granted) */
 };
@@ -313,7 +316,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 }
 
 /* Send one command; cb/arg for RQ_RATE and RQ_GET. */
-static int send_cmd(struct shared *s, enum req_kind kind, void *cb, void *arg, int argc,
+static int send_cmd(struct shared *s, enum req_kind kind, union req_cb cb, void *arg, int argc,
                     const char **argv, const size_t *lens)
 {
     if (!s->ac || s->closing)
@@ -324,12 +327,7 @@ static int send_cmd(struct shared *s, enum req_kind kind, void *cb, void *arg, i
     r->s = s;
     r->kind = kind;
     r->arg = arg;
-    if (kind == RQ_RATE)
-        r->cb.grant = (shared_grant_cb)cb;
-    else if (kind == RQ_GET)
-        r->cb.get = (shared_get_cb)cb;
-    else if (kind == RQ_LEASE)
-        r->cb.lease = (shared_lease_cb)cb;
+    r->cb = cb;
     r->sent_ns = uv_hrtime();
     if (redisAsyncCommandArgv(s->ac, on_reply, r, argc, argv, lens) != REDIS_OK) {
         free(r);
@@ -349,7 +347,8 @@ static int send_strs(struct shared *s, enum req_kind kind, int argc, const char 
     size_t lens[8];
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    return send_cmd(s, kind, NULL, NULL, argc, argv, lens);
+    union req_cb none = {0};
+    return send_cmd(s, kind, none, NULL, argc, argv, lens);
 }
 
 /* Free the context: every request in flight fails with status. */
@@ -444,8 +443,8 @@ static void start_connect(struct shared *s)
     s->state = SHARED_CONNECTING; /* not logged: only up/down changes are */
 }
 
-/* Send the lease script for l ("take" or "renew"); r_lease: the request
- * owns l until the reply (a take). */
+/* Send the lease script for l, mode "take" (with cb: the request owns l
+ * until its reply, which registers it when granted) or "renew" (no cb). */
 static int lease_send(struct shared *s, struct lease *l, unsigned limit, const char *mode,
                       shared_lease_cb cb, void *arg)
 {
@@ -456,7 +455,8 @@ static int lease_send(struct shared *s, struct lease *l, unsigned limit, const c
     size_t lens[8];
     for (int i = 0; i < 8; i++)
         lens[i] = strlen(a[i]);
-    int rc = send_cmd(s, cb ? RQ_LEASE : RQ_PUT, (void *)cb, arg, 8, a, lens);
+    union req_cb c = {.lease = cb};
+    int rc = send_cmd(s, cb ? RQ_LEASE : RQ_PUT, c, arg, 8, a, lens);
     if (rc == 0 && cb)
         s->tail->lease = l;
     return rc;
@@ -613,7 +613,8 @@ int shared_rate_take(struct shared *s, const char *key, double rate, double burs
     size_t lens[7];
     for (int i = 0; i < 7; i++)
         lens[i] = strlen(a[i]);
-    return send_cmd(s, RQ_RATE, (void *)cb, arg, 7, a, lens);
+    union req_cb c = {.grant = cb};
+    return send_cmd(s, RQ_RATE, c, arg, 7, a, lens);
 }
 
 int shared_get(struct shared *s, const char *key, shared_get_cb cb, void *arg)
@@ -624,7 +625,8 @@ int shared_get(struct shared *s, const char *key, shared_get_cb cb, void *arg)
     snprintf(k, sizeof(k), "convoy:sts:%s", key);
     const char *a[2] = {"GET", k};
     size_t lens[2] = {3, strlen(k)};
-    return send_cmd(s, RQ_GET, (void *)cb, arg, 2, a, lens);
+    union req_cb c = {.get = cb};
+    return send_cmd(s, RQ_GET, c, arg, 2, a, lens);
 }
 
 void shared_put(struct shared *s, const char *key, const char *value, size_t len, int64_t ttl_s)
@@ -636,7 +638,8 @@ void shared_put(struct shared *s, const char *key, const char *value, size_t len
     snprintf(t, sizeof(t), "%lld", (long long)ttl_s);
     const char *a[5] = {"SET", k, value, "EX", t};
     size_t lens[5] = {3, strlen(k), len, 2, strlen(t)};
-    send_cmd(s, RQ_PUT, NULL, NULL, 5, a, lens);
+    union req_cb none = {0};
+    send_cmd(s, RQ_PUT, none, NULL, 5, a, lens);
 }
 
 int shared_lease_take(struct shared *s, const char *key, unsigned limit, shared_lease_cb cb,
