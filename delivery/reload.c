@@ -33,6 +33,8 @@ struct delivery_update {
     struct conf_map *transport; /* transport_maps (route.c) */
     struct conf_map *limits;    /* destination_limits */
     struct conf_map *sasl;      /* smtp_sasl_password_maps, or NULL */
+    bool relay;                 /* relayhost set */
+    struct conf_hostport relayhost;
     bool sts_changed;
     char no_tls_why[256]; /* why ctx is NULL (logged when applied) */
 };
@@ -100,6 +102,14 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
         delivery_reload_cancel(u);
         return ERR_INVAL;
     }
+    if (c->relayhost && c->relayhost[0]) {
+        if (conf_parse_hostport(c->relayhost, true, &u->relayhost) != 0) {
+            buf_printf(err, "relayhost: cannot parse \"%s\"\n", c->relayhost);
+            delivery_reload_cancel(u);
+            return ERR_INVAL;
+        }
+        u->relay = true;
+    }
     char why[512] = "";
     u->ctx = delivery_tls_ctx(c, why, sizeof(why));
     if (!u->ctx && strcmp(c->smtp_tls_security_level, "verify") == 0) {
@@ -133,6 +143,26 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
     return 0;
 }
 
+/* A new relayhost routes mail leased from now on (route.c decides per
+ * lease); sessions in progress finish where they are. The "[relayhost]"
+ * destination takes the new next hop and looks it up again; when relayhost
+ * is removed it keeps the old one for the jobs it still holds, and new mail
+ * goes to the recipient domains' own MX hosts. */
+static void relayhost_apply(struct delivery *dl, const struct delivery_update *u)
+{
+    dl->relay = u->relay;
+    dl->relayhost = u->relayhost;
+    for (struct dest *d = dl->dests; d && u->relay; d = d->next) {
+        if (strcmp(d->name, "[relayhost]") != 0)
+            continue;
+        d->nexthop = u->relayhost;
+        d->has_nexthop = true;
+        if (d->state == D_READY)
+            d->resolved_ms = dl_mono(dl) - 2 * RESOLVE_TTL_MS; /* stale: dest_run() */
+    }
+    log_info(QCOMP, "relayhost: %s", u->relay ? u->conf->relayhost : "none (MX delivery)");
+}
+
 void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
 {
     if (!u)
@@ -146,7 +176,7 @@ void delivery_reload_apply(struct delivery *dl, struct delivery_update *u)
         log_warn(COMPONENT, "TLS for delivery is off: %s", u->no_tls_why);
     if (strcmp(c->relayhost ? c->relayhost : "", dl->conf->relayhost ? dl->conf->relayhost : "") !=
         0)
-        log_warn(QCOMP, "relayhost changes take effect at the next restart");
+        relayhost_apply(dl, u);
     if (lists_differ(&c->dns_servers, &dl->conf->dns_servers) ||
         c->dns_timeout != dl->conf->dns_timeout || c->dns_tries != dl->conf->dns_tries)
         log_warn(QCOMP, "dns_servers, dns_timeout and dns_tries changes take effect at the next "

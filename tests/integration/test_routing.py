@@ -266,6 +266,48 @@ class RoutingTest(unittest.TestCase):
 
     # ---- dead destinations -------------------------------------------------
 
+    def test_relayhost_reload(self):
+        """relayhost changes on reload: mail leased afterwards goes to the new
+        smart host; one that cannot be parsed refuses the reload and the one
+        in force stays; removing it sends mail to the domains' MX hosts."""
+        p1, p2 = free_port("127.0.0.25"), free_port("127.0.0.26")
+        one = self.sink("127.0.0.25", p1)
+        two = self.sink("127.0.0.26", p2)
+        mxh = self.sink(MXHOST)
+        self.world("relayhost = [127.0.0.25]:%d\n" % p1)
+        self.submit(["a@mxhost.test"], subject="before")
+        self.assertTrue(one.wait_messages(1), self.log())
+
+        def set_relayhost(line):
+            with open(self.daemon.conf_path) as f:
+                text = f.read()
+            text = re.sub(r"(?m)^relayhost = .*\n", "", text) + line
+            self.daemon.write_config(text)
+            return self.daemon.ctl("reload")
+
+        r = set_relayhost("relayhost = [127.0.0.26]:%d\n" % p2)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_log_re(r"relayhost: \[127\.0\.0\.26\]:%d" % p2)
+        self.assertNotIn("relayhost changes take effect", self.log())
+        self.submit(["b@mxhost.test"], subject="after")
+        self.assertTrue(two.wait_messages(1), self.log())
+        self.assertEqual(self.rcpts_at(two), ["b@mxhost.test"])
+        self.assertEqual(self.rcpts_at(one), ["a@mxhost.test"])
+
+        r = set_relayhost("relayhost = [127.0.0.26:%d\n" % p2)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("relayhost", r.stdout + r.stderr)
+        self.submit(["c@mxhost.test"], subject="after bad reload")
+        self.assertTrue(two.wait_messages(2), self.log())
+
+        r = set_relayhost("")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_log_re(r"relayhost: none")
+        self.submit(["d@mxhost.test"], subject="own MX")
+        self.assertTrue(mxh.wait_messages(1), self.log())
+        self.assertEqual(self.rcpts_at(mxh), ["d@mxhost.test"])
+        self.assertEqual(len(one.messages) + len(two.messages), 3)
+
     def test_dead_destination_backlog(self):
         """A destination whose connections all fail is marked dead after
         smtp_destination_dead_threshold attempts: its backlog of 30 messages
