@@ -272,7 +272,21 @@ int priv_become_dir_owner(const char *mail_owner, const char *dir, char *why, si
     M(MET_CONN_CACHE_HITS, COUNTER, "convoy_smtp_connection_cache_hits_total",                     \
       "Messages sent over a cached (reused) outbound connection", NULL, NULL)                      \
     M(MET_DELIVERY_LATENCY, HIST_LATENCY, "convoy_delivery_latency_seconds",                       \
-      "Time from acceptance to a recipient's final delivery", NULL, NULL)
+      "Time from acceptance to a recipient's final delivery", NULL, NULL)                          \
+    M(MET_SHARED_UP, GAUGE, "convoy_shared_state_up",                                              \
+      "1 while the shared_state Redis is connected and ready, else 0", NULL, NULL)                 \
+    M(MET_SHARED_GRANTS, COUNTER, "convoy_shared_grant_requests_total",                            \
+      "Requests for destination rate tokens sent to shared_state, by result (granted, denied, "    \
+      "error)",                                                                                    \
+      "result", NULL)                                                                              \
+    M(MET_SHARED_TOKENS, COUNTER, "convoy_shared_tokens_granted_total",                            \
+      "Destination rate tokens (messages) granted by shared_state", NULL, NULL)                    \
+    M(MET_SHARED_FALLBACKS, COUNTER, "convoy_shared_fallbacks_total",                              \
+      "Messages sent under this node's fallback share of a destination rate because "              \
+      "shared_state was away or slow",                                                             \
+      NULL, NULL)                                                                                  \
+    M(MET_SHARED_RTT, HIST_RTT, "convoy_shared_rtt_seconds",                                       \
+      "Round-trip time of requests to shared_state", NULL, NULL)
 
 enum metric_id {
 #define METRIC_ID(id, type, name, help, l1, l2) id,

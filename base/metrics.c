@@ -26,12 +26,15 @@ enum mtype { T_COUNTER, T_GAUGE, T_HIST };
 
 static const double hist_commit[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 static const double hist_latency[] = {1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 432000};
+static const double hist_rtt[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                  0.005,  0.01,    0.025,  0.1,   0.25};
 #define NBOUNDS_MAX 10
 
 #define TYPE_COUNTER T_COUNTER, NULL, 0
 #define TYPE_GAUGE T_GAUGE, NULL, 0
 #define TYPE_HIST_COMMIT T_HIST, hist_commit, sizeof(hist_commit) / sizeof(double)
 #define TYPE_HIST_LATENCY T_HIST, hist_latency, sizeof(hist_latency) / sizeof(double)
+#define TYPE_HIST_RTT T_HIST, hist_rtt, sizeof(hist_rtt) / sizeof(double)
 
 struct family {
     const char *name, *help, *l1, *l2;

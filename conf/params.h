@@ -149,6 +149,18 @@
       "Per-destination limits, lines \"domain concurrency=N rate=N/s recipients=N\" (any of "      \
       "the three; rate also N/m, N/h): a cap on connections, a message rate and recipients per "   \
       "transaction; keys as transport_maps (without *); empty means none")                         \
+    /* --- scale-out --- */                                                                        \
+    P(shared_state, STR, "", "",                                                                   \
+      "Redis that several convoyd share (docs/scale-out.md): redis://[[USER]:PASSWORD@]HOST:PORT"  \
+      "[/DB] or unix:/path[?db=N]; destination_limits rates become fleet-wide token buckets, "     \
+      "concurrency limits fleet-wide connection leases, MTA-STS policies fetched by one node are " \
+      "read by the others. rediss:// is refused: Debian's hiredis 0.14 has no TLS. Empty means "   \
+      "one node, everything local")                                                                \
+    P(shared_state_node, STR, "", "",                                                              \
+      "Name of this node in the fleet (shared_state); empty means myhostname")                     \
+    P(shared_state_fallback_share, STR, "", "",                                                    \
+      "Share of each fleet-wide limit this node uses while shared_state is away or slow, a "       \
+      "fraction (0.25) or 1/N; empty means 1/N of the fleet size last seen")                       \
     P(smtp_sasl_auth_enable, BOOL, "no", "",                                                       \
       "Log in to the next hop (a smart host) with SMTP AUTH (RFC 4954: PLAIN, or LOGIN when "      \
       "PLAIN is not offered) using the credentials smtp_sasl_password_maps has for it")            \

@@ -186,6 +186,27 @@ static void print_dead(json_t *a)
     }
 }
 
+/* "shared_state": one line for the connection, one per node of the fleet. */
+static void print_shared(json_t *o)
+{
+    printf("shared_state: %s %s node=%s rtt=%.2fms avg=%.2fms fallback_share=%.3g "
+           "fleet_size=%lld\n",
+           json_string_value(json_object_get(o, "url")),
+           json_string_value(json_object_get(o, "state")),
+           json_string_value(json_object_get(o, "node")),
+           json_number_value(json_object_get(o, "rtt_ms")),
+           json_number_value(json_object_get(o, "rtt_avg_ms")),
+           json_number_value(json_object_get(o, "fallback_share")),
+           (long long)json_integer_value(json_object_get(o, "fleet_size")));
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(o, "fleet"), i, n)
+    {
+        printf("fleet: %s (seen %llds ago)\n", json_string_value(json_object_get(n, "node")),
+               (long long)json_integer_value(json_object_get(n, "seen_ago")));
+    }
+}
+
 int ctl_status(struct conf *c, int argc, char **argv)
 {
     bool as_json = has_flag(argc, argv, "--json");
@@ -222,6 +243,10 @@ int ctl_status(struct conf *c, int argc, char **argv)
             }
             if (strcmp(key, "dead") == 0 && json_is_array(v)) {
                 print_dead(v);
+                continue;
+            }
+            if (strcmp(key, "shared_state") == 0 && json_is_object(v)) {
+                print_shared(v);
                 continue;
             }
             if (json_is_object(v)) {

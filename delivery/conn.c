@@ -42,6 +42,7 @@ static void conn_release(struct conn *cn)
     struct delivery *dl = d->dl;
     d->nconns--;
     dl->nconns--;
+    route_conn_closed(cn);
     /* A dead destination's probe (its only connection) is over. */
     if (d->dead.dead)
         d->dead.probing = false;
@@ -393,6 +394,8 @@ void conn_new(struct dest *d, struct job *j)
     cn->dest = d;
     cn->job = j;
     cn->tls_optional = JOB_TLS_OPTIONAL(j);
+    cn->lease = d->spare_lease; /* route_may_connect() took it for this one */
+    d->spare_lease = 0;
     j->conn_ms = dl_now(dl);
     d->nconns++;
     dl->nconns++;

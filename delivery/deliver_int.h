@@ -201,6 +201,7 @@ struct conn {
     unsigned msgs_before;
     enum smtp_tls_mode mode;
     int64_t idle_since;
+    uint64_t lease; /* shared_state connection lease (route.c), 0: none */
     struct smtp_outcome last;
     char last_relay[320];
     /* The policy of the current target (RFC 8461 4 and 5, or an override). */
@@ -253,6 +254,24 @@ struct dest {
     struct conc_window window;    /* connections allowed now */
     struct token_bucket bucket;   /* destination_limits rate= */
     struct deadness dead;         /* smtp_destination_dead_threshold */
+    /* shared_state (route.c): tokens the fleet's bucket granted and when,
+     * a grant in flight, no new request before grant_retry_ms; the local
+     * bucket at this node's share while Redis is away; the configured
+     * concurrency= (0: none) that the fleet splits. */
+    unsigned grants;
+    int64_t grant_ms;
+    bool grant_pending;
+    int64_t grant_retry_ms;
+    int64_t grant_fail_until; /* a grant failed: the local share until then */
+    struct token_bucket fallback;
+    double fallback_share;
+    unsigned conc_conf;
+    /* A connection lease of the fleet (shared_lease_take()) granted and not
+     * yet given to a connection, one being asked for, no new ask before
+     * lease_retry_ms. */
+    uint64_t spare_lease;
+    bool lease_pending;
+    int64_t lease_retry_ms;
     /* An enforce policy deferred an attempt (verdict sts_recheck): the next
      * attempt looks the policy up again with policy_recheck() (RFC 8461
      * 5), not from the addresses and policy kept from before. */
@@ -302,6 +321,9 @@ struct delivery {
     uv_timer_t due_timer;
     uv_timer_t kick_timer;
     uv_timer_t sweep_timer;
+    /* A destination's message rate (route.c) said wait: run the
+     * destinations again when it ends. */
+    uv_timer_t route_timer;
     int open_handles;
     bool leasing;
     bool want_lease;
@@ -339,6 +361,10 @@ struct delivery {
  * clock for intervals. */
 int64_t dl_now(const struct delivery *dl);
 int64_t dl_mono(const struct delivery *dl);
+
+/* Give the MTA-STS engine's options the shared policy cache of
+ * shared_state, when there is one (engine.c). */
+void deliver_policy_remote(const struct delivery *dl, struct policy_options *o);
 
 /* A closed engine frees itself here once nothing is left in flight. */
 void deliver_maybe_free(struct delivery *dl);

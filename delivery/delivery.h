@@ -32,6 +32,7 @@ struct dns_options;
 struct json_t;
 struct policy_options;
 struct queue;
+struct shared;
 struct delivery;
 
 struct delivery_options {
@@ -55,6 +56,10 @@ struct delivery_options {
     /* The TLS-RPT store (policy.h) sessions are counted in; NULL: none.
      * Owned by the caller; it must outlive delivery_close(). */
     struct tlsrpt_store *tlsrpt;
+    /* shared_state (shared/shared.h), or NULL: one node, every limit local.
+     * Owned by the caller; close it after delivery_close() (the engine's
+     * requests in flight then call back and it frees itself). */
+    struct shared *shared;
 };
 
 /*

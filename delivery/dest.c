@@ -260,8 +260,12 @@ static void dest_resolve(struct dest *d)
 void dest_run(struct dest *d)
 {
     struct delivery *dl = d->dl;
-    if (dl->closing || !d->head)
+    if (dl->closing)
         return;
+    if (!d->head) {
+        route_ran(d);
+        return;
+    }
     if (d->state == D_RESOLVING)
         return;
     /* Addresses (and the MTA-STS policy found with them) are reused for a
@@ -295,6 +299,7 @@ void dest_run(struct dest *d)
            dl->nconns < (size_t)dl->conf->smtp_connection_limit && route_may_send(d)) {
         conn_new(d, dest_pop(d));
     }
+    route_ran(d);
 }
 
 struct dest *dest_get(struct delivery *dl, const char *name)

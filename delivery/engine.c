@@ -21,6 +21,7 @@
 
 #include "conf.h"
 #include "deliver_int.h"
+#include "shared.h"
 #include "delivery.h"
 #include "dns.h"
 #include "policy.h"
@@ -151,6 +152,26 @@ struct tls_ctx *delivery_tls_ctx(const struct conf *c, char *why, size_t why_siz
 
 /* The MTA-STS engine with its persistent cache in the queue directory
  * (<queue_directory>/sts.lmdb, where convoyctl sts looks too). */
+/* The MTA-STS engine's shared cache is shared_state's (shared.h). */
+static int remote_get(void *arg, const char *key, policy_remote_cb cb, void *cbarg)
+{
+    return shared_get(arg, key, cb, cbarg);
+}
+
+static void remote_put(void *arg, const char *key, const char *value, size_t len, int64_t ttl_s)
+{
+    shared_put(arg, key, value, len, ttl_s);
+}
+
+void deliver_policy_remote(const struct delivery *dl, struct policy_options *o)
+{
+    if (!dl->opt.shared)
+        return;
+    o->remote.arg = dl->opt.shared;
+    o->remote.get = remote_get;
+    o->remote.put = remote_put;
+}
+
 static int delivery_policy_new(struct delivery *dl, struct buf *err)
 {
     const struct conf *c = dl->conf;
@@ -163,6 +184,7 @@ static int delivery_policy_new(struct delivery *dl, struct buf *err)
         return ERR_TOOBIG;
     }
     o.cache_path = path;
+    deliver_policy_remote(dl, &o);
     char why[512] = "";
     int rc = policy_new(dl->loop, dl->dns, &o, &dl->pol, why, sizeof(why));
     if (rc != 0) {
@@ -261,8 +283,10 @@ int delivery_new(const struct delivery_options *opt, struct delivery **out, stru
     uv_timer_init(dl->loop, &dl->kick_timer);
     uv_timer_init(dl->loop, &dl->sweep_timer);
     uv_timer_init(dl->loop, &dl->sts_timer);
+    uv_timer_init(dl->loop, &dl->route_timer);
     dl->due_timer.data = dl->kick_timer.data = dl->sweep_timer.data = dl->sts_timer.data = dl;
-    dl->open_handles = 4;
+    dl->route_timer.data = dl;
+    dl->open_handles = 5;
     uint64_t tick = dl->opt.sts_refresh_tick_ms ? dl->opt.sts_refresh_tick_ms : 60000;
     uv_timer_start(&dl->sts_timer, on_sts_timer, tick, tick);
     /* Pauses set before a restart hold from the first lease on. */
@@ -360,4 +384,5 @@ void delivery_close(struct delivery *dl)
     uv_close((uv_handle_t *)&dl->due_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->kick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&dl->sweep_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&dl->route_timer, on_handle_closed);
 }

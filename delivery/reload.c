@@ -129,6 +129,7 @@ int delivery_reload_prepare(struct delivery *dl, struct conf *c, struct delivery
         char path[4096];
         snprintf(path, sizeof(path), "%s/%s", c->queue_directory, POLICY_CACHE_FILE);
         o.cache_path = path;
+        deliver_policy_remote(dl, &o);
         int rc = policy_update_prepare(dl->pol, &o, &u->pu, why, sizeof(why));
         if (rc != 0) {
             buf_printf(err, "%s: %s\n",

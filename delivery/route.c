@@ -35,6 +35,7 @@
 #include "deliver_int.h"
 #include "delivery.h"
 #include "route.h"
+#include "shared.h"
 #include "verdict.h"
 
 #define TRANSPORT_PREFIX "transport:"
@@ -219,9 +220,13 @@ static void route_limits(struct dest *d, bool init)
         window_init(&d->window, (unsigned)c->initial_destination_concurrency, limit);
     else
         window_set_limit(&d->window, limit);
+    d->conc_conf = lim ? lim->concurrency : 0;
     double rate = lim ? lim->rate_per_s : 0;
-    if (init || rate != d->bucket.rate)
+    if (init || rate != d->bucket.rate) {
         bucket_init(&d->bucket, rate, dl_mono(d->dl));
+        d->fallback_share = 0; /* the fallback bucket follows */
+        d->grants = 0;
+    }
 }
 
 void route_dest_init(struct dest *d)
@@ -256,15 +261,120 @@ uint16_t route_port(const struct dest *d)
     return (uint16_t)d->dl->conf->smtp_destination_port;
 }
 
-/* Wake the scheduler in ms (it runs every destination after a lease). */
+static void lease_drop_spare(struct dest *d);
+
+static void on_route_timer(uv_timer_t *t)
+{
+    struct delivery *dl = t->data;
+    for (struct dest *d = dl->dests; d; d = d->next) {
+        dest_run(d);
+        lease_drop_spare(d);
+    }
+}
+
+/* Run the destinations again in ms: their jobs wait in memory, so no
+ * lease is needed (the due timer stays the scheduler's own). */
 static void route_wake(struct delivery *dl, int64_t ms)
 {
     if (ms < 1)
         ms = 1;
-    if (uv_is_active((uv_handle_t *)&dl->due_timer) &&
-        uv_timer_get_due_in(&dl->due_timer) <= (uint64_t)ms)
+    if (dl->closing || dl->stopping)
         return;
-    sched_lease_in(dl, (uint64_t)ms);
+    if (uv_is_active((uv_handle_t *)&dl->route_timer) &&
+        uv_timer_get_due_in(&dl->route_timer) <= (uint64_t)ms)
+        return;
+    uv_timer_start(&dl->route_timer, on_route_timer, (uint64_t)ms, 0);
+}
+
+/*
+ * The connections this node may have open to d: the window; with
+ * shared_state a destination's concurrency= is the fleet's, held as
+ * leases in Redis (route_lease()) while Redis is up, and split across the
+ * fleet (this node's fallback share of it, at least one) while it is
+ * away.
+ */
+static unsigned route_conn_cap(const struct dest *d)
+{
+    unsigned cap = d->window.cur;
+    struct shared *sh = d->dl->opt.shared;
+    if (sh && d->conc_conf && !shared_up(sh)) {
+        unsigned mine = (unsigned)((double)d->conc_conf * shared_fallback_share(sh));
+        if (mine < 1)
+            mine = 1;
+        if (mine < cap)
+            cap = mine;
+    }
+    return cap;
+}
+
+/* A lease nobody took (the mail went over connections already open). */
+static void lease_drop_spare(struct dest *d)
+{
+    if (d->spare_lease && !d->head) {
+        shared_lease_release(d->dl->opt.shared, d->spare_lease);
+        d->spare_lease = 0;
+    }
+}
+
+#define LEASE_RETRY_MS 200
+
+static void on_lease(void *arg, int status, uint64_t lease)
+{
+    struct dest *d = arg;
+    struct delivery *dl = d->dl;
+    d->lease_pending = false;
+    dl->pending_reqs--;
+    if (dl->closing) {
+        shared_lease_release(dl->opt.shared, lease);
+        deliver_maybe_free(dl);
+        return;
+    }
+    if (status == 0 && lease) {
+        d->spare_lease = lease;
+    } else {
+        /* The fleet's limit is reached (or Redis failed: the state is
+         * down then, and the split applies): ask again shortly. */
+        d->lease_retry_ms = dl_mono(dl) + LEASE_RETRY_MS;
+        route_wake(dl, LEASE_RETRY_MS);
+    }
+    dest_run(d);
+    lease_drop_spare(d);
+}
+
+/* May one more connection be opened as far as the fleet's concurrency=
+ * goes? A lease is taken first; true when there is one (or no fleet
+ * limit applies), false while it is asked for. */
+static bool route_lease(struct dest *d)
+{
+    struct delivery *dl = d->dl;
+    struct shared *sh = dl->opt.shared;
+    if (!sh || !d->conc_conf || !shared_up(sh) || d->spare_lease)
+        return true;
+    if (d->lease_pending)
+        return false;
+    int64_t now = dl_mono(dl);
+    if (now < d->lease_retry_ms) {
+        route_wake(dl, d->lease_retry_ms - now);
+        return false;
+    }
+    const char *key = d->has_nexthop ? d->nexthop.host : d->name;
+    if (shared_lease_take(sh, key, d->conc_conf, on_lease, d) != 0)
+        return true; /* not up after all: the split applies */
+    d->lease_pending = true;
+    dl->pending_reqs++;
+    return false;
+}
+
+void route_ran(struct dest *d)
+{
+    lease_drop_spare(d);
+}
+
+void route_conn_closed(struct conn *cn)
+{
+    if (cn->lease)
+        shared_lease_release(cn->dest->dl->opt.shared, cn->lease);
+    cn->lease = 0;
 }
 
 bool route_may_connect(struct dest *d)
@@ -274,7 +384,7 @@ bool route_may_connect(struct dest *d)
         d->dead.probing = false; /* no probe can be under way */
     switch (dead_state(&d->dead, dl_mono(dl))) {
     case DEST_ALIVE:
-        return d->nconns < d->window.cur;
+        return d->nconns < route_conn_cap(d) && route_lease(d);
     case DEST_PROBE:
         if (d->nconns > 0)
             return false;
@@ -299,9 +409,101 @@ bool route_may_connect(struct dest *d)
     return false;
 }
 
+/* Granted tokens not used within this time are dropped: they were the
+ * fleet's budget of that moment, not a credit to spend in a burst later. */
+#define GRANT_TTL_MS 1000
+/* After a failed grant (an error reply), the local share for this long. */
+#define GRANT_ERROR_PAUSE_MS 1000
+
+static void on_grant(void *arg, int status, unsigned granted, int64_t wait_ms)
+{
+    struct dest *d = arg;
+    struct delivery *dl = d->dl;
+    d->grant_pending = false;
+    dl->pending_reqs--;
+    if (dl->closing) {
+        deliver_maybe_free(dl);
+        return;
+    }
+    int64_t now = dl_mono(dl);
+    if (status != 0) {
+        /* Timed out or the connection went: the state is down and
+         * route_may_send() takes the local share; another error (a script
+         * error) takes it for a moment. */
+        d->grant_fail_until = now + GRANT_ERROR_PAUSE_MS;
+    } else if (granted > 0) {
+        d->grants += granted;
+        d->grant_ms = now;
+    } else {
+        d->grant_retry_ms = now + (wait_ms > 0 ? wait_ms : 1);
+        route_wake(dl, wait_ms);
+        return;
+    }
+    dest_run(d);
+}
+
+/* The local bucket at this node's share of the rate (Redis away). */
+static bool fallback_take(struct dest *d, int64_t now, int64_t *wait)
+{
+    double share = shared_fallback_share(d->dl->opt.shared);
+    if (share != d->fallback_share) {
+        bucket_init(&d->fallback, d->bucket.rate * share, now);
+        d->fallback_share = share;
+    }
+    if (!bucket_take(&d->fallback, now, wait))
+        return false;
+    metric_add(MET_SHARED_FALLBACKS, NULL, NULL, 1);
+    return true;
+}
+
+/*
+ * With shared_state the destination's rate is the fleet's: tokens come
+ * from a bucket in Redis, a batch per round trip (shared_batch()); while
+ * a grant is in flight nothing is sent and the grant's reply runs the
+ * destination again. While Redis is away or a grant failed, the local
+ * bucket at this node's share. Either way a message that cannot go now
+ * waits in the destination's queue in memory: Redis never defers,
+ * bounces or repeats it.
+ */
+static bool shared_may_send(struct dest *d, struct shared *sh)
+{
+    struct delivery *dl = d->dl;
+    int64_t now = dl_mono(dl);
+    int64_t wait = 0;
+    if (d->grants > 0 && now - d->grant_ms > GRANT_TTL_MS)
+        d->grants = 0;
+    if (d->grants > 0) {
+        d->grants--;
+        return true;
+    }
+    if (d->grant_pending)
+        return false;
+    if (shared_up(sh) && now >= d->grant_fail_until) {
+        if (now < d->grant_retry_ms) {
+            /* The fleet's bucket is empty: wait as long as it said. */
+            route_wake(dl, d->grant_retry_ms - now);
+            return false;
+        }
+        unsigned want = shared_batch(d->njobs, d->bucket.rate);
+        const char *key = d->has_nexthop ? d->nexthop.host : d->name;
+        if (shared_rate_take(sh, key, d->bucket.rate, d->bucket.burst, want, on_grant, d) == 0) {
+            d->grant_pending = true;
+            dl->pending_reqs++;
+            return false;
+        }
+    }
+    if (fallback_take(d, now, &wait))
+        return true;
+    route_wake(dl, wait);
+    return false;
+}
+
 bool route_may_send(struct dest *d)
 {
     int64_t wait = 0;
+    struct shared *sh = d->dl->opt.shared;
+    if (sh && d->bucket.rate > 0)
+        return shared_may_send(d, sh);
     if (bucket_take(&d->bucket, dl_mono(d->dl), &wait))
         return true;
     route_wake(d->dl, wait);

@@ -107,6 +107,12 @@ bool route_may_send(struct dest *d);
 /* A connection's attempt reached no usable session / one became ready /
  * a message was delivered. */
 void route_conn_failed(struct dest *d, const char *why);
+/* End of dest_run(): a fleet lease taken for a connection that was not
+ * needed after all (no mail left) is given back. */
+void route_ran(struct dest *d);
+/* A connection is gone: its fleet lease (shared_state) is given back. */
+struct conn;
+void route_conn_closed(struct conn *cn);
 void route_conn_ready(struct dest *d);
 void route_delivered(struct dest *d);
 /* A reload applied new tables: limits of existing destinations follow. */

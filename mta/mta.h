@@ -21,6 +21,7 @@
 
 struct delivery;
 struct tlsrpt_store;
+struct shared;
 struct queue;
 struct submission;
 struct submission_update;
@@ -34,6 +35,9 @@ struct mta {
     struct submission *submission;
     struct delivery *delivery;   /* the engine (delivery/delivery.h); NULL when not running */
     struct tlsrpt_store *tlsrpt; /* TLS-RPT counts (policy.h); NULL when tlsrpt_enable = no */
+    /* shared_state's client (shared/shared.h), or NULL: one node. It lives
+     * as long as the engine; a change of shared_state takes a restart. */
+    struct shared *shared;
     int64_t started_ms;
     bool stopping;
     /* Reload the configuration from the same file and overrides (set by

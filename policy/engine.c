@@ -67,6 +67,16 @@ struct job {
     enum policy_failure failure;
     char error[256];
     enum policy_change change;
+    /* A get() of the shared cache in flight (its ticket), and whether the
+     * body in fetch_done() came from there. */
+    struct remote_ticket *remote;
+    bool from_remote;
+};
+
+/* Outlives its job: policy_free() orphans it (j = NULL) and the remote
+ * callback frees it. */
+struct remote_ticket {
+    struct job *j;
 };
 
 struct probe_state {
@@ -305,6 +315,8 @@ static void mx_list(const struct sts_policy *sp, char *out, size_t size)
     buf_free(&b);
 }
 
+static struct fetch *start_fetch(struct policy *p, const char *domain, fetch_cb cb, void *arg);
+
 static void fetch_done(void *arg, const struct fetch_result *fr)
 {
     struct job *j = arg;
@@ -332,7 +344,23 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
     /* RFC 8460 4.3 result types name the failures ("sts-policy-fetch-
      * error", "sts-policy-invalid", ...). */
     const char *result = policy_failure_result_type(f);
-    metric_add(MET_STS_FETCHES, rc == 0 ? "success" : result ? result : "failure", NULL, 1);
+    if (j->from_remote && rc != 0) {
+        /* A shared text that does not pass: fetch it ourselves. */
+        log_warn("sts", "policy from shared state ignored domain=%s id=%s: %s", j->d->domain,
+                 j->txt_id, why);
+        j->from_remote = false;
+        policy_entry_clear(&e);
+        j->f = start_fetch(p, j->d->domain, fetch_done, j);
+        if (j->f)
+            return;
+        job_fail(j, POLICY_FAIL_FETCH, "out of memory");
+        entry_load(p, j->d, &e);
+        job_end(j, &e, POLICY_SRC_CACHE);
+        policy_entry_clear(&e);
+        return;
+    }
+    if (!j->from_remote)
+        metric_add(MET_STS_FETCHES, rc == 0 ? "success" : result ? result : "failure", NULL, 1);
     if (rc == 0) {
         /* The whole policy against the cached one, not only the id: a
          * domain may fix its policy without publishing a new id. */
@@ -345,8 +373,14 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
         int src = policy_entry_success(&e, j->txt_id, fr->body, fr->body_len, &sp, now);
         char mx[512];
         mx_list(&sp, mx, sizeof(mx));
-        log_info("sts", "policy fetched domain=%s id=%s mode=%s mx=%s max_age=%u", j->d->domain,
-                 j->txt_id, policy_mode_name(sp.mode), mx, sp.max_age);
+        log_info("sts", "policy %s domain=%s id=%s mode=%s mx=%s max_age=%u",
+                 j->from_remote ? "from shared state" : "fetched", j->d->domain, j->txt_id,
+                 policy_mode_name(sp.mode), mx, sp.max_age);
+        if (!j->from_remote && p->o.remote.put) {
+            char key[POLICY_ID_MAX + 300];
+            snprintf(key, sizeof(key), "%s %s", j->d->domain, j->txt_id);
+            p->o.remote.put(p->o.remote.arg, key, fr->body, fr->body_len, (int64_t)sp.max_age);
+        }
         if (j->change == POLICY_CHANGE_CONTENT)
             log_info("sts", "policy changed domain=%s id=%s: same id, new content", j->d->domain,
                      j->txt_id);
@@ -381,6 +415,56 @@ static struct fetch *start_fetch(struct policy *p, const char *domain, fetch_cb 
         .user_agent = p->user_agent,
     };
     return fetch_start(&fp, domain, cb, arg);
+}
+
+static void remote_done(void *cbarg, int status, const char *value, size_t len)
+{
+    struct remote_ticket *t = cbarg;
+    struct job *j = t->j;
+    free(t);
+    if (!j)
+        return; /* the engine is gone */
+    j->remote = NULL;
+    struct policy *p = j->p;
+    if (status == 0 && value && len > 0 && len <= p->o.max_policy_size) {
+        /* Checked as a fetched body would be (fetch_done()). */
+        struct fetch_result fr;
+        memset(&fr, 0, sizeof(fr));
+        fr.body = value;
+        fr.body_len = len;
+        j->from_remote = true;
+        fetch_done(j, &fr);
+        return;
+    }
+    j->f = start_fetch(p, j->d->domain, fetch_done, j);
+    if (j->f)
+        return;
+    job_fail(j, POLICY_FAIL_FETCH, "out of memory");
+    struct policy_entry e;
+    entry_load(p, j->d, &e);
+    job_end(j, &e, POLICY_SRC_CACHE);
+    policy_entry_clear(&e);
+}
+
+/* Before a fetch: the shared cache, when there is one. true: asked (the
+ * answer goes on in remote_done()). */
+static bool remote_ask(struct job *j)
+{
+    struct policy *p = j->p;
+    if (!p->o.remote.get)
+        return false;
+    struct remote_ticket *t = calloc(1, sizeof(*t));
+    if (!t)
+        return false;
+    t->j = j;
+    char key[POLICY_ID_MAX + 300];
+    snprintf(key, sizeof(key), "%s %s", j->d->domain, j->txt_id);
+    if (p->o.remote.get(p->o.remote.arg, key, remote_done, t) != 0) {
+        free(t);
+        return false;
+    }
+    j->remote = t;
+    return true;
 }
 
 /* Collect the TXT records of an answer for policy_txt_select(). */
@@ -428,6 +512,12 @@ static void txt_done(void *arg, const struct dns_result *r)
             if (policy_entry_should_fetch(&e, j->txt_id, force, now, retry)) {
                 if (j->kind == JOB_RECHECK)
                     d->rechecked = now;
+                /* Another node may have fetched this id (not for an
+                 * admin refresh or a recheck: those ask the source). */
+                if (j->kind != JOB_ADMIN && j->kind != JOB_RECHECK && remote_ask(j)) {
+                    policy_entry_clear(&e);
+                    return;
+                }
                 j->f = start_fetch(p, d->domain, fetch_done, j);
                 if (j->f) {
                     policy_entry_clear(&e);
@@ -914,6 +1004,8 @@ void policy_free(struct policy *p)
                     dns_cancel(j->q);
                 if (j->f)
                     fetch_abort(j->f);
+                if (j->remote)
+                    j->remote->j = NULL;
                 for (struct policy_req *w = j->waiters, *n; w; w = n) {
                     n = w->next;
                     free(w);

@@ -368,6 +368,24 @@ struct dns;
 struct policy;
 struct policy_req;
 
+/*
+ * A policy cache shared with other nodes (shared_state): before fetching a
+ * policy the engine asks get() for the text stored under "DOMAIN ID" (the
+ * TXT record's id); a text found there is parsed and checked like a
+ * fetched body and used instead of fetching; a policy this node fetched
+ * is given to put() with its max_age as lifetime. The local cache stays
+ * the source of truth: any failure of get() (its status, or a text that
+ * does not parse) just means a fetch. get() returns 0 and calls cb once,
+ * later (value NULL when nothing is stored), or not 0 and never calls cb.
+ * put() may do nothing. Both NULL: no shared cache.
+ */
+typedef void (*policy_remote_cb)(void *cbarg, int status, const char *value, size_t len);
+struct policy_remote {
+    void *arg;
+    int (*get)(void *arg, const char *key, policy_remote_cb cb, void *cbarg);
+    void (*put)(void *arg, const char *key, const char *value, size_t len, int64_t ttl_s);
+};
+
 struct policy_options {
     const char *cache_path;      /* LMDB file; NULL: memory only */
     const char *ca_file;         /* trust store for the policy host; NULL or
@@ -390,6 +408,7 @@ struct policy_options {
                                     8461 3.3: at least 5 minutes) */
     const char *user_agent;      /* "Convoy/VERSION" */
     int64_t (*now)(void);        /* wall clock in seconds; NULL: time(2) */
+    struct policy_remote remote; /* a cache shared with other nodes; zero: none */
 };
 
 /* The defaults above. */

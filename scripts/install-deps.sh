@@ -10,10 +10,12 @@ packages=(
     # build
     build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
     libuv1-dev libwolfssl-dev libc-ares-dev liblmdb-dev libjansson-dev zlib1g-dev
-    libhttp-parser-dev libidn2-dev libcrypt-dev libcmocka-dev
+    libhttp-parser-dev libidn2-dev libcrypt-dev libcmocka-dev libhiredis-dev
     # tests: real peers and tools
     python3 python3-aiosmtpd python3-dnslib swaks dnsmasq-base nginx-light openssl
     ca-certificates lmdb-utils procps iproute2 valgrind
+    # tests: shared_state (test_shared_state.py starts its own redis-server)
+    redis-server
     # tests: the DNSSEC world (a validating resolver, an authoritative
     # server, zone signing); the tests run them in the foreground
     unbound nsd ldnsutils
@@ -40,6 +42,19 @@ install_promtool() {
     rm -rf "$tmp"
     echo "install-deps: promtool in $promtool_dir"
 }
+# redis-server: the packaged service must neither run nor start at boot
+# (the tests start their own on a free loopback port). systemctl disable
+# works without a running systemd; the packaged daemon is stopped by its
+# pid file, not by name, so a test's redis-server is left alone.
+quiet_redis() {
+    dpkg-query -W -f='${Status}' redis-server 2>/dev/null | grep -q 'install ok installed' || return 0
+    if command -v systemctl >/dev/null; then
+        "${SUDO[@]}" systemctl disable redis-server.service >/dev/null 2>&1 || true
+    fi
+    if [ -s /run/redis/redis-server.pid ]; then
+        "${SUDO[@]}" kill "$(cat /run/redis/redis-server.pid)" >/dev/null 2>&1 || true
+    fi
+}
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=(sudo)
@@ -53,6 +68,7 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all ${#packages[@]} packages present"
+    quiet_redis
     install_promtool
     exit 0
 fi
@@ -63,7 +79,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 echo "install-deps: installing ${missing[*]}"
-# Keep packaged services (nginx, unbound, nsd) from starting on install; remove the guard
+# Keep packaged services (nginx, unbound, nsd, redis-server) from starting on install; remove the guard
 # afterwards only if we put it there.
 guard=/usr/sbin/policy-rc.d
 placed=0
@@ -80,12 +96,13 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 # In case a service started anyway (a machine where policy-rc.d is ignored).
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    for unit in nginx.service unbound.service nsd.service; do
+    for unit in nginx.service unbound.service nsd.service redis-server.service; do
         "${SUDO[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
     done
 fi
 for prog in nginx unbound nsd; do
     "${SUDO[@]}" pkill -x "$prog" >/dev/null 2>&1 || true
 done
+quiet_redis
 install_promtool
 echo "install-deps: done"

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "dns.h"
 #include "policy.h"
 #include "queue.h"
+#include "shared.h"
 #include "smtp.h"
 
 void settings_dns_options(const struct conf *c, struct dns_options *o)
@@ -53,6 +55,8 @@ int settings_conf_check(const struct conf *c, struct buf *errors)
     }
     if (rc != 0)
         return rc;
+    if (settings_shared_options(c, NULL, NULL, errors) < 0)
+        return ERR_INVAL;
     if (c->smtp_dns_support_level && strcmp(c->smtp_dns_support_level, "disabled") == 0) {
         buf_printf(errors, "smtp_dns_support_level = disabled: delivery without DNS is not "
                            "supported; use enabled or dnssec\n");
@@ -150,4 +154,52 @@ void settings_tlsrpt_names(const struct conf *c, struct settings_tlsrpt_names *n
              c->tlsrpt_contact_info && c->tlsrpt_contact_info[0] ? c->tlsrpt_contact_info
                                                                  : n->sender,
              sizeof(n->contact));
+}
+
+/* "0.25" or "1/4": a share in (0, 1]; -1 when malformed. */
+static double parse_share(const char *s)
+{
+    char *end = NULL;
+    if (strncmp(s, "1/", 2) == 0) {
+        long n = strtol(s + 2, &end, 10);
+        return *end == '\0' && n >= 1 && n <= 10000 ? 1.0 / (double)n : -1;
+    }
+    double v = strtod(s, &end);
+    return end != s && *end == '\0' && v > 0 && v <= 1 ? v : -1;
+}
+
+int settings_shared_options(const struct conf *c, struct shared_options *o, struct shared_url *u,
+                            struct buf *errors)
+{
+    if (!c->shared_state || !c->shared_state[0])
+        return 1;
+    struct shared_url tmp;
+    struct buf why;
+    buf_init(&why, 1024);
+    int rc = shared_url_parse(c->shared_state, u ? u : &tmp, &why);
+    if (rc != 0) {
+        buf_printf(errors, "%s\n", why.data ? why.data : "shared_state: invalid");
+        buf_free(&why);
+        return rc;
+    }
+    buf_free(&why);
+    double share = 0;
+    if (c->shared_state_fallback_share && c->shared_state_fallback_share[0]) {
+        share = parse_share(c->shared_state_fallback_share);
+        if (share < 0) {
+            buf_printf(errors,
+                       "shared_state_fallback_share: \"%s\": must be a fraction in (0, 1] "
+                       "(0.25) or 1/N\n",
+                       c->shared_state_fallback_share);
+            return ERR_INVAL;
+        }
+    }
+    if (o) {
+        memset(o, 0, sizeof(*o));
+        o->url = c->shared_state;
+        o->node =
+            c->shared_state_node && c->shared_state_node[0] ? c->shared_state_node : c->myhostname;
+        o->fallback_share = share;
+    }
+    return 0;
 }

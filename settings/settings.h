@@ -49,6 +49,16 @@ int settings_control_socket_path(const struct conf *c, char *out, size_t size);
  * smtpd_tls_cert_file and smtpd_auth_file). 0, or ERR_NOTYET / ERR_INVAL
  * with one line per problem appended to errors. */
 int settings_conf_check(const struct conf *c, struct buf *errors);
+/* shared_state (docs/scale-out.md) mapped onto the client's options: 1
+ * when shared_state is empty (nothing to start); 0 with *o (and *u, the
+ * parsed URL, when not NULL) filled; ERR_INVAL or ERR_NOTYET (rediss://)
+ * with one line appended to errors. o->node is shared_state_node, or
+ * myhostname (the caller puts the system host name there when both are
+ * empty); o->loop is the caller's. Valid while c is. */
+struct shared_options;
+struct shared_url;
+int settings_shared_options(const struct conf *c, struct shared_options *o, struct shared_url *u,
+                            struct buf *errors);
 /* The names TLS reports carry (RFC 8460 4.1, 5.3), with their defaults:
  * submitter = tlsrpt_submitter or myhostname or the host name (lower case);
  * sender = tlsrpt_sender or noreply-tlsrpt@submitter; organization =

@@ -112,6 +112,7 @@ class _Handler:
                       envelope.content, bool(session.ssl), list(envelope.mail_options))
         with s.lock:
             s.messages.append(msg)
+            s.arrivals.append(time.time())
             n = len(s.messages)
         return "250 2.0.0 Ok: queued as S%d" % n
 
@@ -183,6 +184,7 @@ class Sink:
         self.max_active = 0
         self.lock = threading.Lock()
         self.messages: List[Message] = []
+        self.arrivals: List[float] = []  # time.time() of each message's DATA
         self.connections = 0
         self.starttls = 0
         self.rcpt_commands = 0

@@ -493,7 +493,7 @@ class StsCacheTest(unittest.TestCase):
         r = d.ctl("reload")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("%s:2:" % ov, r.stdout + r.stderr)
-        self.assertIn("reload failed, configuration unchanged", d.log_text())
+        d.wait_log("reload failed, configuration unchanged", timeout=10)
         # The old table still applies: ovmay.test is exempt from its enforce policy.
         qid = self.submit(d, "r@ovmay.test")
         self.log_line(d, "r@ovmay.test", r"status=sent .*tls_policy=may")
