@@ -89,6 +89,12 @@ int buf_reserve(struct buf *b, size_t n);
 /* Bounded string copy: always NUL-terminates when size > 0. Returns the
  * length of src; a return >= size means the copy was truncated. */
 size_t str_copy(char *dst, const char *src, size_t size);
+/* Append the base64 (RFC 4648 4, padded, one line) of n bytes to out.
+ * ERR_TOOBIG past out's max, ERR_NOMEM; out unchanged on error. */
+int base64_encode(const uint8_t *in, size_t n, struct buf *out);
+/* Lower-case hex of n bytes into out, NUL-terminated; as many whole bytes
+ * as fit in size. Returns the length written. */
+size_t hex_encode(const uint8_t *p, size_t n, char *out, size_t size);
 /* Parse a whole decimal string into an unsigned 64-bit value: no sign, no
  * spaces, no overflow. 0 or ERR_INVAL. */
 int str_to_u64(const char *s, uint64_t *out);

@@ -145,3 +145,44 @@ bool view_eq_ci(struct view v, const char *s)
             return false;
     return true;
 }
+
+size_t hex_encode(const uint8_t *p, size_t n, char *out, size_t size)
+{
+    static const char digits[] = "0123456789abcdef";
+    if (size == 0)
+        return 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 2 < size; i++) {
+        out[k++] = digits[p[i] >> 4];
+        out[k++] = digits[p[i] & 15];
+    }
+    out[k] = '\0';
+    return k;
+}
+
+int base64_encode(const uint8_t *in, size_t n, struct buf *out)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int rc = buf_reserve(out, (n + 2) / 3 * 4);
+    if (rc)
+        return rc;
+    char *o = out->data + out->len;
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = tab[(v >> 6) & 63];
+        *o++ = tab[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+        *o++ = '=';
+    }
+    out->len = (size_t)(o - out->data);
+    out->data[out->len] = '\0';
+    return 0;
+}

@@ -291,14 +291,6 @@ static json_t *jstr_or_null(const char *s)
     return s && s[0] ? json_string(s) : json_null();
 }
 
-static void hex(const uint8_t *d, size_t n, char *out, size_t size)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < n && k + 3 <= size; i++)
-        k += (size_t)snprintf(out + k, size - k, "%02x", d[i]);
-    out[k] = '\0';
-}
-
 static int dane_check(const struct conf *c, const char *domain, bool as_json)
 {
     uv_loop_t loop;
@@ -373,7 +365,7 @@ static int dane_check(const struct conf *c, const char *domain, bool as_json)
                    usable, n, t->name[0] ? t->name : t->why);
         for (size_t k = 0; k < n; k++) {
             char hx[2 * 1024 + 1];
-            hex(v[k].data, v[k].len, hx, sizeof(hx));
+            hex_encode(v[k].data, v[k].len, hx, sizeof(hx));
             bool u = tls_tlsa_usable(&v[k]);
             json_t *r = json_object();
             json_object_set_new(r, "usage", json_integer(v[k].usage));

@@ -83,11 +83,9 @@ static void print_header(const char *name, const char *type, enum dns_status s, 
 
 static void hex_text(const uint8_t *p, size_t n, struct buf *out)
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        char two[2] = {digits[p[i] >> 4], digits[p[i] & 15]};
-        buf_append(out, two, 2);
-    }
+    char two[3];
+    for (size_t i = 0; i < n; i++)
+        buf_append(out, two, hex_encode(&p[i], 1, two, sizeof(two)));
 }
 
 /* TXT data as text: printable ASCII as is, the rest (and '\') as \DDD. */

@@ -200,14 +200,19 @@ bool route_recipient(struct delivery *dl, const struct queue_due *due, char *nam
     return false;
 }
 
+/* The name a destination's limits go by (destination_limits, and the
+ * fleet's buckets and leases): a next hop's are those of its host name. */
+static const char *limit_key(const struct dest *d)
+{
+    return d->has_nexthop ? d->nexthop.host : d->name;
+}
+
 static const struct conf_dest_limit *dest_limit(const struct dest *d)
 {
     const struct delivery *dl = d->dl;
     if (!dl->limits)
         return NULL;
-    /* A next hop's limits are those of its host name. */
-    const char *key = d->has_nexthop ? d->nexthop.host : d->name;
-    return conf_dest_limit_find(dl->limits, key);
+    return conf_dest_limit_find(dl->limits, limit_key(d));
 }
 
 static void route_limits(struct dest *d, bool init)
@@ -357,7 +362,7 @@ static bool route_lease(struct dest *d)
         route_wake(dl, d->lease_retry_ms - now);
         return false;
     }
-    const char *key = d->has_nexthop ? d->nexthop.host : d->name;
+    const char *key = limit_key(d);
     if (shared_lease_take(sh, key, d->conc_conf, on_lease, d) != 0)
         return true; /* not up after all: the split applies */
     d->lease_pending = true;
@@ -485,7 +490,7 @@ static bool shared_may_send(struct dest *d, struct shared *sh)
             return false;
         }
         unsigned want = shared_batch(d->njobs, d->bucket.rate);
-        const char *key = d->has_nexthop ? d->nexthop.host : d->name;
+        const char *key = limit_key(d);
         if (shared_rate_take(sh, key, d->bucket.rate, d->bucket.burst, want, on_grant, d) == 0) {
             d->grant_pending = true;
             dl->pending_reqs++;

@@ -20,14 +20,14 @@
 #include <string.h>
 
 #include "deliver_int.h"
-
-/* At most this many TLSA records are listed in one policy-string. */
-#define TLSRPT_TLSA_MAX 16
 #include "policy.h"
 #include "queue.h"
 #include "smtp.h"
 #include "tls.h"
 #include "verdict.h"
+
+/* At most this many TLSA records are listed in one policy-string. */
+#define TLSRPT_TLSA_MAX 16
 
 /* The store's result type of a verdict's. */
 static enum tlsrpt_result result_of(enum verdict_result_type rt)
@@ -72,7 +72,6 @@ struct tlsa_strings {
 static void tlsa_policy(const struct conn *cn, struct tlsa_strings *t,
                         struct tlsrpt_session_result *r)
 {
-    static const char hex[] = "0123456789abcdef";
     const struct dane_host *h = dest_dane_find(cn->dest, conn_target(cn)->host);
     t->n = 0;
     for (size_t i = 0; h && i < h->n && t->n < TLSRPT_TLSA_MAX; i++) {
@@ -83,11 +82,7 @@ static void tlsa_policy(const struct conn *cn, struct tlsa_strings *t,
             break;
         int k = snprintf(str, size, "%u %u %u ", rec->usage, rec->selector, rec->mtype);
         size_t o = k > 0 ? (size_t)k : 0;
-        for (size_t b = 0; b < rec->len; b++) {
-            str[o++] = hex[rec->data[b] >> 4];
-            str[o++] = hex[rec->data[b] & 15];
-        }
-        str[o] = '\0';
+        hex_encode(rec->data, rec->len, str + o, size - o);
         t->s[t->n] = str;
         t->v[t->n] = str;
         t->n++;

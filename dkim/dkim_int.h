@@ -37,8 +37,7 @@ int dkim_verify_digest(enum dkim_alg alg, const uint8_t *pub, size_t pub_len,
                        const uint8_t digest[32], const uint8_t *sig, size_t sig_len, char *why,
                        size_t why_size);
 
-/* Base64 without line breaks; decode skips FWS. */
-int dkim_b64_encode(const uint8_t *in, size_t n, struct buf *out);
+/* Base64 decoding that skips FWS (encoding: base64_encode() in base). */
 int dkim_b64_decode(struct view in, uint8_t *out, size_t *out_len);
 
 /* SHA-256 over the header fields named in h= (bottom-up per name, RFC 6376

@@ -62,44 +62,15 @@ const char *dkim_alg_name(enum dkim_alg a)
     return a == DKIM_ED25519_SHA256 ? "ed25519-sha256" : "rsa-sha256";
 }
 
-/* ---- base64 (RFC 4648 4) ------------------------------------------------- */
-
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-int dkim_b64_encode(const uint8_t *in, size_t n, struct buf *out)
-{
-    int rc = buf_reserve(out, (n + 2) / 3 * 4);
-    if (rc)
-        return rc;
-    char *o = out->data + out->len;
-    size_t i = 0;
-    for (; i + 3 <= n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *o++ = b64chars[v >> 18];
-        *o++ = b64chars[(v >> 12) & 63];
-        *o++ = b64chars[(v >> 6) & 63];
-        *o++ = b64chars[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-        *o++ = b64chars[v >> 18];
-        *o++ = b64chars[(v >> 12) & 63];
-        *o++ = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
-        *o++ = '=';
-    }
-    out->len = (size_t)(o - out->data);
-    out->data[out->len] = '\0';
-    return 0;
-}
+/* ---- base64 (RFC 4648 4; encoding: base64_encode() in base) ------------ */
 
 static int b64_value(char c)
 {
-    const char *p = c ? strchr(b64chars, c) : NULL;
-    return p ? (int)(p - b64chars) : -1;
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const char *p = c ? strchr(tab, c) : NULL;
+    return p ? (int)(p - tab) : -1;
 }
 
-/* *out_len is the room in out on entry and the decoded length on return.
- * White space (FWS) is skipped; padding must be at the end. */
 int dkim_b64_decode(struct view in, uint8_t *out, size_t *out_len)
 {
     uint32_t acc = 0;
@@ -440,7 +411,7 @@ static int pem_write(const char *label, const uint8_t *der, size_t n, struct buf
 {
     struct buf b64;
     buf_init(&b64, 64 * 1024);
-    int rc = dkim_b64_encode(der, n, &b64);
+    int rc = base64_encode(der, n, &b64);
     if (rc == 0)
         rc = buf_printf(out, "-----BEGIN %s-----\n", label);
     for (size_t i = 0; rc == 0 && i < b64.len; i += 64) {
@@ -473,7 +444,7 @@ int dkim_key_record(const struct dkim_key *k, struct buf *out)
 {
     if (k->alg == DKIM_ED25519_SHA256) {
         int rc = buf_append_str(out, "v=DKIM1; k=ed25519; p=");
-        return rc ? rc : dkim_b64_encode(k->der + 32, 32, out);
+        return rc ? rc : base64_encode(k->der + 32, 32, out);
     }
     struct key_inst *in = inst_take(k);
     if (!in)
@@ -484,7 +455,7 @@ int dkim_key_record(const struct dkim_key *k, struct buf *out)
     inst_give(k, in);
     int rc = n > 0 ? buf_append_str(out, "v=DKIM1; k=rsa; p=") : ERR_INVAL;
     if (rc == 0)
-        rc = dkim_b64_encode(der, (size_t)n, out);
+        rc = base64_encode(der, (size_t)n, out);
     free(der);
     return rc;
 }
@@ -516,7 +487,7 @@ int dkim_key_sign_digest(const struct dkim_key *k, const uint8_t digest[32], str
         buf_printf(why, "signing failed (wolfCrypt error %d)", n);
         return ERR_INVAL;
     }
-    return dkim_b64_encode(sig, (size_t)n, out);
+    return base64_encode(sig, (size_t)n, out);
 }
 
 int dkim_verify_digest(enum dkim_alg alg, const uint8_t *pub, size_t pub_len,

@@ -349,7 +349,7 @@ int dkim_sign(const struct dkim_sign_opts *o, const char *msg, size_t len,
     if (rc == 0)
         rc = buf_append_str(&f, ";\r\n\tbh=");
     if (rc == 0)
-        rc = dkim_b64_encode(bh, sizeof(bh), &f);
+        rc = base64_encode(bh, sizeof(bh), &f);
     if (rc == 0)
         rc = buf_append_str(&f, ";\r\n\tb=");
     if (rc) {

@@ -354,65 +354,44 @@ static struct sock *find_sock(struct sock *v, size_t n, const char *key)
     return NULL;
 }
 
+/* Free a submission (its server frees itself as its handles close;
+ * signing jobs in flight hold their own references to the key table). */
+static void sub_free(struct submission *sub)
+{
+    smtpd_free(sub->srv);
+    conf_map_free(sub->logins);
+    free(sub->socks);
+    dkim_keytable_free(sub->dkim);
+    free(sub);
+}
+
 int submission_start(struct mta *m, struct buf *err)
 {
-    struct sock *socks;
-    size_t n_socks;
-    int rc = plan(m->conf, &socks, &n_socks, err);
-    if (rc)
-        return rc;
+    struct submission *sub = calloc(1, sizeof(*sub));
+    if (!sub)
+        return ERR_NOMEM;
     struct smtpd_opts o;
     char host[256];
-    rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
-    if (rc) {
-        free(socks);
-        return rc;
-    }
-    struct dkim_keytable *keys;
-    rc = signing_load(m->conf, &keys, err);
-    if (rc) {
+    int rc = plan(m->conf, &sub->socks, &sub->n_socks, err);
+    if (rc == 0)
+        rc = signing_load(m->conf, &sub->dkim, err);
+    if (rc == 0)
+        rc = load_logins(m->conf, &sub->logins, err);
+    if (rc == 0)
+        rc = make_opts(m, m->conf, &o, host, sizeof(host), err);
+    if (rc == 0) {
+        sub->srv = smtpd_new(m->loop, &o, err);
         drop_opts(&o);
-        free(socks);
-        return rc;
+        if (!sub->srv)
+            rc = ERR_INVAL;
     }
-    struct submission *sub = calloc(1, sizeof(*sub));
-    if (!sub) {
-        drop_opts(&o);
-        free(socks);
-        dkim_keytable_free(keys);
-        return ERR_NOMEM;
-    }
-    sub->socks = socks;
-    sub->n_socks = n_socks;
-    sub->dkim = keys;
-    rc = load_logins(m->conf, &sub->logins, err);
-    if (rc) {
-        drop_opts(&o);
-        dkim_keytable_free(sub->dkim);
-        free(sub->socks);
-        free(sub);
-        return rc;
-    }
-    sub->srv = smtpd_new(m->loop, &o, err);
-    drop_opts(&o);
-    if (!sub->srv) {
-        conf_map_free(sub->logins);
-        free(sub->socks);
-        dkim_keytable_free(sub->dkim);
-        free(sub);
-        return ERR_INVAL;
-    }
-    for (size_t i = 0; i < sub->n_socks; i++) {
+    for (size_t i = 0; rc == 0 && i < sub->n_socks; i++) {
         struct sock *k = &sub->socks[i];
         rc = smtpd_listen_role(sub->srv, (struct sockaddr *)&k->sa, k->role, &k->l, err);
-        if (rc) {
-            smtpd_free(sub->srv);
-            conf_map_free(sub->logins);
-            free(sub->socks);
-            dkim_keytable_free(sub->dkim);
-            free(sub);
-            return rc;
-        }
+    }
+    if (rc) {
+        sub_free(sub);
+        return rc;
     }
     m->submission = sub;
     if (sub->dkim)
@@ -438,13 +417,8 @@ void submission_close(struct mta *m)
     if (!sub)
         return;
     /* Sessions still with the queue get their answer (at the latest inside
-     * queue_close()), then the server frees itself as its handles close. */
-    smtpd_free(sub->srv);
-    conf_map_free(sub->logins);
-    free(sub->socks);
-    /* Signing jobs in flight hold their own references. */
-    dkim_keytable_free(sub->dkim);
-    free(sub);
+     * queue_close()). */
+    sub_free(sub);
     m->submission = NULL;
 }
 
@@ -485,13 +459,8 @@ int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_u
         rc = load_logins(c, &u->logins, err);
     if (rc == 0)
         rc = make_opts(m, c, &u->o, u->host, sizeof(u->host), err);
-    else
-        memset(&u->o, 0, sizeof(u->o));
     if (rc) {
-        dkim_keytable_free(u->dkim);
-        conf_map_free(u->logins);
-        free(u->socks);
-        free(u);
+        submission_reload_cancel(m, u); /* nothing is bound yet */
         return rc;
     }
     u->o.hostname = u->host;
@@ -499,11 +468,7 @@ int submission_reload_prepare(struct mta *m, struct conf *c, struct submission_u
      * no session: it is freed at once). */
     struct smtpd *check = smtpd_new(m->loop, &u->o, err);
     if (!check) {
-        drop_opts(&u->o);
-        dkim_keytable_free(u->dkim);
-        conf_map_free(u->logins);
-        free(u->socks);
-        free(u);
+        submission_reload_cancel(m, u);
         return ERR_INVAL;
     }
     smtpd_free(check);

@@ -178,7 +178,6 @@ struct run {
     size_t rua;
     struct tlsrpt_report rep;
     bool have_rep;
-    bool any_failed; /* an https rua of this item failed */
     bool any_sent;
     struct settings_tlsrpt_names names;
 };
@@ -420,8 +419,6 @@ static void run_next_rua(struct run *r)
             r->rua++;
             continue;
         }
-        struct settings_tlsrpt_names *n = &r->names;
-        (void)n;
         struct policy_post_params pp = {
             .loop = g.m->loop,
             .dns = g.dns,
@@ -486,7 +483,7 @@ static void txt_cb(void *arg, const struct dns_result *res)
     }
     r->have_rep = true;
     r->rua = 0;
-    r->any_failed = r->any_sent = false;
+    r->any_sent = false;
     run_next_rua(r);
 }
 
@@ -704,7 +701,6 @@ int mta_tlsrpt_start(struct mta *m, struct buf *err)
         return rc;
     }
     struct policy_options po;
-    memset(&po, 0, sizeof(po));
     settings_policy_options(m->conf, &po);
     g.tls = tls_ctx_client_new(po.ca_file, why, sizeof(why));
     if (!g.tls) {

@@ -316,6 +316,27 @@ static void mx_list(const struct sts_policy *sp, char *out, size_t size)
 }
 
 static struct fetch *start_fetch(struct policy *p, const char *domain, fetch_cb cb, void *arg);
+static void fetch_done(void *arg, const struct fetch_result *fr);
+
+/* Fetch the job's policy from its host; when no fetch can start, the job
+ * ends with the cached entry and the failure. */
+static void fetch_or_end(struct job *j)
+{
+    j->f = start_fetch(j->p, j->d->domain, fetch_done, j);
+    if (j->f)
+        return;
+    job_fail(j, POLICY_FAIL_FETCH, "out of memory");
+    struct policy_entry e;
+    entry_load(j->p, j->d, &e);
+    job_end(j, &e, POLICY_SRC_CACHE);
+    policy_entry_clear(&e);
+}
+
+/* The shared cache's key of a policy: "DOMAIN ID" (policy_remote). */
+static void remote_key(const struct job *j, char *out, size_t size)
+{
+    snprintf(out, size, "%s %s", j->d->domain, j->txt_id);
+}
 
 static void fetch_done(void *arg, const struct fetch_result *fr)
 {
@@ -350,13 +371,7 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
                  j->txt_id, why);
         j->from_remote = false;
         policy_entry_clear(&e);
-        j->f = start_fetch(p, j->d->domain, fetch_done, j);
-        if (j->f)
-            return;
-        job_fail(j, POLICY_FAIL_FETCH, "out of memory");
-        entry_load(p, j->d, &e);
-        job_end(j, &e, POLICY_SRC_CACHE);
-        policy_entry_clear(&e);
+        fetch_or_end(j);
         return;
     }
     if (!j->from_remote)
@@ -378,7 +393,7 @@ static void fetch_done(void *arg, const struct fetch_result *fr)
                  policy_mode_name(sp.mode), mx, sp.max_age);
         if (!j->from_remote && p->o.remote.put) {
             char key[POLICY_ID_MAX + 300];
-            snprintf(key, sizeof(key), "%s %s", j->d->domain, j->txt_id);
+            remote_key(j, key, sizeof(key));
             p->o.remote.put(p->o.remote.arg, key, fr->body, fr->body_len, (int64_t)sp.max_age);
         }
         if (j->change == POLICY_CHANGE_CONTENT)
@@ -436,14 +451,7 @@ static void remote_done(void *cbarg, int status, const char *value, size_t len)
         fetch_done(j, &fr);
         return;
     }
-    j->f = start_fetch(p, j->d->domain, fetch_done, j);
-    if (j->f)
-        return;
-    job_fail(j, POLICY_FAIL_FETCH, "out of memory");
-    struct policy_entry e;
-    entry_load(p, j->d, &e);
-    job_end(j, &e, POLICY_SRC_CACHE);
-    policy_entry_clear(&e);
+    fetch_or_end(j);
 }
 
 /* Before a fetch: the shared cache, when there is one. true: asked (the
@@ -458,7 +466,7 @@ static bool remote_ask(struct job *j)
         return false;
     t->j = j;
     char key[POLICY_ID_MAX + 300];
-    snprintf(key, sizeof(key), "%s %s", j->d->domain, j->txt_id);
+    remote_key(j, key, sizeof(key));
     if (p->o.remote.get(p->o.remote.arg, key, remote_done, t) != 0) {
         free(t);
         return false;

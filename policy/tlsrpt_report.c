@@ -85,31 +85,16 @@ int tlsrpt_gzip(const void *data, size_t n, struct buf *out)
     return 0;
 }
 
+/* Base64 in lines of 76 characters (RFC 2045 6.8), CRLF after each. */
 static int base64_lines(const unsigned char *p, size_t n, struct buf *out)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char line[80];
-    size_t l = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        line[l++] = tab[(v >> 18) & 63];
-        line[l++] = tab[(v >> 12) & 63];
-        line[l++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-        line[l++] = i + 2 < n ? tab[v & 63] : '=';
-        if (l == 76 || i + 3 >= n) {
-            line[l++] = '\r';
-            line[l++] = '\n';
-            int rc = buf_append(out, line, l);
-            if (rc != 0)
-                return rc;
-            l = 0;
-        }
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i += 57) {
+        rc = base64_encode(p + i, n - i < 57 ? n - i : 57, out);
+        if (rc == 0)
+            rc = buf_append(out, "\r\n", 2);
     }
-    return 0;
+    return rc;
 }
 
 /* A header value must not break the message: no CR, LF or NUL, ASCII. */

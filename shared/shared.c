@@ -571,11 +571,6 @@ double shared_fallback_share(const struct shared *s)
     return s ? shared_share(s->share_conf, s->fleet_last) : 1.0;
 }
 
-const char *shared_node(const struct shared *s)
-{
-    return s ? s->node : "";
-}
-
 void shared_status(const struct shared *s, struct json_t *status)
 {
     if (!s)
@@ -676,9 +671,4 @@ void shared_lease_release(struct shared *s, uint64_t lease)
         free(l);
         return;
     }
-}
-
-size_t shared_leases(const struct shared *s)
-{
-    return s ? s->nleases : 0;
 }

@@ -116,7 +116,6 @@ bool shared_up(const struct shared *s);
 unsigned shared_fleet_size(const struct shared *s);
 /* The local share of every limit while Redis is away (shared_share()). */
 double shared_fallback_share(const struct shared *s);
-const char *shared_node(const struct shared *s);
 /* Add "shared_state": {url, node, state, rtt_ms, rtt_avg_ms, rtt_max_ms,
  * since, fallback_share, fleet: [{node, seen, seen_ago}], fleet_size,
  * leases} to a status
@@ -150,8 +149,6 @@ typedef void (*shared_lease_cb)(void *arg, int status, uint64_t lease);
 int shared_lease_take(struct shared *s, const char *key, unsigned limit, shared_lease_cb cb,
                       void *arg);
 void shared_lease_release(struct shared *s, uint64_t lease);
-/* Leases held now. */
-size_t shared_leases(const struct shared *s);
 
 /*
  * The shared policy cache: shared_get() of convoy:sts:KEY calls cb once

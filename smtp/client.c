@@ -638,25 +638,6 @@ static void after_hello(struct smtp_client *c)
 
 /* ---- AUTH (RFC 4954) ------------------------------------------------------ */
 
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* Append base64 (RFC 4648 4, padded) of n bytes to out. */
-static int b64_append(struct buf *out, const unsigned char *in, size_t n)
-{
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63], i + 1 < n ? b64[(v >> 6) & 63] : '=',
-                     i + 2 < n ? b64[v & 63] : '='};
-        rc = buf_append(out, q, 4);
-    }
-    return rc;
-}
-
 /* Send a command that carries a secret: built in a buffer that is wiped
  * afterwards, and never logged. */
 static void send_secret(struct smtp_client *c, const char *prefix, const unsigned char *data,
@@ -666,7 +647,7 @@ static void send_secret(struct smtp_client *c, const char *prefix, const unsigne
     buf_init(&b, 8192);
     int rc = buf_append_str(&b, prefix);
     if (rc == 0)
-        rc = b64_append(&b, data, n);
+        rc = base64_encode(data, n, &b);
     if (rc == 0)
         rc = buf_append(&b, "\r\n", 2);
     if (rc == 0)

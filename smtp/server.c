@@ -1740,11 +1740,6 @@ void smtpd_listener_set_role(struct smtpd_listener *l, enum smtpd_role role)
     l->role = role;
 }
 
-enum smtpd_role smtpd_listener_role(const struct smtpd_listener *l)
-{
-    return l->role;
-}
-
 void smtpd_listener_close(struct smtpd_listener *l)
 {
     if (!l || uv_is_closing((uv_handle_t *)&l->tcp))

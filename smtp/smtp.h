@@ -247,7 +247,6 @@ int smtpd_listen_role(struct smtpd *d, const struct sockaddr *sa, enum smtpd_rol
 /* Sessions accepted from now on get the new role; sessions in progress
  * keep theirs. */
 void smtpd_listener_set_role(struct smtpd_listener *l, enum smtpd_role role);
-enum smtpd_role smtpd_listener_role(const struct smtpd_listener *l);
 /* Stop accepting on this listener and forget it (a reload removed it);
  * its sessions in progress go on to their end. */
 void smtpd_listener_close(struct smtpd_listener *l);
