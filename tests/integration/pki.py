@@ -30,7 +30,7 @@ Nothing here is secret or meant for anything but tests.
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 OPENSSL = "openssl"
 
@@ -200,6 +200,24 @@ def self_signed(directory: str, name: str, dns_names: Sequence[str], *,
         _run([OPENSSL, "x509", "-req", "-in", csr, "-signkey", leaf.key, "-days", "-1",
               "-copy_extensions", "copy", "-out", leaf.cert], directory)
     return leaf
+
+
+def mx_tls(ca: "CA", directory: str, kind: Optional[str], name: str,
+           host: str) -> Optional[Tuple[str, str]]:
+    """The (chain, key) of a test MX host by kind: "good" (issued for host by
+    ca), "other" (issued for mx1.other.test), "expired", "self" (self-signed
+    for host); None for no TLS (kind None or empty)."""
+    if kind == "good":
+        leaf = ca.issue(name, [host])
+    elif kind == "other":
+        leaf = ca.issue(name, ["mx1.other.test"])
+    elif kind == "expired":
+        leaf = ca.issue(name, [host], expired=True)
+    elif kind == "self":
+        leaf = self_signed(directory, name, [host])
+    else:
+        return None
+    return (leaf.chain, leaf.key)
 
 
 def _main(argv: Sequence[str]) -> int:

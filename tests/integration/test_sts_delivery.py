@@ -19,7 +19,7 @@ import time
 import unittest
 
 from convoy import Daemon, free_port
-from pki import CA, self_signed
+from pki import CA, mx_tls
 from sink import Sink
 from web import Site, Web
 import world
@@ -125,17 +125,7 @@ class World:
                 records.append(A(name, ip))
                 kinds.setdefault(ip, (kind, name))
         for ip, (kind, name) in kinds.items():
-            tls = None
-            if kind == "good":
-                leaf = ca.issue("mx-" + ip, [name])
-            elif kind == "other":
-                leaf = ca.issue("mx-" + ip, ["mx1.other.test"])
-            elif kind == "expired":
-                leaf = ca.issue("mx-" + ip, [name], expired=True)
-            elif kind == "self":
-                leaf = self_signed(pkidir, "mx-" + ip, [name])
-            if kind:
-                tls = (leaf.chain, leaf.key)
+            tls = mx_tls(ca, pkidir, kind, "mx-" + ip, name)
             self.sinks[ip] = Sink(ip, self.smtp_port, tls=tls, hostname=name).start()
         self.records = records
         os.makedirs(os.path.join(self.tmp, "dns"))

@@ -33,7 +33,7 @@ from email import message_from_bytes, policy as email_policy
 import tlsrpt_check
 import world
 from convoy import CONVOYCTL, Daemon, free_port
-from pki import CA, self_signed
+from pki import CA, mx_tls
 from sink import Sink
 from web import Site, Web
 from world import A, MX, TXT, DnsServer, free_udp_tcp_port
@@ -178,17 +178,7 @@ class TlsrptDeliveryTest(unittest.TestCase):
                             A("mta-sts." + d, WEB_IP)]
             if rua:
                 records.append(TXT("_smtp._tls." + d, "v=TLSRPTv1; rua=" + ",".join(rua)))
-            tls = None
-            if kind == "good":
-                leaf = ca.issue("mx-" + d, [mx])
-            elif kind == "other":
-                leaf = ca.issue("mx-" + d, ["mx1.other.test"])
-            elif kind == "expired":
-                leaf = ca.issue("mx-" + d, [mx], expired=True)
-            elif kind == "self":
-                leaf = self_signed(pkidir, "mx-" + d, [mx])
-            if kind:
-                tls = (leaf.chain, leaf.key)
+            tls = mx_tls(ca, pkidir, kind, "mx-" + d, mx)
             self.sinks[d] = Sink(ip, self.smtp_port, tls=tls, hostname=mx).start()
         os.makedirs(os.path.join(self.tmp, "dns"))
         self.dns = DnsServer(records, ttl=1, workdir=os.path.join(self.tmp, "dns")).start()
