@@ -30,12 +30,23 @@ CTL_WRAPPER = shlex.split(os.environ.get("CONVOY_TEST_CTL_WRAPPER", ""))
 TIMEOUT_SCALE = float(os.environ.get("CONVOY_TEST_TIMEOUT_SCALE", "1"))
 
 
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that is free on host right now."""
+    """A TCP port that is free on host right now and that this process has
+    not handed out before: the kernel may give the same ephemeral port to
+    two binds in a row once the first socket is closed, and a test that
+    asks for three ports must get three different ones."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port on %s" % host)
 
 
 class Daemon:
