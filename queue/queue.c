@@ -294,6 +294,8 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
     err = check_layout(q, txn, !q->read_only, why);
     if (err == 0 && !q->read_only)
         err = queue_recover_leases(q, txn);
+    if (err == 0 && !q->read_only)
+        err = queue_purge_stages(q, txn);
     if (err) {
         mdb_txn_abort(txn);
         goto fail;
@@ -474,7 +476,7 @@ static int load_message(struct queue *q, MDB_txn *txn, const char *id, const MDB
     m->env.envid = vdup(rm.envid);
     m->env.arrival_ms = rm.arrival_ms;
     m->env.ret = (enum queue_ret)rm.ret;
-    m->env.flags = rm.flags;
+    m->env.flags = rm.flags & ~QREC_F_PREFIX;
     m->env.size = rm.size;
     int err = 0;
     if (!m->env.sender || !m->env.client_name || !m->env.client_addr || !m->env.helo ||
@@ -595,6 +597,50 @@ int queue_list(struct queue *q, const char *after, queue_list_cb cb, void *arg)
     return ret;
 }
 
+/* The body of message id (record m) from offset: the prefix (chunk 0 of a
+ * QREC_F_PREFIX record, any length), then chunks of QUEUE_CHUNK octets but
+ * the last (numbered from 1 after a prefix, else from 0). */
+static int body_copy(struct queue *q, MDB_txn *txn, const char *id, const struct qrec_msg *m,
+                     uint64_t offset, void *dst, size_t cap, size_t *got)
+{
+    uint8_t kb[QKEY_RCPT_LEN];
+    memcpy(kb, id, QUEUE_ID_LEN);
+    MDB_val ck = {sizeof(kb), kb}, cv;
+    uint64_t plen = 0;
+    uint32_t first = 0;
+    if (m->flags & QREC_F_PREFIX) {
+        qkey_put_u32(kb + QUEUE_ID_LEN, 0);
+        if (mdb_get(txn, q->dbi[QDB_BODY], &ck, &cv) != 0 || cv.mv_size > m->size)
+            return ERR_CORRUPT;
+        plen = cv.mv_size;
+        first = 1;
+        if (offset < plen) {
+            size_t n = (size_t)(plen - offset) < cap ? (size_t)(plen - offset) : cap;
+            memcpy(dst, (const char *)cv.mv_data + offset, n);
+            *got = n;
+            offset += n;
+        }
+    }
+    while (offset < m->size && *got < cap) {
+        uint64_t rel = offset - plen;
+        uint32_t chunk = (uint32_t)(rel / QUEUE_CHUNK);
+        size_t in = (size_t)(rel % QUEUE_CHUNK);
+        uint64_t want_len = m->size - plen - (uint64_t)chunk * QUEUE_CHUNK;
+        if (want_len > QUEUE_CHUNK)
+            want_len = QUEUE_CHUNK;
+        qkey_put_u32(kb + QUEUE_ID_LEN, first + chunk);
+        if (mdb_get(txn, q->dbi[QDB_BODY], &ck, &cv) != 0 || cv.mv_size != want_len)
+            return ERR_CORRUPT;
+        size_t n = cv.mv_size - in;
+        if (n > cap - *got)
+            n = cap - *got;
+        memcpy((char *)dst + *got, (const char *)cv.mv_data + in, n);
+        *got += n;
+        offset += n;
+    }
+    return 0;
+}
+
 int queue_body_read(struct queue *q, const char *id, uint64_t offset, void *dst, size_t cap,
                     size_t *got)
 {
@@ -613,28 +659,7 @@ int queue_body_read(struct queue *q, const char *id, uint64_t offset, void *dst,
     } else if (qrec_msg_decode(v.mv_data, v.mv_size, &rm)) {
         err = ERR_CORRUPT;
     } else {
-        uint8_t kb[QKEY_RCPT_LEN];
-        memcpy(kb, id, QUEUE_ID_LEN);
-        while (offset < rm.size && *got < cap) {
-            uint32_t chunk = (uint32_t)(offset / QUEUE_CHUNK);
-            size_t in = (size_t)(offset % QUEUE_CHUNK);
-            uint64_t want_len = rm.size - (uint64_t)chunk * QUEUE_CHUNK;
-            if (want_len > QUEUE_CHUNK)
-                want_len = QUEUE_CHUNK;
-            qkey_put_u32(kb + QUEUE_ID_LEN, chunk);
-            MDB_val ck = {sizeof(kb), kb}, cv;
-            rc = mdb_get(txn, q->dbi[QDB_BODY], &ck, &cv);
-            if (rc || cv.mv_size != want_len) {
-                err = ERR_CORRUPT;
-                break;
-            }
-            size_t n = cv.mv_size - in;
-            if (n > cap - *got)
-                n = cap - *got;
-            memcpy((char *)dst + *got, (const char *)cv.mv_data + in, n);
-            *got += n;
-            offset += n;
-        }
+        err = body_copy(q, txn, id, &rm, offset, dst, cap, got);
     }
     queue_rtxn_end(q, txn);
     return err;
@@ -656,7 +681,19 @@ int queue_stats(struct queue *q, struct queue_stats *out)
     mdb_env_stat(q->env, &st);
     out->map_used = (uint64_t)(info.me_last_pgno + 1) * st.ms_psize;
     out->commits = __atomic_load_n(&q->commits, __ATOMIC_RELAXED);
+    mdb_stat(txn, q->dbi[QDB_BODY], &st);
+    out->chunks = st.ms_entries;
     MDB_cursor *cur;
+    if (mdb_cursor_open(txn, q->dbi[QDB_META], &cur) == 0) {
+        MDB_val k = {QKEY_STAGE_LEN, QKEY_STAGE}, v;
+        int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        while (rc == 0 && k.mv_size > QKEY_STAGE_LEN &&
+               memcmp(k.mv_data, QKEY_STAGE, QKEY_STAGE_LEN) == 0) {
+            out->stages++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(cur);
+    }
     if (mdb_cursor_open(txn, q->dbi[QDB_RCPT], &cur) == 0) {
         MDB_val k, v;
         int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);

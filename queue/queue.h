@@ -238,6 +238,58 @@ int queue_submit(struct queue *q, const struct queue_envelope *env,
                  const struct queue_rcpt_in *rcpts, size_t n_rcpts, const void *body,
                  size_t body_len, queue_submit_cb cb, void *arg);
 
+/*
+ * Staged submission: a message whose body arrives in pieces too large to
+ * hold (a session streaming a big DATA). Memory stays bounded by about one
+ * chunk plus what the caller lets pile up at the writer.
+ *
+ *   queue_stage_open()    a stage; nothing is written yet.
+ *   queue_stage_append()  body bytes, copied. Each full QUEUE_CHUNK goes to
+ *                         the writer at once and is written under the
+ *                         message's final ID in the writer's next group
+ *                         commit, together with a marker saying the body is
+ *                         unfinished. Those commits are what the loop waits
+ *                         for, never a sync of its own.
+ *   queue_stage_commit()  the envelope, recipients and prefix (header fields
+ *                         added at acceptance, stored in front of the body):
+ *                         the record is written, the marker removed, the
+ *                         transaction synced, then cb (the commit point: a
+ *                         250 may follow). Consumes the stage.
+ *   queue_stage_abort()   the message will not come: what was stored is
+ *                         removed. Consumes the stage.
+ * Until the commit no reader sees the message. A crash leaves a marker: the
+ * next read-write queue_open() removes the chunks it names.
+ *
+ * on_progress (may be NULL) runs on the loop thread each time one of the
+ * stage's chunks is committed (or failed), until commit or abort, so a
+ * caller that stopped reading its input can look at queue_stage_backlog()
+ * again. Loop thread only, like every request function.
+ */
+struct queue_stage;
+
+/* 0 with *out, or ERR_PERM (read-only), ERR_CLOSED, ERR_NOMEM. */
+int queue_stage_open(struct queue *q, void (*on_progress)(void *arg), void *arg,
+                     struct queue_stage **out);
+/* Append n body bytes. 0, or ERR_TOOBIG (past message_size_limit), or a
+ * write error of an earlier chunk (ERR_FULL, ERR_IO, ...): then only
+ * abort (or a commit, which fails) remains. */
+int queue_stage_append(struct queue_stage *st, const void *p, size_t n);
+/* Bytes appended and not yet committed (held or at the writer). */
+size_t queue_stage_backlog(const struct queue_stage *st);
+/*
+ * Store the message: as queue_submit() with the body made of prefix (at
+ * most QUEUE_CHUNK bytes, copied) followed by everything appended. Errors
+ * at once (then cb is never called): ERR_INVAL, ERR_TOOBIG, ERR_CLOSED, or
+ * the stage's earlier write error. Through cb: ERR_FULL, ERR_IO. Whatever
+ * the outcome, the stage is consumed, and on failure its chunks are
+ * removed.
+ */
+int queue_stage_commit(struct queue_stage *st, const struct queue_envelope *env,
+                       const struct queue_rcpt_in *rcpts, size_t n_rcpts, const void *prefix,
+                       size_t prefix_len, queue_submit_cb cb, void *arg);
+/* Give up on the stage (NULL does nothing). */
+void queue_stage_abort(struct queue_stage *st);
+
 /* One leased recipient, with what the delivery engine needs to route it. */
 struct queue_due {
     char id[QUEUE_ID_LEN + 1];
@@ -353,6 +405,8 @@ struct queue_stats {
     uint64_t map_size; /* bytes mapped */
     uint64_t map_used; /* bytes in use by the last committed state */
     uint64_t commits;  /* write transactions committed by this opener */
+    uint64_t chunks;   /* body chunks stored (of messages and unfinished stages) */
+    uint64_t stages;   /* unfinished staged bodies */
 };
 int queue_stats(struct queue *q, struct queue_stats *out);
 

@@ -5,6 +5,10 @@
  *
  * Layout version 1 (QUEUE_LAYOUT_VERSION), named LMDB databases:
  *   meta   "layout"                          -> META record
+ *   meta   "stage:" id[16]                   -> empty: the body of id is still
+ *                                               arriving (queue_stage_*); the
+ *                                               next read-write open removes
+ *                                               its chunks
  *   msg    id[16]                            -> MSG record
  *   body   id[16] chunk#(u32 BE)             -> up to QUEUE_CHUNK raw bytes
  *   rcpt   id[16] index(u32 BE)              -> RCPT record
@@ -28,6 +32,13 @@
  * they are: a flag added later (QUEUE_F_DELAY_WARNED 0x08,
  * QUEUE_F_TLS_OPTIONAL 0x10) needs no new
  * record version, and records written before it read with it clear.
+ *
+ * QREC_F_PREFIX (a MSG flag bit never shown to callers): body chunk 0 holds
+ * header fields added at acceptance (of any length up to QUEUE_CHUNK) and
+ * the client's message follows in chunks 1.., each QUEUE_CHUNK octets but
+ * the last; size counts both. Without it (every record written by
+ * queue_submit) chunks 0.. are all QUEUE_CHUNK octets but the last. The
+ * body reads the same either way: prefix then message.
  */
 #ifndef CONVOY_QUEUE_INT_H
 #define CONVOY_QUEUE_INT_H
@@ -47,6 +58,8 @@
 #define QREC_HIST_MAX (QUEUE_HISTORY_MAX - 1)
 /* Reply text kept in a history entry, in bytes. */
 #define QREC_HIST_TEXT_MAX 512u
+/* MSG flag: chunk 0 is a prefix (see above). */
+#define QREC_F_PREFIX 0x80000000u
 
 enum qrec_type { QREC_META = 1, QREC_MSG = 2, QREC_RCPT = 3, QREC_RESULT = 4 };
 
@@ -119,6 +132,9 @@ int qid_decode(const char *s, size_t n, uint64_t *ms, uint32_t *ctr);
 /* Key helpers. */
 #define QKEY_RCPT_LEN (QUEUE_ID_LEN + 4)
 #define QKEY_SCHED_LEN (8 + QUEUE_ID_LEN + 4)
+/* META key prefix of an unfinished stage's marker (followed by its ID). */
+#define QKEY_STAGE "stage:"
+#define QKEY_STAGE_LEN (sizeof(QKEY_STAGE) - 1)
 void qkey_put_u32(uint8_t *p, uint32_t v);
 void qkey_put_u64(uint8_t *p, uint64_t v);
 uint32_t qkey_get_u32(const uint8_t *p);

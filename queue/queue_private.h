@@ -52,6 +52,25 @@ struct queue {
     uint64_t commits;
 };
 
+/* A staged submission (writer.c). The loop thread owns every field but
+ * id and werr, which only the writer thread touches once the first request
+ * of the stage has been handed over. */
+struct queue_stage {
+    struct queue *q;
+    int refs;          /* the owner until commit or abort, and each request */
+    bool ended;        /* commit or abort was called */
+    int err;           /* a chunk failed to be stored (as the loop heard it) */
+    uint64_t size;     /* body bytes appended */
+    uint32_t n_chunks; /* whole chunks handed to the writer (numbered from 1) */
+    size_t inflight;   /* bytes of those not yet committed */
+    struct buf part;   /* the chunk being filled */
+    void (*on_progress)(void *arg);
+    void *arg;
+    /* writer thread */
+    char id[QUEUE_ID_LEN + 1]; /* "" until its first request is applied */
+    int werr;                  /* a chunk failed: the commit fails with this */
+};
+
 int queue_mdb_err(int rc);
 int64_t queue_now(const struct queue *q);
 int queue_rtxn_begin(struct queue *q, MDB_txn **txn);
@@ -63,5 +82,8 @@ void queue_writer_stop(struct queue *q);
 /* In the opening write transaction: every ACTIVE recipient left by a
  * previous process is due again now. */
 int queue_recover_leases(struct queue *q, MDB_txn *txn);
+/* In the opening write transaction: remove the body chunks of every stage
+ * left unfinished by a previous process (its marker is still there). */
+int queue_purge_stages(struct queue *q, MDB_txn *txn);
 
 #endif

@@ -288,6 +288,16 @@ int qrec_meta_decode(const void *p, size_t n, struct qrec_meta *m)
     return dec_finish(&d);
 }
 
+/* The chunk count a body of size needs: whole chunks, or (QREC_F_PREFIX) a
+ * prefix chunk of at most QUEUE_CHUNK octets and whole chunks after it. */
+static bool chunks_ok(const struct qrec_msg *m)
+{
+    uint64_t plain = (m->size + QUEUE_CHUNK - 1) / QUEUE_CHUNK;
+    if (!(m->flags & QREC_F_PREFIX))
+        return m->n_chunks == plain;
+    return m->n_chunks >= 1 && m->n_chunks <= plain + 1;
+}
+
 int qrec_msg_decode(const void *p, size_t n, struct qrec_msg *m)
 {
     struct dec d = {p, n, 0, false};
@@ -307,8 +317,8 @@ int qrec_msg_decode(const void *p, size_t n, struct qrec_msg *m)
     m->auth_user = get_str(&d);
     m->tls = get_str(&d);
     m->envid = get_str(&d);
-    if (m->ret > QUEUE_RET_HDRS || m->n_open > m->n_rcpts || m->n_rcpts == 0 ||
-        m->n_chunks != (m->size + QUEUE_CHUNK - 1) / QUEUE_CHUNK || m->arrival_ms < 0)
+    if (m->ret > QUEUE_RET_HDRS || m->n_open > m->n_rcpts || m->n_rcpts == 0 || !chunks_ok(m) ||
+        m->arrival_ms < 0)
         d.bad = true;
     return dec_finish(&d);
 }

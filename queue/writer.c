@@ -46,7 +46,10 @@ enum qreq_type {
     R_RELEASE,
     R_RETRY,
     R_REMOVE,
-    R_DELAY_WARNED
+    R_DELAY_WARNED,
+    R_STAGE_CHUNK,
+    R_STAGE_COMMIT,
+    R_STAGE_ABORT
 };
 
 struct qreq {
@@ -63,7 +66,11 @@ struct qreq {
     uint32_t n_rcpts;
     const void *body;
     size_t body_len;
-    size_t max; /* lease */
+    struct queue_stage *stage; /* stage requests */
+    struct buf data;           /* stage: a chunk; commit: the prefix, then the last chunk */
+    size_t prefix_len;         /* commit */
+    uint32_t chunk;            /* stage chunk: its number */
+    size_t max;                /* lease */
     struct queue_due *due;
     size_t n_due;
     union {
@@ -288,39 +295,15 @@ static int msg_store(struct wtx *w, const char *id, const struct qrec_msg *m)
     return err;
 }
 
-/*
- * Delete message id and everything that belongs to it. Works from the keys,
- * not from the MSG record, so an operator can remove a message whose
- * records no longer decode: a recipient that does not decode leaves at most
- * a schedule entry behind, which the next lease drops.
- */
-static int msg_delete(struct wtx *w, const char *id)
+/* Delete every body chunk stored under id (a message's, or a stage's). */
+static int body_delete(struct wtx *w, const char *id)
 {
-    struct rcopy *a;
-    size_t n;
-    int err = rcopies_load(w, id, true, &a, &n);
-    if (err)
-        return err;
-    uint8_t rk[QKEY_RCPT_LEN], sk[QKEY_SCHED_LEN];
-    for (size_t i = 0; i < n && !err; i++) {
-        rcpt_key(rk, id, a[i].idx);
-        if (!a[i].bad && scheduled(a[i].r.state)) {
-            sched_key(sk, a[i].r.next_ms, id, a[i].idx);
-            err = wdel(w, QDB_SCHED, sk, sizeof(sk));
-        }
-        if (!err)
-            err = wdel(w, QDB_LEASE, rk, sizeof(rk));
-        if (!err)
-            err = wdel(w, QDB_RCPT, rk, sizeof(rk));
-    }
-    rcopies_free(a, n);
-
-    /* Body chunks: collect the chunk numbers under this ID, then delete. */
+    /* Collect the chunk numbers under this ID, then delete. */
+    uint8_t rk[QKEY_RCPT_LEN];
     uint32_t *chunks = NULL;
     size_t nc = 0, cap = 0;
     MDB_cursor *cur;
-    if (!err)
-        err = werr(w, mdb_cursor_open(w->txn, w->q->dbi[QDB_BODY], &cur));
+    int err = werr(w, mdb_cursor_open(w->txn, w->q->dbi[QDB_BODY], &cur));
     if (!err) {
         rcpt_key(rk, id, 0);
         MDB_val k = {sizeof(rk), rk}, v;
@@ -348,6 +331,37 @@ static int msg_delete(struct wtx *w, const char *id)
         err = wdel(w, QDB_BODY, rk, sizeof(rk));
     }
     free(chunks);
+    return err;
+}
+
+/*
+ * Delete message id and everything that belongs to it. Works from the keys,
+ * not from the MSG record, so an operator can remove a message whose
+ * records no longer decode: a recipient that does not decode leaves at most
+ * a schedule entry behind, which the next lease drops.
+ */
+static int msg_delete(struct wtx *w, const char *id)
+{
+    struct rcopy *a;
+    size_t n;
+    int err = rcopies_load(w, id, true, &a, &n);
+    if (err)
+        return err;
+    uint8_t rk[QKEY_RCPT_LEN], sk[QKEY_SCHED_LEN];
+    for (size_t i = 0; i < n && !err; i++) {
+        rcpt_key(rk, id, a[i].idx);
+        if (!a[i].bad && scheduled(a[i].r.state)) {
+            sched_key(sk, a[i].r.next_ms, id, a[i].idx);
+            err = wdel(w, QDB_SCHED, sk, sizeof(sk));
+        }
+        if (!err)
+            err = wdel(w, QDB_LEASE, rk, sizeof(rk));
+        if (!err)
+            err = wdel(w, QDB_RCPT, rk, sizeof(rk));
+    }
+    rcopies_free(a, n);
+    if (!err)
+        err = body_delete(w, id);
     if (!err)
         err = wdel(w, QDB_MSG, id, QUEUE_ID_LEN);
     return err;
@@ -374,10 +388,12 @@ static int64_t backoff_ms(struct queue *q, uint32_t attempts)
 
 /* ---- the requests ------------------------------------------------------- */
 
-static int apply_submit(struct wtx *w, struct qreq *r)
+/* A new message ID: never issued before by this queue (the high-water mark
+ * is stored with the transaction). */
+static void new_id(struct wtx *w, int64_t now_ms, char id[QUEUE_ID_LEN + 1])
 {
     struct queue *q = w->q;
-    uint64_t now = r->now_ms < 0 ? 0 : (uint64_t)r->now_ms;
+    uint64_t now = now_ms < 0 ? 0 : (uint64_t)now_ms;
     if (now > q->id_ms) {
         q->id_ms = now & 0xffffffffffffull;
         q->id_ctr = (uint32_t)(rng_next(q) & 0x3fffffffu);
@@ -387,14 +403,37 @@ static int apply_submit(struct wtx *w, struct qreq *r)
     } else {
         q->id_ctr++;
     }
-    qid_encode(q->id_ms, q->id_ctr, r->id);
+    qid_encode(q->id_ms, q->id_ctr, id);
     w->id_used = true;
+}
 
+/* The recipients of a new message (r->rcpts) and their schedule entries. */
+static int rcpts_put(struct wtx *w, const struct qreq *r, unsigned flags)
+{
+    uint8_t kb[QKEY_RCPT_LEN], sk[QKEY_SCHED_LEN];
+    const uint8_t *p = (const uint8_t *)r->rcpts.data;
+    int err = 0;
+    for (uint32_t i = 0; !err && i < r->n_rcpts; i++) {
+        uint32_t len = qkey_get_u32(p);
+        rcpt_key(kb, r->id, i);
+        err = wput(w, QDB_RCPT, kb, sizeof(kb), p + 4, len, flags);
+        if (!err) {
+            sched_key(sk, r->now_ms, r->id, i);
+            err = wput(w, QDB_SCHED, sk, sizeof(sk), "", 0, 0);
+        }
+        p += 4 + len;
+    }
+    return err;
+}
+
+static int apply_submit(struct wtx *w, struct qreq *r)
+{
+    new_id(w, r->now_ms, r->id);
     /* IDs only grow, so every key of this message sorts after all
      * existing ones: MDB_APPEND is correct and fast (and fails loudly with
      * MDB_KEYEXIST if that were ever not so). */
     int err = wput(w, QDB_MSG, r->id, QUEUE_ID_LEN, r->rec.data, r->rec.len, MDB_APPEND);
-    uint8_t kb[QKEY_RCPT_LEN], sk[QKEY_SCHED_LEN];
+    uint8_t kb[QKEY_RCPT_LEN];
     const char *body = r->body;
     uint32_t chunk = 0;
     for (size_t off = 0; !err && off < r->body_len; off += QUEUE_CHUNK, chunk++) {
@@ -402,20 +441,122 @@ static int apply_submit(struct wtx *w, struct qreq *r)
         rcpt_key(kb, r->id, chunk);
         err = wput(w, QDB_BODY, kb, sizeof(kb), body + off, n, MDB_APPEND);
     }
-    const uint8_t *p = (const uint8_t *)r->rcpts.data;
-    size_t left = r->rcpts.len;
-    for (uint32_t i = 0; !err && i < r->n_rcpts; i++) {
-        uint32_t len = qkey_get_u32(p);
-        rcpt_key(kb, r->id, i);
-        err = wput(w, QDB_RCPT, kb, sizeof(kb), p + 4, len, MDB_APPEND);
-        if (!err) {
-            sched_key(sk, r->now_ms, r->id, i);
-            err = wput(w, QDB_SCHED, sk, sizeof(sk), "", 0, 0);
+    if (!err)
+        err = rcpts_put(w, r, MDB_APPEND);
+    return err;
+}
+
+/* ---- staged submissions --------------------------------------------------- */
+
+static void stage_mark_key(uint8_t *kb, const char *id)
+{
+    memcpy(kb, QKEY_STAGE, QKEY_STAGE_LEN);
+    memcpy(kb + QKEY_STAGE_LEN, id, QUEUE_ID_LEN);
+}
+
+/* The stage's ID, issued by its first request to be applied, and its
+ * marker (written again by every request: a group that failed and was
+ * rolled back may have taken the first one with it). The ID of a stage is
+ * older than those issued after it, so none of its keys is appended. */
+static int stage_begin(struct wtx *w, struct qreq *r)
+{
+    struct queue_stage *st = r->stage;
+    if (st->werr)
+        return st->werr;
+    if (!st->id[0])
+        new_id(w, r->now_ms, st->id);
+    w->id_used = true; /* keep the high-water mark at least at this ID */
+    memcpy(r->id, st->id, sizeof(r->id));
+    uint8_t kb[QKEY_STAGE_LEN + QUEUE_ID_LEN];
+    stage_mark_key(kb, st->id);
+    return wput(w, QDB_META, kb, sizeof(kb), "", 0, 0);
+}
+
+static int put_chunk(struct wtx *w, const char *id, uint32_t chunk, const void *p, size_t n)
+{
+    uint8_t kb[QKEY_RCPT_LEN];
+    rcpt_key(kb, id, chunk);
+    return wput(w, QDB_BODY, kb, sizeof(kb), p, n, 0);
+}
+
+static int apply_stage_chunk(struct wtx *w, struct qreq *r)
+{
+    int err = stage_begin(w, r);
+    if (!err)
+        err = put_chunk(w, r->id, r->chunk, r->data.data, r->data.len);
+    return err;
+}
+
+/* The record is the commit point: until it is written the chunks are
+ * invisible, and the marker lets the next open remove them. */
+static int apply_stage_commit(struct wtx *w, struct qreq *r)
+{
+    int err = stage_begin(w, r);
+    if (!err)
+        err = wput(w, QDB_MSG, r->id, QUEUE_ID_LEN, r->rec.data, r->rec.len, 0);
+    if (!err)
+        err = put_chunk(w, r->id, 0, r->data.data, r->prefix_len);
+    if (!err && r->data.len > r->prefix_len)
+        err = put_chunk(w, r->id, r->chunk, r->data.data + r->prefix_len,
+                        r->data.len - r->prefix_len);
+    if (!err)
+        err = rcpts_put(w, r, 0);
+    uint8_t kb[QKEY_STAGE_LEN + QUEUE_ID_LEN];
+    stage_mark_key(kb, r->id);
+    if (!err)
+        err = wdel(w, QDB_META, kb, sizeof(kb));
+    return err;
+}
+
+static int stage_purge(struct wtx *w, const char *id)
+{
+    uint8_t kb[QKEY_STAGE_LEN + QUEUE_ID_LEN];
+    stage_mark_key(kb, id);
+    int err = body_delete(w, id);
+    if (!err)
+        err = wdel(w, QDB_META, kb, sizeof(kb));
+    return err;
+}
+
+static int apply_stage_abort(struct wtx *w, struct qreq *r)
+{
+    /* No request of the stage was applied: nothing was stored. */
+    return r->stage->id[0] ? stage_purge(w, r->stage->id) : 0;
+}
+
+int queue_purge_stages(struct queue *q, MDB_txn *txn)
+{
+    struct wtx w = {.q = q, .txn = txn};
+    MDB_cursor *cur;
+    int err = werr(&w, mdb_cursor_open(txn, q->dbi[QDB_META], &cur));
+    if (err)
+        return err;
+    char(*ids)[QUEUE_ID_LEN + 1] = NULL;
+    size_t n = 0, cap = 0;
+    MDB_val k = {QKEY_STAGE_LEN, QKEY_STAGE}, v;
+    int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && k.mv_size == QKEY_STAGE_LEN + QUEUE_ID_LEN &&
+           memcmp(k.mv_data, QKEY_STAGE, QKEY_STAGE_LEN) == 0) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            void *na = realloc(ids, ncap * sizeof(*ids));
+            if (!na) {
+                err = ERR_NOMEM;
+                break;
+            }
+            ids = na;
+            cap = ncap;
         }
-        p += 4 + len;
-        left -= 4 + len;
+        memcpy(ids[n], (const char *)k.mv_data + QKEY_STAGE_LEN, QUEUE_ID_LEN);
+        ids[n++][QUEUE_ID_LEN] = '\0';
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
-    (void)left;
+    mdb_cursor_close(cur);
+    for (size_t i = 0; i < n && !err; i++)
+        err = stage_purge(&w, ids[i]);
+    free(ids);
+    if (n && !err)
+        log_info("queue", "%zu messages whose bodies were still arriving were removed", n);
     return err;
 }
 
@@ -551,7 +692,7 @@ static int apply_lease(struct wtx *w, struct qreq *r)
         d->attempts = c.r.attempts;
         d->arrival_ms = m.arrival_ms;
         d->size = m.size;
-        d->flags = m.flags;
+        d->flags = m.flags & ~QREC_F_PREFIX;
         d->expired = r->now_ms >= lifetime_end(q, &m);
         if (!d->addr || !d->sender) {
             free((void *)d->addr);
@@ -795,6 +936,12 @@ static int apply(struct wtx *w, struct qreq *r)
     case R_REMOVE:
     case R_DELAY_WARNED:
         return apply_message_op(w, r, r->id);
+    case R_STAGE_CHUNK:
+        return apply_stage_chunk(w, r);
+    case R_STAGE_COMMIT:
+        return apply_stage_commit(w, r);
+    case R_STAGE_ABORT:
+        return apply_stage_abort(w, r);
     }
     return ERR_INVAL;
 }
@@ -960,6 +1107,15 @@ static int run_txn(struct queue *q, struct qreq *list, size_t n)
     }
 }
 
+/* The final status of r. A stage whose chunk was not stored can only
+ * fail: its later requests (run after this one) see werr. */
+static void settle(struct qreq *r, int status)
+{
+    r->status = status;
+    if (status && r->type == R_STAGE_CHUNK && !r->stage->werr)
+        r->stage->werr = status;
+}
+
 static void process_group(struct queue *q, struct qreq *list, size_t n)
 {
     int err = run_txn(q, list, n);
@@ -967,10 +1123,10 @@ static void process_group(struct queue *q, struct qreq *list, size_t n)
     if (err && n > 1) {
         /* Isolate the failing request(s): each alone. */
         for (size_t i = 0; i < n; i++, r = r->next)
-            r->status = run_txn(q, r, 1);
+            settle(r, run_txn(q, r, 1));
     } else {
         for (size_t i = 0; i < n; i++, r = r->next)
-            r->status = err;
+            settle(r, err);
     }
     for (r = list; r && n; r = r->next, n--) {
         if (r->status && r->due) {
@@ -1024,10 +1180,13 @@ static void req_free(struct qreq *r)
 {
     buf_free(&r->rec);
     buf_free(&r->rcpts);
+    buf_free(&r->data);
     if (r->due)
         due_free_n(r->due, r->n_due);
     free(r);
 }
+
+static void stage_done(struct queue *q, struct qreq *r);
 
 /* Loop thread: run the callbacks of finished requests, in commit order. */
 static void dispatch(struct queue *q)
@@ -1040,7 +1199,11 @@ static void dispatch(struct queue *q)
     while (r) {
         struct qreq *next = r->next;
         switch (r->type) {
+        case R_STAGE_CHUNK:
+        case R_STAGE_ABORT:
+            break;
         case R_SUBMIT:
+        case R_STAGE_COMMIT:
             if (r->cb.submit)
                 r->cb.submit(r->arg, r->status, r->status ? NULL : r->id);
             break;
@@ -1059,9 +1222,11 @@ static void dispatch(struct queue *q)
                 r->cb.done(r->arg, r->status);
             break;
         }
-        if (r->status == 0 && (r->type == R_SUBMIT || r->type == R_RELEASE || r->type == R_RETRY ||
-                               r->type == R_UNLEASE))
+        if (r->status == 0 && (r->type == R_SUBMIT || r->type == R_STAGE_COMMIT ||
+                               r->type == R_RELEASE || r->type == R_RETRY || r->type == R_UNLEASE))
             new_work = true;
+        if (r->stage)
+            stage_done(q, r);
         req_free(r);
         r = next;
     }
@@ -1200,27 +1365,20 @@ static int req_queue(struct queue *q, struct qreq *r)
     return 0;
 }
 
-int queue_submit(struct queue *q, const struct queue_envelope *env,
-                 const struct queue_rcpt_in *rcpts, size_t n_rcpts, const void *body,
-                 size_t body_len, queue_submit_cb cb, void *arg)
+/* The MSG record and the RCPT records of a new message into r. */
+static int envelope_encode(struct qreq *r, const struct queue_envelope *env,
+                           const struct queue_rcpt_in *rcpts, size_t n_rcpts, uint64_t size,
+                           uint32_t n_chunks, uint32_t rec_flags)
 {
-    if (!q || !env || !rcpts || n_rcpts == 0 || (!body && body_len))
-        return ERR_INVAL;
-    if (n_rcpts > RCPT_MAX || body_len > q->opt.message_size_limit)
-        return ERR_TOOBIG;
-    int err;
-    struct qreq *r = req_new(q, R_SUBMIT, &err);
-    if (!r)
-        return err;
     int64_t arrival = env->arrival_ms > 0 ? env->arrival_ms : r->now_ms;
     struct qrec_msg m = {
         .arrival_ms = arrival,
-        .size = body_len,
-        .n_chunks = (uint32_t)((body_len + QUEUE_CHUNK - 1) / QUEUE_CHUNK),
+        .size = size,
+        .n_chunks = n_chunks,
         .n_rcpts = (uint32_t)n_rcpts,
         .n_open = (uint32_t)n_rcpts,
         .ret = (uint8_t)(env->ret <= QUEUE_RET_HDRS ? env->ret : QUEUE_RET_NONE),
-        .flags = env->flags & ~QUEUE_F_DELAY_WARNED,
+        .flags = (env->flags & ~(QUEUE_F_DELAY_WARNED | QREC_F_PREFIX)) | rec_flags,
         .sender = qrec_view(env->sender),
         .client_name = qrec_view(env->client_name),
         .client_addr = qrec_view(env->client_addr),
@@ -1229,7 +1387,7 @@ int queue_submit(struct queue *q, const struct queue_envelope *env,
         .tls = qrec_view(env->tls),
         .envid = qrec_view(env->envid),
     };
-    err = qrec_msg_encode(&m, &r->rec);
+    int err = qrec_msg_encode(&m, &r->rec);
     for (size_t i = 0; i < n_rcpts && !err; i++) {
         if (!rcpts[i].addr) {
             err = ERR_INVAL;
@@ -1249,11 +1407,28 @@ int queue_submit(struct queue *q, const struct queue_envelope *env,
         if (!err)
             qkey_put_u32((uint8_t *)r->rcpts.data + at, (uint32_t)(r->rcpts.len - at - 4));
     }
+    r->n_rcpts = (uint32_t)n_rcpts;
+    return err;
+}
+
+int queue_submit(struct queue *q, const struct queue_envelope *env,
+                 const struct queue_rcpt_in *rcpts, size_t n_rcpts, const void *body,
+                 size_t body_len, queue_submit_cb cb, void *arg)
+{
+    if (!q || !env || !rcpts || n_rcpts == 0 || (!body && body_len))
+        return ERR_INVAL;
+    if (n_rcpts > RCPT_MAX || body_len > q->opt.message_size_limit)
+        return ERR_TOOBIG;
+    int err;
+    struct qreq *r = req_new(q, R_SUBMIT, &err);
+    if (!r)
+        return err;
+    err = envelope_encode(r, env, rcpts, n_rcpts, body_len,
+                          (uint32_t)((body_len + QUEUE_CHUNK - 1) / QUEUE_CHUNK), 0);
     if (err) {
         req_free(r);
         return err;
     }
-    r->n_rcpts = (uint32_t)n_rcpts;
     r->body = body;
     r->body_len = body_len;
     r->cb.submit = cb;
@@ -1393,4 +1568,183 @@ int queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 int queue_delay_warned(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 {
     return message_op(q, R_DELAY_WARNED, id, cb, arg);
+}
+
+/* ---- staged submissions (loop thread) --------------------------------------- */
+
+/* Most bytes one stage may hold in its partial chunk. */
+#define STAGE_PART QUEUE_CHUNK
+
+static void stage_unref(struct queue_stage *st)
+{
+    if (--st->refs > 0)
+        return;
+    buf_free(&st->part);
+    free(st);
+}
+
+/* A request of stage st, or NULL with *err. The request holds a reference. */
+static struct qreq *stage_req(struct queue_stage *st, enum qreq_type type, int *err)
+{
+    struct qreq *r = req_new(st->q, type, err);
+    if (!r)
+        return NULL;
+    r->stage = st;
+    st->refs++;
+    buf_init(&r->data, SIZE_MAX / 2);
+    return r;
+}
+
+/* Remove what the stage stored (its requests run in order, so this comes
+ * after every chunk already handed over). If the queue is closing the
+ * marker stays, and the next open removes the chunks. */
+static void stage_purge_later(struct queue_stage *st)
+{
+    int err;
+    struct qreq *r = stage_req(st, R_STAGE_ABORT, &err);
+    if (r)
+        req_queue(st->q, r);
+}
+
+static void stage_done(struct queue *q, struct qreq *r)
+{
+    struct queue_stage *st = r->stage;
+    (void)q;
+    if (r->type == R_STAGE_CHUNK) {
+        st->inflight -= r->data.len;
+        if (r->status && !st->err)
+            st->err = r->status;
+        if (!st->ended && st->on_progress)
+            st->on_progress(st->arg);
+    } else if (r->type == R_STAGE_COMMIT && r->status) {
+        stage_purge_later(st);
+    }
+    stage_unref(st);
+}
+
+int queue_stage_open(struct queue *q, void (*on_progress)(void *arg), void *arg,
+                     struct queue_stage **out)
+{
+    *out = NULL;
+    if (!q)
+        return ERR_INVAL;
+    if (q->read_only)
+        return ERR_PERM;
+    if (q->closing)
+        return ERR_CLOSED;
+    struct queue_stage *st = calloc(1, sizeof(*st));
+    if (!st)
+        return ERR_NOMEM;
+    st->q = q;
+    st->refs = 1;
+    st->on_progress = on_progress;
+    st->arg = arg;
+    buf_init(&st->part, STAGE_PART);
+    *out = st;
+    return 0;
+}
+
+/* Hand the full partial chunk to the writer. */
+static int stage_send(struct queue_stage *st)
+{
+    int err;
+    struct qreq *r = stage_req(st, R_STAGE_CHUNK, &err);
+    if (!r)
+        return err;
+    r->chunk = ++st->n_chunks; /* chunk 0 is the prefix */
+    buf_free(&r->data);
+    r->data = st->part; /* the request takes the storage */
+    r->body_len = r->data.len;
+    st->inflight += r->data.len;
+    buf_init(&st->part, STAGE_PART);
+    return req_queue(st->q, r);
+}
+
+int queue_stage_append(struct queue_stage *st, const void *p, size_t n)
+{
+    if (!st || st->ended)
+        return ERR_INVAL;
+    if (st->err)
+        return st->err;
+    if (n > st->q->opt.message_size_limit - st->size) {
+        st->err = ERR_TOOBIG;
+        return st->err;
+    }
+    st->size += n;
+    const char *in = p;
+    while (n > 0) {
+        size_t take = STAGE_PART - st->part.len;
+        if (take > n)
+            take = n;
+        int err = buf_append(&st->part, in, take);
+        if (!err && st->part.len == STAGE_PART)
+            err = stage_send(st);
+        if (err) {
+            st->err = err;
+            return err;
+        }
+        in += take;
+        n -= take;
+    }
+    return 0;
+}
+
+size_t queue_stage_backlog(const struct queue_stage *st)
+{
+    return st ? st->inflight + st->part.len : 0;
+}
+
+int queue_stage_commit(struct queue_stage *st, const struct queue_envelope *env,
+                       const struct queue_rcpt_in *rcpts, size_t n_rcpts, const void *prefix,
+                       size_t prefix_len, queue_submit_cb cb, void *arg)
+{
+    if (!st || st->ended)
+        return ERR_INVAL;
+    st->ended = true;
+    int err = st->err;
+    if (!err && (!env || !rcpts || n_rcpts == 0 || (!prefix && prefix_len)))
+        err = ERR_INVAL;
+    if (!err && (n_rcpts > RCPT_MAX || prefix_len > QUEUE_CHUNK ||
+                 prefix_len > st->q->opt.message_size_limit - st->size))
+        err = ERR_TOOBIG;
+    struct qreq *r = NULL;
+    if (!err)
+        r = stage_req(st, R_STAGE_COMMIT, &err);
+    uint32_t tail = st->part.len > 0 ? 1 : 0;
+    if (!err)
+        err = envelope_encode(r, env, rcpts, n_rcpts, prefix_len + st->size,
+                              1 + st->n_chunks + tail, QREC_F_PREFIX);
+    if (!err)
+        err = buf_append(&r->data, prefix, prefix_len);
+    if (!err)
+        err = buf_append(&r->data, st->part.data, st->part.len);
+    if (err) {
+        if (r) {
+            r->stage = NULL;
+            st->refs--;
+            req_free(r);
+        }
+        if (st->n_chunks > 0)
+            stage_purge_later(st);
+        stage_unref(st);
+        return err;
+    }
+    r->prefix_len = prefix_len;
+    r->chunk = st->n_chunks + 1;
+    r->body_len = r->data.len;
+    r->cb.submit = cb;
+    r->arg = arg;
+    buf_free(&st->part);
+    stage_unref(st); /* the owner's reference: r holds one */
+    return req_queue(r->stage->q, r);
+}
+
+void queue_stage_abort(struct queue_stage *st)
+{
+    if (!st || st->ended)
+        return;
+    st->ended = true;
+    if (st->n_chunks > 0)
+        stage_purge_later(st);
+    stage_unref(st);
 }
