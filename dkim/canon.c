@@ -326,54 +326,75 @@ static void emit_crlfs(struct body_sink *s, size_t k)
     }
 }
 
+/* What the body canonicalization carries from one line to the next. */
+struct canon_state {
+    size_t empty; /* empty lines held back: dropped if nothing follows */
+    bool any;     /* a non-empty line was seen */
+};
+
+/* One line of the body, content octets without its CRLF. */
+static void canon_line(enum dkim_canon c, const char *line, size_t content, struct canon_state *st,
+                       struct body_sink *s)
+{
+    if (c == DKIM_CANON_RELAXED) {
+        /* RFC 6376 3.4.4: no WSP at line ends, runs of WSP to one SP. */
+        while (content > 0 && is_wsp(line[content - 1]))
+            content--;
+    }
+    if (content == 0) {
+        st->empty++;
+        return;
+    }
+    emit_crlfs(s, st->empty);
+    st->empty = 0;
+    st->any = true;
+    if (c == DKIM_CANON_SIMPLE) {
+        emit(s, line, content);
+    } else {
+        size_t i = 0;
+        while (i < content) {
+            size_t j = i;
+            while (j < content && !is_wsp(line[j]))
+                j++;
+            emit(s, line + i, j - i);
+            if (j < content) {
+                emit(s, " ", 1);
+                while (j < content && is_wsp(line[j]))
+                    j++;
+            }
+            i = j;
+        }
+    }
+    /* A last line without CRLF gets one (3.4.3, 3.4.4). */
+    emit(s, "\r\n", 2);
+}
+
+/* The line [p, e) (ending in CRLF, or the body's last line without one). */
+static void canon_span(enum dkim_canon c, const char *p, size_t n, struct canon_state *st,
+                       struct body_sink *s)
+{
+    if (n >= 2 && p[n - 2] == '\r' && p[n - 1] == '\n')
+        n -= 2;
+    canon_line(c, p, n, st, s);
+}
+
+static void canon_end(enum dkim_canon c, const struct canon_state *st, struct body_sink *s)
+{
+    /* Simple: an empty body is one CRLF (3.4.3). Relaxed: it stays empty. */
+    if (!st->any && c == DKIM_CANON_SIMPLE)
+        emit(s, "\r\n", 2);
+}
+
 static void canon_body(enum dkim_canon c, const char *body, size_t len, struct body_sink *s)
 {
-    size_t empty = 0; /* empty lines held back: dropped if nothing follows */
+    struct canon_state st = {0};
     size_t p = 0;
-    bool any = false;
     while (p < len) {
         size_t e = line_end(body, len, p);
-        size_t content = e - p;
-        bool crlf = content >= 2 && body[e - 2] == '\r' && body[e - 1] == '\n';
-        if (crlf)
-            content -= 2;
-        const char *line = body + p;
+        canon_span(c, body + p, e - p, &st, s);
         p = e;
-        if (c == DKIM_CANON_RELAXED) {
-            /* RFC 6376 3.4.4: no WSP at line ends, runs of WSP to one SP. */
-            while (content > 0 && is_wsp(line[content - 1]))
-                content--;
-        }
-        if (content == 0) {
-            empty++;
-            continue;
-        }
-        emit_crlfs(s, empty);
-        empty = 0;
-        any = true;
-        if (c == DKIM_CANON_SIMPLE) {
-            emit(s, line, content);
-        } else {
-            size_t i = 0;
-            while (i < content) {
-                size_t j = i;
-                while (j < content && !is_wsp(line[j]))
-                    j++;
-                emit(s, line + i, j - i);
-                if (j < content) {
-                    emit(s, " ", 1);
-                    while (j < content && is_wsp(line[j]))
-                        j++;
-                }
-                i = j;
-            }
-        }
-        /* A last line without CRLF gets one (3.4.3, 3.4.4). */
-        emit(s, "\r\n", 2);
     }
-    /* Simple: an empty body is one CRLF (3.4.3). Relaxed: it stays empty. */
-    if (!any && c == DKIM_CANON_SIMPLE)
-        emit(s, "\r\n", 2);
+    canon_end(c, &st, s);
 }
 
 int dkim_canon_body(enum dkim_canon c, const char *body, size_t len, struct buf *out)
@@ -397,4 +418,88 @@ int dkim_body_hash(enum dkim_canon c, const char *body, size_t len, int64_t limi
     if (canon_len)
         *canon_len = s.total;
     return s.rc;
+}
+
+/* ---- the body hash, piece by piece -------------------------------------------- */
+
+struct dkim_bh {
+    enum dkim_canon c;
+    wc_Sha256 sha;
+    struct body_sink sink;
+    struct canon_state st;
+    struct buf line; /* the line not yet ended by CRLF */
+};
+
+struct dkim_bh *dkim_bh_new(enum dkim_canon c, int64_t limit)
+{
+    struct dkim_bh *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    if (wc_InitSha256(&b->sha) != 0) {
+        free(b);
+        return NULL;
+    }
+    b->c = c;
+    b->sink = (struct body_sink){.sha = &b->sha, .remaining = limit};
+    buf_init(&b->line, SIZE_MAX / 2);
+    return b;
+}
+
+/* Does the held line end in CR, so that an LF in front of the next piece
+ * ends it? */
+static bool held_cr(const struct dkim_bh *b)
+{
+    return b->line.len > 0 && b->line.data[b->line.len - 1] == '\r';
+}
+
+int dkim_bh_feed(struct dkim_bh *b, const char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n && b->sink.rc == 0) {
+        size_t e;
+        if (held_cr(b) && p[i] == '\n') {
+            e = i + 1; /* a CRLF split between two pieces */
+        } else {
+            e = line_end(p, n, i);
+            bool ended = e - i >= 2 && p[e - 2] == '\r' && p[e - 1] == '\n';
+            if (!ended) {
+                /* The rest is a line still open: hold it. */
+                if (buf_append(&b->line, p + i, n - i) != 0)
+                    return ERR_NOMEM;
+                return 0;
+            }
+        }
+        if (b->line.len > 0) {
+            if (buf_append(&b->line, p + i, e - i) != 0)
+                return ERR_NOMEM;
+            canon_span(b->c, b->line.data, b->line.len, &b->st, &b->sink);
+            buf_reset(&b->line);
+        } else {
+            canon_span(b->c, p + i, e - i, &b->st, &b->sink);
+        }
+        i = e;
+    }
+    return b->sink.rc;
+}
+
+int dkim_bh_final(struct dkim_bh *b, uint8_t out[32], uint64_t *canon_len)
+{
+    if (b->line.len > 0)
+        canon_span(b->c, b->line.data, b->line.len, &b->st, &b->sink);
+    buf_reset(&b->line);
+    canon_end(b->c, &b->st, &b->sink);
+    if (b->sink.rc == 0 && wc_Sha256Final(&b->sha, out) != 0)
+        b->sink.rc = ERR_INVAL;
+    if (canon_len)
+        *canon_len = b->sink.total;
+    return b->sink.rc;
+}
+
+void dkim_bh_free(struct dkim_bh *b)
+{
+    if (!b)
+        return;
+    wc_Sha256Free(&b->sha);
+    buf_free(&b->line);
+    free(b);
 }

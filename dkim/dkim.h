@@ -69,6 +69,20 @@ int dkim_canon_body(enum dkim_canon c, const char *body, size_t len, struct buf 
 int dkim_body_hash(enum dkim_canon c, const char *body, size_t len, int64_t limit, uint8_t out[32],
                    uint64_t *canon_len);
 
+/*
+ * The body hash piece by piece, for a body that is never whole in memory:
+ * feeding any split of a body gives the hash and canonical length that
+ * dkim_body_hash() gives for the whole (a CRLF split between two pieces,
+ * trailing empty lines and, relaxed, trailing white space included). One
+ * line not yet ended by CRLF is held. NULL from dkim_bh_new() when out of
+ * memory; after dkim_bh_final() only dkim_bh_free() remains.
+ */
+struct dkim_bh;
+struct dkim_bh *dkim_bh_new(enum dkim_canon c, int64_t limit);
+int dkim_bh_feed(struct dkim_bh *b, const char *p, size_t n);
+int dkim_bh_final(struct dkim_bh *b, uint8_t out[32], uint64_t *canon_len);
+void dkim_bh_free(struct dkim_bh *b);
+
 /* ---- keys ------------------------------------------------------------------ */
 
 enum dkim_alg { DKIM_RSA_SHA256, DKIM_ED25519_SHA256 };
@@ -150,6 +164,10 @@ struct dkim_sign_opts {
     const char *const *headers;
     size_t n_headers;
     int64_t t; /* signature time, seconds since the epoch */
+    /* NULL: the body hash is computed from msg. Else the relaxed body hash
+     * of a body that is not in msg (dkim_bh_*), and msg need hold only the
+     * header section. */
+    const uint8_t *body_hash;
 };
 
 /* Sign msg of len octets (its headers already parsed into h) with relaxed/relaxed

@@ -315,7 +315,11 @@ int dkim_sign(const struct dkim_sign_opts *o, const char *msg, size_t len,
         return ERR_INVAL;
     }
     uint8_t bh[32];
-    int rc = dkim_body_hash(DKIM_CANON_RELAXED, msg + h->body_off, len - h->body_off, -1, bh, NULL);
+    int rc = 0;
+    if (o->body_hash)
+        memcpy(bh, o->body_hash, sizeof(bh));
+    else
+        rc = dkim_body_hash(DKIM_CANON_RELAXED, msg + h->body_off, len - h->body_off, -1, bh, NULL);
     if (rc) {
         buf_printf(why, "cannot hash the body: %s", err_str(rc));
         return rc;

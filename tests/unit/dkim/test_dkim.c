@@ -160,6 +160,59 @@ static char *cat(const char *a, const char *b)
     return p;
 }
 
+/* The body hash piece by piece equals the one-shot hash for every split:
+ * random bodies made of the awkward octets (CR, LF, SP, TAB, empty lines,
+ * trailing white space), both canonicalizations, with and without l=. */
+static void test_body_hash_pieces(void **state)
+{
+    (void)state;
+    static const char alphabet[] = "\r\n \tab.\r\n";
+    static const char *const fixed[] = {
+        "",        "\r\n",       "\r\n\r\n",
+        "a",       "a\r",        "a\r\n \t\r\n\r\n",
+        " \t\r\n", "x\n\r\ny\r", "abc  def \t\r\n\r\n\r\nghi\r\n \r\n",
+    };
+    uint32_t x = 12345;
+    char body[600];
+    for (int round = 0; round < 4000; round++) {
+        size_t len;
+        if (round < (int)(sizeof(fixed) / sizeof(fixed[0]))) {
+            len = strlen(fixed[round]);
+            memcpy(body, fixed[round], len);
+        } else {
+            x = x * 1103515245u + 12345u;
+            len = (x >> 8) % sizeof(body);
+            for (size_t i = 0; i < len; i++) {
+                x = x * 1103515245u + 12345u;
+                body[i] = alphabet[(x >> 16) % (sizeof(alphabet) - 1)];
+            }
+        }
+        for (int c = 0; c < 2; c++) {
+            enum dkim_canon canon = c ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
+            int64_t limit = round % 3 == 0 ? (int64_t)(round % 50) : -1;
+            uint8_t want[32], got[32];
+            uint64_t want_len, got_len;
+            assert_int_equal(dkim_body_hash(canon, body, len, limit, want, &want_len), 0);
+            struct dkim_bh *b = dkim_bh_new(canon, limit);
+            assert_non_null(b);
+            size_t off = 0;
+            while (off < len) {
+                x = x * 1103515245u + 12345u;
+                size_t k = (x >> 8) % 6; /* pieces of 0..5 octets */
+                if (k > len - off)
+                    k = len - off;
+                assert_int_equal(dkim_bh_feed(b, body + off, k), 0);
+                off += k;
+            }
+            assert_int_equal(dkim_bh_final(b, got, &got_len), 0);
+            dkim_bh_free(b);
+            assert_memory_equal(got, want, 32);
+            assert_int_equal(got_len, want_len);
+        }
+    }
+    dkim_bh_free(NULL);
+}
+
 static void test_rfc8463_sign_and_verify(void **state)
 {
     (void)state;
@@ -618,6 +671,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_canon_rfc6376_345),
         cmocka_unit_test(test_canon_body_edges),
+        cmocka_unit_test(test_body_hash_pieces),
         cmocka_unit_test(test_rfc8463_sign_and_verify),
         cmocka_unit_test(test_header_selection),
         cmocka_unit_test(test_rsa_sign_verify),
