@@ -18,7 +18,7 @@
  * owner's on_message callback -> smtpd_session_done() -> the reply.
  *
  * Invariants:
- *  - One state enum with a name table; set_state() is the only writer and
+ *  - One state enum with a name table; smtpd_set_state() is the only writer and
  *    re-arms the session's single timer with that state's timeout.
  *  - A session is freed only in its handles' close callbacks, and only when
  *    nothing else (the owner, a password check) still holds it.
@@ -39,12 +39,9 @@
 #include <string.h>
 #include <sys/random.h>
 
-#define READ_CHUNK TLS_STREAM_READ_CHUNK
 #define IN_MAX (4 * READ_CHUNK)
 #define WRITE_HIGH (256 * 1024)
 #define OUT_MAX (1024 * 1024)
-/* Room left in front of the message for Received:, Date: and Message-ID:. */
-#define HDR_RESERVE 4096
 #define CLOSE_TIMEOUT_MS 10000
 
 #define DEF_RECIPIENT_LIMIT 1000
@@ -56,14 +53,6 @@
 #define DEF_HOPCOUNT_LIMIT 50
 
 /* ---- configuration snapshots ------------------------------------------- */
-
-struct smtpd_cfg {
-    int refs;
-    struct smtpd_opts o; /* strings point at the copies below */
-    char *hostname;
-    char *banner;
-    char *postmaster;
-};
 
 static void cfg_unref(struct smtpd_cfg *c)
 {
@@ -148,130 +137,13 @@ static struct smtpd_cfg *cfg_new(const struct smtpd_opts *o, struct buf *err)
     return c;
 }
 
-/* ---- the server and its sessions ---------------------------------------- */
-
-struct smtpd_listener {
-    uv_tcp_t tcp;
-    struct smtpd *d;
-    struct smtpd_listener *next;
-    enum smtpd_role role;
-    char name[80];
-};
-
-struct smtpd {
-    uv_loop_t *loop;
-    struct smtpd_cfg *cfg;
-    struct smtpd_listener *listeners;
-    size_t listeners_open; /* listener handles not yet closed */
-    struct smtpd_session *sessions;
-    size_t n_sessions; /* in the list: from accept until freed */
-    bool freeing;
-};
-
-/* Session states. Transaction progress (MAIL, RCPT) is part of the state so
- * "command out of sequence" is a property of the state alone. */
-enum sstate {
-    SS_CONNECTED, /* greeting sent; HELO/EHLO not yet (or forgotten by STARTTLS) */
-    SS_READY,     /* HELO/EHLO done, no transaction */
-    SS_MAIL,      /* MAIL accepted, no recipient yet */
-    SS_RCPT,      /* at least one recipient */
-    SS_DATA,      /* reading DATA up to CRLF.CRLF */
-    SS_BDAT,      /* reading a BDAT chunk */
-    SS_AUTH,      /* waiting for a SASL response line */
-    SS_TLS,       /* TLS handshake after STARTTLS */
-    SS_WAIT,      /* waiting for the owner or a password check */
-    SS_CLOSING,   /* last reply going out */
-    SS_COUNT
-};
-
 static const char *const sstate_names[SS_COUNT] = {
     "connected", "ready", "mail", "rcpt", "data", "bdat", "auth", "tls", "wait", "closing",
 };
 
-enum auth_step { AUTH_NONE, AUTH_PLAIN, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
-
-struct smtpd_session {
-    struct smtpd *d;
-    struct smtpd_cfg *cfg;
-    struct smtpd_session *prev, *next;
-
-    struct tls_stream *stream; /* the connection; NULL once it has closed */
-    uv_timer_t timer;
-    int handles_open; /* the timer and the stream */
-    bool closing;     /* close started */
-    bool hard_closed; /* the stream and the timer are being closed */
-    int holds;        /* the owner or a password check still refers to us */
-    enum sstate state;
-    enum sstate resume; /* the state to go back to after SS_WAIT / SS_BDAT / SS_AUTH */
-
-    struct sockaddr_storage peer;
-    char addr[INET6_ADDRSTRLEN];
-    enum smtpd_role role; /* of the listener, when the session was accepted */
-    bool implicit_tls;    /* SMTPD_ROLE_SUBMISSIONS: greet after the handshake */
-    char helo[256];
-    bool helo_seen;
-    bool esmtp;
-
-    /* TLS */
-    bool tls_started;  /* STARTTLS accepted: the stream speaks TLS */
-    bool tls_active;   /* the handshake completed */
-    char tls_desc[96]; /* "TLSv1.3 TLS_AES_128_GCM_SHA256" */
-    char tls_version[16];
-    char tls_cipher[64];
-
-    /* AUTH */
-    enum auth_step auth_step;
-    char auth_user[256];
-    char auth_try_user[256];
-    const char *auth_method;
-
-    /* the transaction */
-    struct smtp_mail_args mail;
-    struct smtpd_rcpt *rcpts;
-    size_t n_rcpts, cap_rcpts;
-    size_t rcpt_tried;
-    bool bdat_active;
-    bool bdat_last;
-    bool bdat_discard;
-    const char *bdat_reply;
-    uint64_t bdat_left;
-    struct buf body;
-    struct smtp_data data;
-    int64_t data_deadline;
-    bool timer_is_deadline; /* the armed timer is the data deadline */
-
-    /* the owner */
-    bool owner_pending;
-    bool in_owner_cb;
-    bool owner_answered;
-    int owner_status;
-    char qid[64];
-    struct smtpd_message msg;
-    char proto[16];
-
-    /* input and output */
-    struct buf in;
-    size_t in_off;
-    struct smtp_lines lines;
-    char cmdline[SMTP_CMD_LINE_MAX];
-    struct buf out; /* replies not yet handed to the stream */
-
-    /* counters for the disconnect line, as Postfix logs them */
-    unsigned errors;
-    unsigned commands, commands_ok;
-    unsigned cnt_all[SMTP_V_COUNT], cnt_ok[SMTP_V_COUNT];
-    enum smtp_verb last_verb;
-    bool quit;
-    bool in_process; /* process() is on the stack: do not re-enter it */
-};
-
-static void process(struct smtpd_session *s);
-static void session_close(struct smtpd_session *s, bool graceful);
-static void flush(struct smtpd_session *s);
-
 /* ---- small helpers ----------------------------------------------------- */
 
-static void reply(struct smtpd_session *s, const char *fmt, ...)
+void smtpd_reply(struct smtpd_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* A negative reply in a mail transaction (to MAIL, RCPT, DATA, BDAT or the
@@ -286,7 +158,7 @@ static void count_refusal(const struct smtpd_session *s, const char *line)
     metric_add(MET_MSG_REFUSED, metrics_reason_class(line + 4), line[0] == '4' ? "4xx" : "5xx", 1);
 }
 
-static void reply(struct smtpd_session *s, const char *fmt, ...)
+void smtpd_reply(struct smtpd_session *s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -298,7 +170,7 @@ static void reply(struct smtpd_session *s, const char *fmt, ...)
     if (rc) {
         /* Output cannot grow: the client is not reading. Give up on it. */
         s->out.len = before;
-        session_close(s, false);
+        smtpd_session_close(s, false);
         return;
     }
     char c = s->out.data[before];
@@ -308,7 +180,7 @@ static void reply(struct smtpd_session *s, const char *fmt, ...)
     }
 }
 
-static const char *client_name(const struct smtpd_session *s)
+const char *smtpd_client_name(const struct smtpd_session *s)
 {
     (void)s;
     return "unknown"; /* no DNS in this module (DESIGN.md) */
@@ -341,17 +213,17 @@ static void arm_state_timer(struct smtpd_session *s)
     }
 }
 
-static void set_state(struct smtpd_session *s, enum sstate st)
+void smtpd_set_state(struct smtpd_session *s, enum sstate st)
 {
     if (s->state != st)
-        log_debug("smtpd", "%s[%s]: state %s -> %s", client_name(s), s->addr,
+        log_debug("smtpd", "%s[%s]: state %s -> %s", smtpd_client_name(s), s->addr,
                   sstate_names[s->state], sstate_names[st]);
     s->state = st;
     if (!s->hard_closed)
         arm_state_timer(s);
 }
 
-static void transaction_reset(struct smtpd_session *s)
+void smtpd_transaction_reset(struct smtpd_session *s)
 {
     for (size_t i = 0; i < s->n_rcpts; i++) {
         free((char *)s->rcpts[i].addr);
@@ -362,18 +234,16 @@ static void transaction_reset(struct smtpd_session *s)
     s->rcpt_tried = 0;
     memset(&s->mail, 0, sizeof(s->mail));
     s->bdat_active = false;
-    buf_free(&s->body);
+    smtpd_body_reset(s);
 }
 
 /* The state for "no transaction" in this session. */
-static enum sstate idle_state(const struct smtpd_session *s)
+enum sstate smtpd_idle_state(const struct smtpd_session *s)
 {
     return s->helo_seen ? SS_READY : SS_CONNECTED;
 }
 
 /* ---- writing ------------------------------------------------------------ */
-
-static void update_reading(struct smtpd_session *s);
 
 /* The stream wrote queued bytes, or failed to. */
 static void on_written(void *arg, int status)
@@ -383,27 +253,27 @@ static void on_written(void *arg, int status)
         return;
     if (status < 0) {
         log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
-                 client_name(s), s->addr);
-        session_close(s, false);
+                 smtpd_client_name(s), s->addr);
+        smtpd_session_close(s, false);
         return;
     }
     /* Input held back while replies piled up can go on now. */
     if (!s->in_process && s->in_off < s->in.len && tls_stream_queued(s->stream) < WRITE_HIGH / 2)
-        process(s);
+        smtpd_process(s);
     else
-        update_reading(s);
+        smtpd_update_reading(s);
 }
 
 /* Hand the replies gathered so far to the stream, which writes everything
  * queued in this loop iteration at once. */
-static void flush(struct smtpd_session *s)
+void smtpd_flush(struct smtpd_session *s)
 {
     if (s->out.len == 0 || s->hard_closed)
         return;
     int rc = tls_stream_write(s->stream, s->out.data, s->out.len);
     buf_reset(&s->out);
     if (rc != 0)
-        session_close(s, false);
+        smtpd_session_close(s, false);
 }
 
 /* ---- the stream's callbacks ---------------------------------------------- */
@@ -418,13 +288,13 @@ static void on_read(void *arg, const void *data, size_t n)
         s->in_off = 0;
     }
     if (buf_append(&s->in, data, n) != 0) {
-        log_warn("smtpd", "%s[%s]: input buffer overflow", client_name(s), s->addr);
-        session_close(s, false);
+        log_warn("smtpd", "%s[%s]: input buffer overflow", smtpd_client_name(s), s->addr);
+        smtpd_session_close(s, false);
         return;
     }
     if (s->state == SS_DATA || s->state == SS_BDAT)
         arm_state_timer(s);
-    process(s);
+    smtpd_process(s);
 }
 
 /* The input ended: EOF or a reset, or the TLS session ended. */
@@ -436,8 +306,8 @@ static void on_end(void *arg, int status, int uv_status)
     if (s->closing)
         return;
     log_info("smtpd", "lost connection after %s from %s[%s]", smtp_verb_name(s->last_verb),
-             client_name(s), s->addr);
-    session_close(s, false);
+             smtpd_client_name(s), s->addr);
+    smtpd_session_close(s, false);
 }
 
 static void on_handshake(void *arg, int status, const struct tls_facts *f)
@@ -446,9 +316,9 @@ static void on_handshake(void *arg, int status, const struct tls_facts *f)
     if (s->closing)
         return;
     if (status != 0) {
-        log_info("smtpd", "SSL_accept error from %s[%s]: %s", client_name(s), s->addr,
+        log_info("smtpd", "SSL_accept error from %s[%s]: %s", smtpd_client_name(s), s->addr,
                  f && f->text[0] ? f->text : "handshake failed");
-        session_close(s, false);
+        smtpd_session_close(s, false);
         return;
     }
     s->tls_active = true;
@@ -456,25 +326,25 @@ static void on_handshake(void *arg, int status, const struct tls_facts *f)
     str_copy(s->tls_version, f->version, sizeof(s->tls_version));
     str_copy(s->tls_cipher, f->cipher, sizeof(s->tls_cipher));
     log_info("smtpd", "Anonymous TLS connection established from %s[%s]: %s with cipher %s",
-             client_name(s), s->addr, f->version, f->cipher);
+             smtpd_client_name(s), s->addr, f->version, f->cipher);
     /* RFC 3207 4.2: forget everything learnt before TLS; the client must
      * say EHLO again. */
-    transaction_reset(s);
+    smtpd_transaction_reset(s);
     s->helo_seen = false;
     s->esmtp = false;
     s->helo[0] = '\0';
     s->auth_user[0] = '\0';
     smtp_lines_reset(&s->lines);
-    set_state(s, SS_CONNECTED);
+    smtpd_set_state(s, SS_CONNECTED);
     if (s->implicit_tls) {
         /* RFC 8314 3.3: the SMTP greeting comes once TLS is up. */
         s->implicit_tls = false;
-        reply(s, "220 %s %s", s->cfg->o.hostname, s->cfg->o.banner);
-        flush(s);
-        update_reading(s);
+        smtpd_reply(s, "220 %s %s", s->cfg->o.hostname, s->cfg->o.banner);
+        smtpd_flush(s);
+        smtpd_update_reading(s);
         return;
     }
-    process(s);
+    smtpd_process(s);
 }
 
 static void on_stream_close(void *arg);
@@ -502,7 +372,7 @@ static void server_maybe_free(struct smtpd *d)
     free(d);
 }
 
-static void session_maybe_free(struct smtpd_session *s)
+void smtpd_session_maybe_free(struct smtpd_session *s)
 {
     if (s->handles_open > 0 || s->holds > 0)
         return;
@@ -514,7 +384,7 @@ static void session_maybe_free(struct smtpd_session *s)
     if (s->next)
         s->next->prev = s->prev;
     d->n_sessions--;
-    transaction_reset(s);
+    smtpd_transaction_reset(s);
     free(s->rcpts);
     buf_free(&s->in);
     buf_free(&s->out);
@@ -527,7 +397,7 @@ static void on_handle_close(uv_handle_t *h)
 {
     struct smtpd_session *s = h->data;
     s->handles_open--;
-    session_maybe_free(s);
+    smtpd_session_maybe_free(s);
 }
 
 static void hard_close(struct smtpd_session *s)
@@ -551,7 +421,7 @@ static void on_stream_close(void *arg)
     s->stream = NULL;
     hard_close(s);
     s->handles_open--;
-    session_maybe_free(s);
+    smtpd_session_maybe_free(s);
 }
 
 static void log_disconnect(struct smtpd_session *s)
@@ -583,18 +453,18 @@ static void log_disconnect(struct smtpd_session *s)
             o += (size_t)n;
     }
     if (s->commands_ok == s->commands)
-        log_info("smtpd", "disconnect from %s[%s]%s commands=%u", client_name(s), s->addr, line,
-                 s->commands);
+        log_info("smtpd", "disconnect from %s[%s]%s commands=%u", smtpd_client_name(s), s->addr,
+                 line, s->commands);
     else
-        log_info("smtpd", "disconnect from %s[%s]%s commands=%u/%u", client_name(s), s->addr, line,
-                 s->commands_ok, s->commands);
+        log_info("smtpd", "disconnect from %s[%s]%s commands=%u/%u", smtpd_client_name(s), s->addr,
+                 line, s->commands_ok, s->commands);
 }
 
 /*
  * Close the session. graceful: send what is queued (and a TLS close_notify),
  * then shut the TCP connection down; the closing timer bounds the wait.
  */
-static void session_close(struct smtpd_session *s, bool graceful)
+void smtpd_session_close(struct smtpd_session *s, bool graceful)
 {
     if (s->closing) {
         if (!graceful)
@@ -603,14 +473,17 @@ static void session_close(struct smtpd_session *s, bool graceful)
     }
     s->closing = true;
     log_disconnect(s);
+    /* A message being streamed is over: the owner can let it go now. */
+    if (s->streaming)
+        smtpd_body_reset(s);
     if (s->stream)
         tls_stream_read_stop(s->stream);
     if (!graceful) {
         hard_close(s);
         return;
     }
-    set_state(s, SS_CLOSING);
-    flush(s);
+    smtpd_set_state(s, SS_CLOSING);
+    smtpd_flush(s);
     if (s->hard_closed || !s->stream)
         return;
     /* Writes what is queued and a TLS close_notify, then FIN; the stream
@@ -620,15 +493,15 @@ static void session_close(struct smtpd_session *s, bool graceful)
 }
 
 /* Reply and close: for 421 and 521. */
-static void reply_close(struct smtpd_session *s, const char *text)
+void smtpd_reply_close(struct smtpd_session *s, const char *text)
 {
-    reply(s, "%s", text);
-    session_close(s, true);
+    smtpd_reply(s, "%s", text);
+    smtpd_session_close(s, true);
 }
 
 /* ---- reading ----------------------------------------------------------- */
 
-static void update_reading(struct smtpd_session *s)
+void smtpd_update_reading(struct smtpd_session *s)
 {
     if (s->closing)
         return;
@@ -636,12 +509,12 @@ static void update_reading(struct smtpd_session *s)
      * what arrives is kept, bounded by READ_CHUNK, and run when the wait
      * ends. Stopping and starting the read for each message would cost
      * two epoll_ctl(2) calls per message for nothing. */
-    bool want = tls_stream_queued(s->stream) < WRITE_HIGH &&
+    bool want = tls_stream_queued(s->stream) < WRITE_HIGH && !s->stream_paused &&
                 (s->state == SS_TLS || s->in.len - s->in_off < READ_CHUNK);
     if (!want)
         tls_stream_read_stop(s->stream);
     else if (tls_stream_read_start(s->stream) != 0)
-        session_close(s, false);
+        smtpd_session_close(s, false);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -654,16 +527,16 @@ static void on_timer(uv_timer_t *t)
     bool data = s->state == SS_DATA || s->state == SS_BDAT;
     if (data && s->timer_is_deadline)
         log_info("smtpd", "timeout after %s (data too slow) from %s[%s]",
-                 smtp_verb_name(s->last_verb), client_name(s), s->addr);
+                 smtp_verb_name(s->last_verb), smtpd_client_name(s), s->addr);
     else
         log_info("smtpd", "timeout after %s from %s[%s]", smtp_verb_name(s->last_verb),
-                 client_name(s), s->addr);
+                 smtpd_client_name(s), s->addr);
     if (s->state == SS_TLS) {
-        session_close(s, false);
+        smtpd_session_close(s, false);
         return;
     }
-    reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->hostname);
-    session_close(s, true);
+    smtpd_reply(s, "421 4.4.2 %s Error: timeout exceeded", s->cfg->hostname);
+    smtpd_session_close(s, true);
 }
 
 static void set_timer(struct smtpd_session *s, uint64_t ms)
@@ -673,199 +546,23 @@ static void set_timer(struct smtpd_session *s, uint64_t ms)
 
 /* ---- the message -------------------------------------------------------- */
 
-static void begin_body(struct smtpd_session *s, bool bdat, bool prev_crlf)
-{
-    static const char zeros[HDR_RESERVE];
-    buf_free(&s->body);
-    buf_init(&s->body, HDR_RESERVE + s->cfg->o.message_size_limit + SMTP_TEXT_LINE_MAX + 2);
-    int rc = buf_append(&s->body, zeros, HDR_RESERVE);
-    smtp_data_init(&s->data,
-                   s->cfg->o.bare_newline == SMTPD_BARE_NORMALIZE ? SMTP_BARE_NORMALIZE
-                                                                  : SMTP_BARE_REJECT,
-                   bdat, s->cfg->o.message_size_limit, prev_crlf, &s->body);
-    s->data.fold = !s->cfg->o.reject_long_lines;
-    if (rc)
-        s->data.flags |= SMTP_DATA_NOMEM;
-    s->data_deadline = time_mono_ms() + s->cfg->o.data_timeout_ms;
-}
-
-static void make_proto(struct smtpd_session *s)
-{
-    const char *base = s->mail.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP";
-    snprintf(s->proto, sizeof(s->proto), "%s%s%s", base, s->tls_active ? "S" : "",
-             s->auth_user[0] ? "A" : "");
-}
-
-/* Put Received: (and Date:, Message-ID: when missing) in front of the body
- * and fill s->msg. */
-static int build_message(struct smtpd_session *s)
-{
-    struct buf h;
-    buf_init(&h, HDR_RESERVE);
-    char date[64];
-    time_t now = time(NULL);
-    time_format_rfc5322(now, date, sizeof(date));
-    make_proto(s);
-    int rc = buf_printf(&h, "Received: from %s (%s [%s])\r\n", s->helo[0] ? s->helo : "unknown",
-                        client_name(s), s->addr);
-    if (!rc && s->tls_active)
-        rc = buf_printf(&h, "\t(using %s with cipher %s)\r\n", s->tls_version, s->tls_cipher);
-    if (!rc)
-        rc = buf_printf(&h, "\tby %s (Convoy) with %s", s->cfg->hostname, s->proto);
-    /* As Postfix: name the recipient only when there is one, for privacy. */
-    if (!rc && s->n_rcpts == 1)
-        rc = buf_printf(&h, "\r\n\tfor <%s>", s->rcpts[0].addr);
-    if (!rc)
-        rc = buf_printf(&h, "; %s\r\n", date);
-    if (!rc && !s->data.seen_date)
-        rc = buf_printf(&h, "Date: %s\r\n", date);
-    if (!rc && !s->data.seen_msgid) {
-        uint64_t r = 0;
-        if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
-            r = (uint64_t)time_now_ms() ^ ((uint64_t)(uintptr_t)s << 16);
-        char stamp[32];
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        strftime(stamp, sizeof(stamp), "%Y%m%d%H%M%S", &tm);
-        rc = buf_printf(&h, "Message-ID: <%s.%016llx@%s>\r\n", stamp, (unsigned long long)r,
-                        s->cfg->hostname);
-    }
-    if (rc) {
-        buf_free(&h);
-        return rc;
-    }
-    char *start = s->body.data + HDR_RESERVE - h.len;
-    memcpy(start, h.data, h.len);
-    struct smtpd_message *m = &s->msg;
-    memset(m, 0, sizeof(*m));
-    m->sender = s->mail.addr;
-    m->rcpts = s->rcpts;
-    m->n_rcpts = s->n_rcpts;
-    m->ret = s->mail.ret == SMTP_PARSE_RET_FULL   ? SMTPD_RET_FULL
-             : s->mail.ret == SMTP_PARSE_RET_HDRS ? SMTPD_RET_HDRS
-                                                  : SMTPD_RET_NONE;
-    m->envid = s->mail.envid;
-    m->smtputf8 = s->mail.smtputf8;
-    m->eightbitmime = s->mail.body == SMTP_BODY_8BITMIME;
-    m->client_name = client_name(s);
-    m->client_addr = s->addr;
-    m->helo = s->helo;
-    m->protocol = s->proto;
-    m->tls = s->tls_active ? s->tls_desc : "";
-    m->auth_user = s->auth_user;
-    m->body = (struct view){start, s->body.len - HDR_RESERVE + h.len};
-    buf_free(&h);
-    return 0;
-}
-
-static void owner_finish(struct smtpd_session *s)
-{
-    s->owner_pending = false;
-    s->holds--;
-    if (s->closing) {
-        session_maybe_free(s);
-        return;
-    }
-    int st = s->owner_status;
-    if (st == 0) {
-        log_info("smtpd", "%s: client=%s[%s]%s%s%s%s", s->qid, client_name(s), s->addr,
-                 s->auth_user[0] ? ", sasl_method=" : "",
-                 s->auth_user[0] ? (s->auth_method ? s->auth_method : "") : "",
-                 s->auth_user[0] ? ", sasl_username=" : "", s->auth_user);
-        log_info("smtpd", "%s: from=<%s>, size=%zu, nrcpt=%zu (queue active)", s->qid, s->mail.addr,
-                 s->msg.body.len, s->n_rcpts);
-        reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
-    } else {
-        log_warn("smtpd", "NOQUEUE: %s[%s]: message from=<%s> not queued: %s", client_name(s),
-                 s->addr, s->mail.addr, err_str(st));
-        if (st == ERR_FULL)
-            reply(s, "452 4.3.1 Insufficient system storage");
-        else if (st == ERR_TOOBIG)
-            reply(s, "552 5.3.4 Message size exceeds fixed limit");
-        else
-            reply(s, "451 4.3.0 Error: queue file write error");
-    }
-    if (st == 0)
-        s->cnt_ok[s->last_verb]++, s->commands_ok++;
-    transaction_reset(s);
-    set_state(s, idle_state(s));
-    if (!s->in_process)
-        process(s);
-}
-
-void smtpd_session_done(struct smtpd_session *s, int status, const char *queue_id)
-{
-    if (!s || !s->owner_pending || s->owner_answered)
-        return;
-    s->owner_answered = true;
-    s->owner_status = status;
-    str_copy(s->qid, status == 0 && queue_id ? queue_id : "NOQUEUE", sizeof(s->qid));
-    if (s->in_owner_cb)
-        return; /* finished when the callback returns */
-    owner_finish(s);
-}
-
-static void log_reject(struct smtpd_session *s, const char *verb, const char *text, const char *to)
+void smtpd_log_reject(struct smtpd_session *s, const char *verb, const char *text, const char *to)
 {
     log_info("smtpd", "NOQUEUE: reject: %s from %s[%s]: %s; from=<%s>%s%s%s proto=%s helo=<%s>",
-             verb, client_name(s), s->addr, text, s->mail.addr, to ? " to=<" : "", to ? to : "",
-             to ? ">" : "", s->esmtp ? "ESMTP" : "SMTP", s->helo);
-}
-
-/* The end of a message (DATA's dot or BDAT LAST). */
-static bool message_complete(struct smtpd_session *s)
-{
-    const char *rej = smtp_data_reject_reply(&s->data);
-    const char *verb = s->data.bdat ? "BDAT" : "DATA";
-    if (rej) {
-        log_reject(s, verb, rej, NULL);
-        reply(s, "%s", rej);
-        transaction_reset(s);
-        set_state(s, idle_state(s));
-        return false;
-    }
-    /* A mail loop (RFC 5321 6.3): refuse a message that would leave here
-     * with more than hopcount_limit Received: fields (ours included), so it
-     * is never relayed onward. */
-    if (s->data.received >= s->cfg->o.hopcount_limit) {
-        const char *hops = "554 5.4.6 Too many hops";
-        log_reject(s, verb, hops, NULL);
-        reply(s, "%s", hops);
-        transaction_reset(s);
-        set_state(s, idle_state(s));
-        return false;
-    }
-    if (build_message(s) != 0) {
-        reply(s, "451 4.3.0 Error: insufficient memory");
-        transaction_reset(s);
-        set_state(s, idle_state(s));
-        return false;
-    }
-    s->bdat_active = false;
-    s->owner_pending = true;
-    s->owner_answered = false;
-    s->holds++;
-    set_state(s, SS_WAIT);
-    /* Send earlier pipelined replies now; the 250 comes with the owner. */
-    flush(s);
-    s->in_owner_cb = true;
-    s->cfg->o.on_message(s->cfg->o.arg, s, &s->msg);
-    s->in_owner_cb = false;
-    if (s->owner_answered)
-        owner_finish(s);
-    return true;
+             verb, smtpd_client_name(s), s->addr, text, s->mail.addr, to ? " to=<" : "",
+             to ? to : "", to ? ">" : "", s->esmtp ? "ESMTP" : "SMTP", s->helo);
 }
 
 /* A bare CR or LF in reject mode: the end of the line or of the data is
  * unknowable, so answer and disconnect (as Postfix's
  * smtpd_forbid_bare_newline does). */
-static void bare_newline_abort(struct smtpd_session *s, bool lf)
+void smtpd_bare_newline_abort(struct smtpd_session *s, bool lf)
 {
     log_info("smtpd", "improper line ending (bare <%s>) after %s from %s[%s]", lf ? "LF" : "CR",
-             smtp_verb_name(s->last_verb), client_name(s), s->addr);
-    reply(s, "521 5.5.2 %s Error: bare <%s> received", s->cfg->hostname, lf ? "LF" : "CR");
-    transaction_reset(s);
-    session_close(s, true);
+             smtp_verb_name(s->last_verb), smtpd_client_name(s), s->addr);
+    smtpd_reply(s, "521 5.5.2 %s Error: bare <%s> received", s->cfg->hostname, lf ? "LF" : "CR");
+    smtpd_transaction_reset(s);
+    smtpd_session_close(s, true);
 }
 
 /* ---- commands ------------------------------------------------------------ */
@@ -873,46 +570,46 @@ static void bare_newline_abort(struct smtpd_session *s, bool lf)
 static bool cmd_helo(struct smtpd_session *s, struct view arg, bool esmtp)
 {
     if (arg.len == 0) {
-        reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        smtpd_reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return false;
     }
     /* RFC 5321 4.1.1.1: a domain or an address literal. Accept any printable
      * ASCII word (many clients send odd names), nothing else. */
     if (arg.len >= sizeof(s->helo) || memchr(arg.ptr, ' ', arg.len) ||
         smtp_has_8bit(arg.ptr, arg.len)) {
-        reply(s, "501 5.5.2 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        smtpd_reply(s, "501 5.5.2 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return false;
     }
     for (size_t i = 0; i < arg.len; i++) {
         if (arg.ptr[i] < 33 || arg.ptr[i] > 126) {
-            reply(s, "501 5.5.2 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+            smtpd_reply(s, "501 5.5.2 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
             return false;
         }
     }
     memcpy(s->helo, arg.ptr, arg.len);
     s->helo[arg.len] = '\0';
     /* RFC 5321 4.1.4: EHLO in a transaction resets it. */
-    transaction_reset(s);
+    smtpd_transaction_reset(s);
     s->helo_seen = true;
     s->esmtp = esmtp;
-    set_state(s, SS_READY);
+    smtpd_set_state(s, SS_READY);
     const struct smtpd_opts *o = &s->cfg->o;
     if (!esmtp) {
-        reply(s, "250 %s", o->hostname);
+        smtpd_reply(s, "250 %s", o->hostname);
         return true;
     }
-    reply(s, "250-%s", o->hostname);
-    reply(s, "250-PIPELINING");
-    reply(s, "250-SIZE %llu", (unsigned long long)o->message_size_limit);
+    smtpd_reply(s, "250-%s", o->hostname);
+    smtpd_reply(s, "250-PIPELINING");
+    smtpd_reply(s, "250-SIZE %llu", (unsigned long long)o->message_size_limit);
     if (o->tls && !s->tls_active)
-        reply(s, "250-STARTTLS");
+        smtpd_reply(s, "250-STARTTLS");
     if (o->creds && s->tls_active && !s->auth_user[0])
-        reply(s, "250-AUTH PLAIN LOGIN");
-    reply(s, "250-ENHANCEDSTATUSCODES");
-    reply(s, "250-8BITMIME");
-    reply(s, "250-DSN");
-    reply(s, "250-SMTPUTF8");
-    reply(s, "250 CHUNKING");
+        smtpd_reply(s, "250-AUTH PLAIN LOGIN");
+    smtpd_reply(s, "250-ENHANCEDSTATUSCODES");
+    smtpd_reply(s, "250-8BITMIME");
+    smtpd_reply(s, "250-DSN");
+    smtpd_reply(s, "250-SMTPUTF8");
+    smtpd_reply(s, "250 CHUNKING");
     return true;
 }
 
@@ -924,33 +621,33 @@ static bool in_transaction(const struct smtpd_session *s)
 static bool cmd_mail(struct smtpd_session *s, struct view arg)
 {
     if (!s->helo_seen) {
-        reply(s, "503 5.5.1 Error: send HELO/EHLO first");
+        smtpd_reply(s, "503 5.5.1 Error: send HELO/EHLO first");
         return false;
     }
     if (in_transaction(s)) {
-        reply(s, "503 5.5.1 Error: nested MAIL command");
+        smtpd_reply(s, "503 5.5.1 Error: nested MAIL command");
         return false;
     }
     /* RFC 6409 4.3 / RFC 8314 3.3: the submission ports take mail from
      * authenticated clients only, whatever their address. */
     if (s->role != SMTPD_ROLE_SMTP && !s->auth_user[0]) {
-        log_reject(s, "MAIL", "530 5.7.0 Authentication required", NULL);
-        reply(s, "530 5.7.0 Authentication required");
+        smtpd_log_reject(s, "MAIL", "530 5.7.0 Authentication required", NULL);
+        smtpd_reply(s, "530 5.7.0 Authentication required");
         return false;
     }
     const char *why = NULL;
     struct smtp_mail_args m;
     if (smtp_parse_mail(arg, s->esmtp, &m, &why) != 0) {
-        log_reject(s, "MAIL", why, NULL);
-        reply(s, "%s", why);
+        smtpd_log_reject(s, "MAIL", why, NULL);
+        smtpd_reply(s, "%s", why);
         return false;
     }
     if (!s->esmtp && (m.has_size || m.body || m.ret || m.envid[0])) {
-        reply(s, "555 5.5.4 MAIL parameters need EHLO");
+        smtpd_reply(s, "555 5.5.4 MAIL parameters need EHLO");
         return false;
     }
     if (m.has_size && m.size > s->cfg->o.message_size_limit) {
-        reply(s, "552 5.3.4 Message size exceeds fixed limit");
+        smtpd_reply(s, "552 5.3.4 Message size exceeds fixed limit");
         return false;
     }
     /* smtpd_sender_login_maps: an authenticated client sends only as the
@@ -963,32 +660,32 @@ static bool cmd_mail(struct smtpd_session *s, struct view arg)
                  s->auth_user);
         char logtext[2 * SMTP_PATH_MAX + 400];
         snprintf(logtext, sizeof(logtext), "%s; sender=<%s>", text, m.addr);
-        log_reject(s, "MAIL", logtext, NULL);
-        reply(s, "%s", text);
+        smtpd_log_reject(s, "MAIL", logtext, NULL);
+        smtpd_reply(s, "%s", text);
         return false;
     }
     s->mail = m;
-    set_state(s, SS_MAIL);
-    reply(s, "250 2.1.0 Ok");
+    smtpd_set_state(s, SS_MAIL);
+    smtpd_reply(s, "250 2.1.0 Ok");
     return true;
 }
 
 static bool cmd_rcpt(struct smtpd_session *s, struct view arg)
 {
     if (!in_transaction(s)) {
-        reply(s, "503 5.5.1 Error: need MAIL command");
+        smtpd_reply(s, "503 5.5.1 Error: need MAIL command");
         return false;
     }
     s->rcpt_tried++;
     const char *why = NULL;
     struct smtp_rcpt_args r;
     if (smtp_parse_rcpt(arg, s->mail.smtputf8, &r, &why) != 0) {
-        log_reject(s, "RCPT", why, NULL);
-        reply(s, "%s", why);
+        smtpd_log_reject(s, "RCPT", why, NULL);
+        smtpd_reply(s, "%s", why);
         return false;
     }
     if (s->n_rcpts >= s->cfg->o.recipient_limit) {
-        reply(s, "452 4.5.3 Error: too many recipients");
+        smtpd_reply(s, "452 4.5.3 Error: too many recipients");
         return false;
     }
     const struct smtpd_opts *o = &s->cfg->o;
@@ -1002,15 +699,15 @@ static bool cmd_rcpt(struct smtpd_session *s, struct view arg)
     if (!allowed) {
         char text[SMTP_PATH_MAX + 64];
         snprintf(text, sizeof(text), "554 5.7.1 <%s>: Relay access denied", r.addr);
-        log_reject(s, "RCPT", text, r.addr);
-        reply(s, "%s", text);
+        smtpd_log_reject(s, "RCPT", text, r.addr);
+        smtpd_reply(s, "%s", text);
         return false;
     }
     if (s->n_rcpts == s->cap_rcpts) {
         size_t ncap = s->cap_rcpts ? s->cap_rcpts * 2 : 8;
         struct smtpd_rcpt *nv = realloc(s->rcpts, ncap * sizeof(*nv));
         if (!nv) {
-            reply(s, "452 4.3.1 Insufficient system resources");
+            smtpd_reply(s, "452 4.3.1 Insufficient system resources");
             return false;
         }
         s->rcpts = nv;
@@ -1022,127 +719,31 @@ static bool cmd_rcpt(struct smtpd_session *s, struct view arg)
     x->notify = r.notify; /* the bit values match SMTPD_NOTIFY_* */
     if (!x->addr || !x->orcpt) {
         free((char *)x->addr);
-        reply(s, "452 4.3.1 Insufficient system resources");
+        smtpd_reply(s, "452 4.3.1 Insufficient system resources");
         return false;
     }
     s->n_rcpts++;
-    set_state(s, SS_RCPT);
-    reply(s, "250 2.1.5 Ok");
+    smtpd_set_state(s, SS_RCPT);
+    smtpd_reply(s, "250 2.1.5 Ok");
     return true;
-}
-
-/* DATA or BDAT: is a message body allowed now? NULL or the reply. */
-static const char *body_refusal(const struct smtpd_session *s)
-{
-    if (s->state == SS_RCPT)
-        return NULL;
-    if (s->state == SS_MAIL && s->rcpt_tried > 0)
-        return "554 5.5.1 Error: no valid recipients";
-    if (!s->helo_seen)
-        return "503 5.5.1 Error: send HELO/EHLO first";
-    if (s->state == SS_MAIL)
-        return "503 5.5.1 Error: need RCPT command";
-    return "503 5.5.1 Error: need MAIL command";
-}
-
-static bool cmd_data(struct smtpd_session *s, struct view arg, enum smtp_eol eol)
-{
-    if (arg.len) {
-        reply(s, "501 5.5.4 Syntax: DATA");
-        return false;
-    }
-    const char *no = body_refusal(s);
-    if (no) {
-        reply(s, "%s", no);
-        return false;
-    }
-    if (s->bdat_active) {
-        reply(s, "503 5.5.1 Error: DATA after BDAT");
-        return false;
-    }
-    begin_body(s, false, eol == SMTP_EOL_CRLF);
-    set_state(s, SS_DATA);
-    reply(s, "354 End data with <CR><LF>.<CR><LF>");
-    return true;
-}
-
-static void bdat_chunk_done(struct smtpd_session *s);
-
-static bool cmd_bdat(struct smtpd_session *s, struct view arg)
-{
-    uint64_t size;
-    bool last;
-    if (smtp_parse_bdat(arg, &size, &last) != 0) {
-        /* Without a size the chunk cannot be skipped: whatever follows
-         * could be read as commands. Refuse and disconnect. */
-        reply_close(s, "501 5.5.4 Syntax: BDAT count [LAST]; closing connection");
-        return false;
-    }
-    const char *no = body_refusal(s);
-    s->bdat_discard = no != NULL;
-    s->bdat_reply = no;
-    s->bdat_left = size;
-    s->bdat_last = last;
-    s->resume = s->state;
-    if (!no && !s->bdat_active) {
-        begin_body(s, true, true);
-        s->bdat_active = true;
-    }
-    if (s->bdat_discard)
-        s->data_deadline = time_mono_ms() + s->cfg->o.data_timeout_ms;
-    set_state(s, SS_BDAT);
-    if (size == 0)
-        bdat_chunk_done(s);
-    return !no;
-}
-
-static void bdat_chunk_done(struct smtpd_session *s)
-{
-    if (s->bdat_discard) {
-        reply(s, "%s", s->bdat_reply);
-        set_state(s, s->resume);
-        return;
-    }
-    if (s->bdat_last) {
-        if (smtp_data_finish(&s->data) != 0) {
-            bare_newline_abort(s, false);
-            return;
-        }
-        message_complete(s);
-        return;
-    }
-    const char *rej = smtp_data_reject_reply(&s->data);
-    if (rej) {
-        /* RFC 3030 2: after a failed chunk the transaction is over; later
-         * chunks are refused until a new MAIL. */
-        log_reject(s, "BDAT", rej, NULL);
-        reply(s, "%s", rej);
-        transaction_reset(s);
-        set_state(s, idle_state(s));
-        return;
-    }
-    reply(s, "250 2.0.0 Ok: %llu octets received", (unsigned long long)s->data.size);
-    s->cnt_ok[SMTP_V_BDAT]++;
-    s->commands_ok++;
-    set_state(s, SS_RCPT);
 }
 
 static bool cmd_starttls(struct smtpd_session *s, struct view arg)
 {
     if (!s->cfg->o.tls) {
-        reply(s, "502 5.5.1 Error: command not implemented");
+        smtpd_reply(s, "502 5.5.1 Error: command not implemented");
         return false;
     }
     if (arg.len) {
-        reply(s, "501 5.5.4 Syntax: STARTTLS");
+        smtpd_reply(s, "501 5.5.4 Syntax: STARTTLS");
         return false;
     }
     if (s->tls_started) {
-        reply(s, "554 5.5.1 Error: TLS already active");
+        smtpd_reply(s, "554 5.5.1 Error: TLS already active");
         return false;
     }
     if (in_transaction(s)) {
-        reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+        smtpd_reply(s, "503 5.5.1 Error: MAIL transaction in progress");
         return false;
     }
     /* RFC 3207 4.2 / CVE-2011-0411: nothing the client sent after STARTTLS
@@ -1150,21 +751,21 @@ static bool cmd_starttls(struct smtpd_session *s, struct view arg)
     size_t extra = s->in.len - s->in_off;
     if (extra > 0) {
         log_warn("smtpd", "%s[%s]: %zu bytes of plaintext pipelined after STARTTLS discarded",
-                 client_name(s), s->addr, extra);
+                 smtpd_client_name(s), s->addr, extra);
         s->in_off = s->in.len;
     }
     smtp_lines_reset(&s->lines);
     /* The 220 is queued in the clear first; the stream sends it before
      * anything of TLS. */
-    reply(s, "220 2.0.0 Ready to start TLS");
-    flush(s);
+    smtpd_reply(s, "220 2.0.0 Ready to start TLS");
+    smtpd_flush(s);
     if (s->closing)
         return true;
     s->tls_started = true;
-    set_state(s, SS_TLS);
+    smtpd_set_state(s, SS_TLS);
     if (tls_stream_start_tls(s->stream, s->cfg->o.tls, NULL, TLS_VERIFY_NONE) != 0) {
-        log_warn("smtpd", "%s[%s]: cannot start TLS", client_name(s), s->addr);
-        session_close(s, false);
+        log_warn("smtpd", "%s[%s]: cannot start TLS", smtpd_client_name(s), s->addr);
+        smtpd_session_close(s, false);
     }
     return true;
 }
@@ -1176,25 +777,25 @@ static void auth_done(void *arg, bool ok)
     struct smtpd_session *s = arg;
     s->holds--;
     if (s->closing) {
-        session_maybe_free(s);
+        smtpd_session_maybe_free(s);
         return;
     }
     if (ok) {
         str_copy(s->auth_user, s->auth_try_user, sizeof(s->auth_user));
-        log_info("smtpd", "%s[%s]: sasl_method=%s, sasl_username=%s", client_name(s), s->addr,
+        log_info("smtpd", "%s[%s]: sasl_method=%s, sasl_username=%s", smtpd_client_name(s), s->addr,
                  s->auth_method, s->auth_user);
-        reply(s, "235 2.7.0 Authentication successful");
+        smtpd_reply(s, "235 2.7.0 Authentication successful");
         s->cnt_ok[SMTP_V_AUTH]++;
         s->commands_ok++;
     } else {
-        log_warn("smtpd", "%s[%s]: SASL %s authentication failed", client_name(s), s->addr,
+        log_warn("smtpd", "%s[%s]: SASL %s authentication failed", smtpd_client_name(s), s->addr,
                  s->auth_method);
-        reply(s, "535 5.7.8 Error: authentication failed");
+        smtpd_reply(s, "535 5.7.8 Error: authentication failed");
     }
     memset(s->auth_try_user, 0, sizeof(s->auth_try_user));
-    set_state(s, idle_state(s));
+    smtpd_set_state(s, smtpd_idle_state(s));
     if (!s->in_process)
-        process(s);
+        smtpd_process(s);
 }
 
 static void auth_check(struct smtpd_session *s, const char *user, const char *pass)
@@ -1202,26 +803,26 @@ static void auth_check(struct smtpd_session *s, const char *user, const char *pa
     str_copy(s->auth_try_user, user, sizeof(s->auth_try_user));
     if (strlen(user) >= sizeof(s->auth_try_user) ||
         smtpd_auth_check(s->d->loop, s->cfg->o.creds, user, pass, auth_done, s) != 0) {
-        reply(s, "454 4.7.0 Temporary authentication failure");
-        set_state(s, idle_state(s));
+        smtpd_reply(s, "454 4.7.0 Temporary authentication failure");
+        smtpd_set_state(s, smtpd_idle_state(s));
         return;
     }
     s->holds++;
-    set_state(s, SS_WAIT);
+    smtpd_set_state(s, SS_WAIT);
 }
 
 /* Decode one SASL response. Returns its length or -1 after replying. */
 static int auth_decode(struct smtpd_session *s, struct view v, unsigned char *out, size_t size)
 {
     if (v.len == 1 && v.ptr[0] == '*') {
-        reply(s, "501 5.7.0 Authentication aborted");
+        smtpd_reply(s, "501 5.7.0 Authentication aborted");
         return -1;
     }
     if (v.len == 1 && v.ptr[0] == '=')
         return 0; /* RFC 4954 4: an empty initial response */
     int n = smtp_base64_decode(v.ptr, v.len, out, size - 1);
     if (n < 0) {
-        reply(s, "501 5.5.2 Cannot decode response");
+        smtpd_reply(s, "501 5.5.2 Cannot decode response");
         return -1;
     }
     out[n] = '\0';
@@ -1233,7 +834,7 @@ static void auth_plain(struct smtpd_session *s, struct view v)
     unsigned char dec[SMTP_CMD_LINE_MAX];
     int n = auth_decode(s, v, dec, sizeof(dec));
     if (n < 0) {
-        set_state(s, idle_state(s));
+        smtpd_set_state(s, smtpd_idle_state(s));
         return;
     }
     /* RFC 4616 2: [authzid] NUL authcid NUL passwd */
@@ -1241,14 +842,14 @@ static void auth_plain(struct smtpd_session *s, struct view v)
     const char *z1 = memchr(p, '\0', (size_t)n);
     const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t)(p + n - z1 - 1)) : NULL;
     if (!z1 || !z2 || memchr(z2 + 1, '\0', (size_t)(p + n - z2 - 1)) || z2 == z1 + 1) {
-        reply(s, "501 5.5.2 Malformed PLAIN response");
-        set_state(s, idle_state(s));
+        smtpd_reply(s, "501 5.5.2 Malformed PLAIN response");
+        smtpd_set_state(s, smtpd_idle_state(s));
         return;
     }
     const char *authz = p, *user = z1 + 1, *pass = z2 + 1;
     if (*authz && strcmp(authz, user) != 0) {
-        reply(s, "535 5.7.8 Error: authorization identity not allowed");
-        set_state(s, idle_state(s));
+        smtpd_reply(s, "535 5.7.8 Error: authorization identity not allowed");
+        smtpd_set_state(s, smtpd_idle_state(s));
         return;
     }
     auth_check(s, user, pass);
@@ -1265,15 +866,15 @@ static void auth_line(struct smtpd_session *s, struct view v)
     int n = auth_decode(s, v, dec, sizeof(dec));
     if (n < 0 || memchr(dec, '\0', (size_t)n)) {
         if (n >= 0)
-            reply(s, "501 5.5.2 Malformed LOGIN response");
-        set_state(s, idle_state(s));
+            smtpd_reply(s, "501 5.5.2 Malformed LOGIN response");
+        smtpd_set_state(s, smtpd_idle_state(s));
         return;
     }
     if (s->auth_step == AUTH_LOGIN_USER) {
         str_copy(s->auth_try_user, (const char *)dec, sizeof(s->auth_try_user));
         s->auth_step = AUTH_LOGIN_PASS;
-        reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
-        set_state(s, SS_AUTH);
+        smtpd_reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+        smtpd_set_state(s, SS_AUTH);
         return;
     }
     char user[256];
@@ -1285,23 +886,23 @@ static void auth_line(struct smtpd_session *s, struct view v)
 static bool cmd_auth(struct smtpd_session *s, struct view arg)
 {
     if (!s->cfg->o.creds) {
-        reply(s, "502 5.5.1 Error: authentication not enabled");
+        smtpd_reply(s, "502 5.5.1 Error: authentication not enabled");
         return false;
     }
     if (!s->tls_active) {
-        reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        smtpd_reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
         return false;
     }
     if (!s->esmtp) {
-        reply(s, "503 5.5.1 Error: send EHLO first");
+        smtpd_reply(s, "503 5.5.1 Error: send EHLO first");
         return false;
     }
     if (s->auth_user[0]) {
-        reply(s, "503 5.5.1 Error: already authenticated");
+        smtpd_reply(s, "503 5.5.1 Error: already authenticated");
         return false;
     }
     if (in_transaction(s)) {
-        reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+        smtpd_reply(s, "503 5.5.1 Error: MAIL transaction in progress");
         return false;
     }
     size_t m = 0;
@@ -1318,8 +919,8 @@ static bool cmd_auth(struct smtpd_session *s, struct view arg)
         if (init.len) {
             auth_plain(s, init);
         } else {
-            reply(s, "334 ");
-            set_state(s, SS_AUTH);
+            smtpd_reply(s, "334 ");
+            smtpd_set_state(s, SS_AUTH);
         }
         return true;
     }
@@ -1329,12 +930,12 @@ static bool cmd_auth(struct smtpd_session *s, struct view arg)
         if (init.len) {
             auth_line(s, init);
         } else {
-            reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
-            set_state(s, SS_AUTH);
+            smtpd_reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+            smtpd_set_state(s, SS_AUTH);
         }
         return true;
     }
-    reply(s, "504 5.5.4 Unrecognized authentication type");
+    smtpd_reply(s, "504 5.5.4 Unrecognized authentication type");
     return false;
 }
 
@@ -1343,13 +944,13 @@ static bool cmd_auth(struct smtpd_session *s, struct view arg)
 static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
 {
     if (eol != SMTP_EOL_CRLF && s->cfg->o.bare_newline == SMTPD_BARE_REJECT) {
-        bare_newline_abort(s, eol == SMTP_EOL_LF);
+        smtpd_bare_newline_abort(s, eol == SMTP_EOL_LF);
         return;
     }
     if (s->state == SS_AUTH) {
         if (s->lines.overflow) {
-            reply(s, "500 5.5.2 Error: line too long");
-            set_state(s, idle_state(s));
+            smtpd_reply(s, "500 5.5.2 Error: line too long");
+            smtpd_set_state(s, smtpd_idle_state(s));
             return;
         }
         auth_line(s, (struct view){s->lines.line, s->lines.len});
@@ -1359,7 +960,7 @@ static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
     if (s->lines.overflow) {
         s->cnt_all[SMTP_V_UNKNOWN]++;
         s->last_verb = SMTP_V_UNKNOWN;
-        reply(s, "500 5.5.2 Error: line too long");
+        smtpd_reply(s, "500 5.5.2 Error: line too long");
         return;
     }
     struct smtp_cmd c;
@@ -1367,7 +968,7 @@ static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
     if (smtp_cmd_parse(s->lines.line, s->lines.len, &c, &why) != 0) {
         s->cnt_all[SMTP_V_UNKNOWN]++;
         s->last_verb = SMTP_V_UNKNOWN;
-        reply(s, "%s", why);
+        smtpd_reply(s, "%s", why);
         return;
     }
     s->last_verb = c.verb;
@@ -1388,47 +989,47 @@ static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
         break;
     case SMTP_V_DATA:
         /* Counted when the message is answered (owner_finish). */
-        cmd_data(s, c.arg, eol);
+        smtpd_cmd_data(s, c.arg, eol);
         return;
     case SMTP_V_BDAT:
         /* Counted when the chunk is answered. */
-        cmd_bdat(s, c.arg);
+        smtpd_cmd_bdat(s, c.arg);
         return;
     case SMTP_V_RSET:
         if (c.arg.len) {
-            reply(s, "501 5.5.4 Syntax: RSET");
+            smtpd_reply(s, "501 5.5.4 Syntax: RSET");
             break;
         }
-        transaction_reset(s);
-        set_state(s, idle_state(s));
-        reply(s, "250 2.0.0 Ok");
+        smtpd_transaction_reset(s);
+        smtpd_set_state(s, smtpd_idle_state(s));
+        smtpd_reply(s, "250 2.0.0 Ok");
         ok = true;
         break;
     case SMTP_V_NOOP:
-        reply(s, "250 2.0.0 Ok");
+        smtpd_reply(s, "250 2.0.0 Ok");
         ok = true;
         break;
     case SMTP_V_QUIT:
         s->quit = true;
         s->cnt_ok[c.verb]++;
         s->commands_ok++;
-        reply_close(s, "221 2.0.0 Bye");
+        smtpd_reply_close(s, "221 2.0.0 Bye");
         return;
     case SMTP_V_VRFY:
         if (c.arg.len == 0) {
-            reply(s, "501 5.5.4 Syntax: VRFY address");
+            smtpd_reply(s, "501 5.5.4 Syntax: VRFY address");
             break;
         }
         /* RFC 5321 3.5.3: 252 when we will not verify but will try. */
-        reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+        smtpd_reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
         ok = true;
         break;
     case SMTP_V_EXPN:
-        reply(s, "502 5.5.1 Error: command not implemented");
+        smtpd_reply(s, "502 5.5.1 Error: command not implemented");
         break;
     case SMTP_V_HELP:
-        reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP "
-                 "STARTTLS AUTH");
+        smtpd_reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP "
+                       "STARTTLS AUTH");
         ok = true;
         break;
     case SMTP_V_STARTTLS:
@@ -1439,7 +1040,7 @@ static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
         cmd_auth(s, c.arg);
         return;
     default:
-        reply(s, "502 5.5.2 Error: command not recognized");
+        smtpd_reply(s, "502 5.5.2 Error: command not recognized");
         break;
     }
     if (ok) {
@@ -1453,7 +1054,7 @@ static void handle_line(struct smtpd_session *s, enum smtp_eol eol)
  * session has to wait. Then send the replies (RFC 2920 3.2: a server sends
  * its replies when its input is empty) and decide whether to read more.
  */
-static void process(struct smtpd_session *s)
+void smtpd_process(struct smtpd_session *s)
 {
     s->in_process = true;
 again:
@@ -1466,30 +1067,11 @@ again:
          * them to drain before more commands are run (RFC 2920 3.1). */
         if (s->out.len + tls_stream_queued(s->stream) > WRITE_HIGH)
             break;
-        if (s->state == SS_DATA) {
-            long k = smtp_data_feed(&s->data, p, n);
-            if (k < 0) {
-                bare_newline_abort(s, (s->data.flags & SMTP_DATA_BARE_LF) != 0);
+        if (s->state == SS_DATA || s->state == SS_BDAT) {
+            long k = smtpd_body_feed(s, p, n);
+            if (k < 0)
                 break;
-            }
             s->in_off += (size_t)k;
-            if (s->data.done)
-                message_complete(s); /* counted in owner_finish() */
-            continue;
-        }
-        if (s->state == SS_BDAT) {
-            size_t k = n < s->bdat_left ? n : (size_t)s->bdat_left;
-            if (!s->bdat_discard) {
-                long used = smtp_data_feed(&s->data, p, k);
-                if (used < 0) {
-                    bare_newline_abort(s, (s->data.flags & SMTP_DATA_BARE_LF) != 0);
-                    break;
-                }
-            }
-            s->in_off += k;
-            s->bdat_left -= k;
-            if (s->bdat_left == 0)
-                bdat_chunk_done(s);
             continue;
         }
         bool complete;
@@ -1501,8 +1083,8 @@ again:
         smtp_lines_next(&s->lines);
         if (!s->closing && s->errors >= s->cfg->o.hard_error_limit) {
             log_info("smtpd", "too many errors after %s from %s[%s]", smtp_verb_name(s->last_verb),
-                     client_name(s), s->addr);
-            reply_close(s, "421 4.7.0 Error: too many errors");
+                     smtpd_client_name(s), s->addr);
+            smtpd_reply_close(s, "421 4.7.0 Error: too many errors");
             break;
         }
         if (!s->closing && s->state != SS_WAIT && s->state != SS_DATA && s->state != SS_BDAT)
@@ -1512,15 +1094,15 @@ again:
         buf_reset(&s->in);
         s->in_off = 0;
     }
-    flush(s);
+    smtpd_flush(s);
     /* Stopped for the output above and it was taken at once: go on. (It
      * usually is not: the stream writes at the end of the loop iteration,
      * and on_written resumes.) */
     if (!s->closing && s->in_off < s->in.len && s->stream && tls_stream_queued(s->stream) == 0 &&
-        s->state != SS_WAIT && s->state != SS_TLS)
+        s->state != SS_WAIT && s->state != SS_TLS && !s->stream_paused)
         goto again;
     s->in_process = false;
-    update_reading(s);
+    smtpd_update_reading(s);
 }
 
 /* ---- accepting ----------------------------------------------------------- */
@@ -1593,7 +1175,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(tls_stream_tcp(s->stream), 1);
     s->role = l->role;
-    log_info("smtpd", "connect from %s[%s] to %s (%s)", client_name(s), s->addr, l->name,
+    log_info("smtpd", "connect from %s[%s] to %s (%s)", smtpd_client_name(s), s->addr, l->name,
              smtpd_role_name(s->role));
     size_t total;
     size_t mine = count_from(d, s->addr, &total);
@@ -1604,40 +1186,40 @@ static void on_connection(uv_stream_t *server, int status)
         if (!o->tls || total > o->session_limit ||
             (mine > o->client_limit &&
              !(o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer)))) {
-            log_warn("smtpd", "%s[%s]: %s: closing", client_name(s), s->addr,
+            log_warn("smtpd", "%s[%s]: %s: closing", smtpd_client_name(s), s->addr,
                      !o->tls ? "no TLS certificate for implicit TLS" : "too many connections");
-            session_close(s, false);
+            smtpd_session_close(s, false);
             return;
         }
         s->implicit_tls = true;
         s->tls_started = true;
-        set_state(s, SS_TLS);
+        smtpd_set_state(s, SS_TLS);
         if (tls_stream_start_tls(s->stream, o->tls, NULL, TLS_VERIFY_NONE) != 0) {
-            log_warn("smtpd", "%s[%s]: cannot start TLS", client_name(s), s->addr);
-            session_close(s, false);
+            log_warn("smtpd", "%s[%s]: cannot start TLS", smtpd_client_name(s), s->addr);
+            smtpd_session_close(s, false);
             return;
         }
-        update_reading(s);
+        smtpd_update_reading(s);
         return;
     }
     if (total > o->session_limit) {
-        log_warn("smtpd", "too many sessions: refusing %s[%s]", client_name(s), s->addr);
-        reply_close(s, "421 4.7.0 Error: too many connections");
+        log_warn("smtpd", "too many sessions: refusing %s[%s]", smtpd_client_name(s), s->addr);
+        smtpd_reply_close(s, "421 4.7.0 Error: too many connections");
         return;
     }
     /* As Postfix's smtpd_client_event_limit_exceptions: clients that may
      * relay (mynetworks) are trusted not to flood us. */
     if (mine > o->client_limit &&
         !(o->relay_allowed && o->relay_allowed(o->arg, (struct sockaddr *)&s->peer))) {
-        log_warn("smtpd", "too many connections from %s[%s]", client_name(s), s->addr);
-        reply(s, "421 4.7.0 %s Error: too many connections from %s", o->hostname, s->addr);
-        session_close(s, true);
+        log_warn("smtpd", "too many connections from %s[%s]", smtpd_client_name(s), s->addr);
+        smtpd_reply(s, "421 4.7.0 %s Error: too many connections from %s", o->hostname, s->addr);
+        smtpd_session_close(s, true);
         return;
     }
-    reply(s, "220 %s %s", o->hostname, o->banner);
-    set_state(s, SS_CONNECTED);
-    flush(s);
-    update_reading(s);
+    smtpd_reply(s, "220 %s %s", o->hostname, o->banner);
+    smtpd_set_state(s, SS_CONNECTED);
+    smtpd_flush(s);
+    smtpd_update_reading(s);
 }
 
 /* ---- the server ------------------------------------------------------------ */
@@ -1769,12 +1351,12 @@ void smtpd_close_sessions(struct smtpd *d)
          * closed at once either way, so the server is gone when the loop
          * has run once more. */
         if (s->state != SS_TLS) {
-            reply(s, "421 4.3.2 %s Service shutting down, closing transmission channel",
-                  s->cfg->hostname);
-            flush(s);
+            smtpd_reply(s, "421 4.3.2 %s Service shutting down, closing transmission channel",
+                        s->cfg->hostname);
+            smtpd_flush(s);
         }
-        log_info("smtpd", "%s[%s]: session dropped at shutdown", client_name(s), s->addr);
-        session_close(s, false);
+        log_info("smtpd", "%s[%s]: session dropped at shutdown", smtpd_client_name(s), s->addr);
+        smtpd_session_close(s, false);
     }
 }
 

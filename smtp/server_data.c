@@ -133,6 +133,7 @@ void smtp_data_init(struct smtp_data *d, enum smtp_bare_mode mode, bool bdat, ui
     d->flags = 0;
     d->max_size = max_size;
     d->size = 0;
+    d->head_len = 0;
     d->lines = 0;
     d->out = out;
     /* One more than the limit, so a dot-stuffed line of 998 characters
@@ -165,9 +166,10 @@ static void note_line_start(struct smtp_data *d, const char *t, size_t len)
 {
     if (!d->in_headers)
         return;
-    if (len == 0)
+    if (len == 0) {
         d->in_headers = false;
-    else if (header_is(t, len, "date:"))
+        d->head_len = d->size + 2; /* the empty line is stored next */
+    } else if (header_is(t, len, "date:"))
         d->seen_date = true;
     else if (header_is(t, len, "message-id:"))
         d->seen_msgid = true;
@@ -341,6 +343,8 @@ const char *smtp_data_reject_reply(const struct smtp_data *d)
         return "452 4.3.1 Insufficient system resources";
     if (d->flags & SMTP_DATA_TOO_BIG)
         return "552 5.3.4 Message size exceeds fixed limit";
+    if (d->flags & SMTP_DATA_HEADER_TOO_BIG)
+        return "552 5.3.4 Message header section exceeds fixed limit";
     if (d->flags & SMTP_DATA_NUL)
         return "554 5.6.0 Message contains NUL characters";
     if (d->flags & SMTP_DATA_LONG_LINE)

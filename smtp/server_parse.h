@@ -195,6 +195,7 @@ enum {
     SMTP_DATA_LONG_LINE = 1 << 3,
     SMTP_DATA_TOO_BIG = 1 << 4,
     SMTP_DATA_NOMEM = 1 << 5,
+    SMTP_DATA_HEADER_TOO_BIG = 1 << 6, /* set by the session (streaming) */
 };
 
 /*
@@ -242,7 +243,8 @@ struct smtp_data {
     size_t received; /* Received: fields in the header section */
     unsigned flags;
     uint64_t max_size;
-    uint64_t size; /* octets stored (or that would have been) */
+    uint64_t size;     /* octets stored (or that would have been) */
+    uint64_t head_len; /* the header section with its empty line, once read */
     size_t lines;
     struct buf *out; /* where the message goes */
     struct smtp_lines lr;

@@ -144,8 +144,14 @@ struct smtpd_message {
     /* The message as it is to be stored: CRLF line ends, dot-stuffing
      * removed, lines over 998 octets folded with CRLF SP (unless
      * reject_long_lines), with Received: (and Date:, Message-ID: if they
-     * were missing) prepended. */
+     * were missing) prepended: those fields are the first prefix_len
+     * octets. Streamed (see on_stream): body holds those fields followed
+     * by the octets of the message on_stream has not been given; the
+     * message is what on_stream got, then that rest. */
     struct view body;
+    size_t prefix_len;
+    bool streamed;
+    uint64_t size; /* the whole message as stored, prefix included */
 };
 
 /*
@@ -155,6 +161,38 @@ struct smtpd_message {
  */
 typedef void (*smtpd_message_cb)(void *arg, struct smtpd_session *s,
                                  const struct smtpd_message *msg);
+/*
+ * Streaming a large message (optional: on_stream NULL keeps every message
+ * whole in memory). Past stream_threshold octets the session hands the
+ * message over as it arrives, so memory does not grow with its size:
+ *   SMTPD_STREAM_START  once: bytes is the header section with the empty
+ *                       line after it (at most stream_threshold octets;
+ *                       a longer one is refused with 552 5.3.4). Nothing
+ *                       of the message has been handed over yet.
+ *   SMTPD_STREAM_DATA   the next octets of the message as stored (the
+ *                       first call starts at its first octet, header
+ *                       section included).
+ *   SMTPD_STREAM_ABORT  the transaction ended without on_message (a
+ *                       refusal at the end, RSET, a lost connection):
+ *                       forget the message. Not called once on_message
+ *                       has the message (msg->streamed).
+ * bytes are valid during the call only. START and DATA return 0 to go on,
+ * SMTPD_STREAM_PAUSE to stop reading this session's input until the owner
+ * calls smtpd_session_resume(), or a negative error: nothing more is
+ * handed over and the client gets, at the end of the message, the reply
+ * smtpd_session_done() gives for that error. ABORT's return is ignored.
+ */
+enum smtpd_stream_ev { SMTPD_STREAM_START, SMTPD_STREAM_DATA, SMTPD_STREAM_ABORT };
+#define SMTPD_STREAM_PAUSE 1
+typedef int (*smtpd_stream_cb)(void *arg, struct smtpd_session *s, enum smtpd_stream_ev ev,
+                               struct view bytes);
+/* Read on after SMTPD_STREAM_PAUSE. From any callback or later; nothing
+ * happens for a session not paused. */
+void smtpd_session_resume(struct smtpd_session *s);
+/* One pointer the owner may keep with a session (NULL at first). */
+void smtpd_session_set_data(struct smtpd_session *s, void *data);
+void *smtpd_session_data(const struct smtpd_session *s);
+
 /* May this client relay without authenticating? (mynetworks) */
 typedef bool (*smtpd_relay_cb)(void *arg, const struct sockaddr *client);
 /* May the client authenticated as login use sender in MAIL FROM?
@@ -209,6 +247,8 @@ struct smtpd_opts {
     smtpd_sender_cb sender_allowed;  /* NULL: an authenticated client may use any
                                         sender; false: 553 5.7.1 at MAIL */
     smtpd_message_cb on_message;     /* required */
+    smtpd_stream_cb on_stream;       /* NULL: never stream (see above) */
+    size_t stream_threshold;         /* octets held before streaming; 0: 256 KiB */
     void *arg;                       /* for the callbacks */
 };
 
