@@ -124,12 +124,26 @@ void metrics_stop(struct mta *m);
 struct dkim_keytable;
 struct smtpd_session;
 struct smtpd_message;
-typedef int (*mta_enqueue_fn)(struct mta *m, const struct smtpd_message *msg, const char *body,
-                              size_t len, void (*cb)(void *arg, int status, const char *id),
-                              void *arg);
+typedef int (*mta_enqueue_fn)(struct mta *m, struct smtpd_session *s,
+                              const struct smtpd_message *msg, const char *body, size_t len,
+                              void (*cb)(void *arg, int status, const char *id), void *arg);
+/* enqueue with cb NULL: the message will not be queued after all (its
+ * signing failed): let go of what it holds. */
+/* A streamed message (msg->streamed): its header fields (the fields the
+ * server added, then the client's header section) and the relaxed body
+ * hash computed as the body went by. enqueue then gets only the
+ * signatures, to go in front of the fields. */
+struct signing_streamed {
+    struct view head;
+    const uint8_t *body_hash;
+};
 int signing_load(const struct conf *c, struct dkim_keytable **out, struct buf *err);
 int signing_take(struct mta *m, struct dkim_keytable *keys, struct smtpd_session *s,
-                 const struct smtpd_message *msg, mta_enqueue_fn enqueue);
+                 const struct smtpd_message *msg, const struct signing_streamed *st,
+                 mta_enqueue_fn enqueue);
+/* Would a message with this header section be signed (keys for its From
+ * domain)? For a stream, to know whether to hash its body. */
+bool signing_wanted(struct dkim_keytable *keys, const char *head, size_t len);
 
 /*
  * control.c: the control socket (<queue_directory>/control.sock, mode 0660,

@@ -52,10 +52,15 @@ struct sign_job {
     const struct dkim_signer *signers[MAX_SIGNERS];
     size_t n_signers;
     struct dkim_headers h;
+    struct view text;     /* what is signed: the message, or its header fields */
+    struct buf text_copy; /* the header fields of a streamed message */
+    bool has_bh;          /* body_hash is the body's (streamed): out gets only
+                             the signatures */
+    uint8_t body_hash[32];
     int64_t t;
     int status;
     struct buf why;
-    struct buf out; /* the signatures, then the message */
+    struct buf out; /* the signatures, then the message unless has_bh */
 };
 
 static void job_free(struct sign_job *j)
@@ -65,6 +70,7 @@ static void job_free(struct sign_job *j)
     conf_unref(j->conf);
     buf_free(&j->why);
     buf_free(&j->out);
+    buf_free(&j->text_copy);
     free(j);
 }
 
@@ -96,10 +102,11 @@ static void sign_run(uv_work_t *w)
             .headers = (const char *const *)names->v,
             .n_headers = names->n,
             .t = j->t,
+            .body_hash = j->has_bh ? j->body_hash : NULL,
         };
-        j->status = dkim_sign(&o, j->msg.body.ptr, j->msg.body.len, &j->h, &j->out, &j->why);
+        j->status = dkim_sign(&o, j->text.ptr, j->text.len, &j->h, &j->out, &j->why);
     }
-    if (j->status == 0)
+    if (j->status == 0 && !j->has_bh)
         j->status = buf_append(&j->out, j->msg.body.ptr, j->msg.body.len);
 }
 
@@ -111,21 +118,57 @@ static void sign_done(uv_work_t *w, int uv_status)
     if (j->status != 0) {
         log_err("smtpd", "DKIM signing failed, message refused with a temporary error: %s",
                 j->why.len ? j->why.data : err_str(j->status));
+        if (j->has_bh) /* let go of the streamed body */
+            j->enqueue(j->m, j->s, &j->msg, NULL, 0, NULL, NULL);
         smtpd_session_done(j->s, ERR_IO, NULL);
         job_free(j);
         return;
     }
-    int rc = j->enqueue(j->m, &j->msg, j->out.data, j->out.len, job_submitted, j);
+    int rc = j->enqueue(j->m, j->s, &j->msg, j->out.data, j->out.len, job_submitted, j);
     if (rc != 0) {
         smtpd_session_done(j->s, rc, NULL);
         job_free(j);
     }
 }
 
+/* The keys for the From domain of the message or header section text
+ * (parsed into h): how many (0: not to be signed). */
+static size_t find_signers(struct dkim_keytable *keys, struct view text, struct dkim_headers *h,
+                           const struct dkim_signer **signers)
+{
+    char from[256], alabel[256];
+    int rc = dkim_headers_parse(text.ptr, text.len, h);
+    if (rc == 0)
+        rc = dkim_from_domain(text.ptr, h, from, sizeof(from));
+    if (rc == 0)
+        rc = domain_alabel(from, alabel, sizeof(alabel));
+    if (rc != 0) {
+        /* No From, several, no usable domain: the message goes out
+         * unsigned, as the operator has no key for it. */
+        if (rc != ERR_NOTFOUND)
+            log_debug("smtpd", "DKIM: not signed, From domain not usable (%s)", err_str(rc));
+        return 0;
+    }
+    size_t n = dkim_keytable_find(keys, alabel, signers, MAX_SIGNERS);
+    return n > MAX_SIGNERS ? MAX_SIGNERS : n;
+}
+
+bool signing_wanted(struct dkim_keytable *keys, const char *head, size_t len)
+{
+    if (!keys)
+        return false;
+    struct dkim_headers h = {0};
+    const struct dkim_signer *signers[MAX_SIGNERS];
+    size_t n = find_signers(keys, (struct view){head, len}, &h, signers);
+    dkim_headers_free(&h);
+    return n > 0;
+}
+
 /* Find the keys for the message's From domain. 0 with *job NULL when the
  * message is not to be signed. */
 static int sign_prepare(struct mta *m, struct dkim_keytable *keys, struct smtpd_session *s,
-                        const struct smtpd_message *msg, struct sign_job **job)
+                        const struct smtpd_message *msg, const struct signing_streamed *st,
+                        struct sign_job **job)
 {
     *job = NULL;
     if (!keys)
@@ -134,25 +177,25 @@ static int sign_prepare(struct mta *m, struct dkim_keytable *keys, struct smtpd_
     if (!j)
         return ERR_NOMEM;
     buf_init(&j->why, 1024);
-    buf_init(&j->out, msg->body.len + 64 * 1024);
-    char from[256], alabel[256];
-    int rc = dkim_headers_parse(msg->body.ptr, msg->body.len, &j->h);
-    if (rc == 0)
-        rc = dkim_from_domain(msg->body.ptr, &j->h, from, sizeof(from));
-    if (rc == 0)
-        rc = domain_alabel(from, alabel, sizeof(alabel));
-    if (rc == 0)
-        j->n_signers = dkim_keytable_find(keys, alabel, j->signers, MAX_SIGNERS);
-    if (rc != 0 || j->n_signers == 0) {
-        /* No From, several, no usable domain, or no key for it: the
-         * message goes out unsigned, as the operator has no key for it. */
-        if (rc != 0 && rc != ERR_NOTFOUND)
-            log_debug("smtpd", "DKIM: not signed, From domain not usable (%s)", err_str(rc));
-        job_free(j);
-        return 0;
+    buf_init(&j->text_copy, SIZE_MAX / 2);
+    int rc = 0;
+    if (st) {
+        /* Only the header fields are in memory; the body hash came with
+         * the body as it was stored. */
+        rc = buf_append(&j->text_copy, st->head.ptr, st->head.len);
+        j->text = (struct view){j->text_copy.data, j->text_copy.len};
+        j->has_bh = true;
+        memcpy(j->body_hash, st->body_hash, sizeof(j->body_hash));
+    } else {
+        j->text = msg->body;
     }
-    if (j->n_signers > MAX_SIGNERS)
-        j->n_signers = MAX_SIGNERS;
+    buf_init(&j->out, (st ? 0 : msg->body.len) + 64 * 1024);
+    if (rc == 0)
+        j->n_signers = find_signers(keys, j->text, &j->h, j->signers);
+    if (rc != 0 || j->n_signers == 0) {
+        job_free(j);
+        return rc;
+    }
     j->m = m;
     j->s = s;
     j->msg = *msg;
@@ -180,10 +223,11 @@ int signing_load(const struct conf *c, struct dkim_keytable **out, struct buf *e
 }
 
 int signing_take(struct mta *m, struct dkim_keytable *keys, struct smtpd_session *s,
-                 const struct smtpd_message *msg, mta_enqueue_fn enqueue)
+                 const struct smtpd_message *msg, const struct signing_streamed *st,
+                 mta_enqueue_fn enqueue)
 {
     struct sign_job *j;
-    int rc = sign_prepare(m, keys, s, msg, &j);
+    int rc = sign_prepare(m, keys, s, msg, st, &j);
     if (rc != 0 || !j)
         return rc;
     j->enqueue = enqueue;

@@ -141,11 +141,11 @@ static void submitted(void *arg, int status, const char *id)
     smtpd_session_done(arg, status, id);
 }
 
-static int submit(struct mta *m, const struct smtpd_message *msg, const char *body, size_t len,
-                  void (*cb)(void *, int, const char *), void *arg)
+/* The queue's envelope and recipients of msg (rcpts: free() it). head is
+ * the message's header section, or more (TLS-Required: is looked for). */
+static int make_envelope(const struct smtpd_message *msg, const char *head, size_t len,
+                         struct queue_envelope *env, struct queue_rcpt_in **rcpts)
 {
-    if (!m->queue)
-        return ERR_CLOSED;
     struct queue_rcpt_in *rc = calloc(msg->n_rcpts, sizeof(*rc));
     if (!rc)
         return ERR_NOMEM;
@@ -155,7 +155,7 @@ static int submit(struct mta *m, const struct smtpd_message *msg, const char *bo
         /* SMTPD_NOTIFY_* and QUEUE_NOTIFY_* are both the RFC 3461 bits. */
         rc[i].notify = msg->rcpts[i].notify;
     }
-    struct queue_envelope env = {
+    *env = (struct queue_envelope){
         .sender = msg->sender,
         .client_name = msg->client_name,
         .client_addr = msg->client_addr,
@@ -168,29 +168,216 @@ static int submit(struct mta *m, const struct smtpd_message *msg, const char *bo
                                             : QUEUE_RET_NONE,
         .flags = (msg->smtputf8 ? QUEUE_F_SMTPUTF8 : 0u) |
                  (msg->eightbitmime ? QUEUE_F_8BITMIME : 0u) | (msg->tls[0] ? QUEUE_F_TLS : 0u) |
-                 (tls_required_no(body, len) ? QUEUE_F_TLS_OPTIONAL : 0u),
+                 (tls_required_no(head, len) ? QUEUE_F_TLS_OPTIONAL : 0u),
     };
+    *rcpts = rc;
+    return 0;
+}
+
+static int submit(struct mta *m, struct smtpd_session *s, const struct smtpd_message *msg,
+                  const char *body, size_t len, void (*cb)(void *, int, const char *), void *arg)
+{
+    (void)s;
+    if (!m->queue)
+        return ERR_CLOSED;
+    struct queue_envelope env;
+    struct queue_rcpt_in *rc;
+    int err = make_envelope(msg, body, len, &env, &rc);
+    if (err)
+        return err;
     /* Envelope and recipients are copied before queue_submit() returns; the
      * body must stay until the callback. */
-    int rc_submit = queue_submit(m->queue, &env, rc, msg->n_rcpts, body, len, cb, arg);
+    err = queue_submit(m->queue, &env, rc, msg->n_rcpts, body, len, cb, arg);
     free(rc);
-    return rc_submit;
+    return err;
+}
+
+/* ---- streaming large messages into the queue ------------------------------ */
+
+/* A message longer than this is stored as it arrives (queue_stage_*), so
+ * memory never grows with message size. */
+#define STREAM_THRESHOLD (2 * QUEUE_CHUNK)
+/* Reading stops while more than this much of a session's message waits
+ * for the queue's writer, and goes on below half of it. */
+#define STREAM_BACKLOG (4 * QUEUE_CHUNK)
+
+/* One message being streamed: smtpd_session_data() of its session from
+ * SMTPD_STREAM_START until the commit or the abort. */
+struct inflow {
+    struct mta *m;
+    struct smtpd_session *s;
+    struct queue_stage *st;
+    struct dkim_keytable *keys; /* when it is to be signed: the table at START */
+    struct dkim_bh *bh;         /* and its body hash, as the body goes by */
+    struct buf head;            /* the client's header section */
+    uint64_t fed;               /* octets of the message taken */
+    bool paused;
+};
+
+static void inflow_free(struct inflow *f)
+{
+    smtpd_session_set_data(f->s, NULL);
+    queue_stage_abort(f->st); /* nothing after a commit */
+    dkim_bh_free(f->bh);
+    dkim_keytable_free(f->keys);
+    buf_free(&f->head);
+    free(f);
+}
+
+/* The writer committed a chunk: read on once the backlog is small. */
+static void inflow_progress(void *arg)
+{
+    struct inflow *f = arg;
+    if (f->paused && queue_stage_backlog(f->st) <= STREAM_BACKLOG / 2) {
+        f->paused = false;
+        smtpd_session_resume(f->s);
+    }
+}
+
+static int inflow_feed(struct inflow *f, const char *p, size_t n)
+{
+    int rc = queue_stage_append(f->st, p, n);
+    if (rc == 0 && f->bh) {
+        /* The body hash skips the header section (RFC 6376 3.7). */
+        size_t skip = f->fed < f->head.len ? f->head.len - (size_t)f->fed : 0;
+        if (skip < n)
+            rc = dkim_bh_feed(f->bh, p + skip, n - skip);
+    }
+    f->fed += n;
+    return rc;
+}
+
+static int inflow_start(struct mta *m, struct smtpd_session *s, struct view head)
+{
+    if (!m->queue)
+        return ERR_CLOSED;
+    struct inflow *f = calloc(1, sizeof(*f));
+    if (!f)
+        return ERR_NOMEM;
+    f->m = m;
+    f->s = s;
+    buf_init(&f->head, SIZE_MAX / 2);
+    int rc = queue_stage_open(m->queue, inflow_progress, f, &f->st);
+    if (rc == 0)
+        rc = buf_append(&f->head, head.ptr, head.len);
+    struct dkim_keytable *keys = m->submission ? m->submission->dkim : NULL;
+    if (rc == 0 && signing_wanted(keys, head.ptr, head.len)) {
+        f->keys = dkim_keytable_ref(keys);
+        f->bh = dkim_bh_new(DKIM_CANON_RELAXED, -1);
+        if (!f->bh)
+            rc = ERR_NOMEM;
+    }
+    smtpd_session_set_data(s, f);
+    if (rc)
+        inflow_free(f);
+    return rc;
+}
+
+static int on_stream(void *arg, struct smtpd_session *s, enum smtpd_stream_ev ev, struct view bytes)
+{
+    struct inflow *f = smtpd_session_data(s);
+    if (ev == SMTPD_STREAM_START)
+        return inflow_start(arg, s, bytes);
+    if (!f)
+        return ERR_CLOSED;
+    if (ev == SMTPD_STREAM_ABORT) {
+        inflow_free(f);
+        return 0;
+    }
+    int rc = inflow_feed(f, bytes.ptr, bytes.len);
+    if (rc)
+        return rc;
+    if (queue_stage_backlog(f->st) > STREAM_BACKLOG) {
+        f->paused = true;
+        return SMTPD_STREAM_PAUSE;
+    }
+    return 0;
+}
+
+/* Commit a streamed message: body is what goes in front of the server's
+ * fields (the DKIM signatures, or nothing); NULL cb: it will not be
+ * queued (signing failed). */
+static int inflow_commit(struct mta *m, struct smtpd_session *s, const struct smtpd_message *msg,
+                         const char *body, size_t len, void (*cb)(void *, int, const char *),
+                         void *arg)
+{
+    (void)m;
+    struct inflow *f = smtpd_session_data(s);
+    if (!f)
+        return ERR_CLOSED;
+    struct buf prefix;
+    buf_init(&prefix, QUEUE_CHUNK);
+    struct queue_envelope env;
+    struct queue_rcpt_in *rc = NULL;
+    int err = cb ? 0 : ERR_CLOSED;
+    if (!err)
+        err = buf_append(&prefix, body, len);
+    if (!err)
+        err = buf_append(&prefix, msg->body.ptr, msg->prefix_len);
+    if (!err)
+        err = make_envelope(msg, f->head.data, f->head.len, &env, &rc);
+    if (!err) {
+        err = queue_stage_commit(f->st, &env, rc, msg->n_rcpts, prefix.data, prefix.len, cb, arg);
+        f->st = NULL; /* consumed */
+    }
+    free(rc);
+    buf_free(&prefix);
+    inflow_free(f);
+    return err;
+}
+
+/* The end of a streamed message: the rest of it, the body hash, then
+ * signing (maybe) and the commit. */
+static int inflow_finish(struct mta *m, struct smtpd_session *s, const struct smtpd_message *msg)
+{
+    struct inflow *f = smtpd_session_data(s);
+    if (!f)
+        return ERR_CLOSED;
+    int rc = inflow_feed(f, msg->body.ptr + msg->prefix_len, msg->body.len - msg->prefix_len);
+    if (rc == 0 && f->bh) {
+        uint8_t bh[32];
+        struct buf head;
+        buf_init(&head, SIZE_MAX / 2);
+        rc = dkim_bh_final(f->bh, bh, NULL);
+        if (rc == 0)
+            rc = buf_append(&head, msg->body.ptr, msg->prefix_len);
+        if (rc == 0)
+            rc = buf_append(&head, f->head.data, f->head.len);
+        struct signing_streamed st = {{head.data, head.len}, bh};
+        if (rc == 0)
+            rc = signing_take(m, f->keys, s, msg, &st, inflow_commit);
+        buf_free(&head);
+        if (rc > 0)
+            return 0; /* signing_take() answers the session */
+    }
+    if (rc == 0)
+        rc = inflow_commit(m, s, msg, "", 0, submitted, s);
+    else
+        inflow_free(f);
+    return rc;
 }
 
 static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_message *msg)
 {
     struct mta *m = arg;
+    int rc;
     if (!m->queue) {
-        smtpd_session_done(s, ERR_CLOSED, NULL);
-        return;
+        rc = ERR_CLOSED;
+    } else if (msg->streamed) {
+        rc = inflow_finish(m, s, msg);
+    } else {
+        rc = signing_take(m, m->submission ? m->submission->dkim : NULL, s, msg, NULL, submit);
+        if (rc > 0)
+            return;
+        if (rc == 0)
+            rc = submit(m, s, msg, msg->body.ptr, msg->body.len, submitted, s);
     }
-    int rc = signing_take(m, m->submission ? m->submission->dkim : NULL, s, msg, submit);
-    if (rc > 0)
-        return;
-    if (rc == 0)
-        rc = submit(m, msg, msg->body.ptr, msg->body.len, submitted, s);
-    if (rc != 0)
+    if (rc != 0) {
+        struct inflow *f = smtpd_session_data(s);
+        if (f)
+            inflow_free(f);
         smtpd_session_done(s, rc, NULL);
+    }
 }
 
 static uint32_t ms_of(int64_t seconds)
@@ -231,6 +418,8 @@ static int make_opts(struct mta *m, const struct conf *c, struct smtpd_opts *o, 
     o->relay_allowed = relay_allowed;
     o->sender_allowed = sender_allowed;
     o->on_message = on_message;
+    o->on_stream = on_stream;
+    o->stream_threshold = STREAM_THRESHOLD;
     o->arg = m;
     if (c->smtpd_tls_cert_file && *c->smtpd_tls_cert_file) {
         const char *key = c->smtpd_tls_key_file && *c->smtpd_tls_key_file ? c->smtpd_tls_key_file
