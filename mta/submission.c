@@ -199,7 +199,7 @@ static int submit(struct mta *m, struct smtpd_session *s, const struct smtpd_mes
 #define STREAM_THRESHOLD (2 * QUEUE_CHUNK)
 /* Reading stops while more than this much of a session's message waits
  * for the queue's writer, and goes on below half of it. */
-#define STREAM_BACKLOG (4 * QUEUE_CHUNK)
+#define STREAM_BACKLOG (2 * QUEUE_CHUNK)
 
 /* One message being streamed: smtpd_session_data() of its session from
  * SMTPD_STREAM_START until the commit or the abort. */

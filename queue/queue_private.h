@@ -50,6 +50,7 @@ struct queue {
     bool closing;  /* loop thread: no new requests */
     uv_async_t *async;
     uint64_t commits;
+    uint64_t unmap_bytes; /* writer thread: written since the map was last unmapped */
 };
 
 /* A staged submission (writer.c). The loop thread owns every field but

@@ -34,6 +34,8 @@
 #define GROUP_MAX 2048
 #define GROUP_BYTES (64u << 20)
 #define RCPT_MAX 100000u
+/* Bytes committed between two drops of the map's page table entries. */
+#define UNMAP_EVERY (8u << 20)
 
 enum qreq_type {
     R_SUBMIT,
@@ -1116,6 +1118,29 @@ static void settle(struct qreq *r, int status)
         r->stage->werr = status;
 }
 
+/*
+ * Writes go to the file with pwrite(2); the map is only read. But every
+ * read of a B-tree page through the map also maps the pages around it
+ * (the kernel's fault-around), which are mostly body chunks just written:
+ * page cache that the process then counts as its own resident memory, a
+ * large part of all it writes when many small transactions carry chunks. Every UNMAP_EVERY bytes
+ * the writer maps the file afresh (mdb_env_set_mapsize() with the same size, under the resize lock
+ * as a growth is), which drops those pages from the process; they stay in the page cache for
+ * whoever reads them next. Writer thread only, between transactions.
+ */
+static void drop_map_pages(struct queue *q, uint64_t bytes)
+{
+    q->unmap_bytes += bytes;
+    if (q->unmap_bytes < UNMAP_EVERY)
+        return;
+    q->unmap_bytes = 0;
+    pthread_rwlock_wrlock(&q->resize);
+    int rc = mdb_env_set_mapsize(q->env, (size_t)q->map_size);
+    pthread_rwlock_unlock(&q->resize);
+    if (rc)
+        log_warn("queue", "cannot map the queue afresh: %s", mdb_strerror(rc));
+}
+
 static void process_group(struct queue *q, struct qreq *list, size_t n)
 {
     int err = run_txn(q, list, n);
@@ -1128,7 +1153,9 @@ static void process_group(struct queue *q, struct qreq *list, size_t n)
         for (size_t i = 0; i < n; i++, r = r->next)
             settle(r, err);
     }
+    uint64_t bytes = 0;
     for (r = list; r && n; r = r->next, n--) {
+        bytes += r->body_len;
         if (r->status && r->due) {
             due_free_n(r->due, r->n_due);
             r->due = NULL;
@@ -1137,6 +1164,7 @@ static void process_group(struct queue *q, struct qreq *list, size_t n)
         if (r->status && r->status != ERR_NOTFOUND && r->status != ERR_INVAL)
             log_err("queue", "write failed: %s", err_str(r->status));
     }
+    drop_map_pages(q, bytes);
 }
 
 static void *writer_main(void *arg)
