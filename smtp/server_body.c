@@ -84,7 +84,7 @@ static void stream_pump(struct smtpd_session *s)
         return;
     const char *msg = s->body.data + HDR_RESERVE;
     if (!s->streaming) {
-        if (s->data.in_headers) {
+        if (s->data.in_headers || s->data.head_len > stream_threshold(s)) {
             /* The header section must be whole for what the owner does
              * with it (DKIM, TLS-Required:); RFC 5322 sets no limit, so
              * this one is ours. */

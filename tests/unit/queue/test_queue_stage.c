@@ -301,9 +301,10 @@ static void crash_child(const char *dir)
     char *body = pattern(3 * QUEUE_CHUNK, 5);
     if (queue_stage_append(st, body, 3 * QUEUE_CHUNK) != 0)
         _exit(4);
+    free(body);
     while (queue_stage_backlog(st) > 0)
         uv_run(&loop, UV_RUN_ONCE);
-    _exit(0);
+    _exit(0); /* the queue and the stage are left as a crash leaves them */
 }
 
 static void test_crash_purge(void **state)

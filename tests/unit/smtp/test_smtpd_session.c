@@ -8,7 +8,11 @@
  * works; a client that vanishes while the owner holds its message does not
  * free the session under the owner; pipelined input survives the wait; a
  * client that never reads its replies cannot make the server buffer
- * without bound; the server frees itself once the loop has run.
+ * without bound; the server frees itself once the loop has run; a
+ * message over the streaming threshold reaches the owner's on_stream in
+ * pieces (with pauses and resumes) that make up the message exactly, and
+ * a transaction that ends without a message (size limit, a header section
+ * too long, RSET between BDAT chunks) is aborted.
  *
  * The client runs on its own thread with blocking sockets; the server runs
  * on the test's loop. Each case is a script of (bytes to send, reply prefix
@@ -48,6 +52,14 @@ static struct {
     const char *const *script;
     char failure[512];
     bool hangup_after_script;
+    /* streaming */
+    struct buf streamed; /* what on_stream got */
+    char head[2048];
+    int starts, aborts, pauses;
+    bool streamed_msg;
+    size_t prefix_len;
+    struct smtpd_session *paused;
+    uv_timer_t resume;
 } T;
 
 /* ---- the fake owner --------------------------------------------------------- */
@@ -84,6 +96,47 @@ static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_me
         uv_timer_start(&T.later, answer_later, 50, 0);
         break;
     }
+}
+
+static void resume_later(uv_timer_t *t)
+{
+    (void)t;
+    struct smtpd_session *s = T.paused;
+    T.paused = NULL;
+    smtpd_session_resume(s);
+}
+
+/* Keeps what it is given; asks for a pause every third piece. */
+static int on_stream(void *arg, struct smtpd_session *s, enum smtpd_stream_ev ev, struct view bytes)
+{
+    (void)arg;
+    if (ev == SMTPD_STREAM_START) {
+        T.starts++;
+        str_copy(T.head, bytes.ptr,
+                 bytes.len + 1 < sizeof(T.head) ? bytes.len + 1 : sizeof(T.head));
+        return 0;
+    }
+    if (ev == SMTPD_STREAM_ABORT) {
+        T.aborts++;
+        return 0;
+    }
+    assert_int_equal(buf_append(&T.streamed, bytes.ptr, bytes.len), 0);
+    if (++T.pauses % 3 == 0) {
+        T.paused = s;
+        uv_timer_start(&T.resume, resume_later, 5, 0);
+        return SMTPD_STREAM_PAUSE;
+    }
+    return 0;
+}
+
+static void on_message_streamed(void *arg, struct smtpd_session *s, const struct smtpd_message *m)
+{
+    T.streamed_msg = m->streamed;
+    T.prefix_len = m->prefix_len;
+    if (m->streamed)
+        assert_int_equal(
+            buf_append(&T.streamed, m->body.ptr + m->prefix_len, m->body.len - m->prefix_len), 0);
+    on_message(arg, s, m);
 }
 
 /* ---- the client thread --------------------------------------------------------- */
@@ -180,19 +233,22 @@ static bool relay_all(void *arg, const struct sockaddr *sa)
     return true;
 }
 
-static int setup(void **state)
+static int setup_opts(bool streaming)
 {
-    (void)state;
     memset(&T, 0, sizeof(T));
     uv_loop_init(&T.loop);
     uv_timer_init(&T.loop, &T.later);
+    uv_timer_init(&T.loop, &T.resume);
     uv_async_init(&T.loop, &T.done, on_done);
+    buf_init(&T.streamed, 1 << 20);
     struct smtpd_opts o = {
         .hostname = "mx.test.example",
-        .message_size_limit = 100000,
+        .message_size_limit = streaming ? 400000 : 100000,
         .recipient_limit = 100,
         .relay_allowed = relay_all,
-        .on_message = on_message,
+        .on_message = streaming ? on_message_streamed : on_message,
+        .on_stream = streaming ? on_stream : NULL,
+        .stream_threshold = 1000,
     };
     struct buf err;
     buf_init(&err, 1024);
@@ -212,6 +268,18 @@ static int setup(void **state)
     return 0;
 }
 
+static int setup(void **state)
+{
+    (void)state;
+    return setup_opts(false);
+}
+
+static int setup_streaming(void **state)
+{
+    (void)state;
+    return setup_opts(true);
+}
+
 static void close_cb(uv_handle_t *h)
 {
     (void)h;
@@ -222,7 +290,9 @@ static int teardown(void **state)
     (void)state;
     smtpd_free(T.srv);
     uv_close((uv_handle_t *)&T.later, close_cb);
+    uv_close((uv_handle_t *)&T.resume, close_cb);
     uv_close((uv_handle_t *)&T.done, close_cb);
+    buf_free(&T.streamed);
     uv_run(&T.loop, UV_RUN_DEFAULT);
     /* Everything the server had is gone: the loop closes. */
     assert_int_equal(uv_loop_close(&T.loop), 0);
@@ -382,6 +452,109 @@ static void test_flood_is_bounded(void **state)
         uv_run(&T.loop, UV_RUN_NOWAIT), usleep(1000);
 }
 
+/* A message of n lines of 78 octets (every seventh starting with a dot),
+ * as sent (dot-stuffed, with the final dot) and as stored. */
+static void big_message(size_t n, struct buf *sent, struct buf *stored)
+{
+    const char *head = "From: a@example.com\r\nSubject: big\r\n\r\n";
+    buf_append_str(sent, head);
+    buf_append_str(stored, head);
+    for (size_t i = 0; i < n; i++) {
+        char line[96];
+        snprintf(line, sizeof(line),
+                 "%s%06zu abcdefghijklmnopqrstuvwxyz0123456789 the quick brown fox\r\n",
+                 i % 7 == 0 ? "." : "x", i);
+        if (line[0] == '.')
+            buf_append(sent, ".", 1);
+        buf_append_str(sent, line);
+        buf_append_str(stored, line);
+    }
+    buf_append_str(sent, ".\r\n");
+}
+
+static void test_streamed(void **state)
+{
+    (void)state;
+    struct buf sent, stored;
+    buf_init(&sent, 1 << 20);
+    buf_init(&stored, 1 << 20);
+    big_message(4000, &sent, &stored);
+    const char *const script[] = {
+        TXN,        "250", "",    "250",     "",
+        "250",      "",    "354", sent.data, "250 2.0.0 Ok: queued as TESTID0000000002",
+        "QUIT\r\n", "221", NULL};
+    run_script(OWN_OK_NOW, script);
+    assert_int_equal(T.messages, 1);
+    assert_true(T.streamed_msg);
+    assert_true(T.prefix_len > 0);
+    assert_int_equal(T.starts, 1);
+    assert_int_equal(T.aborts, 0);
+    assert_true(T.pauses >= 3);
+    assert_string_equal(T.head, "From: a@example.com\r\nSubject: big\r\n\r\n");
+    assert_int_equal(T.streamed.len, stored.len);
+    assert_memory_equal(T.streamed.data, stored.data, stored.len);
+    buf_free(&sent);
+    buf_free(&stored);
+}
+
+static void test_streamed_refusals_abort(void **state)
+{
+    (void)state;
+    struct buf big, stored, bighead;
+    buf_init(&big, 1 << 20);
+    buf_init(&stored, 1 << 20);
+    buf_init(&bighead, 1 << 20);
+    big_message(8000, &big, &stored); /* 528 KB: over message_size_limit */
+    for (int i = 0; i < 40; i++)
+        buf_printf(&bighead, "X-Filler-%d: %s\r\n", i, "ffffffffffffffffffffffffffffffffffffffff");
+    buf_append_str(&bighead, "\r\n");
+    for (int i = 0; i < 2000; i++)
+        buf_append_str(&bighead, "a body line long enough to take the message past a slice\r\n");
+    buf_append_str(&bighead, ".\r\n");
+    /* One BDAT chunk of 2000 octets: a header section, then text. */
+    static char bdat[3000];
+    size_t h = (size_t)snprintf(bdat, sizeof(bdat), "BDAT 2000\r\nSubject: x\r\n\r\n");
+    memset(bdat + h, 'b', 2011 - h);
+    memcpy(bdat + 2009, "\r\n", 3);
+    const char *const script[] = {
+        TXN,
+        "250",
+        "",
+        "250",
+        "",
+        "250",
+        "",
+        "354",
+        big.data,
+        "552 5.3.4 Message size exceeds fixed limit",
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
+        "250",
+        "",
+        "250",
+        "",
+        "354",
+        bighead.data,
+        "552 5.3.4 Message header section exceeds fixed limit",
+        "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n",
+        "250",
+        "",
+        "250",
+        bdat,
+        "250 2.0.0 Ok: ",
+        "RSET\r\n",
+        "250",
+        "QUIT\r\n",
+        "221",
+        NULL};
+    run_script(OWN_OK_NOW, script);
+    assert_int_equal(T.messages, 0);
+    assert_int_equal(T.starts, 2); /* the size limit and BDAT; the long header never started */
+    assert_int_equal(T.aborts, 2);
+    buf_free(&big);
+    buf_free(&stored);
+    buf_free(&bighead);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +565,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bdat_waits_too, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_gone_while_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flood_is_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_streamed, setup_streaming, teardown),
+        cmocka_unit_test_setup_teardown(test_streamed_refusals_abort, setup_streaming, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
