@@ -60,7 +60,13 @@ class BigBodyTest(unittest.TestCase):
                              "maximal_backoff_time = 2s\n"
                              % (self.port, self.mx_port, LIMIT)).start()
         self.addCleanup(self.daemon.close)
+        self.addCleanup(self.check_sanitizers)
         self.addCleanup(self.daemon.stop)
+
+    def check_sanitizers(self):
+        log = self.daemon.log_text()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log)
 
     def entries(self, db):
         r = subprocess.run([MDB_STAT, "-n", "-s", db,
