@@ -263,7 +263,9 @@ int queue_submit(struct queue *q, const struct queue_envelope *env,
  * on_progress (may be NULL) runs on the loop thread each time one of the
  * stage's chunks is committed (or failed), until commit or abort, so a
  * caller that stopped reading its input can look at queue_stage_backlog()
- * again. Loop thread only, like every request function.
+ * again. Loop thread only, like every request function. Every stage is to
+ * be committed or aborted before queue_close() (one left open keeps its
+ * marker, and the next open removes its chunks).
  */
 struct queue_stage;
 

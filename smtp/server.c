@@ -1,7 +1,7 @@
 /*
  * server.c - SMTP server sessions (submission): listeners, the session
- * state machine, replies, STARTTLS, AUTH, DATA and BDAT, and the handoff of
- * a finished message to the owner.
+ * state machine, replies, STARTTLS and AUTH. DATA, BDAT and the handoff of
+ * a finished message to the owner are in server_body.c.
  *
  * Standards: RFC 5321 (3.3 mail transactions, 4.1 commands, 4.2 replies,
  * 4.3.2 command-reply sequences, 4.5.3 limits and timeouts); RFC 2920
@@ -24,7 +24,8 @@
  *    nothing else (the owner, a password check) still holds it.
  *  - Memory per session is bounded: the input buffer (IN_MAX), unsent
  *    output (reading stops past WRITE_HIGH), one command line, and the
- *    message (message_size_limit plus HDR_RESERVE).
+ *    message (message_size_limit plus HDR_RESERVE; with on_stream, about
+ *    stream_threshold plus one read: see server_body.c).
  *  - After STARTTLS every plaintext byte that followed the command is
  *    discarded, and HELO/EHLO, AUTH and transaction state are forgotten
  *    (CVE-2011-0411).
