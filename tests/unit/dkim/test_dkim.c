@@ -420,6 +420,45 @@ static void test_rsa_sign_verify(void **state)
     }
 }
 
+/* Signing with a body hash computed piece by piece (a streamed body) over
+ * only the header section gives the very field that signing the whole
+ * message gives. */
+static void test_sign_with_body_hash(void **state)
+{
+    (void)state;
+    struct dkim_key *k = key_from("rsa1024-pkcs8.pem");
+    assert_non_null(k);
+    const char *msg = "From: a@example.org\r\nSubject: s\r\n\r\nline one  \r\n\tx\r\n\r\n";
+    size_t len = strlen(msg);
+    struct dkim_headers h = {0};
+    assert_int_equal(dkim_headers_parse(msg, len, &h), 0);
+    struct dkim_sign_opts o = {.domain = "example.org", .selector = "s", .key = k, .t = 1700000000};
+    struct buf whole, split, why;
+    buf_init(&whole, 1 << 16);
+    buf_init(&split, 1 << 16);
+    buf_init(&why, 1024);
+    assert_int_equal(dkim_sign(&o, msg, len, &h, &whole, &why), 0);
+    struct dkim_bh *b = dkim_bh_new(DKIM_CANON_RELAXED, -1);
+    assert_non_null(b);
+    for (size_t i = h.body_off; i < len; i++)
+        assert_int_equal(dkim_bh_feed(b, msg + i, 1), 0);
+    uint8_t bh[32];
+    assert_int_equal(dkim_bh_final(b, bh, NULL), 0);
+    dkim_bh_free(b);
+    o.body_hash = bh;
+    struct dkim_headers hh = {0};
+    assert_int_equal(dkim_headers_parse(msg, h.body_off, &hh), 0);
+    assert_int_equal(dkim_sign(&o, msg, h.body_off, &hh, &split, &why), 0);
+    assert_int_equal(split.len, whole.len);
+    assert_memory_equal(split.data, whole.data, whole.len);
+    dkim_headers_free(&h);
+    dkim_headers_free(&hh);
+    buf_free(&whole);
+    buf_free(&split);
+    buf_free(&why);
+    dkim_key_free(k);
+}
+
 static void test_keys(void **state)
 {
     (void)state;
@@ -675,6 +714,7 @@ int main(void)
         cmocka_unit_test(test_rfc8463_sign_and_verify),
         cmocka_unit_test(test_header_selection),
         cmocka_unit_test(test_rsa_sign_verify),
+        cmocka_unit_test(test_sign_with_body_hash),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_verify_simple_and_errors),
         cmocka_unit_test(test_from_domain),
