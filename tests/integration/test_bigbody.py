@@ -163,7 +163,12 @@ class BigBodyTest(unittest.TestCase):
                 else:
                     s.sendall(b"BDAT %d\r\n" % (6 * 1024 * 1024) +
                               b"Subject: lost\r\n\r\n" + body_of(4 * 1024 * 1024, 3))
-                time.sleep(0.5)  # let the queue's writer store part of it
+                # Part of the body is stored (and invisible) before the drop.
+                deadline = time.time() + 10
+                while self.entries("body") == 0 and time.time() < deadline:
+                    time.sleep(0.05)
+                self.assertGreater(self.entries("body"), 0)
+                self.assertEqual(self.entries("msg"), 0)
                 s.shutdown(socket.SHUT_RDWR)  # the reader's file object holds the socket
                 s.close()
                 self.daemon.wait_log("lost connection after %s" % how.upper())
