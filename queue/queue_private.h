@@ -17,6 +17,9 @@
 
 #include "queue_int.h"
 
+/* The most recipients of one message. */
+#define QUEUE_RCPT_MAX 100000u
+
 enum qdb { QDB_META, QDB_MSG, QDB_BODY, QDB_RCPT, QDB_SCHED, QDB_LEASE, QDB_N };
 
 struct qreq;
@@ -77,7 +80,66 @@ int64_t queue_now(const struct queue *q);
 int queue_rtxn_begin(struct queue *q, MDB_txn **txn);
 void queue_rtxn_end(struct queue *q, MDB_txn *txn);
 
+/* A request to the writer thread (writer.c): made on the loop thread,
+ * applied by the writer, its callback run back on the loop thread. */
+enum qreq_type {
+    R_SUBMIT,
+    R_LEASE,
+    R_DELIVERED,
+    R_DEFER,
+    R_BOUNCE,
+    R_UNLEASE,
+    R_HOLD,
+    R_RELEASE,
+    R_RETRY,
+    R_REMOVE,
+    R_DELAY_WARNED,
+    R_STAGE_CHUNK,
+    R_STAGE_COMMIT,
+    R_STAGE_ABORT
+};
+
+struct qreq {
+    struct qreq *next;
+    enum qreq_type type;
+    int status;
+    int64_t now_ms;
+    char id[QUEUE_ID_LEN + 1]; /* target, or the new message's ID */
+    bool all;                  /* retry: every message */
+    uint32_t rcpt;
+    int64_t when_ms;  /* unlease: due again at this time (0: now) */
+    struct buf rec;   /* submit: MSG record; reports: RESULT record (or empty) */
+    struct buf rcpts; /* submit: [u32 length][RCPT record] ... */
+    uint32_t n_rcpts;
+    const void *body;
+    size_t body_len;
+    struct queue_stage *stage; /* stage requests */
+    struct buf data;           /* stage: a chunk; commit: the prefix, then the last chunk */
+    size_t prefix_len;         /* commit */
+    uint32_t chunk;            /* stage chunk: its number */
+    size_t max;                /* lease */
+    struct queue_due *due;
+    size_t n_due;
+    union {
+        queue_done_cb done;
+        queue_submit_cb submit;
+        queue_lease_cb lease;
+    } cb;
+    void *arg;
+};
+
 /* writer.c */
+struct qreq *queue_req_new(struct queue *q, enum qreq_type type, int *err);
+/* Hand r to the writer with this loop iteration's other requests. */
+int queue_req_queue(struct queue *q, struct qreq *r);
+void queue_req_free(struct qreq *r);
+/* The MSG record and the RCPT records of a new message into r. */
+int queue_envelope_encode(struct qreq *r, const struct queue_envelope *env,
+                          const struct queue_rcpt_in *rcpts, size_t n_rcpts, uint64_t size,
+                          uint32_t n_chunks, uint32_t rec_flags);
+/* stage.c: a stage request was dispatched (loop thread). */
+void queue_stage_done(struct queue *q, struct qreq *r);
+
 int queue_writer_start(struct queue *q, uv_loop_t *loop);
 void queue_writer_stop(struct queue *q);
 /* In the opening write transaction: every ACTIVE recipient left by a

@@ -1,7 +1,8 @@
 /*
  * writer.c - the queue's writer thread and every request that changes the
  * queue: submit, lease, delivered, defer, bounce, unlease, hold, release,
- * retry, remove.
+ * retry, remove, and what the requests of a staged submission write (the
+ * loop-thread side of a stage is in stage.c).
  *
  * Group commit: the loop thread collects the requests of one loop iteration
  * (q->staged) and hands them over together just before the loop blocks (a
@@ -33,55 +34,8 @@
 
 #define GROUP_MAX 2048
 #define GROUP_BYTES (64u << 20)
-#define RCPT_MAX 100000u
 /* Bytes committed between two drops of the map's page table entries. */
 #define UNMAP_EVERY (8u << 20)
-
-enum qreq_type {
-    R_SUBMIT,
-    R_LEASE,
-    R_DELIVERED,
-    R_DEFER,
-    R_BOUNCE,
-    R_UNLEASE,
-    R_HOLD,
-    R_RELEASE,
-    R_RETRY,
-    R_REMOVE,
-    R_DELAY_WARNED,
-    R_STAGE_CHUNK,
-    R_STAGE_COMMIT,
-    R_STAGE_ABORT
-};
-
-struct qreq {
-    struct qreq *next;
-    enum qreq_type type;
-    int status;
-    int64_t now_ms;
-    char id[QUEUE_ID_LEN + 1]; /* target, or the new message's ID */
-    bool all;                  /* retry: every message */
-    uint32_t rcpt;
-    int64_t when_ms;  /* unlease: due again at this time (0: now) */
-    struct buf rec;   /* submit: MSG record; reports: RESULT record (or empty) */
-    struct buf rcpts; /* submit: [u32 length][RCPT record] ... */
-    uint32_t n_rcpts;
-    const void *body;
-    size_t body_len;
-    struct queue_stage *stage; /* stage requests */
-    struct buf data;           /* stage: a chunk; commit: the prefix, then the last chunk */
-    size_t prefix_len;         /* commit */
-    uint32_t chunk;            /* stage chunk: its number */
-    size_t max;                /* lease */
-    struct queue_due *due;
-    size_t n_due;
-    union {
-        queue_done_cb done;
-        queue_submit_cb submit;
-        queue_lease_cb lease;
-    } cb;
-    void *arg;
-};
 
 /* The context of one write transaction. */
 struct wtx {
@@ -1204,7 +1158,7 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static void req_free(struct qreq *r)
+void queue_req_free(struct qreq *r)
 {
     buf_free(&r->rec);
     buf_free(&r->rcpts);
@@ -1213,8 +1167,6 @@ static void req_free(struct qreq *r)
         due_free_n(r->due, r->n_due);
     free(r);
 }
-
-static void stage_done(struct queue *q, struct qreq *r);
 
 /* Loop thread: run the callbacks of finished requests, in commit order. */
 static void dispatch(struct queue *q)
@@ -1254,8 +1206,8 @@ static void dispatch(struct queue *q)
                                r->type == R_RELEASE || r->type == R_RETRY || r->type == R_UNLEASE))
             new_work = true;
         if (r->stage)
-            stage_done(q, r);
-        req_free(r);
+            queue_stage_done(q, r);
+        queue_req_free(r);
         r = next;
     }
     if (new_work && q->opt.on_new_work && !q->closing)
@@ -1356,7 +1308,7 @@ void queue_writer_stop(struct queue *q)
 
 /* ---- the request functions (loop thread) ---------------------------------- */
 
-static struct qreq *req_new(struct queue *q, enum qreq_type type, int *err)
+struct qreq *queue_req_new(struct queue *q, enum qreq_type type, int *err)
 {
     *err = 0;
     if (q->read_only) {
@@ -1379,7 +1331,7 @@ static struct qreq *req_new(struct queue *q, enum qreq_type type, int *err)
     return r;
 }
 
-static int req_queue(struct queue *q, struct qreq *r)
+int queue_req_queue(struct queue *q, struct qreq *r)
 {
     if (q->staged_tail)
         q->staged_tail->next = r;
@@ -1394,9 +1346,9 @@ static int req_queue(struct queue *q, struct qreq *r)
 }
 
 /* The MSG record and the RCPT records of a new message into r. */
-static int envelope_encode(struct qreq *r, const struct queue_envelope *env,
-                           const struct queue_rcpt_in *rcpts, size_t n_rcpts, uint64_t size,
-                           uint32_t n_chunks, uint32_t rec_flags)
+int queue_envelope_encode(struct qreq *r, const struct queue_envelope *env,
+                          const struct queue_rcpt_in *rcpts, size_t n_rcpts, uint64_t size,
+                          uint32_t n_chunks, uint32_t rec_flags)
 {
     int64_t arrival = env->arrival_ms > 0 ? env->arrival_ms : r->now_ms;
     struct qrec_msg m = {
@@ -1445,23 +1397,23 @@ int queue_submit(struct queue *q, const struct queue_envelope *env,
 {
     if (!q || !env || !rcpts || n_rcpts == 0 || (!body && body_len))
         return ERR_INVAL;
-    if (n_rcpts > RCPT_MAX || body_len > q->opt.message_size_limit)
+    if (n_rcpts > QUEUE_RCPT_MAX || body_len > q->opt.message_size_limit)
         return ERR_TOOBIG;
     int err;
-    struct qreq *r = req_new(q, R_SUBMIT, &err);
+    struct qreq *r = queue_req_new(q, R_SUBMIT, &err);
     if (!r)
         return err;
-    err = envelope_encode(r, env, rcpts, n_rcpts, body_len,
-                          (uint32_t)((body_len + QUEUE_CHUNK - 1) / QUEUE_CHUNK), 0);
+    err = queue_envelope_encode(r, env, rcpts, n_rcpts, body_len,
+                                (uint32_t)((body_len + QUEUE_CHUNK - 1) / QUEUE_CHUNK), 0);
     if (err) {
-        req_free(r);
+        queue_req_free(r);
         return err;
     }
     r->body = body;
     r->body_len = body_len;
     r->cb.submit = cb;
     r->arg = arg;
-    return req_queue(q, r);
+    return queue_req_queue(q, r);
 }
 
 int queue_lease(struct queue *q, size_t max, queue_lease_cb cb, void *arg)
@@ -1469,13 +1421,13 @@ int queue_lease(struct queue *q, size_t max, queue_lease_cb cb, void *arg)
     if (!q || max > 100000)
         return ERR_INVAL;
     int err;
-    struct qreq *r = req_new(q, R_LEASE, &err);
+    struct qreq *r = queue_req_new(q, R_LEASE, &err);
     if (!r)
         return err;
     r->max = max;
     r->cb.lease = cb;
     r->arg = arg;
-    return req_queue(q, r);
+    return queue_req_queue(q, r);
 }
 
 static int report(struct queue *q, enum qreq_type type, const char *id, uint32_t rcpt,
@@ -1484,7 +1436,7 @@ static int report(struct queue *q, enum qreq_type type, const char *id, uint32_t
     if (!q || !queue_id_valid(id))
         return ERR_INVAL;
     int err;
-    struct qreq *r = req_new(q, type, &err);
+    struct qreq *r = queue_req_new(q, type, &err);
     if (!r)
         return err;
     memcpy(r->id, id, QUEUE_ID_LEN + 1);
@@ -1506,13 +1458,13 @@ static int report(struct queue *q, enum qreq_type type, const char *id, uint32_t
         if (!err)
             err = qrec_result_encode(&rr, &r->rec);
         if (err) {
-            req_free(r);
+            queue_req_free(r);
             return err;
         }
     }
     r->cb.done = cb;
     r->arg = arg;
-    return req_queue(q, r);
+    return queue_req_queue(q, r);
 }
 
 int queue_delivered(struct queue *q, const char *id, uint32_t rcpt,
@@ -1544,7 +1496,7 @@ int queue_postpone(struct queue *q, const char *id, uint32_t rcpt, int64_t when_
     if (!q || !queue_id_valid(id))
         return ERR_INVAL;
     int err;
-    struct qreq *r = req_new(q, R_UNLEASE, &err);
+    struct qreq *r = queue_req_new(q, R_UNLEASE, &err);
     if (!r)
         return err;
     memcpy(r->id, id, QUEUE_ID_LEN + 1);
@@ -1552,7 +1504,7 @@ int queue_postpone(struct queue *q, const char *id, uint32_t rcpt, int64_t when_
     r->when_ms = when_ms;
     r->cb.done = cb;
     r->arg = arg;
-    return req_queue(q, r);
+    return queue_req_queue(q, r);
 }
 
 static int message_op(struct queue *q, enum qreq_type type, const char *id, queue_done_cb cb,
@@ -1562,7 +1514,7 @@ static int message_op(struct queue *q, enum qreq_type type, const char *id, queu
     if (!q || (!all && !queue_id_valid(id)))
         return ERR_INVAL;
     int err;
-    struct qreq *r = req_new(q, type, &err);
+    struct qreq *r = queue_req_new(q, type, &err);
     if (!r)
         return err;
     r->all = all;
@@ -1570,7 +1522,7 @@ static int message_op(struct queue *q, enum qreq_type type, const char *id, queu
         memcpy(r->id, id, QUEUE_ID_LEN + 1);
     r->cb.done = cb;
     r->arg = arg;
-    return req_queue(q, r);
+    return queue_req_queue(q, r);
 }
 
 int queue_hold(struct queue *q, const char *id, queue_done_cb cb, void *arg)
@@ -1596,183 +1548,4 @@ int queue_remove(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 int queue_delay_warned(struct queue *q, const char *id, queue_done_cb cb, void *arg)
 {
     return message_op(q, R_DELAY_WARNED, id, cb, arg);
-}
-
-/* ---- staged submissions (loop thread) --------------------------------------- */
-
-/* Most bytes one stage may hold in its partial chunk. */
-#define STAGE_PART QUEUE_CHUNK
-
-static void stage_unref(struct queue_stage *st)
-{
-    if (--st->refs > 0)
-        return;
-    buf_free(&st->part);
-    free(st);
-}
-
-/* A request of stage st, or NULL with *err. The request holds a reference. */
-static struct qreq *stage_req(struct queue_stage *st, enum qreq_type type, int *err)
-{
-    struct qreq *r = req_new(st->q, type, err);
-    if (!r)
-        return NULL;
-    r->stage = st;
-    st->refs++;
-    buf_init(&r->data, SIZE_MAX / 2);
-    return r;
-}
-
-/* Remove what the stage stored (its requests run in order, so this comes
- * after every chunk already handed over). If the queue is closing the
- * marker stays, and the next open removes the chunks. */
-static void stage_purge_later(struct queue_stage *st)
-{
-    int err;
-    struct qreq *r = stage_req(st, R_STAGE_ABORT, &err);
-    if (r)
-        req_queue(st->q, r);
-}
-
-static void stage_done(struct queue *q, struct qreq *r)
-{
-    struct queue_stage *st = r->stage;
-    (void)q;
-    if (r->type == R_STAGE_CHUNK) {
-        st->inflight -= r->data.len;
-        if (r->status && !st->err)
-            st->err = r->status;
-        if (!st->ended && st->on_progress)
-            st->on_progress(st->arg);
-    } else if (r->type == R_STAGE_COMMIT && r->status) {
-        stage_purge_later(st);
-    }
-    stage_unref(st);
-}
-
-int queue_stage_open(struct queue *q, void (*on_progress)(void *arg), void *arg,
-                     struct queue_stage **out)
-{
-    *out = NULL;
-    if (!q)
-        return ERR_INVAL;
-    if (q->read_only)
-        return ERR_PERM;
-    if (q->closing)
-        return ERR_CLOSED;
-    struct queue_stage *st = calloc(1, sizeof(*st));
-    if (!st)
-        return ERR_NOMEM;
-    st->q = q;
-    st->refs = 1;
-    st->on_progress = on_progress;
-    st->arg = arg;
-    buf_init(&st->part, STAGE_PART);
-    *out = st;
-    return 0;
-}
-
-/* Hand the full partial chunk to the writer. */
-static int stage_send(struct queue_stage *st)
-{
-    int err;
-    struct qreq *r = stage_req(st, R_STAGE_CHUNK, &err);
-    if (!r)
-        return err;
-    r->chunk = ++st->n_chunks; /* chunk 0 is the prefix */
-    buf_free(&r->data);
-    r->data = st->part; /* the request takes the storage */
-    r->body_len = r->data.len;
-    st->inflight += r->data.len;
-    buf_init(&st->part, STAGE_PART);
-    return req_queue(st->q, r);
-}
-
-int queue_stage_append(struct queue_stage *st, const void *p, size_t n)
-{
-    if (!st || st->ended)
-        return ERR_INVAL;
-    if (st->err)
-        return st->err;
-    if (n > st->q->opt.message_size_limit - st->size) {
-        st->err = ERR_TOOBIG;
-        return st->err;
-    }
-    st->size += n;
-    const char *in = p;
-    while (n > 0) {
-        size_t take = STAGE_PART - st->part.len;
-        if (take > n)
-            take = n;
-        int err = buf_append(&st->part, in, take);
-        if (!err && st->part.len == STAGE_PART)
-            err = stage_send(st);
-        if (err) {
-            st->err = err;
-            return err;
-        }
-        in += take;
-        n -= take;
-    }
-    return 0;
-}
-
-size_t queue_stage_backlog(const struct queue_stage *st)
-{
-    return st ? st->inflight + st->part.len : 0;
-}
-
-int queue_stage_commit(struct queue_stage *st, const struct queue_envelope *env,
-                       const struct queue_rcpt_in *rcpts, size_t n_rcpts, const void *prefix,
-                       size_t prefix_len, queue_submit_cb cb, void *arg)
-{
-    if (!st || st->ended)
-        return ERR_INVAL;
-    st->ended = true;
-    int err = st->err;
-    if (!err && (!env || !rcpts || n_rcpts == 0 || (!prefix && prefix_len)))
-        err = ERR_INVAL;
-    if (!err && (n_rcpts > RCPT_MAX || prefix_len > QUEUE_CHUNK ||
-                 prefix_len > st->q->opt.message_size_limit - st->size))
-        err = ERR_TOOBIG;
-    struct qreq *r = NULL;
-    if (!err)
-        r = stage_req(st, R_STAGE_COMMIT, &err);
-    uint32_t tail = st->part.len > 0 ? 1 : 0;
-    if (!err)
-        err = envelope_encode(r, env, rcpts, n_rcpts, prefix_len + st->size,
-                              1 + st->n_chunks + tail, QREC_F_PREFIX);
-    if (!err)
-        err = buf_append(&r->data, prefix, prefix_len);
-    if (!err)
-        err = buf_append(&r->data, st->part.data, st->part.len);
-    if (err) {
-        if (r) {
-            r->stage = NULL;
-            st->refs--;
-            req_free(r);
-        }
-        if (st->n_chunks > 0)
-            stage_purge_later(st);
-        stage_unref(st);
-        return err;
-    }
-    r->prefix_len = prefix_len;
-    r->chunk = st->n_chunks + 1;
-    r->body_len = r->data.len;
-    r->cb.submit = cb;
-    r->arg = arg;
-    buf_free(&st->part);
-    stage_unref(st); /* the owner's reference: r holds one */
-    return req_queue(r->stage->q, r);
-}
-
-void queue_stage_abort(struct queue_stage *st)
-{
-    if (!st || st->ended)
-        return;
-    st->ended = true;
-    if (st->n_chunks > 0)
-        stage_purge_later(st);
-    stage_unref(st);
 }
