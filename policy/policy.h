@@ -818,6 +818,26 @@ int tlsrpt_store_sync(struct tlsrpt_store *s);
  * day), ERR_FULL, ERR_IO.
  */
 int tlsrpt_record_session(struct tlsrpt_store *s, const struct tlsrpt_session_result *r);
+/* Called after each committed tlsrpt_record_session() with the session's
+ * day and (normalised) domain: a fleet publishes the changed record. cb
+ * NULL removes it. The callback must not write to the store. */
+typedef void (*tlsrpt_change_cb)(void *arg, const char *day, const char *domain);
+void tlsrpt_store_on_change(struct tlsrpt_store *s, tlsrpt_change_cb cb, void *arg);
+/* The stored record of (day, domain) as its JSON text (the layout of
+ * tlsrpt_store.c), appended to out: what a node publishes to its fleet.
+ * ERR_NOTFOUND. */
+int tlsrpt_store_record(struct tlsrpt_store *s, const char *day, const char *domain,
+                        struct buf *out);
+/*
+ * The sum of n records of one (day, domain) (texts as
+ * tlsrpt_store_record() gives them; several nodes' counts): policies that
+ * are the same (type, policy-string, mx-host) add their counts, failure
+ * rows that are the same add theirs; the store's bounds hold for the sum
+ * (what does not fit counts as dropped). A record that does not parse is
+ * skipped. The sum's text appended to out; ERR_NOTFOUND when no record
+ * was usable.
+ */
+int tlsrpt_record_sum(const char *const *recs, const size_t *lens, size_t n, struct buf *out);
 
 /* The UTC day of t as "YYYY-MM-DD"; the start of a day (00:00:00 UTC);
  * tlsrpt_day_parse: 0 or ERR_INVAL. */
@@ -866,6 +886,11 @@ struct tlsrpt_report_info {
     const char *organization_name;
     const char *contact_info; /* an email address */
     const char *submitter;    /* a domain: in the report-id, file name, Subject */
+    /* NULL for a single relay's or a fleet's report; a node's name when a
+     * node of a fleet reports its own counts alone (shared state away):
+     * it goes into the report-id and the file name's unique-id, so two
+     * nodes' reports never share one. */
+    const char *node;
 };
 
 /*
@@ -882,10 +907,23 @@ struct tlsrpt_report_info {
 int tlsrpt_report_json(struct tlsrpt_store *s, const char *day, const char *domain,
                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
                        bool pretty, struct buf *out);
+/* The same report from a record's text (tlsrpt_store_record(),
+ * tlsrpt_record_sum()) instead of the store: ERR_INVAL when it does not
+ * parse. */
+int tlsrpt_report_json_record(const char *rec, size_t len, const char *day, const char *domain,
+                              const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                              bool pretty, struct buf *out);
 /* "YYYYMMDD.SEQ.DOMAIN@SUBMITTER": unique per (day, report, domain,
  * submitter), usable as a Message-ID and in Subject's Report-ID: <...>. */
 void tlsrpt_report_id(const char *day, uint32_t seq, const char *domain, const char *submitter,
                       char *out, size_t size);
+/* The report-id of a report with info: as tlsrpt_report_id(), with
+ * info->node (when set) as "YYYYMMDD.SEQ.NODE.DOMAIN@SUBMITTER". */
+void tlsrpt_report_id_of(const char *day, uint32_t seq, const char *domain,
+                         const struct tlsrpt_report_info *info, char *out, size_t size);
+/* A node name as a label: letters and digits kept, anything else '-', at
+ * most 63 characters. */
+void tlsrpt_node_tag(const char *node, char *out, size_t size);
 /* RFC 8460 5.1: "submitter!policy-domain!begin!end[!unique-id].json.gz"
  * (begin and end in seconds since the epoch; unique_id NULL or "" leaves it
  * out; it must be a MIME token). 0 or ERR_INVAL/ERR_TOOBIG. */
@@ -911,6 +949,10 @@ struct tlsrpt_report {
 int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
                         const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
                         struct tlsrpt_report *out);
+/* The same from a record's text (a fleet's sum). */
+int tlsrpt_report_build_record(const char *rec, size_t len, const char *day, const char *domain,
+                               const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                               struct tlsrpt_report *out);
 void tlsrpt_report_clear(struct tlsrpt_report *r);
 
 /*
