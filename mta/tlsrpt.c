@@ -41,6 +41,7 @@
 #include "policy.h"
 #include "queue.h"
 #include "settings.h"
+#include "shared.h"
 
 #define COMP "tlsrpt"
 #define GIVE_UP_S (26 * 3600)
@@ -51,6 +52,7 @@ struct item {
     char day[TLSRPT_DAY_SIZE];
     char domain[POLICY_NAME_MAX];
     uint32_t seq; /* the report sequence of the record */
+    bool fleet;   /* the record is the fleet's sum (the fleet's report) */
 };
 
 /* One pending https delivery of a full day's report. */
@@ -73,6 +75,8 @@ static struct {
     struct tls_ctx *tls;
     int64_t clock_offset; /* CONVOY_TLSRPT_NOW - the real clock at start */
     int64_t delay_max, retry_base;
+    int64_t fleet_wait, fleet_retry; /* CONVOY_TLSRPT_FLEET_WAIT, _FLEET_RETRY */
+    int64_t fleet_retry_at;          /* a run deferred a report for the fleet: not before */
     uint16_t https_port;
     struct run *running;
     struct pending *pend;
@@ -220,6 +224,8 @@ static void run_end(struct run *r)
 static void item_done(struct run *r, bool delete_record)
 {
     const struct item *it = &r->items[r->i];
+    if (!r->dry_run && it->fleet && !r->partial && delete_record)
+        tlsrpt_fleet_sent(g.m, it->day, it->domain, r->have_rep ? r->rep.report_id : "");
     if (!r->dry_run) {
         if (r->partial) {
             uint32_t seq;
@@ -439,6 +445,106 @@ static void run_next_rua(struct run *r)
     item_done(r, true);
 }
 
+/* Build the report of the current item, from the store or from a fleet's
+ * sum, and hand it to every rua; alone: this node's counts only while it
+ * is part of a fleet (its name goes into the report-id). */
+static void build_report(struct run *r, const char *sum, size_t len, uint32_t seq, bool alone)
+{
+    const struct item *it = &r->items[r->i];
+    struct settings_tlsrpt_names *nm = &r->names;
+    struct tlsrpt_report_info info = {
+        .organization_name = nm->organization,
+        .contact_info = nm->contact,
+        .submitter = nm->submitter,
+        .node = alone ? shared_node(g.m->shared) : NULL,
+    };
+    int64_t end = r->partial ? r->end : 0;
+    int rc =
+        sum ? tlsrpt_report_build_record(sum, len, it->day, it->domain, &info, seq, end, &r->rep)
+            : tlsrpt_report_build(g.store, it->day, it->domain, &info, seq, end, &r->rep);
+    if (rc != 0) {
+        json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
+                                                it->day, "result", "failed", "why", err_str(rc)));
+        r->i++;
+        run_next_item(r);
+        return;
+    }
+    r->have_rep = true;
+    r->rua = 0;
+    r->any_sent = false;
+    run_next_rua(r);
+}
+
+/* Leave the current item for a later run (the fleet decides then). */
+static void fleet_later(struct run *r, const char *result, const char *why)
+{
+    const struct item *it = &r->items[r->i];
+    json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
+                                            it->day, "result", result, "why", why));
+    int64_t at = now_s() + g.fleet_retry;
+    if (g.fleet_retry_at < at)
+        g.fleet_retry_at = at;
+    r->i++;
+    run_next_item(r);
+}
+
+/* Redis is away or failed: a partial report goes out with this node's
+ * counts; a full day waits up to fleet_wait after the day for the fleet,
+ * then goes out with this node's counts alone. */
+static void fleet_away(struct run *r, const char *why)
+{
+    const struct item *it = &r->items[r->i];
+    if (g.m->stopping) {
+        r->i = r->n;
+        run_next_item(r);
+        return;
+    }
+    int64_t start = 0;
+    tlsrpt_day_parse(it->day, &start);
+    if (!r->partial && now_s() < start + 86400 + g.fleet_wait) {
+        log_warn(COMP, "domain=%s day=%s: report deferred: the fleet's shared state is away (%s)",
+                 it->domain, it->day, why);
+        fleet_later(r, "deferred", why);
+        return;
+    }
+    log_warn(COMP,
+             "domain=%s day=%s: the fleet's shared state is away (%s): this node reports its "
+             "own sessions alone",
+             it->domain, it->day, why);
+    build_report(r, NULL, 0, it->seq, true);
+}
+
+static void fleet_cb(void *arg, enum fleet_outcome o, uint32_t seq, const char *who,
+                     const char *sum, size_t len)
+{
+    struct run *r = arg;
+    struct item *it = &r->items[r->i];
+    switch (o) {
+    case FLEET_SEND:
+        if (!r->partial) {
+            it->fleet = true; /* the store holds the sum now */
+            it->seq = seq;
+        }
+        build_report(r, sum, len, seq, false);
+        return;
+    case FLEET_SENT:
+        log_info(COMP, "domain=%s day=%s: sent by the fleet (report-id %s): nothing to send",
+                 it->domain, it->day, who);
+        json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
+                                                it->day, "result", "sent-by-fleet", "why", who));
+        item_done(r, true);
+        return;
+    case FLEET_BUSY:
+        log_info(COMP, "domain=%s day=%s: node %s is sending the fleet's report", it->domain,
+                 it->day, who);
+        fleet_later(r, "fleet-busy", who);
+        return;
+    case FLEET_AWAY:
+        fleet_away(r, who);
+        return;
+    }
+}
+
 static void txt_cb(void *arg, const struct dns_result *res)
 {
     struct run *r = arg;
@@ -466,27 +572,14 @@ static void txt_cb(void *arg, const struct dns_result *res)
         }
         return;
     }
-    struct settings_tlsrpt_names *nm = &r->names;
-    struct tlsrpt_report_info info = {
-        .organization_name = nm->organization,
-        .contact_info = nm->contact,
-        .submitter = nm->submitter,
-    };
-    rc = tlsrpt_report_build(g.store, it->day, it->domain, &info, it->seq, r->partial ? r->end : 0,
-                             &r->rep);
-    if (rc != 0) {
-        json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
-                                                it->day, "result", "failed", "why", err_str(rc)));
-        r->i++;
-        run_next_item(r);
+    if (g.m->shared && !r->dry_run && !it->fleet) {
+        /* A fleet: one node sends the fleet's report (tlsrpt_fleet.c). */
+        if (tlsrpt_fleet_claim(g.m, it->day, it->domain, !r->partial, it->seq, fleet_cb, r) != 0)
+            fleet_away(r, "shared state is not up");
         return;
     }
-    r->have_rep = true;
-    r->rua = 0;
-    r->any_sent = false;
-    run_next_rua(r);
+    build_report(r, NULL, 0, it->seq, false);
 }
-
 static void run_next_item(struct run *r)
 {
     if (r->i >= r->n) {
@@ -529,6 +622,7 @@ static int collect_cb(void *arg, const struct tlsrpt_summary *sum)
     str_copy(it->day, sum->day, sizeof(it->day));
     str_copy(it->domain, sum->domain, sizeof(it->domain));
     it->seq = sum->reports;
+    it->fleet = sum->fleet;
     return 0;
 }
 
@@ -542,6 +636,7 @@ static struct run *run_new(struct control_req *req, const char *day, const char 
     r->req = req;
     r->out = json_array();
     r->dry_run = dry_run;
+    g.fleet_retry_at = 0;
     settings_tlsrpt_names(g.m->conf, &r->names);
     char today[TLSRPT_DAY_SIZE];
     int64_t now = now_s();
@@ -597,6 +692,10 @@ static void schedule(void)
     int64_t at = start + 86400 + delay;
     if (tlsrpt_store_each(g.store, NULL, has_old_cb, today) == 1)
         at = now + delay;
+    /* A report the fleet is sending, or one waiting for Redis: ask again
+     * later, not at once. */
+    if (g.fleet_retry_at > at && g.fleet_retry_at < start + 86400 + delay)
+        at = g.fleet_retry_at;
     for (size_t i = 0; i < g.n_pend; i++)
         if (g.pend[i].next < at)
             at = g.pend[i].next;
@@ -714,6 +813,11 @@ int mta_tlsrpt_start(struct mta *m, struct buf *err)
     if (g.retry_base < 1)
         g.retry_base = 1;
     g.https_port = (uint16_t)env_int("CONVOY_TLSRPT_HTTPS_PORT", 0);
+    g.fleet_wait = env_int("CONVOY_TLSRPT_FLEET_WAIT", 12 * 3600);
+    g.fleet_retry = env_int("CONVOY_TLSRPT_FLEET_RETRY", 300);
+    if (g.fleet_retry < 1)
+        g.fleet_retry = 1;
+    tlsrpt_fleet_start(m, g.store);
     srandom((unsigned)(time_now_ms() ^ (int64_t)getpid()));
     uv_timer_init(m->loop, &g.sync_timer);
     uv_timer_init(m->loop, &g.send_timer);
@@ -725,7 +829,7 @@ int mta_tlsrpt_start(struct mta *m, struct buf *err)
 
 void mta_tlsrpt_stop(struct mta *m)
 {
-    (void)m;
+    tlsrpt_fleet_stop(m);
     if (g.timers) {
         uv_timer_stop(&g.sync_timer);
         uv_timer_stop(&g.send_timer);
@@ -748,6 +852,7 @@ void mta_tlsrpt_close(struct mta *m)
         tls_ctx_free(g.tls);
         g.tls = NULL;
     }
+    tlsrpt_fleet_close(m);
     m->tlsrpt = NULL;
     tlsrpt_store_close(g.store);
     g.store = NULL;

@@ -825,9 +825,18 @@ typedef void (*tlsrpt_change_cb)(void *arg, const char *day, const char *domain)
 void tlsrpt_store_on_change(struct tlsrpt_store *s, tlsrpt_change_cb cb, void *arg);
 /* The stored record of (day, domain) as its JSON text (the layout of
  * tlsrpt_store.c), appended to out: what a node publishes to its fleet.
- * ERR_NOTFOUND. */
+ * ERR_NOTFOUND; ERR_EXISTS when the record holds a fleet's sum. */
 int tlsrpt_store_record(struct tlsrpt_store *s, const char *day, const char *domain,
                         struct buf *out);
+/*
+ * Replace the record of (day, domain) by a fleet's sum (the text of
+ * tlsrpt_record_sum()) that is reported with number seq: the report is
+ * then built from the store as for one node (summary.reports is seq,
+ * summary.fleet is true), and so are its retries after a restart.
+ * tlsrpt_store_record() no longer gives it out. One committed transaction.
+ */
+int tlsrpt_store_put_fleet(struct tlsrpt_store *s, const char *day, const char *domain,
+                           const char *sum, size_t len, uint32_t seq);
 /*
  * The sum of n records of one (day, domain) (texts as
  * tlsrpt_store_record() gives them; several nodes' counts): policies that
@@ -852,6 +861,7 @@ struct tlsrpt_summary {
     size_t n_policies;
     uint64_t dropped; /* failure rows or policies left out by the bounds */
     uint32_t reports; /* reports made so far for this day (report-id sequence) */
+    bool fleet;       /* the record holds a fleet's sum (tlsrpt_store_put_fleet()) */
 };
 typedef int (*tlsrpt_summary_cb)(void *arg, const struct tlsrpt_summary *sum);
 /* Every (day, domain) of day (NULL: every day), in (day, domain) order. A

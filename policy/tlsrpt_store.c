@@ -597,6 +597,7 @@ static void summarize(json_t *o, const char *key, size_t klen, struct tlsrpt_sum
     sum->domain[dl] = '\0';
     sum->dropped = get_u64(o, "dropped");
     sum->reports = (uint32_t)get_u64(o, "seq");
+    sum->fleet = json_is_true(json_object_get(o, "fleet"));
     json_t *policies = json_object_get(o, "policies");
     sum->n_policies = json_array_size(policies);
     size_t i;
@@ -694,12 +695,45 @@ int tlsrpt_store_record(struct tlsrpt_store *s, const char *day, const char *dom
     int rc = get_record(s, day, domain, &o);
     if (rc != 0)
         return rc;
+    if (json_is_true(json_object_get(o, "fleet"))) {
+        json_decref(o);
+        return ERR_EXISTS; /* the fleet's sum, not this node's counts */
+    }
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!text)
         return ERR_NOMEM;
     rc = buf_append_str(out, text);
     free(text);
+    return rc;
+}
+
+int tlsrpt_store_put_fleet(struct tlsrpt_store *s, const char *day, const char *domain,
+                           const char *sum, size_t len, uint32_t seq)
+{
+    if (s->readonly)
+        return ERR_PERM;
+    char kbuf[KEY_MAX];
+    size_t klen = make_key(kbuf, day, domain);
+    if (klen == 0)
+        return ERR_INVAL;
+    MDB_val sv = {len, (void *)sum};
+    json_t *o = load_json(&sv);
+    if (!o)
+        return ERR_INVAL;
+    json_object_set_new(o, "seq", json_integer((json_int_t)seq));
+    json_object_set_new(o, "fleet", json_true());
+    MDB_txn *txn;
+    int rc = map_err(mdb_txn_begin(s->env, NULL, 0, &txn));
+    if (rc == 0) {
+        MDB_val k = {klen, kbuf};
+        rc = put_json(txn, s->records, &k, o);
+        if (rc == 0)
+            rc = map_err(mdb_txn_commit(txn));
+        else
+            mdb_txn_abort(txn);
+    }
+    json_decref(o);
     return rc;
 }
 
