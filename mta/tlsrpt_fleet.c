@@ -73,19 +73,37 @@ static void publish_one(const char *day, const char *domain)
 {
     struct buf rec;
     buf_init(&rec, 1u << 20);
-    /* ERR_NOTFOUND: sent and deleted meanwhile. A record holding the
-     * fleet's sum (summary.fleet) is never published: tlsrpt_store_record()
-     * is this node's counts only because publish_all() skips those. */
+    /* ERR_NOTFOUND: sent and deleted meanwhile; ERR_EXISTS: the record
+     * holds the fleet's sum now, not this node's counts. */
     if (tlsrpt_store_record(f.store, day, domain, &rec) == 0)
         shared_tlsrpt_publish(f.m->shared, day, domain, rec.data, rec.len);
     buf_free(&rec);
 }
 
-static int publish_cb(void *arg, const struct tlsrpt_summary *sum)
+struct marks {
+    struct mark *v;
+    size_t n, cap;
+};
+
+/* Gather every record this node counted itself (LMDB allows one read
+ * transaction per thread: publishing reads, so it waits until the walk
+ * is over). */
+static int gather_cb(void *arg, const struct tlsrpt_summary *sum)
 {
-    (void)arg;
-    if (!sum->fleet)
-        publish_one(sum->day, sum->domain);
+    struct marks *ms = arg;
+    if (sum->fleet)
+        return 0;
+    if (ms->n == ms->cap) {
+        size_t cap = ms->cap ? ms->cap * 2 : 64;
+        struct mark *nv = realloc(ms->v, cap * sizeof(*nv));
+        if (!nv)
+            return ERR_NOMEM;
+        ms->v = nv;
+        ms->cap = cap;
+    }
+    str_copy(ms->v[ms->n].day, sum->day, sizeof(ms->v[ms->n].day));
+    str_copy(ms->v[ms->n].domain, sum->domain, sizeof(ms->v[ms->n].domain));
+    ms->n++;
     return 0;
 }
 
@@ -97,10 +115,17 @@ static void flush(void)
         return;
     uint64_t gen = shared_generation(sh);
     if (gen != f.generation || f.all_dirty) {
+        struct marks ms = {0};
+        if (tlsrpt_store_each(f.store, NULL, gather_cb, &ms) != 0) {
+            free(ms.v);
+            return; /* again at the next tick */
+        }
         f.generation = gen;
         f.all_dirty = false;
         f.n_dirty = 0;
-        tlsrpt_store_each(f.store, NULL, publish_cb, NULL);
+        for (size_t i = 0; i < ms.n; i++)
+            publish_one(ms.v[i].day, ms.v[i].domain);
+        free(ms.v);
         return;
     }
     for (size_t i = 0; i < f.n_dirty; i++)
@@ -145,7 +170,11 @@ void tlsrpt_fleet_close(struct mta *m)
     if (f.store)
         tlsrpt_store_on_change(f.store, NULL, NULL);
     free(f.dirty);
-    memset(&f, 0, sizeof(f));
+    f.dirty = NULL;
+    f.n_dirty = 0;
+    f.all_dirty = false;
+    f.store = NULL;
+    f.m = NULL;
 }
 
 /* ---- the claim -------------------------------------------------------------- */
@@ -226,7 +255,7 @@ static void claim_cb(void *arg, int status, enum shared_claim what, uint32_t seq
     c->seq = seq;
     /* Our latest counts first, so the other nodes see them too. */
     flush();
-    if (shared_tlsrpt_records(f.m->shared, c->day, c->domain, records_cb, c) != 0)
+    if (!f.m || shared_tlsrpt_records(f.m->shared, c->day, c->domain, records_cb, c) != 0)
         claim_end(c, FLEET_AWAY, "shared state went away", NULL, 0);
 }
 
