@@ -47,6 +47,8 @@
 #define GIVE_UP_S (26 * 3600)
 #define RETRY_MAX_S (4 * 3600)
 #define MAX_ITEMS 20000
+/* Days kept in the store (more than SHARED_TLSRPT_TTL_S). */
+#define KEEP_DAYS 7
 
 struct item {
     char day[TLSRPT_DAY_SIZE];
@@ -183,6 +185,7 @@ struct run {
     struct tlsrpt_report rep;
     bool have_rep;
     bool any_sent;
+    bool alone; /* the current report is this node's alone, in a fleet */
     struct settings_tlsrpt_names names;
 };
 
@@ -210,6 +213,14 @@ static void run_end(struct run *r)
         control_reply(r->req, resp);
     } else {
         json_decref(r->out);
+        /* The bound on what is kept (policy.h): days that could not be
+         * sent, and the zero records of days a fleet node reported alone
+         * (kept past the shared records' lifetime). */
+        char before[TLSRPT_DAY_SIZE];
+        tlsrpt_day_of(now_s() - KEEP_DAYS * 86400, before);
+        int n = tlsrpt_store_prune(g.store, before);
+        if (n > 0)
+            log_info(COMP, "dropped %d record(s) of days before %s", n, before);
     }
     if (r->have_rep)
         tlsrpt_report_clear(&r->rep);
@@ -232,13 +243,19 @@ static void item_done(struct run *r, bool delete_record)
             if (r->any_sent)
                 tlsrpt_store_next_seq(g.store, it->day, it->domain, &seq);
         } else if (delete_record && !pend_find(it->day, it->domain, NULL)) {
-            tlsrpt_store_delete(g.store, it->day, it->domain);
+            /* Reported alone: zero counts stay, to be published, so the
+             * fleet never reports these sessions again. */
+            if (r->alone)
+                tlsrpt_store_zero(g.store, it->day, it->domain);
+            else
+                tlsrpt_store_delete(g.store, it->day, it->domain);
         }
     }
     if (r->have_rep) {
         tlsrpt_report_clear(&r->rep);
         r->have_rep = false;
     }
+    r->alone = false;
     r->i++;
     run_next_item(r);
 }
@@ -470,6 +487,7 @@ static void build_report(struct run *r, const char *sum, size_t len, uint32_t se
         return;
     }
     r->have_rep = true;
+    r->alone = alone;
     r->rua = 0;
     r->any_sent = false;
     run_next_rua(r);
@@ -673,7 +691,7 @@ static void send_timer_cb(uv_timer_t *t)
 static int has_old_cb(void *arg, const struct tlsrpt_summary *sum)
 {
     const char *today = arg;
-    return strcmp(sum->day, today) < 0 ? 1 : 0;
+    return strcmp(sum->day, today) < 0 && (sum->successful || sum->failed) ? 1 : 0;
 }
 
 /* The next automatic run: after the next midnight UTC plus a random delay

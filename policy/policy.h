@@ -818,8 +818,9 @@ int tlsrpt_store_sync(struct tlsrpt_store *s);
  * day), ERR_FULL, ERR_IO.
  */
 int tlsrpt_record_session(struct tlsrpt_store *s, const struct tlsrpt_session_result *r);
-/* Called after each committed tlsrpt_record_session() with the session's
- * day and (normalised) domain: a fleet publishes the changed record. cb
+/* Called after each committed tlsrpt_record_session() (and
+ * tlsrpt_store_zero()) with the day and (normalised) domain: a fleet
+ * publishes the changed record. cb
  * NULL removes it. The callback must not write to the store. */
 typedef void (*tlsrpt_change_cb)(void *arg, const char *day, const char *domain);
 void tlsrpt_store_on_change(struct tlsrpt_store *s, tlsrpt_change_cb cb, void *arg);
@@ -883,6 +884,14 @@ uint64_t tlsrpt_store_dropped(struct tlsrpt_store *s, const char *day);
  */
 int tlsrpt_store_next_seq(struct tlsrpt_store *s, const char *day, const char *domain,
                           uint32_t *seq);
+/*
+ * A node of a fleet reported (day, domain) alone (its shared state was
+ * away): keep the record with no sessions (and the next report sequence)
+ * instead of dropping it, so the node publishes zero counts for it when it
+ * reconnects and no fleet report counts its sessions again. Calls the
+ * change callback. ERR_NOTFOUND.
+ */
+int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domain);
 /* The report is sent (every rua handed over, or given up): drop the
  * record. ERR_NOTFOUND. */
 int tlsrpt_store_delete(struct tlsrpt_store *s, const char *day, const char *domain);

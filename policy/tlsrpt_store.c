@@ -737,6 +737,42 @@ int tlsrpt_store_put_fleet(struct tlsrpt_store *s, const char *day, const char *
     return rc;
 }
 
+int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domain)
+{
+    if (s->readonly)
+        return ERR_PERM;
+    char kbuf[KEY_MAX];
+    size_t klen = make_key(kbuf, day, domain);
+    if (klen == 0)
+        return ERR_INVAL;
+    MDB_txn *txn;
+    int rc = map_err(mdb_txn_begin(s->env, NULL, 0, &txn));
+    if (rc != 0)
+        return rc;
+    MDB_val k = {klen, kbuf}, v;
+    rc = map_err(mdb_get(txn, s->records, &k, &v));
+    json_t *o = NULL;
+    if (rc == 0) {
+        o = load_json(&v);
+        rc = o ? 0 : ERR_CORRUPT;
+    }
+    if (rc == 0) {
+        add_u64(o, "seq", 1);
+        json_object_set_new(o, "dropped", json_integer(0));
+        json_object_set_new(o, "policies", json_array());
+        json_object_del(o, "fleet");
+        rc = put_json(txn, s->records, &k, o);
+    }
+    json_decref(o);
+    if (rc == 0)
+        rc = map_err(mdb_txn_commit(txn));
+    else
+        mdb_txn_abort(txn);
+    if (rc == 0 && s->on_change)
+        s->on_change(s->change_arg, day, domain);
+    return rc;
+}
+
 int tlsrpt_store_next_seq(struct tlsrpt_store *s, const char *day, const char *domain,
                           uint32_t *seq)
 {

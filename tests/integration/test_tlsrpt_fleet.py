@@ -12,6 +12,11 @@ _smtp._tls record (dnsmasq, world.py) points at an HTTPS collector.
 - Redis is killed (its data is lost: no persistence) while one node
   records more sessions, and started again: every node publishes its
   records again, and the report holds every session exactly once.
+- Redis is away at report time: a node within its wait
+  (CONVOY_TLSRPT_FLEET_WAIT) defers; a node past it reports its own
+  sessions alone, with its name in the report-id, and publishes zero
+  counts when Redis is back, so the fleet's report that follows holds only
+  the other node's sessions.
 
 The daemons' clock for sending is set a day on (CONVOY_TLSRPT_NOW), so
 today's sessions form a completed day (a full report, with the fleet's
@@ -52,7 +57,8 @@ class TlsrptFleetTest(unittest.TestCase):
         os.chmod(self.tmp, 0o755)
         self.nodes, self.sink, self.dns, self.collector, self.redis = [], None, None, None, None
         self.saved_env = {k: os.environ.get(k) for k in (
-            "CONVOY_TLSRPT_NOW", "CONVOY_TLSRPT_DELAY", "CONVOY_TLSRPT_HTTPS_PORT")}
+            "CONVOY_TLSRPT_NOW", "CONVOY_TLSRPT_DELAY", "CONVOY_TLSRPT_HTTPS_PORT",
+            "CONVOY_TLSRPT_FLEET_WAIT")}
         try:
             self.build()
         except BaseException:
@@ -277,6 +283,43 @@ class TlsrptFleetTest(unittest.TestCase):
             self.assertIn("sent-by-fleet", self.send(d))
         time.sleep(1)
         self.assertEqual(len(self.collector.ok_posts()), 1)
+
+    def test_redis_away_at_send(self):
+        os.environ["CONVOY_TLSRPT_FLEET_WAIT"] = "1000000000"
+        a = self.node("a")
+        os.environ["CONVOY_TLSRPT_FLEET_WAIT"] = "0"
+        b = self.node("b")
+        self.wait_up([a, b])
+        self.deliver(a, 1)
+        self.deliver(b, 2)
+        counts = {d.name: self.wait_counted(d, 1) for d in (a, b)}
+        self.wait_published(counts)
+        self.redis.kill()
+        for d in (a, b):
+            self.assertTrue(tld.wait_for(lambda: "is unreachable" in d.log_text(), 15))
+        # a waits for the fleet: nothing sent.
+        r = a.ctl("tlsrpt", "send", "--date", self.day)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("%s %s deferred" % (self.day, DOMAIN), r.stdout)
+        self.assertIn("report deferred: the fleet's shared state is away", a.log_text())
+        # b is past its wait: its own sessions, under its own report-id.
+        self.assertIn("%s %s sent rua=%s" % (self.day, DOMAIN, RUA), self.send(b))
+        rep, got = self.the_report()
+        self.assertEqual(got, counts["b"])
+        self.assertRegex(rep["report-id"], r"^\d{8}\.0\.b\.fleet\.test@relay\.test$")
+        self.assertIn("this node reports its own sessions alone", b.log_text())
+        self.assertEqual(self.local(b), (0, 0))
+        # Redis is back: b publishes zero counts, a sends the fleet's report.
+        self.redis.start()
+        self.wait_up([a, b])
+        self.wait_published({"a": counts["a"], "b": (0, 0)})
+        self.assertIn("%s %s sent rua=%s" % (self.day, DOMAIN, RUA), self.send(a))
+        rep, got = self.the_report(1)
+        self.assertEqual(got, counts["a"])
+        self.assertRegex(rep["report-id"], r"^\d{8}\.0\.fleet\.test@relay\.test$")
+        self.assertIn("nothing to send", self.send(b))
+        time.sleep(1)
+        self.assertEqual(len(self.collector.ok_posts()), 2)
 
 
 if __name__ == "__main__":
