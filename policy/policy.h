@@ -632,6 +632,11 @@ int policy_post(const struct policy_post_params *pp, policy_post_cb cb, void *ar
  *    tlsrpt_sender, TLS-Required: No honoured, not itself recorded). When
  *    every rua is done or given up: tlsrpt_store_delete(). Once a day:
  *    tlsrpt_store_prune(s, a few days back).
+ *  - In a fleet (shared_state) each node also publishes its records
+ *    (tlsrpt_store_on_change(), tlsrpt_store_record()); the node that
+ *    claims a report sums every node's record (tlsrpt_record_sum()), keeps
+ *    the sum (tlsrpt_store_put_fleet()) and sends it; a node that reports
+ *    alone keeps zero counts (tlsrpt_store_zero()).
  */
 
 /*

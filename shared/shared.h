@@ -16,10 +16,9 @@
  * Keys (all under "convoy:"): convoy:nodes (a sorted set of node names
  * scored by their last heartbeat, ms), convoy:rate:DEST (a hash: tokens,
  * ts), convoy:conc:DEST (connection leases: node:n scored by expiry ms),
- * convoy:sts:DOMAIN ID (a policy text with the policy's max_age as TTL).
- * Adding shared counters later (TLS-RPT: HINCRBY per report key, a
- * SET NX PX lock for the daily sender) is one more request kind in
- * shared.c (enum req_kind, a case in on_reply()) and one function here.
+ * convoy:sts:DOMAIN ID (a policy text with the policy's max_age as TTL),
+ * convoy:tlsrpt:... (TLS-RPT across the fleet: each node's record per day
+ * and policy domain, the report's lock, sent marker and number; tlsrpt.c).
  *
  * Threads: loop thread only. Callbacks never run before the call that
  * registered them returns.
