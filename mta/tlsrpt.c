@@ -16,6 +16,14 @@
  * up; a partial day (convoyctl tlsrpt send --date today) moves the
  * record's report sequence on, so the full day gets its own report-id.
  *
+ * In a fleet (shared_state) the report of a full day goes through the
+ * fleet's claim (tlsrpt_fleet.c) after the TXT lookup: sent by the fleet
+ * already (the record goes, nothing is sent), another node sending it
+ * (asked again after CONVOY_TLSRPT_FLEET_RETRY), or ours (the fleet's sum
+ * is sent under the fleet's number, and the sent marker set once every
+ * rua took it). Redis away: the day waits CONVOY_TLSRPT_FLEET_WAIT after
+ * its end, then this node reports alone and keeps zero counts.
+ *
  * Retry state (https rua that failed) is kept in
  * <queue_directory>/tlsrpt-pending.json, so a restart keeps retrying.
  *
@@ -27,6 +35,10 @@
  *  CONVOY_TLSRPT_RETRY  the first retry interval, seconds (default 600;
  *                       doubles per attempt up to 4 hours, for 26 hours)
  *  CONVOY_TLSRPT_HTTPS_PORT  connect to this port for every https rua
+ *  CONVOY_TLSRPT_FLEET_WAIT  how long after its day a report waits for an
+ *                       away shared state, seconds (default 43200)
+ *  CONVOY_TLSRPT_FLEET_RETRY when a report the fleet is busy with or
+ *                       waiting for is asked again, seconds (default 300)
  */
 #include <errno.h>
 #include <stdio.h>
