@@ -602,6 +602,11 @@ static void txt_cb(void *arg, const struct dns_result *res)
         }
         return;
     }
+    if (g.m->shared && !r->dry_run && !it->fleet && pend_find(it->day, it->domain, NULL)) {
+        /* The retry of a report this node sent alone: the same report. */
+        build_report(r, NULL, 0, it->seq, true);
+        return;
+    }
     if (g.m->shared && !r->dry_run && !it->fleet) {
         /* A fleet: one node sends the fleet's report (tlsrpt_fleet.c). */
         if (tlsrpt_fleet_claim(g.m, it->day, it->domain, !r->partial, it->seq, fleet_cb, r) != 0)
