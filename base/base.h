@@ -292,7 +292,10 @@ int priv_become_dir_owner(const char *mail_owner, const char *dir, char *why, si
       "shared_state was away or slow",                                                             \
       NULL, NULL)                                                                                  \
     M(MET_SHARED_RTT, HIST_RTT, "convoy_shared_rtt_seconds",                                       \
-      "Round-trip time of requests to shared_state", NULL, NULL)
+      "Round-trip time of requests to shared_state", NULL, NULL)                                   \
+    M(MET_SHARED_TLSRPT, COUNTER, "convoy_shared_tlsrpt_requests_total",                           \
+      "TLS-RPT requests to shared_state, by request (publish, claim, records, sent) and result",   \
+      "request", "result")
 
 enum metric_id {
 #define METRIC_ID(id, type, name, help, l1, l2) id,

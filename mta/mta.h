@@ -101,6 +101,26 @@ void submission_reload_cancel(struct mta *m, struct submission_update *u);
 int mta_tlsrpt_start(struct mta *m, struct buf *err);
 void mta_tlsrpt_stop(struct mta *m);
 void mta_tlsrpt_close(struct mta *m);
+/*
+ * tlsrpt_fleet.c: TLS-RPT across the fleet (shared_state). start: this
+ * node's records go to Redis once a second when they change, and all of
+ * them after every (re)connect; stop: a last write. tlsrpt_fleet_claim():
+ * who sends the report of (day, domain) (full: a finished day). 0: cb
+ * once, later, with FLEET_SEND (seq: the fleet's report number, sum: the
+ * fleet's record, put into the store already for a full day), FLEET_SENT
+ * (who: the report-id the fleet sent), FLEET_BUSY (who: the node sending
+ * it now) or FLEET_AWAY (who: why); not 0 (shared_state is not up): cb
+ * is never called. tlsrpt_fleet_sent(): the fleet's full report went out.
+ */
+enum fleet_outcome { FLEET_SEND, FLEET_SENT, FLEET_BUSY, FLEET_AWAY };
+typedef void (*tlsrpt_fleet_cb)(void *arg, enum fleet_outcome o, uint32_t seq, const char *who,
+                                const char *sum, size_t len);
+void tlsrpt_fleet_start(struct mta *m, struct tlsrpt_store *store);
+void tlsrpt_fleet_stop(struct mta *m);
+void tlsrpt_fleet_close(struct mta *m);
+int tlsrpt_fleet_claim(struct mta *m, const char *day, const char *domain, bool full,
+                       uint32_t local_seq, tlsrpt_fleet_cb cb, void *arg);
+void tlsrpt_fleet_sent(struct mta *m, const char *day, const char *domain, const char *report_id);
 /* submission.c: the DKIM key table in force (NULL: none). */
 struct dkim_keytable *submission_dkim(struct mta *m);
 

@@ -16,6 +16,14 @@
  * up; a partial day (convoyctl tlsrpt send --date today) moves the
  * record's report sequence on, so the full day gets its own report-id.
  *
+ * In a fleet (shared_state) the report of a full day goes through the
+ * fleet's claim (tlsrpt_fleet.c) after the TXT lookup: sent by the fleet
+ * already (the record goes, nothing is sent), another node sending it
+ * (asked again after CONVOY_TLSRPT_FLEET_RETRY), or ours (the fleet's sum
+ * is sent under the fleet's number, and the sent marker set once every
+ * rua took it). Redis away: the day waits CONVOY_TLSRPT_FLEET_WAIT after
+ * its end, then this node reports alone and keeps zero counts.
+ *
  * Retry state (https rua that failed) is kept in
  * <queue_directory>/tlsrpt-pending.json, so a restart keeps retrying.
  *
@@ -27,6 +35,10 @@
  *  CONVOY_TLSRPT_RETRY  the first retry interval, seconds (default 600;
  *                       doubles per attempt up to 4 hours, for 26 hours)
  *  CONVOY_TLSRPT_HTTPS_PORT  connect to this port for every https rua
+ *  CONVOY_TLSRPT_FLEET_WAIT  how long after its day a report waits for an
+ *                       away shared state, seconds (default 43200)
+ *  CONVOY_TLSRPT_FLEET_RETRY when a report the fleet is busy with or
+ *                       waiting for is asked again, seconds (default 300)
  */
 #include <errno.h>
 #include <stdio.h>
@@ -41,16 +53,20 @@
 #include "policy.h"
 #include "queue.h"
 #include "settings.h"
+#include "shared.h"
 
 #define COMP "tlsrpt"
 #define GIVE_UP_S (26 * 3600)
 #define RETRY_MAX_S (4 * 3600)
 #define MAX_ITEMS 20000
+/* Days kept in the store (more than SHARED_TLSRPT_TTL_S). */
+#define KEEP_DAYS 7
 
 struct item {
     char day[TLSRPT_DAY_SIZE];
     char domain[POLICY_NAME_MAX];
     uint32_t seq; /* the report sequence of the record */
+    bool fleet;   /* the record is the fleet's sum (the fleet's report) */
 };
 
 /* One pending https delivery of a full day's report. */
@@ -73,6 +89,8 @@ static struct {
     struct tls_ctx *tls;
     int64_t clock_offset; /* CONVOY_TLSRPT_NOW - the real clock at start */
     int64_t delay_max, retry_base;
+    int64_t fleet_wait, fleet_retry; /* CONVOY_TLSRPT_FLEET_WAIT, _FLEET_RETRY */
+    int64_t fleet_retry_at;          /* a run deferred a report for the fleet: not before */
     uint16_t https_port;
     struct run *running;
     struct pending *pend;
@@ -179,6 +197,7 @@ struct run {
     struct tlsrpt_report rep;
     bool have_rep;
     bool any_sent;
+    bool alone; /* the current report is this node's alone, in a fleet */
     struct settings_tlsrpt_names names;
 };
 
@@ -206,6 +225,14 @@ static void run_end(struct run *r)
         control_reply(r->req, resp);
     } else {
         json_decref(r->out);
+        /* The bound on what is kept (policy.h): days that could not be
+         * sent, and the zero records of days a fleet node reported alone
+         * (kept past the shared records' lifetime). */
+        char before[TLSRPT_DAY_SIZE];
+        tlsrpt_day_of(now_s() - KEEP_DAYS * 86400, before);
+        int n = tlsrpt_store_prune(g.store, before);
+        if (n > 0)
+            log_info(COMP, "dropped %d record(s) of days before %s", n, before);
     }
     if (r->have_rep)
         tlsrpt_report_clear(&r->rep);
@@ -220,19 +247,27 @@ static void run_end(struct run *r)
 static void item_done(struct run *r, bool delete_record)
 {
     const struct item *it = &r->items[r->i];
+    if (!r->dry_run && it->fleet && !r->partial && delete_record)
+        tlsrpt_fleet_sent(g.m, it->day, it->domain, r->have_rep ? r->rep.report_id : "");
     if (!r->dry_run) {
         if (r->partial) {
             uint32_t seq;
             if (r->any_sent)
                 tlsrpt_store_next_seq(g.store, it->day, it->domain, &seq);
         } else if (delete_record && !pend_find(it->day, it->domain, NULL)) {
-            tlsrpt_store_delete(g.store, it->day, it->domain);
+            /* Reported alone: zero counts stay, to be published, so the
+             * fleet never reports these sessions again. */
+            if (r->alone)
+                tlsrpt_store_zero(g.store, it->day, it->domain);
+            else
+                tlsrpt_store_delete(g.store, it->day, it->domain);
         }
     }
     if (r->have_rep) {
         tlsrpt_report_clear(&r->rep);
         r->have_rep = false;
     }
+    r->alone = false;
     r->i++;
     run_next_item(r);
 }
@@ -439,6 +474,107 @@ static void run_next_rua(struct run *r)
     item_done(r, true);
 }
 
+/* Build the report of the current item, from the store or from a fleet's
+ * sum, and hand it to every rua; alone: this node's counts only while it
+ * is part of a fleet (its name goes into the report-id). */
+static void build_report(struct run *r, const char *sum, size_t len, uint32_t seq, bool alone)
+{
+    const struct item *it = &r->items[r->i];
+    struct settings_tlsrpt_names *nm = &r->names;
+    struct tlsrpt_report_info info = {
+        .organization_name = nm->organization,
+        .contact_info = nm->contact,
+        .submitter = nm->submitter,
+        .node = alone ? shared_node(g.m->shared) : NULL,
+    };
+    int64_t end = r->partial ? r->end : 0;
+    int rc =
+        sum ? tlsrpt_report_build_record(sum, len, it->day, it->domain, &info, seq, end, &r->rep)
+            : tlsrpt_report_build(g.store, it->day, it->domain, &info, seq, end, &r->rep);
+    if (rc != 0) {
+        json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
+                                                it->day, "result", "failed", "why", err_str(rc)));
+        r->i++;
+        run_next_item(r);
+        return;
+    }
+    r->have_rep = true;
+    r->alone = alone;
+    r->rua = 0;
+    r->any_sent = false;
+    run_next_rua(r);
+}
+
+/* Leave the current item for a later run (the fleet decides then). */
+static void fleet_later(struct run *r, const char *result, const char *why)
+{
+    const struct item *it = &r->items[r->i];
+    json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
+                                            it->day, "result", result, "why", why));
+    int64_t at = now_s() + g.fleet_retry;
+    if (g.fleet_retry_at < at)
+        g.fleet_retry_at = at;
+    r->i++;
+    run_next_item(r);
+}
+
+/* Redis is away or failed: a partial report goes out with this node's
+ * counts; a full day waits up to fleet_wait after the day for the fleet,
+ * then goes out with this node's counts alone. */
+static void fleet_away(struct run *r, const char *why)
+{
+    const struct item *it = &r->items[r->i];
+    if (g.m->stopping) {
+        r->i = r->n;
+        run_next_item(r);
+        return;
+    }
+    int64_t start = 0;
+    tlsrpt_day_parse(it->day, &start);
+    if (!r->partial && now_s() < start + 86400 + g.fleet_wait) {
+        log_warn(COMP, "domain=%s day=%s: report deferred: the fleet's shared state is away (%s)",
+                 it->domain, it->day, why);
+        fleet_later(r, "deferred", why);
+        return;
+    }
+    log_warn(COMP,
+             "domain=%s day=%s: the fleet's shared state is away (%s): this node reports its "
+             "own sessions alone",
+             it->domain, it->day, why);
+    build_report(r, NULL, 0, it->seq, true);
+}
+
+static void fleet_cb(void *arg, enum fleet_outcome o, uint32_t seq, const char *who,
+                     const char *sum, size_t len)
+{
+    struct run *r = arg;
+    struct item *it = &r->items[r->i];
+    switch (o) {
+    case FLEET_SEND:
+        if (!r->partial) {
+            it->fleet = true; /* the store holds the sum now */
+            it->seq = seq;
+        }
+        build_report(r, sum, len, seq, false);
+        return;
+    case FLEET_SENT:
+        log_info(COMP, "domain=%s day=%s: sent by the fleet (report-id %s): nothing to send",
+                 it->domain, it->day, who);
+        json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
+                                                it->day, "result", "sent-by-fleet", "why", who));
+        item_done(r, true);
+        return;
+    case FLEET_BUSY:
+        log_info(COMP, "domain=%s day=%s: node %s is sending the fleet's report", it->domain,
+                 it->day, who);
+        fleet_later(r, "fleet-busy", who);
+        return;
+    case FLEET_AWAY:
+        fleet_away(r, who);
+        return;
+    }
+}
+
 static void txt_cb(void *arg, const struct dns_result *res)
 {
     struct run *r = arg;
@@ -466,27 +602,19 @@ static void txt_cb(void *arg, const struct dns_result *res)
         }
         return;
     }
-    struct settings_tlsrpt_names *nm = &r->names;
-    struct tlsrpt_report_info info = {
-        .organization_name = nm->organization,
-        .contact_info = nm->contact,
-        .submitter = nm->submitter,
-    };
-    rc = tlsrpt_report_build(g.store, it->day, it->domain, &info, it->seq, r->partial ? r->end : 0,
-                             &r->rep);
-    if (rc != 0) {
-        json_array_append_new(r->out, json_pack("{s:s,s:s,s:s,s:s}", "domain", it->domain, "day",
-                                                it->day, "result", "failed", "why", err_str(rc)));
-        r->i++;
-        run_next_item(r);
+    if (g.m->shared && !r->dry_run && !it->fleet && pend_find(it->day, it->domain, NULL)) {
+        /* The retry of a report this node sent alone: the same report. */
+        build_report(r, NULL, 0, it->seq, true);
         return;
     }
-    r->have_rep = true;
-    r->rua = 0;
-    r->any_sent = false;
-    run_next_rua(r);
+    if (g.m->shared && !r->dry_run && !it->fleet) {
+        /* A fleet: one node sends the fleet's report (tlsrpt_fleet.c). */
+        if (tlsrpt_fleet_claim(g.m, it->day, it->domain, !r->partial, it->seq, fleet_cb, r) != 0)
+            fleet_away(r, "shared state is not up");
+        return;
+    }
+    build_report(r, NULL, 0, it->seq, false);
 }
-
 static void run_next_item(struct run *r)
 {
     if (r->i >= r->n) {
@@ -529,6 +657,7 @@ static int collect_cb(void *arg, const struct tlsrpt_summary *sum)
     str_copy(it->day, sum->day, sizeof(it->day));
     str_copy(it->domain, sum->domain, sizeof(it->domain));
     it->seq = sum->reports;
+    it->fleet = sum->fleet;
     return 0;
 }
 
@@ -542,6 +671,7 @@ static struct run *run_new(struct control_req *req, const char *day, const char 
     r->req = req;
     r->out = json_array();
     r->dry_run = dry_run;
+    g.fleet_retry_at = 0;
     settings_tlsrpt_names(g.m->conf, &r->names);
     char today[TLSRPT_DAY_SIZE];
     int64_t now = now_s();
@@ -578,7 +708,7 @@ static void send_timer_cb(uv_timer_t *t)
 static int has_old_cb(void *arg, const struct tlsrpt_summary *sum)
 {
     const char *today = arg;
-    return strcmp(sum->day, today) < 0 ? 1 : 0;
+    return strcmp(sum->day, today) < 0 && (sum->successful || sum->failed) ? 1 : 0;
 }
 
 /* The next automatic run: after the next midnight UTC plus a random delay
@@ -597,6 +727,10 @@ static void schedule(void)
     int64_t at = start + 86400 + delay;
     if (tlsrpt_store_each(g.store, NULL, has_old_cb, today) == 1)
         at = now + delay;
+    /* A report the fleet is sending, or one waiting for Redis: ask again
+     * later, not at once. */
+    if (g.fleet_retry_at > at && g.fleet_retry_at < start + 86400 + delay)
+        at = g.fleet_retry_at;
     for (size_t i = 0; i < g.n_pend; i++)
         if (g.pend[i].next < at)
             at = g.pend[i].next;
@@ -714,6 +848,11 @@ int mta_tlsrpt_start(struct mta *m, struct buf *err)
     if (g.retry_base < 1)
         g.retry_base = 1;
     g.https_port = (uint16_t)env_int("CONVOY_TLSRPT_HTTPS_PORT", 0);
+    g.fleet_wait = env_int("CONVOY_TLSRPT_FLEET_WAIT", 12 * 3600);
+    g.fleet_retry = env_int("CONVOY_TLSRPT_FLEET_RETRY", 300);
+    if (g.fleet_retry < 1)
+        g.fleet_retry = 1;
+    tlsrpt_fleet_start(m, g.store);
     srandom((unsigned)(time_now_ms() ^ (int64_t)getpid()));
     uv_timer_init(m->loop, &g.sync_timer);
     uv_timer_init(m->loop, &g.send_timer);
@@ -725,7 +864,7 @@ int mta_tlsrpt_start(struct mta *m, struct buf *err)
 
 void mta_tlsrpt_stop(struct mta *m)
 {
-    (void)m;
+    tlsrpt_fleet_stop(m);
     if (g.timers) {
         uv_timer_stop(&g.sync_timer);
         uv_timer_stop(&g.send_timer);
@@ -748,6 +887,7 @@ void mta_tlsrpt_close(struct mta *m)
         tls_ctx_free(g.tls);
         g.tls = NULL;
     }
+    tlsrpt_fleet_close(m);
     m->tlsrpt = NULL;
     tlsrpt_store_close(g.store);
     g.store = NULL;

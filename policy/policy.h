@@ -632,6 +632,11 @@ int policy_post(const struct policy_post_params *pp, policy_post_cb cb, void *ar
  *    tlsrpt_sender, TLS-Required: No honoured, not itself recorded). When
  *    every rua is done or given up: tlsrpt_store_delete(). Once a day:
  *    tlsrpt_store_prune(s, a few days back).
+ *  - In a fleet (shared_state) each node also publishes its records
+ *    (tlsrpt_store_on_change(), tlsrpt_store_record()); the node that
+ *    claims a report sums every node's record (tlsrpt_record_sum()), keeps
+ *    the sum (tlsrpt_store_put_fleet()) and sends it; a node that reports
+ *    alone keeps zero counts (tlsrpt_store_zero()).
  */
 
 /*
@@ -818,6 +823,36 @@ int tlsrpt_store_sync(struct tlsrpt_store *s);
  * day), ERR_FULL, ERR_IO.
  */
 int tlsrpt_record_session(struct tlsrpt_store *s, const struct tlsrpt_session_result *r);
+/* Called after each committed tlsrpt_record_session() (and
+ * tlsrpt_store_zero()) with the day and (normalised) domain: a fleet
+ * publishes the changed record. cb
+ * NULL removes it. The callback must not write to the store. */
+typedef void (*tlsrpt_change_cb)(void *arg, const char *day, const char *domain);
+void tlsrpt_store_on_change(struct tlsrpt_store *s, tlsrpt_change_cb cb, void *arg);
+/* The stored record of (day, domain) as its JSON text (the layout of
+ * tlsrpt_store.c), appended to out: what a node publishes to its fleet.
+ * ERR_NOTFOUND; ERR_EXISTS when the record holds a fleet's sum. */
+int tlsrpt_store_record(struct tlsrpt_store *s, const char *day, const char *domain,
+                        struct buf *out);
+/*
+ * Replace the record of (day, domain) by a fleet's sum (the text of
+ * tlsrpt_record_sum()) that is reported with number seq: the report is
+ * then built from the store as for one node (summary.reports is seq,
+ * summary.fleet is true), and so are its retries after a restart.
+ * tlsrpt_store_record() no longer gives it out. One committed transaction.
+ */
+int tlsrpt_store_put_fleet(struct tlsrpt_store *s, const char *day, const char *domain,
+                           const char *sum, size_t len, uint32_t seq);
+/*
+ * The sum of n records of one (day, domain) (texts as
+ * tlsrpt_store_record() gives them; several nodes' counts): policies that
+ * are the same (type, policy-string, mx-host) add their counts, failure
+ * rows that are the same add theirs; the store's bounds hold for the sum
+ * (what does not fit counts as dropped). A record that does not parse is
+ * skipped. The sum's text appended to out; ERR_NOTFOUND when no record
+ * was usable.
+ */
+int tlsrpt_record_sum(const char *const *recs, const size_t *lens, size_t n, struct buf *out);
 
 /* The UTC day of t as "YYYY-MM-DD"; the start of a day (00:00:00 UTC);
  * tlsrpt_day_parse: 0 or ERR_INVAL. */
@@ -832,6 +867,7 @@ struct tlsrpt_summary {
     size_t n_policies;
     uint64_t dropped; /* failure rows or policies left out by the bounds */
     uint32_t reports; /* reports made so far for this day (report-id sequence) */
+    bool fleet;       /* the record holds a fleet's sum (tlsrpt_store_put_fleet()) */
 };
 typedef int (*tlsrpt_summary_cb)(void *arg, const struct tlsrpt_summary *sum);
 /* Every (day, domain) of day (NULL: every day), in (day, domain) order. A
@@ -853,6 +889,14 @@ uint64_t tlsrpt_store_dropped(struct tlsrpt_store *s, const char *day);
  */
 int tlsrpt_store_next_seq(struct tlsrpt_store *s, const char *day, const char *domain,
                           uint32_t *seq);
+/*
+ * A node of a fleet reported (day, domain) alone (its shared state was
+ * away): keep the record with no sessions (and the next report sequence)
+ * instead of dropping it, so the node publishes zero counts for it when it
+ * reconnects and no fleet report counts its sessions again. Calls the
+ * change callback. ERR_NOTFOUND.
+ */
+int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domain);
 /* The report is sent (every rua handed over, or given up): drop the
  * record. ERR_NOTFOUND. */
 int tlsrpt_store_delete(struct tlsrpt_store *s, const char *day, const char *domain);
@@ -866,6 +910,11 @@ struct tlsrpt_report_info {
     const char *organization_name;
     const char *contact_info; /* an email address */
     const char *submitter;    /* a domain: in the report-id, file name, Subject */
+    /* NULL for a single relay's or a fleet's report; a node's name when a
+     * node of a fleet reports its own counts alone (shared state away):
+     * it goes into the report-id and the file name's unique-id, so two
+     * nodes' reports never share one. */
+    const char *node;
 };
 
 /*
@@ -882,10 +931,23 @@ struct tlsrpt_report_info {
 int tlsrpt_report_json(struct tlsrpt_store *s, const char *day, const char *domain,
                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
                        bool pretty, struct buf *out);
+/* The same report from a record's text (tlsrpt_store_record(),
+ * tlsrpt_record_sum()) instead of the store: ERR_INVAL when it does not
+ * parse. */
+int tlsrpt_report_json_record(const char *rec, size_t len, const char *day, const char *domain,
+                              const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                              bool pretty, struct buf *out);
 /* "YYYYMMDD.SEQ.DOMAIN@SUBMITTER": unique per (day, report, domain,
  * submitter), usable as a Message-ID and in Subject's Report-ID: <...>. */
 void tlsrpt_report_id(const char *day, uint32_t seq, const char *domain, const char *submitter,
                       char *out, size_t size);
+/* The report-id of a report with info: as tlsrpt_report_id(), with
+ * info->node (when set) as "YYYYMMDD.SEQ.NODE.DOMAIN@SUBMITTER". */
+void tlsrpt_report_id_of(const char *day, uint32_t seq, const char *domain,
+                         const struct tlsrpt_report_info *info, char *out, size_t size);
+/* A node name as a label: letters and digits kept, anything else '-', at
+ * most 63 characters. */
+void tlsrpt_node_tag(const char *node, char *out, size_t size);
 /* RFC 8460 5.1: "submitter!policy-domain!begin!end[!unique-id].json.gz"
  * (begin and end in seconds since the epoch; unique_id NULL or "" leaves it
  * out; it must be a MIME token). 0 or ERR_INVAL/ERR_TOOBIG. */
@@ -911,6 +973,10 @@ struct tlsrpt_report {
 int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
                         const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
                         struct tlsrpt_report *out);
+/* The same from a record's text (a fleet's sum). */
+int tlsrpt_report_build_record(const char *rec, size_t len, const char *day, const char *domain,
+                               const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                               struct tlsrpt_report *out);
 void tlsrpt_report_clear(struct tlsrpt_report *r);
 
 /*

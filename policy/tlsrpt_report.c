@@ -179,9 +179,10 @@ int tlsrpt_mail_build(const struct tlsrpt_mail *m, struct buf *out)
     return rc;
 }
 
-int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
-                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
-                        struct tlsrpt_report *out)
+/* A report from the store (s) or from a record's text (rec). */
+static int build(struct tlsrpt_store *s, const char *rec, size_t len, const char *day,
+                 const char *domain, const struct tlsrpt_report_info *info, uint32_t seq,
+                 int64_t end, struct tlsrpt_report *out)
 {
     memset(out, 0, sizeof(*out));
     buf_init(&out->json, 64 * 1024 * 1024);
@@ -195,19 +196,39 @@ int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *dom
         end = begin + 86399;
     out->begin = begin;
     out->end = end;
-    tlsrpt_report_id(day, seq, domain, info->submitter, out->report_id, sizeof(out->report_id));
-    char uid[16] = "";
-    if (seq > 0)
-        snprintf(uid, sizeof(uid), "%u", seq);
+    tlsrpt_report_id_of(day, seq, domain, info, out->report_id, sizeof(out->report_id));
+    /* A node's own report in a fleet names the node in its unique-id too,
+     * so two nodes' file names never collide. */
+    char uid[96] = "", tag[72] = "";
+    if (info->node && *info->node)
+        tlsrpt_node_tag(info->node, tag, sizeof(tag));
+    if (seq > 0 || tag[0])
+        snprintf(uid, sizeof(uid), "%s%s%u", tag, tag[0] ? "." : "", seq);
     rc = tlsrpt_report_filename(info->submitter, domain, begin, end, uid, out->filename,
                                 sizeof(out->filename));
-    if (rc == 0)
+    if (rc == 0 && rec)
+        rc = tlsrpt_report_json_record(rec, len, day, domain, info, seq, end, false, &out->json);
+    else if (rc == 0)
         rc = tlsrpt_report_json(s, day, domain, info, seq, end, false, &out->json);
     if (rc == 0)
         rc = tlsrpt_gzip(out->json.data, out->json.len, &out->gz);
     if (rc != 0)
         tlsrpt_report_clear(out);
     return rc;
+}
+
+int tlsrpt_report_build(struct tlsrpt_store *s, const char *day, const char *domain,
+                        const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                        struct tlsrpt_report *out)
+{
+    return build(s, NULL, 0, day, domain, info, seq, end, out);
+}
+
+int tlsrpt_report_build_record(const char *rec, size_t len, const char *day, const char *domain,
+                               const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                               struct tlsrpt_report *out)
+{
+    return build(NULL, rec, len, day, domain, info, seq, end, out);
 }
 
 void tlsrpt_report_clear(struct tlsrpt_report *r)

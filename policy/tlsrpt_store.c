@@ -46,6 +46,8 @@ struct tlsrpt_store {
     MDB_env *env;
     MDB_dbi meta, records, days, seen;
     bool readonly;
+    tlsrpt_change_cb on_change;
+    void *change_arg;
 };
 
 static int map_err(int rc)
@@ -397,6 +399,100 @@ static int count_into(json_t *o, const struct tlsrpt_session_result *r)
     return 0;
 }
 
+/* ---- summing records (a fleet's nodes) --------------------------------------------- */
+
+/* Add one policy entry p of a record into the sum's policy q. */
+static void sum_policy(json_t *q, json_t *p)
+{
+    add_u64(q, "ok", get_u64(p, "ok"));
+    add_u64(q, "fail", get_u64(p, "fail"));
+    add_u64(q, "dropped", get_u64(p, "dropped"));
+    json_t *details = json_object_get(q, "details");
+    size_t i, j;
+    json_t *d, *e;
+    json_array_foreach(json_object_get(p, "details"), i, d)
+    {
+        json_t *found = NULL;
+        json_array_foreach(details, j, e)
+        {
+            if (same_detail(e, d)) {
+                found = e;
+                break;
+            }
+        }
+        if (found)
+            add_u64(found, "n", get_u64(d, "n"));
+        else if (json_array_size(details) >= TLSRPT_MAX_DETAILS)
+            add_u64(q, "dropped", get_u64(d, "n"));
+        else
+            json_array_append_new(details, json_deep_copy(d));
+    }
+}
+
+/* Add the record o into the sum: policies match by type, strings and mx;
+ * the bounds of the store hold for the sum too. */
+static void sum_record(json_t *sum, json_t *o)
+{
+    add_u64(sum, "dropped", get_u64(o, "dropped"));
+    json_t *policies = json_object_get(sum, "policies");
+    size_t i, j;
+    json_t *p, *q;
+    json_array_foreach(json_object_get(o, "policies"), i, p)
+    {
+        json_t *found = NULL;
+        json_array_foreach(policies, j, q)
+        {
+            if (json_equal(json_object_get(q, "type"), json_object_get(p, "type")) &&
+                json_equal(json_object_get(q, "strings"), json_object_get(p, "strings")) &&
+                json_equal(json_object_get(q, "mx"), json_object_get(p, "mx"))) {
+                found = q;
+                break;
+            }
+        }
+        if (!found && json_array_size(policies) >= TLSRPT_MAX_POLICIES) {
+            add_u64(sum, "dropped", get_u64(p, "ok") + get_u64(p, "fail"));
+            continue;
+        }
+        if (!found) {
+            found = json_pack("{s:O, s:O, s:O, s:i, s:i, s:i, s:[]}", "type",
+                              json_object_get(p, "type"), "strings", json_object_get(p, "strings"),
+                              "mx", json_object_get(p, "mx"), "ok", 0, "fail", 0, "dropped", 0,
+                              "details");
+            if (!found)
+                continue;
+            json_array_append_new(policies, found);
+        }
+        sum_policy(found, p);
+    }
+}
+
+int tlsrpt_record_sum(const char *const *recs, const size_t *lens, size_t n, struct buf *out)
+{
+    json_t *sum = json_pack("{s:i, s:i, s:i, s:[]}", "v", 1, "seq", 0, "dropped", 0, "policies");
+    if (!sum)
+        return ERR_NOMEM;
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        MDB_val v = {lens[i], (void *)recs[i]};
+        json_t *o = load_json(&v);
+        if (!o || !json_is_array(json_object_get(o, "policies"))) {
+            json_decref(o);
+            continue; /* a record this version cannot read counts nothing */
+        }
+        sum_record(sum, o);
+        json_decref(o);
+        used++;
+    }
+    int rc = used ? 0 : ERR_NOTFOUND;
+    if (rc == 0) {
+        char *text = json_dumps(sum, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        rc = text ? buf_append_str(out, text) : ERR_NOMEM;
+        free(text);
+    }
+    json_decref(sum);
+    return rc;
+}
+
 int tlsrpt_record_session(struct tlsrpt_store *s, const struct tlsrpt_session_result *r)
 {
     if (s->readonly)
@@ -477,7 +573,15 @@ int tlsrpt_record_session(struct tlsrpt_store *s, const struct tlsrpt_session_re
         rc = map_err(mdb_txn_commit(txn));
     else
         mdb_txn_abort(txn);
+    if (rc == 0 && s->on_change)
+        s->on_change(s->change_arg, day, domain);
     return rc;
+}
+
+void tlsrpt_store_on_change(struct tlsrpt_store *s, tlsrpt_change_cb cb, void *arg)
+{
+    s->on_change = cb;
+    s->change_arg = arg;
 }
 
 /* ---- reading ------------------------------------------------------------------- */
@@ -493,6 +597,7 @@ static void summarize(json_t *o, const char *key, size_t klen, struct tlsrpt_sum
     sum->domain[dl] = '\0';
     sum->dropped = get_u64(o, "dropped");
     sum->reports = (uint32_t)get_u64(o, "seq");
+    sum->fleet = json_is_true(json_object_get(o, "fleet"));
     json_t *policies = json_object_get(o, "policies");
     sum->n_policies = json_array_size(policies);
     size_t i;
@@ -580,6 +685,91 @@ static int get_record(struct tlsrpt_store *s, const char *day, const char *domai
             rc = ERR_CORRUPT;
     }
     mdb_txn_abort(txn);
+    return rc;
+}
+
+int tlsrpt_store_record(struct tlsrpt_store *s, const char *day, const char *domain,
+                        struct buf *out)
+{
+    json_t *o;
+    int rc = get_record(s, day, domain, &o);
+    if (rc != 0)
+        return rc;
+    if (json_is_true(json_object_get(o, "fleet"))) {
+        json_decref(o);
+        return ERR_EXISTS; /* the fleet's sum, not this node's counts */
+    }
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!text)
+        return ERR_NOMEM;
+    rc = buf_append_str(out, text);
+    free(text);
+    return rc;
+}
+
+int tlsrpt_store_put_fleet(struct tlsrpt_store *s, const char *day, const char *domain,
+                           const char *sum, size_t len, uint32_t seq)
+{
+    if (s->readonly)
+        return ERR_PERM;
+    char kbuf[KEY_MAX];
+    size_t klen = make_key(kbuf, day, domain);
+    if (klen == 0)
+        return ERR_INVAL;
+    MDB_val sv = {len, (void *)sum};
+    json_t *o = load_json(&sv);
+    if (!o)
+        return ERR_INVAL;
+    json_object_set_new(o, "seq", json_integer((json_int_t)seq));
+    json_object_set_new(o, "fleet", json_true());
+    MDB_txn *txn;
+    int rc = map_err(mdb_txn_begin(s->env, NULL, 0, &txn));
+    if (rc == 0) {
+        MDB_val k = {klen, kbuf};
+        rc = put_json(txn, s->records, &k, o);
+        if (rc == 0)
+            rc = map_err(mdb_txn_commit(txn));
+        else
+            mdb_txn_abort(txn);
+    }
+    json_decref(o);
+    return rc;
+}
+
+int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domain)
+{
+    if (s->readonly)
+        return ERR_PERM;
+    char kbuf[KEY_MAX];
+    size_t klen = make_key(kbuf, day, domain);
+    if (klen == 0)
+        return ERR_INVAL;
+    MDB_txn *txn;
+    int rc = map_err(mdb_txn_begin(s->env, NULL, 0, &txn));
+    if (rc != 0)
+        return rc;
+    MDB_val k = {klen, kbuf}, v;
+    rc = map_err(mdb_get(txn, s->records, &k, &v));
+    json_t *o = NULL;
+    if (rc == 0) {
+        o = load_json(&v);
+        rc = o ? 0 : ERR_CORRUPT;
+    }
+    if (rc == 0) {
+        add_u64(o, "seq", 1);
+        json_object_set_new(o, "dropped", json_integer(0));
+        json_object_set_new(o, "policies", json_array());
+        json_object_del(o, "fleet");
+        rc = put_json(txn, s->records, &k, o);
+    }
+    json_decref(o);
+    if (rc == 0)
+        rc = map_err(mdb_txn_commit(txn));
+    else
+        mdb_txn_abort(txn);
+    if (rc == 0 && s->on_change)
+        s->on_change(s->change_arg, day, domain);
     return rc;
 }
 
@@ -731,23 +921,48 @@ static json_t *detail_json(json_t *d)
     return f;
 }
 
-int tlsrpt_report_json(struct tlsrpt_store *s, const char *day, const char *domain,
-                       const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
-                       bool pretty, struct buf *out)
+void tlsrpt_report_id_of(const char *day, uint32_t seq, const char *domain,
+                         const struct tlsrpt_report_info *info, char *out, size_t size)
+{
+    if (!info->node || !*info->node) {
+        tlsrpt_report_id(day, seq, domain, info->submitter, out, size);
+        return;
+    }
+    char tag[TLSRPT_DAY_SIZE + 80];
+    tlsrpt_node_tag(info->node, tag, sizeof(tag));
+    char dom[KEY_MAX];
+    snprintf(dom, sizeof(dom), "%s.%s", tag, domain);
+    tlsrpt_report_id(day, seq, dom, info->submitter, out, size);
+}
+
+void tlsrpt_node_tag(const char *node, char *out, size_t size)
+{
+    size_t o = 0;
+    for (size_t i = 0; node[i] && o + 1 < size && o < 63; i++) {
+        char c = node[i];
+        bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        out[o++] = plain ? c : '-';
+    }
+    if (size)
+        out[o] = '\0';
+}
+
+/* The report of the record o (consumed). */
+static int report_of(json_t *o, const char *day, const char *domain,
+                     const struct tlsrpt_report_info *info, uint32_t seq, int64_t end, bool pretty,
+                     struct buf *out)
 {
     int64_t start;
-    if (tlsrpt_day_parse(day, &start) != 0)
+    if (tlsrpt_day_parse(day, &start) != 0) {
+        json_decref(o);
         return ERR_INVAL;
-    json_t *o;
-    int rc = get_record(s, day, domain, &o);
-    if (rc != 0)
-        return rc;
+    }
     if (end <= start || end > start + 86399)
         end = start + 86399;
     char t0[32], t1[32], id[KEY_MAX];
     datetime(start, t0, sizeof(t0));
     datetime(end, t1, sizeof(t1));
-    tlsrpt_report_id(day, seq, domain, info->submitter, id, sizeof(id));
+    tlsrpt_report_id_of(day, seq, domain, info, id, sizeof(id));
 
     json_t *r = json_object();
     json_object_set_new(r, "organization-name", json_string(info->organization_name));
@@ -792,7 +1007,25 @@ int tlsrpt_report_json(struct tlsrpt_store *s, const char *day, const char *doma
     json_decref(r);
     if (!text)
         return ERR_NOMEM;
-    rc = buf_append_str(out, text);
+    int rc = buf_append_str(out, text);
     free(text);
     return rc;
+}
+
+int tlsrpt_report_json(struct tlsrpt_store *s, const char *day, const char *domain,
+                       const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                       bool pretty, struct buf *out)
+{
+    json_t *o;
+    int rc = get_record(s, day, domain, &o);
+    return rc != 0 ? rc : report_of(o, day, domain, info, seq, end, pretty, out);
+}
+
+int tlsrpt_report_json_record(const char *rec, size_t len, const char *day, const char *domain,
+                              const struct tlsrpt_report_info *info, uint32_t seq, int64_t end,
+                              bool pretty, struct buf *out)
+{
+    MDB_val v = {len, (void *)rec};
+    json_t *o = load_json(&v);
+    return o ? report_of(o, day, domain, info, seq, end, pretty, out) : ERR_INVAL;
 }

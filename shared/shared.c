@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "shared.h"
+#include "shared_int.h"
 
 #define COMP "shared"
 
@@ -78,7 +79,8 @@ enum req_kind {
     RQ_RATE,
     RQ_LEASE,
     RQ_GET,
-    RQ_PUT
+    RQ_PUT,
+    RQ_RAW /* shared_command() with a callback (tlsrpt.c) */
 };
 
 /* A lease held (or being taken: id set when granted). */
@@ -94,6 +96,7 @@ union req_cb {
     shared_grant_cb grant; /* RQ_RATE */
     shared_get_cb get;     /* RQ_GET */
     shared_lease_cb lease; /* RQ_LEASE */
+    shared_reply_cb raw;   /* RQ_RAW */
 };
 
 struct sreq {
@@ -136,6 +139,7 @@ struct shared {
     unsigned nfleet, fleet_last; /* fleet_last: the size remembered (>= 1) */
     int64_t fleet_now_ms;
     char last_error[200];
+    uint64_t generation; /* times the state went up */
 };
 
 static const char *const state_names[] = {"down", "connecting", "up"};
@@ -151,6 +155,7 @@ static void set_state(struct shared *s, enum shared_state st, const char *why)
     s->state_since_ms = time_now_ms();
     metric_set(MET_SHARED_UP, NULL, NULL, st == SHARED_UP ? 1 : 0);
     if (st == SHARED_UP) {
+        s->generation++;
         if (s->logged_down || !s->ever_up)
             log_info(COMP, "shared state %s is up (node %s)%s", s->url.shown, s->node,
                      s->logged_down ? ": limits are shared with the fleet again" : "");
@@ -309,6 +314,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             r->cb.get(r->arg, status ? status : ERR_PROTO, NULL, 0);
         break;
     case RQ_PUT:
+        break;
+    case RQ_RAW:
+        r->cb.raw(r->arg, status, rp);
         break;
     }
     free(r->lease);
@@ -671,4 +679,23 @@ void shared_lease_release(struct shared *s, uint64_t lease)
         free(l);
         return;
     }
+}
+
+int shared_command(struct shared *s, int argc, const char **argv, const size_t *lens,
+                   shared_reply_cb cb, void *arg)
+{
+    if (!shared_up(s))
+        return ERR_AGAIN;
+    union req_cb c = {.raw = cb};
+    return send_cmd(s, cb ? RQ_RAW : RQ_PUT, c, arg, argc, argv, lens);
+}
+
+uint64_t shared_generation(const struct shared *s)
+{
+    return s ? s->generation : 0;
+}
+
+const char *shared_node(const struct shared *s)
+{
+    return s ? s->node : "";
 }

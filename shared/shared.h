@@ -16,10 +16,9 @@
  * Keys (all under "convoy:"): convoy:nodes (a sorted set of node names
  * scored by their last heartbeat, ms), convoy:rate:DEST (a hash: tokens,
  * ts), convoy:conc:DEST (connection leases: node:n scored by expiry ms),
- * convoy:sts:DOMAIN ID (a policy text with the policy's max_age as TTL).
- * Adding shared counters later (TLS-RPT: HINCRBY per report key, a
- * SET NX PX lock for the daily sender) is one more request kind in
- * shared.c (enum req_kind, a case in on_reply()) and one function here.
+ * convoy:sts:DOMAIN ID (a policy text with the policy's max_age as TTL),
+ * convoy:tlsrpt:... (TLS-RPT across the fleet: each node's record per day
+ * and policy domain, the report's lock, sent marker and number; tlsrpt.c).
  *
  * Threads: loop thread only. Callbacks never run before the call that
  * registered them returns.
@@ -159,5 +158,55 @@ void shared_lease_release(struct shared *s, uint64_t lease);
 typedef void (*shared_get_cb)(void *arg, int status, const char *value, size_t len);
 int shared_get(struct shared *s, const char *key, shared_get_cb cb, void *arg);
 void shared_put(struct shared *s, const char *key, const char *value, size_t len, int64_t ttl_s);
+
+/*
+ * Connections made so far (it grows each time the state goes up): a
+ * caller that must redo something after every reconnect compares it.
+ */
+uint64_t shared_generation(const struct shared *s);
+/* This node's name in the fleet (shared_state_node). */
+const char *shared_node(const struct shared *s);
+
+/* ---- TLS-RPT across the fleet (tlsrpt.c) ---------------------------------------------- */
+
+/*
+ * Each node's record of a (day, policy domain), absolute (never an
+ * increment), lives in convoy:tlsrpt:DAY:DOMAIN (a hash, field = node)
+ * for SHARED_TLSRPT_TTL_S. shared_tlsrpt_publish() writes this node's
+ * (fire and forget; nothing when down): writing it again counts nothing
+ * twice.
+ */
+#define SHARED_TLSRPT_TTL_S (4 * 86400)
+#define SHARED_TLSRPT_LOCK_MS (10 * 60 * 1000)
+void shared_tlsrpt_publish(struct shared *s, const char *day, const char *domain, const char *rec,
+                           size_t len);
+
+/*
+ * Claim the report of (day, domain). full (a finished day): SENT when the
+ * fleet sent it (who: its report-id), BUSY while another node holds the
+ * lock (who: that node), else OURS with the lock taken for
+ * SHARED_TLSRPT_LOCK_MS. Not full (a partial report): always OURS. OURS
+ * comes with seq, the fleet's next report number of (day, domain), never
+ * below min_seq. 0: cb is called once, later (status 0, or a negative
+ * enum err and nothing claimed); not 0 (the state is not up): never.
+ */
+enum shared_claim { SHARED_CLAIM_OURS, SHARED_CLAIM_SENT, SHARED_CLAIM_BUSY };
+typedef void (*shared_claim_cb)(void *arg, int status, enum shared_claim what, uint32_t seq,
+                                const char *who);
+int shared_tlsrpt_claim(struct shared *s, const char *day, const char *domain, bool full,
+                        uint32_t min_seq, shared_claim_cb cb, void *arg);
+
+/* Every node's record of (day, domain): cb once, later, with n records
+ * (nodes[i] published recs[i], lens[i] bytes; valid during the call), or
+ * a negative enum err. Not 0: cb is never called. */
+typedef void (*shared_records_cb)(void *arg, int status, size_t n, const char *const *nodes,
+                                  const char *const *recs, const size_t *lens);
+int shared_tlsrpt_records(struct shared *s, const char *day, const char *domain,
+                          shared_records_cb cb, void *arg);
+
+/* The full report of (day, domain) went out: set the sent marker (for
+ * SHARED_TLSRPT_TTL_S) and free the lock. Fire and forget. */
+void shared_tlsrpt_sent(struct shared *s, const char *day, const char *domain,
+                        const char *report_id);
 
 #endif

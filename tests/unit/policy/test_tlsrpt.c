@@ -520,7 +520,7 @@ static void test_store_bounds(void **state)
     assert_int_equal(c.s[0].n_policies, TLSRPT_MAX_POLICIES);
     assert_int_equal(c.s[0].successful, TLSRPT_MAX_POLICIES - 1);
     assert_int_equal(c.s[0].dropped, 10 + 4);
-    struct tlsrpt_report_info info = {"Org", "a@b.example", "b.example"};
+    struct tlsrpt_report_info info = {"Org", "a@b.example", "b.example", NULL};
     struct buf out;
     buf_init(&out, 1 << 22);
     assert_int_equal(

@@ -83,7 +83,7 @@ static int totals(uint64_t *ok, uint64_t *fail, uint64_t *rows)
         fprintf(stderr, "reopen: %s\n", why);
         return -1;
     }
-    struct tlsrpt_report_info info = {"Org", "a@b.example", "b.example"};
+    struct tlsrpt_report_info info = {"Org", "a@b.example", "b.example", NULL};
     struct buf out;
     buf_init(&out, 1 << 22);
     int rc = tlsrpt_report_json(s, DAY, "crash.example", &info, 0, 0, false, &out);
