@@ -200,6 +200,7 @@ int settings_shared_options(const struct conf *c, struct shared_options *o, stru
         o->node =
             c->shared_state_node && c->shared_state_node[0] ? c->shared_state_node : c->myhostname;
         o->fallback_share = share;
+        o->ca_file = c->shared_state_tls_CAfile;
     }
     return 0;
 }
