@@ -6,6 +6,7 @@
  */
 #include "settings.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,12 @@ int settings_shared_options(const struct conf *c, struct shared_options *o, stru
         return rc;
     }
     buf_free(&why);
+    const struct shared_url *url = u ? u : &tmp;
+    const char *ca = c->shared_state_tls_CAfile;
+    if (url->tls && ca && ca[0] && access(ca, R_OK) != 0) {
+        buf_printf(errors, "shared_state_tls_CAfile: %s: %s\n", ca, strerror(errno));
+        return ERR_INVAL;
+    }
     double share = 0;
     if (c->shared_state_fallback_share && c->shared_state_fallback_share[0]) {
         share = parse_share(c->shared_state_fallback_share);

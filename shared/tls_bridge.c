@@ -471,7 +471,10 @@ static int prepare_dir(const char *dir, const char *path, struct buf *err)
         return ERR_IO;
     }
     struct stat st;
-    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
+    /* Root starts convoyd and gives queue_directory to mail_owner after
+     * (mta/convoyd.c): at the next start the directory is mail_owner's. */
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+        (st.st_uid != geteuid() && geteuid() != 0)) {
         buf_printf(err, "shared_state: %s is not a directory of this user", dir);
         return ERR_INVAL;
     }

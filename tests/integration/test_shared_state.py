@@ -418,6 +418,9 @@ class SharedStateConfigTest(unittest.TestCase):
             r = self.run_convoyd(url)
             self.assertEqual(r.returncode, 78, url + ": " + r.stderr)
             self.assertIn("shared_state", r.stderr)
+        r = self.run_convoyd("rediss://h:6380/0\nshared_state_tls_CAfile = /nonexistent.pem")
+        self.assertEqual(r.returncode, 78, r.stderr)
+        self.assertIn("shared_state_tls_CAfile", r.stderr)
         r = self.run_convoyd("unix:/run/redis/redis.sock?db=2")
         self.assertEqual(r.returncode, 0, r.stderr)
 
