@@ -11,6 +11,10 @@
  * SHARED_BACKOFF_MAX_MS. set_state() is the one setter and logs a change
  * between up and not up once.
  *
+ * rediss://: hiredis connects to the unix socket of tls_bridge.c, which
+ * relays to Redis over TLS; a TLS failure it reports (on_tls_error())
+ * takes the connection down like any other error.
+ *
  * One repeating timer (the tick) checks deadlines (connect, oldest
  * request), the reconnect time and the heartbeat.
  *
@@ -506,12 +510,14 @@ static void on_tick(uv_timer_t *t)
 }
 
 /* The TLS side of the bridge failed: the connection goes down (fallback)
- * with the reason; a reason that repeats is not logged again. */
-static void on_tls_error(void *arg, const char *why)
+ * with the reason. set_state() logs the first; a failed handshake while
+ * already down (Redis came back with a certificate that does not verify)
+ * is logged once more, unless it repeats. */
+static void on_tls_error(void *arg, const char *why, bool handshake)
 {
     struct shared *s = arg;
     bool logged_by_state = s->state == SHARED_UP || (!s->ever_up && !s->logged_down);
-    if (strcmp(s->tls_error, why) != 0 && !logged_by_state)
+    if (handshake && strcmp(s->tls_error, why) != 0 && !logged_by_state)
         log_warn(COMP, "shared state %s: %s", s->url.shown, why);
     str_copy(s->tls_error, why, sizeof(s->tls_error));
     str_copy(s->last_error, why, sizeof(s->last_error));

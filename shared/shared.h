@@ -4,14 +4,14 @@
  * limits as token buckets in Redis, and a cache of MTA-STS policy texts.
  *
  * The client is Debian's hiredis (0.14) with its libuv adapter, on the
- * daemon's loop. Redis is never on a message's critical path for safety:
- * every request has a bounded time (SHARED_TIMEOUT_MS); a request that
- * times out, or any error on the connection, takes the connection down
- * (state SHARED_DOWN), fails every request in flight with a negative enum
- * err, and reconnects with a backoff (SHARED_BACKOFF_MIN_MS doubling to
- * SHARED_BACKOFF_MAX_MS). The caller falls back to its local share of
- * each limit while the state is down (shared_fallback_share()). One log
- * line when Redis goes away, one when it is back.
+ * daemon's loop. hiredis 0.14 has no TLS: for rediss:// it connects to
+ * the private unix socket of tls_bridge.h, which relays to Redis over TLS. Redis is never on a
+ * message's critical path for safety: every request has a bounded time (SHARED_TIMEOUT_MS); a
+ * request that times out, or any error on the connection, takes the connection down (state
+ * SHARED_DOWN), fails every request in flight with a negative enum err, and reconnects with a
+ * backoff (SHARED_BACKOFF_MIN_MS doubling to SHARED_BACKOFF_MAX_MS). The caller falls back to its
+ * local share of each limit while the state is down (shared_fallback_share()). One log line when
+ * Redis goes away, one when it is back.
  *
  * Keys (all under "convoy:"): convoy:nodes (a sorted set of node names
  * scored by their last heartbeat, ms), convoy:rate:DEST (a hash: tokens,

@@ -103,8 +103,9 @@ static void link_maybe_free(struct link *l)
 
 /* The TLS side failed: report once (unless the client ended first), then
  * end the link. */
-static void link_fail(struct link *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void link_fail(struct link *l, const char *fmt, ...)
+static void link_fail_as(struct link *l, bool handshake, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void link_fail_as(struct link *l, bool handshake, const char *fmt, ...)
 {
     struct tls_bridge *b = l->b;
     if (!l->reported && !l->client_ended && !l->closing && !b->closing && b->on_error) {
@@ -114,10 +115,12 @@ static void link_fail(struct link *l, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(why, sizeof(why), fmt, ap);
         va_end(ap);
-        b->on_error(b->arg, why);
+        b->on_error(b->arg, why, handshake);
     }
     link_close(l);
 }
+
+#define link_fail(l, ...) link_fail_as((l), false, __VA_ARGS__)
 
 static void up_drop(struct link *l)
 {
@@ -214,7 +217,7 @@ static void up_end(void *arg, int status, int uv_status)
         l->reported = true;
         char why[300];
         snprintf(why, sizeof(why), "TLS connection to %s:%s %s", b->host, b->port, how);
-        b->on_error(b->arg, why);
+        b->on_error(b->arg, why, false);
     }
     up_drop(l);
     /* What Redis sent goes to the client first, then the client's end. */
@@ -311,8 +314,8 @@ static void up_handshake(void *arg, int status, const struct tls_facts *f)
         return;
     struct tls_bridge *b = l->b;
     if (status != 0) {
-        link_fail(l, "TLS to %s:%s: %s", b->host, b->port,
-                  f && f->text[0] ? f->text : "the handshake failed");
+        link_fail_as(l, true, "TLS to %s:%s: %s", b->host, b->port,
+                     f && f->text[0] ? f->text : "the handshake failed");
         return;
     }
     l->hs_done = true;

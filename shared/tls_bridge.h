@@ -34,6 +34,7 @@
 #ifndef CONVOY_TLS_BRIDGE_H
 #define CONVOY_TLS_BRIDGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -45,8 +46,11 @@ struct tls_bridge;
 #define TLS_BRIDGE_SOCKET "redis.sock"
 #define TLS_BRIDGE_BUF_MAX (256 * 1024)
 
-/* A link's TLS side failed: why is a line for logs and status. */
-typedef void tls_bridge_error_cb(void *arg, const char *why);
+/* A link's TLS side failed: why is a line for logs and status; handshake
+ * is true when the TLS handshake itself failed (the certificate, the
+ * name, the protocol), false for resolving, connecting and a lost
+ * session. */
+typedef void tls_bridge_error_cb(void *arg, const char *why, bool handshake);
 /* A link's TLS handshake succeeded (version and cipher for status). */
 typedef void tls_bridge_up_cb(void *arg, const char *version, const char *cipher);
 

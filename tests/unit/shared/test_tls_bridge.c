@@ -117,10 +117,13 @@ static void on_listen(uv_stream_t *l, int status)
     assert_int_equal(tls_stream_read_start(srv), 0);
 }
 
-static void on_error(void *arg, const char *why)
+static int handshake_errors;
+
+static void on_error(void *arg, const char *why, bool handshake)
 {
     (void)arg;
     errors++;
+    handshake_errors += handshake;
     str_copy(last_error, why, sizeof(last_error));
 }
 
@@ -244,7 +247,7 @@ static struct tls_bridge *bridge_new(const char *host, int port, const char *ca,
     if (rc != 0)
         fail_msg("tls_bridge_new: %s", err.data ? err.data : "?");
     buf_free(&err);
-    errors = ups = 0;
+    errors = ups = handshake_errors = 0;
     last_error[0] = '\0';
     return b;
 }
@@ -374,13 +377,14 @@ static bool client_ended(void)
 }
 
 /* One refused connection: error reported once, client closed. */
-static void refused(const char *host, int port, const char *ca, const char *text)
+static void refused(const char *host, int port, const char *ca, const char *text, bool handshake)
 {
     struct tls_bridge *b = bridge_new(host, port, ca, 0);
     cli_open(b);
     cli_write("PING\r\n", 6);
     run_until(client_ended);
     assert_int_equal(errors, 1);
+    assert_int_equal(handshake_errors, handshake ? 1 : 0);
     assert_int_equal(ups, 0);
     if (!strstr(last_error, text))
         fail_msg("error \"%s\" does not say \"%s\"", last_error, text);
@@ -393,13 +397,13 @@ static void refused(const char *host, int port, const char *ca, const char *text
 static void test_wrong_name(void **state)
 {
     (void)state;
-    refused("127.0.0.1", srv_port, TLS_CERT_DIR "/ca.pem", "certificate");
+    refused("127.0.0.1", srv_port, TLS_CERT_DIR "/ca.pem", "certificate", true);
 }
 
 static void test_wrong_ca(void **state)
 {
     (void)state;
-    refused("localhost", srv_port, TLS_CERT_DIR "/evilca.pem", "certificate");
+    refused("localhost", srv_port, TLS_CERT_DIR "/evilca.pem", "certificate", true);
 }
 
 static void test_connect_refused(void **state)
@@ -415,7 +419,7 @@ static void test_connect_refused(void **state)
     uv_tcp_getsockname(&t, (struct sockaddr *)&a, &len);
     uv_close((uv_handle_t *)&t, NULL);
     uv_run(&loop, UV_RUN_NOWAIT);
-    refused("127.0.0.1", ntohs(a.sin_port), TLS_CERT_DIR "/ca.pem", "connect to 127.0.0.1");
+    refused("127.0.0.1", ntohs(a.sin_port), TLS_CERT_DIR "/ca.pem", "connect to 127.0.0.1", false);
 }
 
 static void test_server_closes(void **state)
@@ -429,6 +433,7 @@ static void test_server_closes(void **state)
     assert_int_equal(ups, 1);
     assert_int_equal(errors, 1);
     assert_non_null(strstr(last_error, "closed by the server"));
+    assert_int_equal(handshake_errors, 0);
     cli_close();
     bridge_close(b);
 }
