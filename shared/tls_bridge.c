@@ -563,6 +563,14 @@ size_t tls_bridge_links(const struct tls_bridge *b)
     return b ? b->nlinks : 0;
 }
 
+size_t tls_bridge_queued(const struct tls_bridge *b)
+{
+    size_t n = 0;
+    for (const struct link *l = b ? b->links : NULL; l; l = l->next)
+        n += l->pending.len + l->to_client + (l->up ? tls_stream_queued(l->up) : 0);
+    return n;
+}
+
 void tls_bridge_close(struct tls_bridge *b)
 {
     if (!b || b->closing)

@@ -77,6 +77,10 @@ int tls_bridge_new(const struct tls_bridge_options *o, struct tls_bridge **out, 
 const char *tls_bridge_path(const struct tls_bridge *b);
 /* Links open now. */
 size_t tls_bridge_links(const struct tls_bridge *b);
+/* Bytes the links hold now, both ways (waiting for the handshake, queued
+ * for Redis, queued for the client): each link stays within about twice
+ * buf_max plus one read. */
+size_t tls_bridge_queued(const struct tls_bridge *b);
 /*
  * Stop listening, close every link (no on_error for them) and remove the
  * socket; the bridge frees itself once its handles are closed (run the

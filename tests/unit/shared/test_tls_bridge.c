@@ -358,6 +358,25 @@ static void test_echo_and_modes(void **state)
     assert_int_equal(cli_got.len, sizeof(big));
     assert_memory_equal(cli_got.data, big, sizeof(big));
 
+    /* A client that stops reading: the bridge stops reading Redis (and
+     * then the client) instead of holding what Redis sends. */
+    buf_reset(&cli_got);
+    uv_read_stop((uv_stream_t *)&cli);
+    for (size_t off = 0; off < sizeof(big); off += 100000)
+        cli_write(big + off, sizeof(big) - off < 100000 ? sizeof(big) - off : 100000);
+    size_t most = 0;
+    for (int i = 0; i < 300; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(1000);
+        size_t q = tls_bridge_queued(b);
+        most = q > most ? q : most;
+    }
+    print_message("bridge held at most %zu bytes with a client that does not read\n", most);
+    assert_true(most <= 2 * 16 * 1024 + 2 * 64 * 1024 + 32 * 1024);
+    assert_int_equal(uv_read_start((uv_stream_t *)&cli, cli_alloc, cli_read), 0);
+    run_until(got_all);
+    assert_memory_equal(cli_got.data, big, sizeof(big));
+
     /* The client's end is not an error; the server sees the end. */
     cli_close();
     run_until(no_server);
