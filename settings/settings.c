@@ -190,6 +190,17 @@ int settings_shared_options(const struct conf *c, struct shared_options *o, stru
         buf_printf(errors, "shared_state_tls_CAfile: %s: %s\n", ca, strerror(errno));
         return ERR_INVAL;
     }
+    /* The TLS socket's path must fit a sockaddr_un (tls_bridge.h). */
+    if (url->tls && c->queue_directory &&
+        strlen(c->queue_directory) + sizeof("/" SHARED_TLS_DIR "/redis.sock") >
+            SHARED_TLS_SOCKET_PATH_MAX) {
+        buf_printf(errors,
+                   "shared_state: rediss:// needs a socket in queue_directory/" SHARED_TLS_DIR
+                   " and %s is too long for one (at most %zu characters)\n",
+                   c->queue_directory,
+                   (size_t)SHARED_TLS_SOCKET_PATH_MAX - sizeof("/" SHARED_TLS_DIR "/redis.sock"));
+        return ERR_INVAL;
+    }
     double share = 0;
     if (c->shared_state_fallback_share && c->shared_state_fallback_share[0]) {
         share = parse_share(c->shared_state_fallback_share);

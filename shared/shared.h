@@ -103,6 +103,10 @@ struct shared_options {
     const char *ca_file;
 };
 
+/* rediss://: the directory under queue_directory for the TLS socket. */
+#define SHARED_TLS_DIR "shared-tls"
+#define SHARED_TLS_SOCKET_PATH_MAX 108 /* sun_path, NUL included */
+
 /*
  * Start: parse the URL (errors as shared_url_parse()), for rediss:// start
  * the TLS bridge (its errors: a bad CA file, the socket), and begin

@@ -421,6 +421,10 @@ class SharedStateConfigTest(unittest.TestCase):
         r = self.run_convoyd("rediss://h:6380/0\nshared_state_tls_CAfile = /nonexistent.pem")
         self.assertEqual(r.returncode, 78, r.stderr)
         self.assertIn("shared_state_tls_CAfile", r.stderr)
+        # The TLS socket in queue_directory must fit a unix socket address.
+        r = self.run_convoyd("rediss://h:6380/0\nqueue_directory = /tmp/%s" % ("q" * 90))
+        self.assertEqual(r.returncode, 78, r.stderr)
+        self.assertIn("too long", r.stderr)
         r = self.run_convoyd("unix:/run/redis/redis.sock?db=2")
         self.assertEqual(r.returncode, 0, r.stderr)
 
