@@ -497,7 +497,11 @@ static void on_tick(uv_timer_t *t)
         teardown(s, ERR_TIMEOUT, "connect timed out");
         return;
     }
-    if (s->head && (uv_hrtime() - s->head->sent_ns) / 1000000 > s->timeout_ms) {
+    /* While connecting, the handshake's requests (AUTH, SELECT, SCRIPT
+     * LOAD, queued at once) are bounded by the connect deadline above:
+     * for rediss:// they wait for the TLS handshake. */
+    if (s->state == SHARED_UP && s->head &&
+        (uv_hrtime() - s->head->sent_ns) / 1000000 > s->timeout_ms) {
         char why[80];
         snprintf(why, sizeof(why), "no answer within %ums", (unsigned)s->timeout_ms);
         teardown(s, ERR_TIMEOUT, why);
