@@ -152,10 +152,14 @@
     /* --- scale-out --- */                                                                        \
     P(shared_state, STR, "", "",                                                                   \
       "Redis that several convoyd share (docs/scale-out.md): redis://[[USER]:PASSWORD@]HOST:PORT"  \
-      "[/DB] or unix:/path[?db=N]; destination_limits rates become fleet-wide token buckets, "     \
+      "[/DB], rediss://... (the same over TLS, verified for HOST with shared_state_tls_CAfile) "   \
+      "or unix:/path[?db=N]; destination_limits rates become fleet-wide token buckets, "           \
       "concurrency limits fleet-wide connection leases, MTA-STS policies fetched by one node are " \
-      "read by the others. rediss:// is refused: Debian's hiredis 0.14 has no TLS. Empty means "   \
-      "one node, everything local")                                                                \
+      "read by the others. Empty means one node, everything local")                                \
+    P(shared_state_tls_CAfile, STR, "", "path",                                                    \
+      "PEM file of trusted root certificates for rediss:// shared_state (the Redis server's "      \
+      "certificate must chain to one and name the URL's HOST); empty means the system trust "      \
+      "store")                                                                                     \
     P(shared_state_node, STR, "", "",                                                              \
       "Name of this node in the fleet (shared_state); empty means myhostname")                     \
     P(shared_state_fallback_share, STR, "", "",                                                    \

@@ -198,6 +198,12 @@ static void print_shared(json_t *o)
            json_number_value(json_object_get(o, "rtt_avg_ms")),
            json_number_value(json_object_get(o, "fallback_share")),
            (long long)json_integer_value(json_object_get(o, "fleet_size")));
+    json_t *tls_version = json_object_get(o, "tls_version");
+    printf("shared_state.tls: %s%s%s\n", json_is_true(json_object_get(o, "tls")) ? "on" : "off",
+           tls_version ? " " : "", tls_version ? json_string_value(tls_version) : "");
+    json_t *last_error = json_object_get(o, "last_error");
+    if (last_error)
+        printf("shared_state.last_error: %s\n", json_string_value(last_error));
     size_t i;
     json_t *n;
     json_array_foreach(json_object_get(o, "fleet"), i, n)

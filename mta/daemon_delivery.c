@@ -41,6 +41,10 @@ static int shared_start(struct mta *m, struct buf *err)
         so.node = host;
     }
     so.loop = m->loop;
+    /* rediss://: hiredis reaches the TLS bridge through a socket here. */
+    char tls_dir[4096];
+    snprintf(tls_dir, sizeof(tls_dir), "%s/" SHARED_TLS_DIR, m->conf->queue_directory);
+    so.tls_dir = tls_dir;
     return shared_new(&so, &m->shared, err);
 }
 

@@ -14,7 +14,8 @@ packages=(
     # tests: real peers and tools
     python3 python3-aiosmtpd python3-dnslib swaks dnsmasq-base nginx-light openssl
     ca-certificates lmdb-utils procps iproute2 valgrind
-    # tests: shared_state (test_shared_state.py starts its own redis-server)
+    # tests: shared_state (test_shared_state.py and, with TLS, test_shared_tls.py
+    # start their own redis-server; Debian's is built with TLS)
     redis-server
     # tests: the DNSSEC world (a validating resolver, an authoritative
     # server, zone signing); the tests run them in the foreground

@@ -6,6 +6,7 @@
  */
 #include "settings.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,23 @@ int settings_shared_options(const struct conf *c, struct shared_options *o, stru
         return rc;
     }
     buf_free(&why);
+    const struct shared_url *url = u ? u : &tmp;
+    const char *ca = c->shared_state_tls_CAfile;
+    if (url->tls && ca && ca[0] && access(ca, R_OK) != 0) {
+        buf_printf(errors, "shared_state_tls_CAfile: %s: %s\n", ca, strerror(errno));
+        return ERR_INVAL;
+    }
+    /* The TLS socket's path must fit a sockaddr_un (tls_bridge.h). */
+    if (url->tls && c->queue_directory &&
+        strlen(c->queue_directory) + sizeof("/" SHARED_TLS_DIR "/redis.sock") >
+            SHARED_TLS_SOCKET_PATH_MAX) {
+        buf_printf(errors,
+                   "shared_state: rediss:// needs a socket in queue_directory/" SHARED_TLS_DIR
+                   " and %s is too long for one (at most %zu characters)\n",
+                   c->queue_directory,
+                   (size_t)SHARED_TLS_SOCKET_PATH_MAX - sizeof("/" SHARED_TLS_DIR "/redis.sock"));
+        return ERR_INVAL;
+    }
     double share = 0;
     if (c->shared_state_fallback_share && c->shared_state_fallback_share[0]) {
         share = parse_share(c->shared_state_fallback_share);
@@ -200,6 +218,7 @@ int settings_shared_options(const struct conf *c, struct shared_options *o, stru
         o->node =
             c->shared_state_node && c->shared_state_node[0] ? c->shared_state_node : c->myhostname;
         o->fallback_share = share;
+        o->ca_file = c->shared_state_tls_CAfile;
     }
     return 0;
 }

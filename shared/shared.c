@@ -11,6 +11,10 @@
  * SHARED_BACKOFF_MAX_MS. set_state() is the one setter and logs a change
  * between up and not up once.
  *
+ * rediss://: hiredis connects to the unix socket of tls_bridge.c, which
+ * relays to Redis over TLS; a TLS failure it reports (on_tls_error())
+ * takes the connection down like any other error.
+ *
  * One repeating timer (the tick) checks deadlines (connect, oldest
  * request), the reconnect time and the heartbeat.
  *
@@ -29,6 +33,7 @@
 
 #include "shared.h"
 #include "shared_int.h"
+#include "tls_bridge.h"
 
 #define COMP "shared"
 
@@ -140,6 +145,11 @@ struct shared {
     int64_t fleet_now_ms;
     char last_error[200];
     uint64_t generation; /* times the state went up */
+    /* rediss://: the relay hiredis connects to, the last TLS failure (not
+     * logged again while it repeats) and the last session's parameters. */
+    struct tls_bridge *bridge;
+    char tls_error[200];
+    char tls_version[16], tls_cipher[64];
 };
 
 static const char *const state_names[] = {"down", "connecting", "up"};
@@ -424,9 +434,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static void start_connect(struct shared *s)
 {
-    redisAsyncContext *ac = s->url.kind == SHARED_URL_UNIX
-                                ? redisAsyncConnectUnix(s->url.path)
-                                : redisAsyncConnect(s->url.host, s->url.port);
+    redisAsyncContext *ac = s->url.kind == SHARED_URL_UNIX ? redisAsyncConnectUnix(s->url.path)
+                            : s->bridge ? redisAsyncConnectUnix(tls_bridge_path(s->bridge))
+                                        : redisAsyncConnect(s->url.host, s->url.port);
     s->connect_started_ms = time_mono_ms();
     if (!ac) {
         teardown(s, ERR_NOMEM, "out of memory");
@@ -495,7 +505,11 @@ static void on_tick(uv_timer_t *t)
         teardown(s, ERR_TIMEOUT, "connect timed out");
         return;
     }
-    if (s->head && (uv_hrtime() - s->head->sent_ns) / 1000000 > s->timeout_ms) {
+    /* While connecting, the handshake's requests (AUTH, SELECT, SCRIPT
+     * LOAD, queued at once) are bounded by the connect deadline above:
+     * for rediss:// they wait for the TLS handshake. */
+    if (s->state == SHARED_UP && s->head &&
+        (uv_hrtime() - s->head->sent_ns) / 1000000 > s->timeout_ms) {
         char why[80];
         snprintf(why, sizeof(why), "no answer within %ums", (unsigned)s->timeout_ms);
         teardown(s, ERR_TIMEOUT, why);
@@ -507,18 +521,61 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+/* The TLS side of the bridge failed: the connection goes down (fallback)
+ * with the reason. set_state() logs the first; a failed handshake while
+ * already down (Redis came back with a certificate that does not verify)
+ * is logged once more, unless it repeats. */
+static void on_tls_error(void *arg, const char *why, bool handshake)
+{
+    struct shared *s = arg;
+    bool logged_by_state = s->state == SHARED_UP || (!s->ever_up && !s->logged_down);
+    if (handshake && strcmp(s->tls_error, why) != 0 && !logged_by_state)
+        log_warn(COMP, "shared state %s: %s", s->url.shown, why);
+    str_copy(s->tls_error, why, sizeof(s->tls_error));
+    str_copy(s->last_error, why, sizeof(s->last_error));
+    if (s->ac)
+        teardown(s, ERR_IO, why);
+}
+
+static void on_tls_up(void *arg, const char *version, const char *cipher)
+{
+    struct shared *s = arg;
+    s->tls_error[0] = '\0';
+    str_copy(s->tls_version, version, sizeof(s->tls_version));
+    str_copy(s->tls_cipher, cipher, sizeof(s->tls_cipher));
+}
+
+static int start_bridge(struct shared *s, const struct shared_options *o, struct buf *err)
+{
+    if (!o->tls_dir || !o->tls_dir[0]) {
+        buf_printf(err, "shared_state: rediss:// needs a directory for its TLS socket");
+        return ERR_INVAL;
+    }
+    struct tls_bridge_options bo = {.loop = o->loop,
+                                    .dir = o->tls_dir,
+                                    .host = s->url.host,
+                                    .port = s->url.port,
+                                    .ca_file = o->ca_file,
+                                    .on_error = on_tls_error,
+                                    .on_up = on_tls_up,
+                                    .arg = s};
+    return tls_bridge_new(&bo, &s->bridge, err);
+}
+
 int shared_new(const struct shared_options *o, struct shared **out, struct buf *err)
 {
     *out = NULL;
     struct shared *s = calloc(1, sizeof(*s));
     if (!s)
         return ERR_NOMEM;
+    s->loop = o->loop;
     int rc = shared_url_parse(o->url, &s->url, err);
+    if (rc == 0 && s->url.tls)
+        rc = start_bridge(s, o, err);
     if (rc != 0) {
         free(s);
         return rc;
     }
-    s->loop = o->loop;
     str_copy(s->node, o->node && o->node[0] ? o->node : "convoy", sizeof(s->node));
     s->share_conf = o->fallback_share;
     s->timeout_ms = o->timeout_ms ? o->timeout_ms : SHARED_TIMEOUT_MS;
@@ -549,6 +606,8 @@ void shared_close(struct shared *s)
     s->logged_down = true; /* no "unreachable" line for our own close */
     s->state = was_up ? SHARED_DOWN : s->state;
     teardown(s, ERR_CLOSED, "closed");
+    tls_bridge_close(s->bridge);
+    s->bridge = NULL;
     uv_close((uv_handle_t *)&s->tick, on_tick_closed);
     /* Held leases expire in Redis by themselves. */
     while (s->leases) {
@@ -597,6 +656,12 @@ void shared_status(const struct shared *s, struct json_t *status)
         shared_fallback_share(s), "fleet_size", (int)shared_fleet_size(s), "fleet", fleet);
     if (o)
         json_object_set_new(o, "leases", json_integer((json_int_t)s->nleases));
+    if (o)
+        json_object_set_new(o, "tls", json_boolean(s->url.tls));
+    if (o && s->url.tls && s->tls_version[0]) {
+        json_object_set_new(o, "tls_version", json_string(s->tls_version));
+        json_object_set_new(o, "tls_cipher", json_string(s->tls_cipher));
+    }
     if (o && s->last_error[0])
         json_object_set_new(o, "last_error", json_string(s->last_error));
     json_object_set_new(status, "shared_state", o ? o : json_null());

@@ -4,14 +4,14 @@
  * limits as token buckets in Redis, and a cache of MTA-STS policy texts.
  *
  * The client is Debian's hiredis (0.14) with its libuv adapter, on the
- * daemon's loop. Redis is never on a message's critical path for safety:
- * every request has a bounded time (SHARED_TIMEOUT_MS); a request that
- * times out, or any error on the connection, takes the connection down
- * (state SHARED_DOWN), fails every request in flight with a negative enum
- * err, and reconnects with a backoff (SHARED_BACKOFF_MIN_MS doubling to
- * SHARED_BACKOFF_MAX_MS). The caller falls back to its local share of
- * each limit while the state is down (shared_fallback_share()). One log
- * line when Redis goes away, one when it is back.
+ * daemon's loop. hiredis 0.14 has no TLS: for rediss:// it connects to
+ * the private unix socket of tls_bridge.h, which relays to Redis over TLS. Redis is never on a
+ * message's critical path for safety: every request has a bounded time (SHARED_TIMEOUT_MS); a
+ * request that times out, or any error on the connection, takes the connection down (state
+ * SHARED_DOWN), fails every request in flight with a negative enum err, and reconnects with a
+ * backoff (SHARED_BACKOFF_MIN_MS doubling to SHARED_BACKOFF_MAX_MS). The caller falls back to its
+ * local share of each limit while the state is down (shared_fallback_share()). One log line when
+ * Redis goes away, one when it is back.
  *
  * Keys (all under "convoy:"): convoy:nodes (a sorted set of node names
  * scored by their last heartbeat, ms), convoy:rate:DEST (a hash: tokens,
@@ -53,6 +53,7 @@ struct shared_url {
     enum shared_url_kind kind;
     char host[256]; /* TCP: a name or an address (brackets removed) */
     uint16_t port;  /* TCP: default 6379 */
+    bool tls;       /* TCP: rediss:// (TLS to HOST:PORT, verified for HOST) */
     char path[108]; /* UNIX: the socket's path */
     unsigned db;    /* SELECT db (/DB for TCP, ?db=N for unix:) */
     char user[128]; /* redis://USER:PASSWORD@ (AUTH) */
@@ -62,9 +63,8 @@ struct shared_url {
 
 /*
  * Parse shared_state: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB],
- * unix:/path[?db=N]. 0; ERR_INVAL with a reason in err for a malformed
- * URL; ERR_NOTYET for rediss:// (TLS), which Debian's hiredis 0.14 cannot
- * do.
+ * rediss://... (the same over TLS), unix:/path[?db=N]. 0; ERR_INVAL with
+ * a reason in err for a malformed URL.
  */
 int shared_url_parse(const char *s, struct shared_url *u, struct buf *err);
 
@@ -94,12 +94,24 @@ struct shared_options {
     double fallback_share; /* shared_state_fallback_share; 0: 1/N */
     uint32_t timeout_ms;   /* 0: SHARED_TIMEOUT_MS */
     uint32_t heartbeat_ms; /* 0: SHARED_HEARTBEAT_MS */
+    /* rediss:// only (tls_bridge.h): the directory of the private unix
+     * socket hiredis connects to (required: queue_directory/shared-tls),
+     * and the trusted roots (shared_state_tls_CAfile; NULL or "": the
+     * system trust store). */
+    const char *tls_dir;
+    const char *ca_file;
 };
 
+/* rediss://: the directory under queue_directory for the TLS socket. */
+#define SHARED_TLS_DIR "shared-tls"
+#define SHARED_TLS_SOCKET_PATH_MAX 108 /* sun_path, NUL included */
+
 /*
- * Start: parse the URL (errors as shared_url_parse()) and begin
+ * Start: parse the URL (errors as shared_url_parse()), for rediss:// start
+ * the TLS bridge (its errors: a bad CA file, the socket), and begin
  * connecting. Not being able to reach Redis is not an error: the state
- * stays down and the client keeps trying.
+ * stays down and the client keeps trying; nor is a TLS failure (a
+ * certificate that does not verify): it is the last error in the status.
  */
 int shared_new(const struct shared_options *o, struct shared **out, struct buf *err);
 /*
@@ -117,8 +129,8 @@ unsigned shared_fleet_size(const struct shared *s);
 double shared_fallback_share(const struct shared *s);
 /* Add "shared_state": {url, node, state, rtt_ms, rtt_avg_ms, rtt_max_ms,
  * since, fallback_share, fleet: [{node, seen, seen_ago}], fleet_size,
- * leases} to a status
- * object (a json_t *). */
+ * leases, tls (bool), tls_version and tls_cipher (rediss://, once a
+ * handshake succeeded), last_error} to a status object (a json_t *). */
 void shared_status(const struct shared *s, struct json_t *status);
 
 /*

@@ -3,8 +3,9 @@
  * (batch size of a grant, the fallback share). No I/O.
  *
  * Accepted: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (HOST a name, an
- * IPv4 address or a bracketed IPv6 address), unix:/PATH[?db=N].
- * rediss:// is refused: Debian 12's hiredis (0.14) has no TLS.
+ * IPv4 address or a bracketed IPv6 address), rediss:// with the same
+ * syntax (Redis over TLS: the client goes through tls_bridge.c, since
+ * Debian 12's hiredis 0.14 has no TLS), unix:/PATH[?db=N].
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,9 +123,9 @@ static int parse_tcp(const char *p, struct shared_url *u, struct buf *err)
     bool v6 = strchr(u->host, ':') != NULL;
     char port_db[32];
     snprintf(port_db, sizeof(port_db), ":%u/%u", (unsigned)u->port, u->db);
-    snprintf(u->shown, sizeof(u->shown), "redis://%.127s%s%s%.255s%s%s", u->user,
-             u->user[0] || u->password[0] ? ":***@" : "", v6 ? "[" : "", u->host, v6 ? "]" : "",
-             port_db);
+    snprintf(u->shown, sizeof(u->shown), "%s://%.127s%s%s%.255s%s%s", u->tls ? "rediss" : "redis",
+             u->user, u->user[0] || u->password[0] ? ":***@" : "", v6 ? "[" : "", u->host,
+             v6 ? "]" : "", port_db);
     return 0;
 }
 
@@ -134,16 +135,14 @@ int shared_url_parse(const char *s, struct shared_url *u, struct buf *err)
     if (!s || !s[0])
         return bad(err, "empty");
     if (strncmp(s, "rediss://", 9) == 0) {
-        buf_printf(err, "shared_state: rediss:// (Redis over TLS) is not supported: Debian 12's "
-                        "hiredis 0.14 has no TLS; use redis:// on a trusted network, unix:/path, "
-                        "or a TLS tunnel to Redis");
-        return ERR_NOTYET;
+        u->tls = true;
+        return parse_tcp(s + 9, u, err);
     }
     if (strncmp(s, "redis://", 8) == 0)
         return parse_tcp(s + 8, u, err);
     if (strncmp(s, "unix:", 5) == 0)
         return parse_unix(s + 5, u, err);
-    return bad(err, "must start with redis:// or unix:");
+    return bad(err, "must start with redis://, rediss:// or unix:");
 }
 
 unsigned shared_batch(size_t waiting, double rate_per_s)

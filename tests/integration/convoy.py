@@ -12,6 +12,8 @@ would) put before convoyd, for example
 CONVOY_TEST_CTL_WRAPPER does the same for the convoyctl runs of ctl().
 CONVOY_TEST_TIMEOUT_SCALE (a number, default 1) multiplies how long the
 harness waits for the daemon to become ready and to stop, for slow wrappers.
+SANITIZED is true for a sanitizer build (or CONVOY_SANITIZED=1): long cases
+run smaller there.
 """
 
 import os
@@ -28,6 +30,23 @@ CONVOYCTL = os.path.join(BIN, "convoyctl")
 WRAPPER = shlex.split(os.environ.get("CONVOY_TEST_WRAPPER", ""))
 CTL_WRAPPER = shlex.split(os.environ.get("CONVOY_TEST_CTL_WRAPPER", ""))
 TIMEOUT_SCALE = float(os.environ.get("CONVOY_TEST_TIMEOUT_SCALE", "1"))
+
+
+def _sanitized():
+    """Is the build under test a sanitizer build (CONVOY_SANITIZE=ON in
+    the CMake cache of CONVOY_BUILD, or CONVOY_SANITIZED=1)? Long cases
+    run smaller there."""
+    if os.environ.get("CONVOY_SANITIZED"):
+        return os.environ["CONVOY_SANITIZED"] not in ("", "0")
+    build = os.environ.get("CONVOY_BUILD", os.path.join(os.path.dirname(BIN), ""))
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            return any(line.startswith("CONVOY_SANITIZE:BOOL=ON") for line in f)
+    except OSError:
+        return False
+
+
+SANITIZED = _sanitized()
 
 
 _handed_out = set()

@@ -142,8 +142,10 @@ class StsReloadTest(unittest.TestCase):
         # New setting, applied by reload; the engine is not restarted.
         r = self.reload(self.config(self.web.port, "sts_fetch_timeout = 20s\n"))
         self.assertEqual(r.stdout, "Configuration reloaded.\n")
-        self.assertIn("MTA-STS: new settings in force (https port %d, fetch timeout 20s"
-                      % self.web.port, self.log())
+        # The log line is written at the end of the loop iteration that
+        # answered the reload: wait for it.
+        self.daemon.wait_log("MTA-STS: new settings in force (https port %d, fetch timeout 20s"
+                             % self.web.port, timeout=10)
         self.submit("u@b.test")
         r = self.recipient("u@b.test")
         self.assertIsNotNone(r, "b.test's mail went out despite its policy:\n" + self.log())

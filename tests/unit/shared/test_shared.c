@@ -1,6 +1,6 @@
 /*
  * test_shared.c - the pure parts of shared/ (url.c): shared_state URLs
- * (redis://, unix:, the refused rediss://), how many tokens one grant asks
+ * (redis://, rediss://, unix:), how many tokens one grant asks
  * for (shared_batch()) and the fallback share (shared_share()).
  */
 #include <setjmp.h>
@@ -36,7 +36,12 @@ static const struct url_case url_cases[] = {
     {"unix:/run/redis/redis.sock", 0, SHARED_URL_UNIX, "/run/redis/redis.sock", 0, 0, "",
      "unix:/run/redis/redis.sock"},
     {"unix:/tmp/r.sock?db=4", 0, SHARED_URL_UNIX, "/tmp/r.sock", 0, 4, "", "unix:/tmp/r.sock?db=4"},
-    {"rediss://127.0.0.1:6380/0", ERR_NOTYET, 0, NULL, 0, 0, NULL, NULL},
+    {"rediss://127.0.0.1:6380/0", 0, SHARED_URL_TCP, "127.0.0.1", 6380, 0, "",
+     "rediss://127.0.0.1:6380/0"},
+    {"rediss://:pw@redis.example.net/5", 0, SHARED_URL_TCP, "redis.example.net", 6379, 5, "pw",
+     "rediss://:***@redis.example.net:6379/5"},
+    {"rediss://", ERR_INVAL, 0, NULL, 0, 0, NULL, NULL},
+    {"redisss://h", ERR_INVAL, 0, NULL, 0, 0, NULL, NULL},
     {"", ERR_INVAL, 0, NULL, 0, 0, NULL, NULL},
     {"http://127.0.0.1", ERR_INVAL, 0, NULL, 0, 0, NULL, NULL},
     {"redis://", ERR_INVAL, 0, NULL, 0, 0, NULL, NULL},
@@ -65,13 +70,12 @@ static void test_url(void **state)
         if (rc != 0) {
             assert_non_null(err.data);
             assert_non_null(strstr(err.data, "shared_state"));
-            if (rc == ERR_NOTYET)
-                assert_non_null(strstr(err.data, "hiredis 0.14 has no TLS"));
             buf_free(&err);
             continue;
         }
         buf_free(&err);
         assert_int_equal(u.kind, c->kind);
+        assert_int_equal(u.tls, strncmp(c->in, "rediss:", 7) == 0);
         assert_string_equal(c->kind == SHARED_URL_TCP ? u.host : u.path, c->host_or_path);
         if (c->kind == SHARED_URL_TCP)
             assert_int_equal(u.port, c->port);
@@ -159,9 +163,17 @@ static void test_client_down(void **state)
     assert_int_equal(called, 0);
     assert_int_equal(uv_loop_close(&loop), 0);
     struct shared *bad = NULL;
+    /* rediss:// needs the directory of its TLS socket, and a CA file that
+     * loads. */
     o.url = "rediss://h:1/0";
-    assert_int_equal(shared_new(&o, &bad, &err), ERR_NOTYET);
+    assert_int_equal(shared_new(&o, &bad, &err), ERR_INVAL);
     assert_null(bad);
+    o.tls_dir = "/tmp";
+    o.ca_file = "/nonexistent/ca.pem";
+    buf_reset(&err);
+    assert_int_equal(shared_new(&o, &bad, &err), ERR_INVAL);
+    assert_null(bad);
+    assert_non_null(strstr(err.data, "shared_state_tls_CAfile"));
     buf_free(&err);
 }
 

@@ -4,10 +4,11 @@
 # Makes a test CA (and an intermediate CA under it) and leaf certificates for
 # the cases test_tls.c checks: good (SAN mx.example.com, mta-sts.example.com),
 # wildcard (*.example.net), expired, not yet valid, self-signed, CN only
-# (no SAN), CN naming the host but a SAN naming another (the CN must be
-# ignored), a leaf under the intermediate (served with its chain), and a leaf
-# under an untrusted CA (served with that CA), and one under an expired
-# intermediate.
+# (no SAN), localhost (a server reached by name on loopback: the shared
+# tests), CN naming the host but a SAN naming another (the CN must be
+# ignored), a leaf under the intermediate (served with its chain), and a
+# leaf under an untrusted CA (served with that CA), and one under an
+# expired intermediate.
 # EC P-256 keys keep it fast. Everything is recreated on each run.
 set -eu
 
@@ -48,6 +49,7 @@ leaf() {
 leaf good mx.example.com "DNS:mx.example.com,DNS:mta-sts.example.com"
 leaf wild "*.example.net" "DNS:*.example.net"
 leaf cnonly mx.example.com ""
+leaf localhost localhost "DNS:localhost"
 leaf cnignored mx.example.com "DNS:other.example.com"
 leaf chained mx.example.org "DNS:mx.example.org" inter
 cat chained.pem inter.pem >chained-chain.pem
