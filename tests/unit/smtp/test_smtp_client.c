@@ -656,7 +656,8 @@ static void test_plain_helo_fallback_and_reuse(void **state)
 {
     (void)state;
     /* No EHLO: HELO, no pipelining, no extensions; two messages on one
-     * connection with RSET between. */
+     * connection. The first ended with 250 to its dot: no RSET between
+     * (RFC 5321 4.1.1.4). */
     struct peer p = {.greeting = "220 peer.test\r\n", .ehlo = NULL};
     struct smtp_rcpt r1[2] = {{.addr = "a@peer.test"}, {.addr = "bad@peer.test"}};
     struct smtp_rcpt r2[1] = {{.addr = "b@peer.test"}};
@@ -674,10 +675,54 @@ static void test_plain_helo_fallback_and_reuse(void **state)
     assert_string_equal(r1[1].out.status, "5.1.1");
     assert_non_null(strstr(p.log.data,
                            "HELO client.test\nMAIL FROM:<>\nRCPT TO:<a@peer.test>\n"
-                           "RCPT TO:<bad@peer.test>\nDATA\nRSET\nMAIL FROM:<s@client.test>\n"));
+                           "RCPT TO:<bad@peer.test>\nDATA\nMAIL FROM:<s@client.test>\n"));
+    assert_null(strstr(p.log.data, "RSET"));
     /* No SIZE announced: no SIZE parameter. */
     assert_null(strstr(p.log.data, "SIZE="));
     assert_string_equal(p.data.data, "y\r\n");
+    peer_free(&p);
+}
+
+/* Count the lines of the peer's command log equal to line. */
+static int log_count(const struct peer *p, const char *line)
+{
+    int n = 0;
+    size_t len = strlen(line);
+    for (const char *s = p->log.data; s && (s = strstr(s, line)) != NULL; s += len)
+        if ((s == p->log.data || s[-1] == '\n') && s[len] == '\n')
+            n++;
+    return n;
+}
+
+static void test_rset_only_after_aborted(void **state)
+{
+    (void)state;
+    /* Pipelined, three messages on one connection: the first has every
+     * RCPT refused (the 354 gets an empty end): the transaction was
+     * aborted, RSET before the second. The second ends with 250: no RSET
+     * before the third. */
+    struct peer p = {.greeting = "220 peer.test\r\n", .ehlo = EHLO_FULL};
+    static const char *const to[3] = {"bad@peer.test", "b@peer.test", "c@peer.test"};
+    static const char *const from[3] = {"s1@client.test", "s2@client.test", "s3@client.test"};
+    static const char *const body[3] = {"x\r\n", "y\r\n", "z\r\n"};
+    struct smtp_rcpt rc[3];
+    struct smtp_msg m[3];
+    memset(rc, 0, sizeof(rc));
+    memset(m, 0, sizeof(m));
+    for (int i = 0; i < 3; i++) {
+        rc[i].addr = to[i];
+        m[i] =
+            (struct smtp_msg){.sender = from[i], .body = {body[i], 3}, .nrcpt = 1, .rcpt = &rc[i]};
+    }
+    struct run r = {.peer = &p, .msgs = m, .nmsgs = 3};
+    run_session(&r, 0, SMTP_TLS_NONE, 5000);
+    assert_int_equal(log_count(&p, "RSET"), 1);
+    assert_int_equal(p.connections * 10 + r.done, 13);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rc[i].out.action, i == 0 ? SMTP_ACT_BOUNCE : SMTP_ACT_SENT);
+    assert_non_null(strstr(p.log.data, "RSET\nMAIL FROM:<s2@client.test> SIZE=3\n"));
+    assert_non_null(strstr(p.log.data, "DATA\nMAIL FROM:<s3@client.test> SIZE=3\n"));
+    assert_string_equal(p.data.data, "z\r\n");
     peer_free(&p);
 }
 
@@ -1293,6 +1338,7 @@ int main(void)
         cmocka_unit_test(test_stuff_random),
         cmocka_unit_test(test_pipelined_delivery),
         cmocka_unit_test(test_plain_helo_fallback_and_reuse),
+        cmocka_unit_test(test_rset_only_after_aborted),
         cmocka_unit_test(test_all_rcpts_rejected_no_data),
         cmocka_unit_test(test_mail_rejected_pipelined),
         cmocka_unit_test(test_dot_tempfail),
