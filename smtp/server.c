@@ -166,6 +166,7 @@ struct smtpd {
     struct smtpd_session *sessions;
     size_t n_sessions; /* in the list: from accept until freed */
     bool freeing;
+    uint64_t msgid_seq; /* Message-IDs made here: seeded once, see build_message() */
 };
 
 /* Session states. Transaction progress (MAIL, RCPT) is part of the state so
@@ -720,9 +721,9 @@ static int build_message(struct smtpd_session *s)
     if (!rc && !s->data.seen_date)
         rc = buf_printf(&h, "Date: %s\r\n", date);
     if (!rc && !s->data.seen_msgid) {
-        uint64_t r = 0;
-        if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
-            r = (uint64_t)time_now_ms() ^ ((uint64_t)(uintptr_t)s << 16);
+        /* Unique without a system call per message: distinct numbers of
+         * one sequence within the process, a random start per process. */
+        uint64_t r = splitmix64(&s->d->msgid_seq);
         char stamp[32];
         struct tm tm;
         gmtime_r(&now, &tm);
@@ -1650,6 +1651,9 @@ struct smtpd *smtpd_new(uv_loop_t *loop, const struct smtpd_opts *opts, struct b
         return NULL;
     }
     d->loop = loop;
+    if (getrandom(&d->msgid_seq, sizeof(d->msgid_seq), GRND_NONBLOCK) !=
+        (ssize_t)sizeof(d->msgid_seq))
+        d->msgid_seq = (uint64_t)time_now_ms() ^ ((uint64_t)(uintptr_t)d << 16);
     d->cfg = cfg_new(opts, err);
     if (!d->cfg) {
         free(d);
