@@ -136,14 +136,17 @@ class StsReloadTest(unittest.TestCase):
         self.submit("u@a.test")
         self.assertTrue(self.mx.wait_messages(1, timeout=30), self.log())
         self.assertIsNone(self.recipient("u@a.test"))
-        self.assertIn("policy fetch failed domain=a.test id=a1 result=sts-policy-fetch-error "
-                      "reason=mta-sts.a.test: cannot connect: connection refused", self.log())
+        # Log lines go out once per loop iteration, after the replies of that
+        # iteration: wait for them rather than read the log at once.
+        self.daemon.wait_log("policy fetch failed domain=a.test id=a1 "
+                             "result=sts-policy-fetch-error reason=mta-sts.a.test: cannot "
+                             "connect: connection refused", timeout=10)
 
         # New setting, applied by reload; the engine is not restarted.
         r = self.reload(self.config(self.web.port, "sts_fetch_timeout = 20s\n"))
         self.assertEqual(r.stdout, "Configuration reloaded.\n")
-        self.assertIn("MTA-STS: new settings in force (https port %d, fetch timeout 20s"
-                      % self.web.port, self.log())
+        self.daemon.wait_log("MTA-STS: new settings in force (https port %d, fetch timeout 20s"
+                             % self.web.port, timeout=10)
         self.submit("u@b.test")
         r = self.recipient("u@b.test")
         self.assertIsNotNone(r, "b.test's mail went out despite its policy:\n" + self.log())
@@ -151,7 +154,7 @@ class StsReloadTest(unittest.TestCase):
         self.assertEqual(r["last_result"]["sts_mode"], "enforce")
         self.assertEqual(r["last_result"]["sts_id"], "b1")
         self.assertTrue(r["last_result"]["dsn"].startswith("4.7."), r)
-        self.assertIn("policy fetched domain=b.test id=b1 mode=enforce", self.log())
+        self.daemon.wait_log("policy fetched domain=b.test id=b1 mode=enforce", timeout=10)
         self.assertEqual(len(self.mx.messages), 1)
         # The cache kept what it had (a.test's failed attempt) and the new
         # policy; convoyctl reads both.
