@@ -253,12 +253,14 @@ struct peer {
     const char *mail_reply;
     const char *data_reply;
     const char *dot_reply;
-    bool hold_until_data;     /* fails the test if the client waits for MAIL/RCPT */
-    bool stall_at_dot;        /* never answer the final dot */
-    int messages;             /* dots received */
-    bool saw_pipelined_group; /* MAIL, RCPT and DATA arrived before any reply */
-    struct tls_ctx *sctx;     /* set: STARTTLS is offered and served */
-    bool starttls_garbage;    /* answer STARTTLS with 220, then junk, then close */
+    bool hold_until_data;      /* fails the test if the client waits for MAIL/RCPT */
+    bool stall_at_dot;         /* never answer the final dot */
+    int messages;              /* dots received */
+    bool saw_pipelined_group;  /* MAIL, RCPT and DATA arrived before any reply */
+    bool group_in_one_read;    /* one read held MAIL through DATA (one write) */
+    bool body_end_in_one_read; /* one read held body octets and the final dot */
+    struct tls_ctx *sctx;      /* set: STARTTLS is offered and served */
+    bool starttls_garbage;     /* answer STARTTLS with 220, then junk, then close */
     struct tls_conn *tls;
     bool tls_done;
     const char *auth_reply; /* the final reply to AUTH; NULL: 235 */
@@ -453,7 +455,13 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         if (p->tls) {
             tls_conn_feed(p->tls, b->base, (size_t)nread);
         } else {
-            buf_append(&p->in, b->base, (size_t)nread);
+            /* On loopback one write of this size arrives in one read. */
+            size_t n = (size_t)nread;
+            if (memmem(b->base, n, "MAIL FROM:", 10) && memmem(b->base, n, "DATA\r\n", 6))
+                p->group_in_one_read = true;
+            if (p->in_data && n > 5 && memcmp(b->base + n - 5, "\r\n.\r\n", 5) == 0)
+                p->body_end_in_one_read = true;
+            buf_append(&p->in, b->base, n);
             peer_lines(p);
         }
     }
@@ -630,6 +638,10 @@ static void test_pipelined_delivery(void **state)
     struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
     run_session(&r, 0, SMTP_TLS_NONE, 5000);
     assert_true(p.saw_pipelined_group);
+    /* RFC 2920: the group goes out as one write, the body with its dot as
+     * another. */
+    assert_true(p.group_in_one_read);
+    assert_true(p.body_end_in_one_read);
     assert_int_equal(r.ready, 1);
     assert_int_equal(r.done, 1);
     assert_true(m.attempted);
@@ -677,6 +689,8 @@ static void test_plain_helo_fallback_and_reuse(void **state)
                            "HELO client.test\nMAIL FROM:<>\nRCPT TO:<a@peer.test>\n"
                            "RCPT TO:<bad@peer.test>\nDATA\nMAIL FROM:<s@client.test>\n"));
     assert_null(strstr(p.log.data, "RSET"));
+    /* Without PIPELINING every command waits for its reply. */
+    assert_false(p.group_in_one_read);
     /* No SIZE announced: no SIZE parameter. */
     assert_null(strstr(p.log.data, "SIZE="));
     assert_string_equal(p.data.data, "y\r\n");
