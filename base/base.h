@@ -144,6 +144,19 @@ int file_read_all(const char *path, struct buf *out);
 #define EXIT_NOT_RUNNING 3
 #define EXIT_CONFIG 78
 
+/* ---- numbers ---------------------------------------------------------- */
+
+/* splitmix64: the next number of a sequence that walks *state through all
+ * 2^64 values before it repeats one (distinct calls on one state give
+ * distinct numbers). Spread, not secret: not for keys or tokens. */
+static inline uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* ---- time ------------------------------------------------------------- */
 
 /* Wall clock in milliseconds since the epoch. */

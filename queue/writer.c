@@ -101,11 +101,7 @@ static bool final_state(uint8_t state)
 
 static uint64_t rng_next(struct queue *q)
 {
-    /* splitmix64: jitter only, not security. */
-    uint64_t z = (q->rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return splitmix64(&q->rng); /* jitter only, not security */
 }
 
 /* ---- recipient state changes ---------------------------------------------- */

@@ -1119,6 +1119,14 @@ static void on_txn_reply(struct smtp_client *c)
 static void on_dot_reply(struct smtp_client *c)
 {
     struct smtp_msg *m = c->msg;
+    /* RFC 5321 4.1.1.4: the end of mail data completes the transaction and
+     * clears the server's buffers, so the next message needs no RSET. Only
+     * an aborted transaction (MAIL or every RCPT refused, DATA refused, an
+     * empty end after a 354 nobody asked for) leaves need_rset set. Kept
+     * for a non-2xx end reply too: one round trip, and some servers keep
+     * state after a refused message. */
+    if (c->reply.code / 100 == 2)
+        c->need_rset = false;
     for (size_t i = 0; i < m->nrcpt; i++)
         if (c->accepted[i] && m->rcpt[i].out.action == SMTP_ACT_NONE)
             outcome_from_reply(

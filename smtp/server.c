@@ -1233,6 +1233,9 @@ struct smtpd *smtpd_new(uv_loop_t *loop, const struct smtpd_opts *opts, struct b
         return NULL;
     }
     d->loop = loop;
+    if (getrandom(&d->msgid_seq, sizeof(d->msgid_seq), GRND_NONBLOCK) !=
+        (ssize_t)sizeof(d->msgid_seq))
+        d->msgid_seq = (uint64_t)time_now_ms() ^ ((uint64_t)(uintptr_t)d << 16);
     d->cfg = cfg_new(opts, err);
     if (!d->cfg) {
         free(d);

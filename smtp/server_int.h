@@ -52,6 +52,7 @@ struct smtpd {
     struct smtpd_session *sessions;
     size_t n_sessions; /* in the list: from accept until freed */
     bool freeing;
+    uint64_t msgid_seq; /* Message-IDs made here: seeded once, see build_message() */
 };
 
 /* Session states. Transaction progress (MAIL, RCPT) is part of the state so

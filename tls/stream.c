@@ -474,7 +474,11 @@ void tls_stream_shutdown(struct tls_stream *s)
     s->shutting = true;
     if (rc == 0)
         rc = flush(s);
-    if (rc != 0 || !s->connected || uv_shutdown(&s->shut, (uv_stream_t *)&s->tcp, on_shutdown) != 0)
+    /* Everything already in the kernel: close(2) alone sends the FIN after
+     * it, as shutdown(2) would; one system call per connection less. With
+     * writes still queued in libuv, uv_shutdown() waits for them. */
+    if (rc != 0 || !s->connected || s->inflight == 0 ||
+        uv_shutdown(&s->shut, (uv_stream_t *)&s->tcp, on_shutdown) != 0)
         tls_stream_close(s);
 }
 

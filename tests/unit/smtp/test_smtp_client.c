@@ -253,12 +253,14 @@ struct peer {
     const char *mail_reply;
     const char *data_reply;
     const char *dot_reply;
-    bool hold_until_data;     /* fails the test if the client waits for MAIL/RCPT */
-    bool stall_at_dot;        /* never answer the final dot */
-    int messages;             /* dots received */
-    bool saw_pipelined_group; /* MAIL, RCPT and DATA arrived before any reply */
-    struct tls_ctx *sctx;     /* set: STARTTLS is offered and served */
-    bool starttls_garbage;    /* answer STARTTLS with 220, then junk, then close */
+    bool hold_until_data;      /* fails the test if the client waits for MAIL/RCPT */
+    bool stall_at_dot;         /* never answer the final dot */
+    int messages;              /* dots received */
+    bool saw_pipelined_group;  /* MAIL, RCPT and DATA arrived before any reply */
+    bool group_in_one_read;    /* one read held MAIL through DATA (one write) */
+    bool body_end_in_one_read; /* one read held body octets and the final dot */
+    struct tls_ctx *sctx;      /* set: STARTTLS is offered and served */
+    bool starttls_garbage;     /* answer STARTTLS with 220, then junk, then close */
     struct tls_conn *tls;
     bool tls_done;
     const char *auth_reply; /* the final reply to AUTH; NULL: 235 */
@@ -453,7 +455,13 @@ static void peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         if (p->tls) {
             tls_conn_feed(p->tls, b->base, (size_t)nread);
         } else {
-            buf_append(&p->in, b->base, (size_t)nread);
+            /* On loopback one write of this size arrives in one read. */
+            size_t n = (size_t)nread;
+            if (memmem(b->base, n, "MAIL FROM:", 10) && memmem(b->base, n, "DATA\r\n", 6))
+                p->group_in_one_read = true;
+            if (p->in_data && n > 5 && memcmp(b->base + n - 5, "\r\n.\r\n", 5) == 0)
+                p->body_end_in_one_read = true;
+            buf_append(&p->in, b->base, n);
             peer_lines(p);
         }
     }
@@ -630,6 +638,10 @@ static void test_pipelined_delivery(void **state)
     struct run r = {.peer = &p, .msgs = &m, .nmsgs = 1};
     run_session(&r, 0, SMTP_TLS_NONE, 5000);
     assert_true(p.saw_pipelined_group);
+    /* RFC 2920: the group goes out as one write, the body with its dot as
+     * another. */
+    assert_true(p.group_in_one_read);
+    assert_true(p.body_end_in_one_read);
     assert_int_equal(r.ready, 1);
     assert_int_equal(r.done, 1);
     assert_true(m.attempted);
@@ -656,7 +668,8 @@ static void test_plain_helo_fallback_and_reuse(void **state)
 {
     (void)state;
     /* No EHLO: HELO, no pipelining, no extensions; two messages on one
-     * connection with RSET between. */
+     * connection. The first ended with 250 to its dot: no RSET between
+     * (RFC 5321 4.1.1.4). */
     struct peer p = {.greeting = "220 peer.test\r\n", .ehlo = NULL};
     struct smtp_rcpt r1[2] = {{.addr = "a@peer.test"}, {.addr = "bad@peer.test"}};
     struct smtp_rcpt r2[1] = {{.addr = "b@peer.test"}};
@@ -674,10 +687,56 @@ static void test_plain_helo_fallback_and_reuse(void **state)
     assert_string_equal(r1[1].out.status, "5.1.1");
     assert_non_null(strstr(p.log.data,
                            "HELO client.test\nMAIL FROM:<>\nRCPT TO:<a@peer.test>\n"
-                           "RCPT TO:<bad@peer.test>\nDATA\nRSET\nMAIL FROM:<s@client.test>\n"));
+                           "RCPT TO:<bad@peer.test>\nDATA\nMAIL FROM:<s@client.test>\n"));
+    assert_null(strstr(p.log.data, "RSET"));
+    /* Without PIPELINING every command waits for its reply. */
+    assert_false(p.group_in_one_read);
     /* No SIZE announced: no SIZE parameter. */
     assert_null(strstr(p.log.data, "SIZE="));
     assert_string_equal(p.data.data, "y\r\n");
+    peer_free(&p);
+}
+
+/* Count the lines of the peer's command log equal to line. */
+static int log_count(const struct peer *p, const char *line)
+{
+    int n = 0;
+    size_t len = strlen(line);
+    for (const char *s = p->log.data; s && (s = strstr(s, line)) != NULL; s += len)
+        if ((s == p->log.data || s[-1] == '\n') && s[len] == '\n')
+            n++;
+    return n;
+}
+
+static void test_rset_only_after_aborted(void **state)
+{
+    (void)state;
+    /* Pipelined, three messages on one connection: the first has every
+     * RCPT refused (the 354 gets an empty end): the transaction was
+     * aborted, RSET before the second. The second ends with 250: no RSET
+     * before the third. */
+    struct peer p = {.greeting = "220 peer.test\r\n", .ehlo = EHLO_FULL};
+    static const char *const to[3] = {"bad@peer.test", "b@peer.test", "c@peer.test"};
+    static const char *const from[3] = {"s1@client.test", "s2@client.test", "s3@client.test"};
+    static const char *const body[3] = {"x\r\n", "y\r\n", "z\r\n"};
+    struct smtp_rcpt rc[3];
+    struct smtp_msg m[3];
+    memset(rc, 0, sizeof(rc));
+    memset(m, 0, sizeof(m));
+    for (int i = 0; i < 3; i++) {
+        rc[i].addr = to[i];
+        m[i] =
+            (struct smtp_msg){.sender = from[i], .body = {body[i], 3}, .nrcpt = 1, .rcpt = &rc[i]};
+    }
+    struct run r = {.peer = &p, .msgs = m, .nmsgs = 3};
+    run_session(&r, 0, SMTP_TLS_NONE, 5000);
+    assert_int_equal(log_count(&p, "RSET"), 1);
+    assert_int_equal(p.connections * 10 + r.done, 13);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(rc[i].out.action, i == 0 ? SMTP_ACT_BOUNCE : SMTP_ACT_SENT);
+    assert_non_null(strstr(p.log.data, "RSET\nMAIL FROM:<s2@client.test> SIZE=3\n"));
+    assert_non_null(strstr(p.log.data, "DATA\nMAIL FROM:<s3@client.test> SIZE=3\n"));
+    assert_string_equal(p.data.data, "z\r\n");
     peer_free(&p);
 }
 
@@ -1293,6 +1352,7 @@ int main(void)
         cmocka_unit_test(test_stuff_random),
         cmocka_unit_test(test_pipelined_delivery),
         cmocka_unit_test(test_plain_helo_fallback_and_reuse),
+        cmocka_unit_test(test_rset_only_after_aborted),
         cmocka_unit_test(test_all_rcpts_rejected_no_data),
         cmocka_unit_test(test_mail_rejected_pipelined),
         cmocka_unit_test(test_dot_tempfail),

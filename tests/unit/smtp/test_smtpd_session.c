@@ -48,6 +48,7 @@ static struct {
     char last_body[4096];
     size_t last_rcpts;
     char last_sender[256];
+    char msgid[2][128]; /* Message-ID lines the server added, by message */
     uv_async_t done;
     const char *const *script;
     char failure[512];
@@ -81,6 +82,9 @@ static void on_message(void *arg, struct smtpd_session *s, const struct smtpd_me
     size_t n = m->body.len < sizeof(T.last_body) - 1 ? m->body.len : sizeof(T.last_body) - 1;
     memcpy(T.last_body, m->body.ptr, n);
     T.last_body[n] = '\0';
+    const char *id = strstr(T.last_body, "Message-ID: ");
+    if (id && T.messages <= 2)
+        snprintf(T.msgid[T.messages - 1], sizeof(T.msgid[0]), "%.*s", (int)strcspn(id, "\r"), id);
     switch (T.mode) {
     case OWN_OK_NOW:
         smtpd_session_done(s, 0, "TESTID0000000002");
@@ -345,6 +349,32 @@ static void test_ok_inside_callback(void **state)
     assert_int_equal(T.messages, 1);
 }
 
+static void test_message_ids(void **state)
+{
+    (void)state;
+    /* Two messages without a Message-ID in one session, the second
+     * pipelined behind the first's dot: each gets one of its own (RFC 5322
+     * 3.6.4: unique). Each step: (input, expected reply prefix). */
+#define MSG2 "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+#define TXN_OK "250 ", "", "250 ", "", "354 " /* MAIL, RCPT, DATA answered */
+    static const char *const script[] = {
+        TXN,          "250 ",         "",   TXN_OK, "x\r\n.\r\n" MSG2, "250 2.0.0 Ok", "", TXN_OK,
+        "y\r\n.\r\n", "250 2.0.0 Ok", NULL, NULL,
+    };
+#undef TXN_OK
+#undef MSG2
+    memset(T.msgid, 0, sizeof(T.msgid));
+    run_script(OWN_OK_NOW, script);
+    assert_int_equal(T.messages, 2);
+    for (int i = 0; i < 2; i++) {
+        /* Message-ID: <YYYYmmddHHMMSS.<16 hex digits>@host> */
+        assert_int_equal(strspn(T.msgid[i] + 13, "0123456789"), 14);
+        assert_int_equal(strspn(T.msgid[i] + 28, "0123456789abcdef"), 16);
+        assert_int_equal(T.msgid[i][44], '@');
+    }
+    assert_string_not_equal(T.msgid[0] + 28, T.msgid[1] + 28);
+}
+
 static void test_full(void **state)
 {
     (void)state;
@@ -560,6 +590,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_ok_after_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ok_inside_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_message_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_io_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bdat_waits_too, setup, teardown),

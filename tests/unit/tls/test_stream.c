@@ -79,6 +79,18 @@ ssize_t writev(int fd, const struct iovec *iov, int cnt)
     return real(fd, iov, cnt);
 }
 
+static int watch_shutdowns; /* shutdown() calls on watch_fd */
+
+int shutdown(int fd, int how)
+{
+    static int (*real)(int, int);
+    if (!real)
+        real = (int (*)(int, int))dlsym(RTLD_NEXT, "shutdown");
+    if (fd == watch_fd && fd >= 0)
+        watch_shutdowns++;
+    return real(fd, how);
+}
+
 /* ---- the pair -------------------------------------------------------------- */
 
 struct end {
@@ -504,21 +516,25 @@ static void test_coalescing_tls(void **state)
     unpair();
 }
 
-static void test_close_with_pending_writes(void **state)
+/* A plaintext pair where the client wrote n bytes the server does not
+ * read: the kernel buffers fill and the rest waits in uv_write. */
+static void pair_with_pending(size_t n)
 {
-    (void)state;
     cli_opts.write_max = 64 * 1024 * 1024;
     pair(false);
-    /* The server does not read: the kernel buffers fill and the rest
-     * waits in uv_write. */
     tls_stream_read_stop(srv.s);
-    size_t n = 16 * 1024 * 1024;
     char *big = calloc(1, n);
     assert_non_null(big);
     assert_int_equal(tls_stream_write(cli.s, big, n), 0);
     free(big);
     run_until(cli_written);
     assert_true(tls_stream_queued(cli.s) > 0);
+}
+
+static void test_close_with_pending_writes(void **state)
+{
+    (void)state;
+    pair_with_pending(16 * 1024 * 1024);
     int ok = cli.written_ok, err = cli.written_err;
     tls_stream_close(cli.s);
     tls_stream_close(cli.s); /* twice: nothing more */
@@ -531,6 +547,53 @@ static void test_close_with_pending_writes(void **state)
     assert_int_equal(cli.ends, 0);
     unpair();
     assert_int_equal(srv.closes, 1);
+}
+
+#define PENDING_BIG (12 * 1024 * 1024) /* more than loopback's buffers take */
+
+static bool srv_has_big(void)
+{
+    return srv.got.len >= PENDING_BIG;
+}
+
+static void test_shutdown_sent(void **state)
+{
+    (void)state;
+    /* Everything is in the kernel when the end comes: close(2) alone sends
+     * the FIN behind the data, no shutdown(2). */
+    pair(false);
+    watch_fd = fd_of(cli.s);
+    watch_shutdowns = 0;
+    assert_int_equal(tls_stream_write(cli.s, "QUIT\r\n", 6), 0);
+    tls_stream_shutdown(cli.s);
+    run_until(srv_ended);
+    assert_int_equal(srv.got.len, 6);
+    assert_memory_equal(srv.got.data, "QUIT\r\n", 6);
+    assert_int_equal(srv.end_uv, UV_EOF);
+    assert_int_equal(watch_shutdowns, 0);
+    watch_fd = -1;
+    unpair();
+    assert_int_equal(cli.closes, 1);
+}
+
+static void test_shutdown_waits_for_writes(void **state)
+{
+    (void)state;
+    /* Writes still waiting in libuv: the end waits for them
+     * (shutdown(2) once they are out), and every byte arrives first. */
+    pair_with_pending(PENDING_BIG);
+    watch_fd = fd_of(cli.s);
+    watch_shutdowns = 0;
+    tls_stream_shutdown(cli.s);
+    assert_int_equal(tls_stream_read_start(srv.s), 0);
+    want_end = &srv;
+    run_until(srv_has_big);
+    run_until(srv_ended);
+    assert_int_equal(srv.got.len, PENDING_BIG);
+    assert_int_equal(srv.end_uv, UV_EOF);
+    assert_int_equal(watch_shutdowns, 1);
+    watch_fd = -1;
+    unpair();
 }
 
 static void test_peer_reset(void **state)
@@ -583,6 +646,8 @@ int main(void)
         cmocka_unit_test_setup(test_coalescing_plain, reset_opts),
         cmocka_unit_test_setup(test_coalescing_tls, reset_opts),
         cmocka_unit_test_setup(test_close_with_pending_writes, reset_opts),
+        cmocka_unit_test_setup(test_shutdown_sent, reset_opts),
+        cmocka_unit_test_setup(test_shutdown_waits_for_writes, reset_opts),
         cmocka_unit_test_setup(test_peer_reset, reset_opts),
         cmocka_unit_test_setup(test_close_before_connect, reset_opts),
     };
