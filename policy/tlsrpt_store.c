@@ -737,7 +737,10 @@ int tlsrpt_store_put_fleet(struct tlsrpt_store *s, const char *day, const char *
     return rc;
 }
 
-int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domain)
+/* Read the stored record of (day, domain), let edit change it, and store
+ * it, in one write transaction. ERR_NOTFOUND when there is none. */
+static int edit_record(struct tlsrpt_store *s, const char *day, const char *domain,
+                       void (*edit)(json_t *o, void *arg), void *arg)
 {
     if (s->readonly)
         return ERR_PERM;
@@ -757,10 +760,7 @@ int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domai
         rc = o ? 0 : ERR_CORRUPT;
     }
     if (rc == 0) {
-        add_u64(o, "seq", 1);
-        json_object_set_new(o, "dropped", json_integer(0));
-        json_object_set_new(o, "policies", json_array());
-        json_object_del(o, "fleet");
+        edit(o, arg);
         rc = put_json(txn, s->records, &k, o);
     }
     json_decref(o);
@@ -768,42 +768,36 @@ int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domai
         rc = map_err(mdb_txn_commit(txn));
     else
         mdb_txn_abort(txn);
+    return rc;
+}
+
+static void zero_edit(json_t *o, void *arg)
+{
+    (void)arg;
+    add_u64(o, "seq", 1);
+    json_object_set_new(o, "dropped", json_integer(0));
+    json_object_set_new(o, "policies", json_array());
+    json_object_del(o, "fleet");
+}
+
+int tlsrpt_store_zero(struct tlsrpt_store *s, const char *day, const char *domain)
+{
+    int rc = edit_record(s, day, domain, zero_edit, NULL);
     if (rc == 0 && s->on_change)
         s->on_change(s->change_arg, day, domain);
     return rc;
 }
 
+static void next_seq_edit(json_t *o, void *arg)
+{
+    *(uint32_t *)arg = (uint32_t)get_u64(o, "seq");
+    add_u64(o, "seq", 1);
+}
+
 int tlsrpt_store_next_seq(struct tlsrpt_store *s, const char *day, const char *domain,
                           uint32_t *seq)
 {
-    if (s->readonly)
-        return ERR_PERM;
-    char kbuf[KEY_MAX];
-    size_t klen = make_key(kbuf, day, domain);
-    if (klen == 0)
-        return ERR_INVAL;
-    MDB_txn *txn;
-    int rc = map_err(mdb_txn_begin(s->env, NULL, 0, &txn));
-    if (rc != 0)
-        return rc;
-    MDB_val k = {klen, kbuf}, v;
-    rc = map_err(mdb_get(txn, s->records, &k, &v));
-    json_t *o = NULL;
-    if (rc == 0) {
-        o = load_json(&v);
-        rc = o ? 0 : ERR_CORRUPT;
-    }
-    if (rc == 0) {
-        *seq = (uint32_t)get_u64(o, "seq");
-        add_u64(o, "seq", 1);
-        rc = put_json(txn, s->records, &k, o);
-    }
-    json_decref(o);
-    if (rc == 0)
-        rc = map_err(mdb_txn_commit(txn));
-    else
-        mdb_txn_abort(txn);
-    return rc;
+    return edit_record(s, day, domain, next_seq_edit, seq);
 }
 
 int tlsrpt_store_delete(struct tlsrpt_store *s, const char *day, const char *domain)
