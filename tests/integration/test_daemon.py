@@ -19,7 +19,7 @@ class DaemonLifecycle(unittest.TestCase):
         port = free_port()
         with Daemon("smtpd_listen = 127.0.0.1:%d\ndns_tries = 2\n" % port) as d:
             d.start()
-            self.assertIn("daemon started", d.log_text())
+            d.wait_log("daemon started")
             # Break the file: a misspelt parameter on line 3.
             d.write_config("queue_directory = %s\nsmtpd_listen = 127.0.0.1:%d\nmynetwork = 10.0.0.0/8\n"
                            % (d.queue_dir, port))

@@ -239,7 +239,7 @@ class TlsrptFleetTest(unittest.TestCase):
         self.assertEqual(got, want, "report %r, nodes counted %r" % (rep, counts))
         self.assertGreaterEqual(got[0], 3)
         self.assertRegex(rep["report-id"], r"^\d{8}\.0\.fleet\.test@relay\.test$")
-        self.assertIn("fleet report number 0 sums 3 node(s)", a.log_text())
+        a.wait_log("fleet report number 0 sums 3 node(s)", timeout=10)
         # The other nodes send nothing: the fleet sent it.
         for d in (b, c):
             out = self.send(d)
@@ -301,13 +301,13 @@ class TlsrptFleetTest(unittest.TestCase):
         r = a.ctl("tlsrpt", "send", "--date", self.day)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("%s %s deferred" % (self.day, DOMAIN), r.stdout)
-        self.assertIn("report deferred: the fleet's shared state is away", a.log_text())
+        a.wait_log("report deferred: the fleet's shared state is away", timeout=10)
         # b is past its wait: its own sessions, under its own report-id.
         self.assertIn("%s %s sent rua=%s" % (self.day, DOMAIN, RUA), self.send(b))
         rep, got = self.the_report()
         self.assertEqual(got, counts["b"])
         self.assertRegex(rep["report-id"], r"^\d{8}\.0\.b\.fleet\.test@relay\.test$")
-        self.assertIn("this node reports its own sessions alone", b.log_text())
+        b.wait_log("this node reports its own sessions alone", timeout=10)
         self.assertEqual(self.local(b), (0, 0))
         # Redis is back: b publishes zero counts, a sends the fleet's report.
         self.redis.start()
