@@ -311,6 +311,37 @@ static bool same_detail(json_t *d, json_t *want)
 }
 
 /* Count the session into the record object o (created when new). */
+/* The policy entry of policies with this type, policy strings and MX
+ * patterns, or NULL. */
+static json_t *find_policy(json_t *policies, const char *type, json_t *strings, json_t *mx)
+{
+    size_t i;
+    json_t *p;
+    json_array_foreach(policies, i, p)
+    {
+        const char *t = json_string_value(json_object_get(p, "type"));
+        if (t && type && strcmp(t, type) == 0 &&
+            json_equal(json_object_get(p, "strings"), strings) &&
+            json_equal(json_object_get(p, "mx"), mx))
+            return p;
+    }
+    return NULL;
+}
+
+/* The failure-details row of details that same_detail() finds equal to want,
+ * or NULL. */
+static json_t *find_detail(json_t *details, json_t *want)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(details, i, d)
+    {
+        if (same_detail(d, want))
+            return d;
+    }
+    return NULL;
+}
+
 static int count_into(json_t *o, const struct tlsrpt_session_result *r)
 {
     json_t *strings, *mx;
@@ -329,18 +360,7 @@ static int count_into(json_t *o, const struct tlsrpt_session_result *r)
     const char *type = tlsrpt_policy_type_name(r->policy_type);
 
     json_t *policies = json_object_get(o, "policies");
-    json_t *pol = NULL;
-    size_t i;
-    json_t *p;
-    json_array_foreach(policies, i, p)
-    {
-        const char *t = json_string_value(json_object_get(p, "type"));
-        if (t && strcmp(t, type) == 0 && json_equal(json_object_get(p, "strings"), strings) &&
-            json_equal(json_object_get(p, "mx"), mx)) {
-            pol = p;
-            break;
-        }
-    }
+    json_t *pol = find_policy(policies, type, strings, mx);
     if (!pol) {
         if (json_array_size(policies) >= TLSRPT_MAX_POLICIES) {
             json_decref(strings);
@@ -379,14 +399,11 @@ static int count_into(json_t *o, const struct tlsrpt_session_result *r)
     json_object_set_new(want, "rip", detail_str(r->receiving_ip));
     json_object_set_new(want, "code", detail_str(r->failure_reason_code));
     json_t *details = json_object_get(pol, "details");
-    json_t *d;
-    json_array_foreach(details, i, d)
-    {
-        if (same_detail(d, want)) {
-            add_u64(d, "n", 1);
-            json_decref(want);
-            return 0;
-        }
+    json_t *d = find_detail(details, want);
+    if (d) {
+        add_u64(d, "n", 1);
+        json_decref(want);
+        return 0;
     }
     if (json_array_size(details) >= TLSRPT_MAX_DETAILS) {
         add_u64(pol, "dropped", 1);
@@ -408,18 +425,11 @@ static void sum_policy(json_t *q, json_t *p)
     add_u64(q, "fail", get_u64(p, "fail"));
     add_u64(q, "dropped", get_u64(p, "dropped"));
     json_t *details = json_object_get(q, "details");
-    size_t i, j;
-    json_t *d, *e;
+    size_t i;
+    json_t *d;
     json_array_foreach(json_object_get(p, "details"), i, d)
     {
-        json_t *found = NULL;
-        json_array_foreach(details, j, e)
-        {
-            if (same_detail(e, d)) {
-                found = e;
-                break;
-            }
-        }
+        json_t *found = find_detail(details, d);
         if (found)
             add_u64(found, "n", get_u64(d, "n"));
         else if (json_array_size(details) >= TLSRPT_MAX_DETAILS)
@@ -435,20 +445,12 @@ static void sum_record(json_t *sum, json_t *o)
 {
     add_u64(sum, "dropped", get_u64(o, "dropped"));
     json_t *policies = json_object_get(sum, "policies");
-    size_t i, j;
-    json_t *p, *q;
+    size_t i;
+    json_t *p;
     json_array_foreach(json_object_get(o, "policies"), i, p)
     {
-        json_t *found = NULL;
-        json_array_foreach(policies, j, q)
-        {
-            if (json_equal(json_object_get(q, "type"), json_object_get(p, "type")) &&
-                json_equal(json_object_get(q, "strings"), json_object_get(p, "strings")) &&
-                json_equal(json_object_get(q, "mx"), json_object_get(p, "mx"))) {
-                found = q;
-                break;
-            }
-        }
+        json_t *found = find_policy(policies, json_string_value(json_object_get(p, "type")),
+                                    json_object_get(p, "strings"), json_object_get(p, "mx"));
         if (!found && json_array_size(policies) >= TLSRPT_MAX_POLICIES) {
             add_u64(sum, "dropped", get_u64(p, "ok") + get_u64(p, "fail"));
             continue;
