@@ -785,9 +785,9 @@ static void on_handshake(void *arg, int status, const struct tls_facts *facts)
         return;
     }
     c->tls_on = true;
-    log_info(COMPONENT, "%s TLS connection established to %s: %s with cipher %s",
+    log_info(COMPONENT, "%s TLS connection established to %s: %s with cipher %s%s%s",
              facts->verified ? "Verified" : (facts->chain_ok ? "Trusted" : "Untrusted"), c->relay,
-             facts->version, facts->cipher);
+             facts->version, facts->cipher, facts->group[0] ? " key-exchange " : "", facts->group);
     if (c->tls_check) {
         struct smtp_outcome o;
         memset(&o, 0, sizeof(o));

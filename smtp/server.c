@@ -326,8 +326,9 @@ static void on_handshake(void *arg, int status, const struct tls_facts *f)
     snprintf(s->tls_desc, sizeof(s->tls_desc), "%s %s", f->version, f->cipher);
     str_copy(s->tls_version, f->version, sizeof(s->tls_version));
     str_copy(s->tls_cipher, f->cipher, sizeof(s->tls_cipher));
-    log_info("smtpd", "Anonymous TLS connection established from %s[%s]: %s with cipher %s",
-             smtpd_client_name(s), s->addr, f->version, f->cipher);
+    log_info("smtpd", "Anonymous TLS connection established from %s[%s]: %s with cipher %s%s%s",
+             smtpd_client_name(s), s->addr, f->version, f->cipher,
+             f->group[0] ? " key-exchange " : "", f->group);
     /* RFC 3207 4.2: forget everything learnt before TLS; the client must
      * say EHLO again. */
     smtpd_transaction_reset(s);

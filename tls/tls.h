@@ -92,6 +92,7 @@ struct tls_facts {
     bool handshake_done;           /* the handshake completed */
     char version[16];              /* "TLSv1.3", "TLSv1.2" */
     char cipher[64];               /* e.g. "TLS_AES_128_GCM_SHA256" */
+    char group[24];                /* key exchange, e.g. "X25519", "SECP256R1" */
     char host[TLS_FACTS_NAME_LEN]; /* client: host asked for (SNI) */
 
     /* Client only: the peer certificate (the leaf). */

@@ -557,10 +557,16 @@ static int raw_bufsend(WOLFSSL *ssl, char *data, int sz, void *ctx)
     return sz;
 }
 
+/* The key exchange groups the next raw_server() offers (none: wolfSSL's). */
+static int *raw_groups;
+static int raw_n_groups;
+
 static int raw_server(struct pair *p, WOLFSSL_METHOD *method, const char *cert, const char *key)
 {
     WOLFSSL_CTX *wctx = wolfSSL_CTX_new(method);
     assert_non_null(wctx);
+    if (raw_n_groups > 0)
+        assert_int_equal(wolfSSL_CTX_set_groups(wctx, raw_groups, raw_n_groups), WOLFSSL_SUCCESS);
     assert_int_equal(wolfSSL_CTX_use_certificate_chain_file(wctx, cert_path(0, cert)),
                      WOLFSSL_SUCCESS);
     assert_int_equal(wolfSSL_CTX_use_PrivateKey_file(wctx, cert_path(1, key), WOLFSSL_FILETYPE_PEM),
@@ -615,6 +621,44 @@ static void test_tls12_server(void **state)
                          WOLFSSL_SUCCESS);
     assert_int_equal(p.c.hs_status, ERR_TLS);
     assert_int_equal(p.c.facts.failure, TLS_FAIL_CERT_EXPIRED);
+    pair_teardown(&p);
+}
+
+/* Key exchange: X25519 first (our client's first key share); a TLS 1.3
+ * server that has only P-256 still gets a handshake (after a
+ * HelloRetryRequest), and so does a TLS 1.2 server. */
+static void test_key_exchange_groups(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_setup(&p, "good.pem", "good.key", "mx.example.com", TLS_VERIFY_HOST);
+    handshake(&p);
+    assert_int_equal(p.c.hs_status, 0);
+    assert_string_equal(p.c.facts.group, "X25519");
+    assert_string_equal(p.s.facts.group, "X25519");
+    pair_teardown(&p);
+
+    /* wolfSSL lets only a TLS 1.3 context choose groups. */
+    int p256[] = {WOLFSSL_ECC_SECP256R1};
+    raw_groups = p256;
+    raw_n_groups = 1;
+    pair_setup(&p, "good.pem", "good.key", "mx.example.com", TLS_VERIFY_HOST);
+    int ret = raw_server(&p, wolfTLSv1_3_server_method(), "good.pem", "good.key");
+    raw_groups = NULL;
+    raw_n_groups = 0;
+    assert_int_equal(ret, WOLFSSL_SUCCESS);
+    assert_int_equal(p.c.hs_status, 0);
+    assert_true(p.c.facts.verified);
+    assert_string_equal(p.c.facts.version, "TLSv1.3");
+    assert_string_equal(p.c.facts.group, "SECP256R1");
+    pair_teardown(&p);
+
+    pair_setup(&p, "good.pem", "good.key", "mx.example.com", TLS_VERIFY_HOST);
+    assert_int_equal(raw_server(&p, wolfTLSv1_2_server_method(), "good.pem", "good.key"),
+                     WOLFSSL_SUCCESS);
+    assert_int_equal(p.c.hs_status, 0);
+    assert_string_equal(p.c.facts.version, "TLSv1.2");
+    assert_true(p.c.facts.group[0] != '\0');
     pair_teardown(&p);
 }
 
@@ -980,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_tls11_refused),
         cmocka_unit_test(test_tls12_accepted),
         cmocka_unit_test(test_tls12_server),
+        cmocka_unit_test(test_key_exchange_groups),
         cmocka_unit_test(test_tls11_server),
         cmocka_unit_test(test_big_both_ways),
         cmocka_unit_test(test_byte_at_a_time),
