@@ -6,8 +6,12 @@
  * Invariants:
  *  - The environment is opened with MDB_NOTLS, so read transactions are not
  *    tied to a thread, and without MDB_WRITEMAP or MDB_NOSYNC: every commit
- *    is written with pwrite(2) and synced before mdb_txn_commit() returns, so
- *    a full disk is an error return and never a SIGBUS.
+ *    is written with pwrite(2) and its data pages synced before
+ *    mdb_txn_commit() returns, so a full disk is an error return and never a
+ *    SIGBUS. A read-write opener adds MDB_NOMETASYNC: the writer makes a
+ *    commit durable by the next commit's sync or by mdb_env_sync() before it
+ *    reports the commit (writer.c); the queue's own commit in queue_open()
+ *    is synced here.
  *  - The map is resized only by the writer thread, between transactions and
  *    holding q->resize for writing; every transaction in this process holds
  *    it for reading (LMDB forbids a resize while a transaction is active).
@@ -263,6 +267,8 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
     unsigned flags = MDB_NOSUBDIR | MDB_NOTLS;
     if (q->read_only)
         flags |= MDB_RDONLY;
+    else
+        flags |= MDB_NOMETASYNC;
     rc = mdb_env_open(q->env, path, flags, 0660);
     if (rc) {
         err = open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
@@ -301,6 +307,8 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
         goto fail;
     }
     rc = mdb_txn_commit(txn);
+    if (rc == 0 && !q->read_only)
+        rc = mdb_env_sync(q->env, 1);
     if (rc) {
         err = open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
                         mdb_strerror(rc));
