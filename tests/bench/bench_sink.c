@@ -315,6 +315,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_sink: cannot load %s / %s\n", chain, key);
             return 1;
         }
+        /* The client's cipher order decides, as with Postfix's smtpd
+         * (tls_preempt_cipherlist = no) and OpenSSL servers by default. */
+        wolfSSL_CTX_UseClientSuites(tls_ctx);
     }
     int ls = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
