@@ -163,7 +163,7 @@ struct job {
     int64_t lease_ms;
     int64_t conn_ms;
     int64_t ready_ms;
-    size_t n;
+    size_t n, cap; /* recipients in r, and room */
     struct jrcpt *r;
     /* Filled when the job starts on a connection. */
     struct queue_message *qm;
@@ -454,12 +454,17 @@ struct req *dl_req_new(struct delivery *dl, const char *id, uint32_t rcpt, const
 void dl_report(struct delivery *dl, report_fn fn, const char *what, const char *id, uint32_t rcpt,
                const struct queue_result *res);
 void dl_unlease(struct delivery *dl, const char *id, uint32_t rcpt);
+/* A leased recipient that cannot be scheduled now is deferred (4.3.0, text). */
+void dl_defer_due(struct delivery *dl, const struct queue_due *due, const char *text);
 /* The one log line per recipient and attempt (Postfix-shaped, see job.c):
  * the times of arrival, lease, connection start, session ready and the
  * end; attempted false writes "delays=D/0/0/0" (nothing was tried). */
 void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64_t arrival,
                       int64_t lease, int64_t conn, int64_t ready, int64_t done, bool attempted,
                       const struct smtp_outcome *o, const char *extra);
+/* Append due's recipient to j (the array grows by doubling: most messages
+ * have one recipient); false when out of memory. */
+bool job_add_rcpt(struct job *j, const struct queue_due *due);
 void job_free(struct job *j);
 void conn_tls_summary(const struct smtp_client *c, char *out, size_t size);
 /* Report every recipient of a finished job and free it: each recipient's

@@ -147,7 +147,35 @@ void deliver_log_rcpt(const char *id, const char *addr, const char *relay, int64
         o->status[0] ? o->status : "4.0.0", status_word(o->action), o->text, extra ? extra : "");
 }
 
+void dl_defer_due(struct delivery *dl, const struct queue_due *due, const char *text)
+{
+    struct queue_result res = {
+        .dsn = "4.3.0", .text = text, .mx = "", .ip = "", .tls = "", .sts_mode = "", .sts_id = ""};
+    dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
+    dl->inflight--;
+}
+
 /* ---- jobs -------------------------------------------------------------------------- */
+
+bool job_add_rcpt(struct job *j, const struct queue_due *due)
+{
+    if (j->n == j->cap) {
+        size_t cap = j->cap ? j->cap * 2 : 2;
+        struct jrcpt *r = realloc(j->r, cap * sizeof(*r));
+        if (!r)
+            return false;
+        j->r = r;
+        j->cap = cap;
+    }
+    char *addr = dl_strdup(due->addr);
+    if (!addr)
+        return false;
+    j->r[j->n].idx = due->rcpt;
+    j->r[j->n].addr = addr;
+    j->r[j->n].attempts = due->attempts;
+    j->n++;
+    return true;
+}
 
 void job_free(struct job *j)
 {

@@ -70,52 +70,17 @@ int route_load(const struct conf *c, struct conf_map **transport, struct conf_ma
 struct route_reject {
     struct route_reject *next;
     struct job *j;
-    size_t cap;
     const struct conf_transport *t; /* valid until route_flush() */
     char key[256];
 };
-
-static void reject_defer_nomem(struct delivery *dl, const struct queue_due *due)
-{
-    struct queue_result res = {.dsn = "4.3.0",
-                               .text = "out of memory",
-                               .mx = "",
-                               .ip = "",
-                               .tls = "",
-                               .sts_mode = "",
-                               .sts_id = ""};
-    dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
-    dl->inflight--;
-}
-
-static bool reject_add(struct route_reject *rj, const struct queue_due *due)
-{
-    struct job *j = rj->j;
-    if (j->n == rj->cap) {
-        size_t cap = rj->cap ? rj->cap * 2 : 4;
-        struct jrcpt *r = realloc(j->r, cap * sizeof(*r));
-        if (!r)
-            return false;
-        j->r = r;
-        rj->cap = cap;
-    }
-    char *addr = dl_strdup(due->addr);
-    if (!addr)
-        return false;
-    j->r[j->n].idx = due->rcpt;
-    j->r[j->n].addr = addr;
-    j->r[j->n].attempts = due->attempts;
-    j->n++;
-    return true;
-}
 
 static void route_reject(struct delivery *dl, const struct queue_due *due,
                          const struct conf_transport *t, const char *key)
 {
     for (struct route_reject *rj = dl->rejects; rj; rj = rj->next) {
         if (rj->t == t && strcmp(rj->j->id, due->id) == 0) {
-            if (!reject_add(rj, due))
-                reject_defer_nomem(dl, due);
+            if (!job_add_rcpt(rj->j, due))
+                dl_defer_due(dl, due, "out of memory");
             return;
         }
     }
@@ -126,7 +91,7 @@ static void route_reject(struct delivery *dl, const struct queue_due *due,
     if (!j || !j->sender) {
         job_free(j);
         free(rj);
-        reject_defer_nomem(dl, due);
+        dl_defer_due(dl, due, "out of memory");
         return;
     }
     rj->j = j;
@@ -139,10 +104,10 @@ static void route_reject(struct delivery *dl, const struct queue_due *due,
     j->lease_ms = j->conn_ms = j->ready_ms = now;
     str_copy(j->relay, "none", sizeof(j->relay));
     snprintf(j->label, sizeof(j->label), "transport_maps=%.80s", rj->key);
-    if (!reject_add(rj, due)) {
+    if (!job_add_rcpt(rj->j, due)) {
         job_free(j);
         free(rj);
-        reject_defer_nomem(dl, due);
+        dl_defer_due(dl, due, "out of memory");
         return;
     }
     rj->next = dl->rejects;

@@ -213,15 +213,7 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
     struct dest *d = name[0] ? dest_get(dl, name) : NULL;
     if (!d) {
         /* No domain (or no memory): nothing sensible to try now. */
-        struct queue_result res = {.dsn = "4.3.0",
-                                   .text = name[0] ? "out of memory" : "no domain in address",
-                                   .mx = "",
-                                   .ip = "",
-                                   .tls = "",
-                                   .sts_mode = "",
-                                   .sts_id = ""};
-        dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
-        dl->inflight--;
+        dl_defer_due(dl, due, name[0] ? "out of memory" : "no domain in address");
         return;
     }
     struct job *j = d->tail;
@@ -230,17 +222,9 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
     size_t limit = route_rcpt_limit(dl, rdom);
     if (!j || strcmp(j->id, due->id) != 0 || j->n >= limit || j->msg.rcpt) {
         j = calloc(1, sizeof(*j));
-        if (!j || !(j->r = calloc(limit, sizeof(*j->r))) || !(j->sender = dl_strdup(due->sender))) {
+        if (!j || !(j->sender = dl_strdup(due->sender))) {
             job_free(j);
-            struct queue_result res = {.dsn = "4.3.0",
-                                       .text = "out of memory",
-                                       .mx = "",
-                                       .ip = "",
-                                       .tls = "",
-                                       .sts_mode = "",
-                                       .sts_id = ""};
-            dl_report(dl, queue_defer, "deferral", due->id, due->rcpt, &res);
-            dl->inflight--;
+            dl_defer_due(dl, due, "out of memory");
             return;
         }
         j->dest = d;
@@ -255,11 +239,8 @@ static void sched_file(struct delivery *dl, const struct queue_due *due, int64_t
         d->tail = j;
         d->njobs++;
     }
-    j->r[j->n].idx = due->rcpt;
-    j->r[j->n].addr = dl_strdup(due->addr);
-    j->r[j->n].attempts = due->attempts;
-    if (j->r[j->n].addr)
-        j->n++;
+    if (!job_add_rcpt(j, due))
+        dl_defer_due(dl, due, "out of memory");
 }
 
 static void on_lease(void *arg, int status, struct queue_due *due, size_t n)
