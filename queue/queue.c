@@ -186,6 +186,47 @@ static int check_layout(struct queue *q, MDB_txn *txn, bool create, struct buf *
     return 0;
 }
 
+/* The opening transaction: the databases, the layout record and, for the
+ * read-write opener, the recovery of what a previous process left (leases,
+ * unfinished stages), committed and synced. Every failure says why. */
+static int open_txn(struct queue *q, struct buf *why)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(q->env, NULL, q->read_only ? MDB_RDONLY : 0, &txn);
+    if (rc)
+        return open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
+                         mdb_strerror(rc));
+    rc = open_dbis(q, txn, q->read_only ? 0 : MDB_CREATE);
+    if (rc) {
+        mdb_txn_abort(txn);
+        if (rc == MDB_NOTFOUND)
+            return open_fail(why, ERR_VERSION, "%s is not a queue of this version%s",
+                             q->opt.directory, " (its databases are missing)");
+        return open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
+                         mdb_strerror(rc));
+    }
+    size_t said = why ? why->len : 0;
+    int err = check_layout(q, txn, !q->read_only, why);
+    if (err == 0 && !q->read_only)
+        err = queue_recover_leases(q, txn);
+    if (err == 0 && !q->read_only)
+        err = queue_purge_stages(q, txn);
+    if (err) {
+        mdb_txn_abort(txn);
+        if (why && why->len == said)
+            open_fail(why, err, "queue in %s: cannot recover what the last process left: %s",
+                      q->opt.directory, err_str(err));
+        return err;
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc == 0 && !q->read_only)
+        rc = mdb_env_sync(q->env, 1);
+    if (rc)
+        return open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
+                         mdb_strerror(rc));
+    return 0;
+}
+
 int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **out, struct buf *why)
 {
     *out = NULL;
@@ -279,41 +320,18 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
     mdb_env_info(q->env, &info);
     q->map_size = info.me_mapsize;
 
-    MDB_txn *txn;
-    rc = mdb_txn_begin(q->env, NULL, q->read_only ? MDB_RDONLY : 0, &txn);
-    if (rc) {
-        err = open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
-                        mdb_strerror(rc));
-        goto fail;
+    /* The map is what this process asked for or what the data already
+     * fills, whichever is larger, so the opening transaction (lease
+     * recovery, stage purge) may not fit: grow it as the writer would. */
+    for (;;) {
+        err = open_txn(q, why);
+        if (err != ERR_FULL || q->read_only || queue_grow_map(q) != 0)
+            break;
+        if (why)
+            buf_reset(why);
     }
-    rc = open_dbis(q, txn, q->read_only ? 0 : MDB_CREATE);
-    if (rc) {
-        mdb_txn_abort(txn);
-        if (rc == MDB_NOTFOUND)
-            err = open_fail(why, ERR_VERSION, "%s is not a queue of this version%s",
-                            q->opt.directory, " (its databases are missing)");
-        else
-            err = open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
-                            mdb_strerror(rc));
+    if (err)
         goto fail;
-    }
-    err = check_layout(q, txn, !q->read_only, why);
-    if (err == 0 && !q->read_only)
-        err = queue_recover_leases(q, txn);
-    if (err == 0 && !q->read_only)
-        err = queue_purge_stages(q, txn);
-    if (err) {
-        mdb_txn_abort(txn);
-        goto fail;
-    }
-    rc = mdb_txn_commit(txn);
-    if (rc == 0 && !q->read_only)
-        rc = mdb_env_sync(q->env, 1);
-    if (rc) {
-        err = open_fail(why, queue_mdb_err(rc), "queue in %s: %s", q->opt.directory,
-                        mdb_strerror(rc));
-        goto fail;
-    }
     if (!q->read_only) {
         /* Members of the daemon's group list the queue read-only: they read
          * the data file and register in LMDB's reader table, which needs

@@ -141,6 +141,9 @@ int queue_envelope_encode(struct qreq *r, const struct queue_envelope *env,
 void queue_stage_done(struct queue *q, struct qreq *r);
 
 int queue_writer_start(struct queue *q, uv_loop_t *loop);
+/* Double the map (up to max_map_size) with no transaction of this process
+ * active; 0, or ERR_FULL at the limit. */
+int queue_grow_map(struct queue *q);
 void queue_writer_stop(struct queue *q);
 /* In the opening write transaction: every ACTIVE recipient left by a
  * previous process is due again now. */

@@ -961,7 +961,7 @@ int queue_recover_leases(struct queue *q, MDB_txn *txn)
 
 /* ---- transactions and the thread -------------------------------------------- */
 
-static int grow_map(struct queue *q)
+int queue_grow_map(struct queue *q)
 {
     if (q->map_size >= q->opt.max_map_size)
         return ERR_FULL;
@@ -1050,7 +1050,7 @@ static int run_txn(struct queue *q, struct qreq *list, size_t n)
         }
         pthread_rwlock_unlock(&q->resize);
         if (w.map_full) {
-            int g = grow_map(q);
+            int g = queue_grow_map(q);
             if (g == 0)
                 continue;
             return g;

@@ -249,13 +249,19 @@ class AdminTest(unittest.TestCase):
         self.assertEqual(sorted(self.listing("--state", "held")), ids[2:])
         r = self.ctl("queue", "release", "--state", "held")
         self.assertEqual(r.stdout.strip(), "Released 2 messages.")
+
+        def settled(want):
+            rc = self.listing()[ids[3]]["recipients"][0]
+            return rc["attempts"] == want and rc["state"] == "deferred"
+
+        # A message released from hold is due at once: its second attempt
+        # must be over before the retry, or the retry would find it in
+        # flight (or still due) and the count below would race it.
+        self.wait_for(lambda: settled(2), "the attempt after release")
         # retry: a new attempt now (the backoff is an hour).
         r = self.ctl("queue", "retry", ids[3])
         self.assertEqual(r.stdout.strip(), "Scheduled 1 message for delivery now.")
-        # Wait for the attempt to be over too, not only counted: on a slow
-        # run the released message's own attempt may still be in flight.
-        self.wait_for(lambda: self.listing()[ids[3]]["recipients"][0]["attempts"] >= 2
-                      and self.listing()[ids[3]]["recipients"][0]["state"] == "deferred", "retry")
+        self.wait_for(lambda: settled(3), "retry")
         # show keeps the attempt history: the earlier result and the last.
         j = json.loads(self.ctl("queue", "show", ids[3], "--json").stdout)
         hist = j["recipients"][0]["history"]

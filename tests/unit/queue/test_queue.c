@@ -735,6 +735,44 @@ static void test_large_body_map_growth(void **state)
     free(back);
 }
 
+/* A restart after a crash must not depend on the map size of the process
+ * that died: the data may fill the map this process asks for, and the lease
+ * recovery rewrites every recipient that was in flight. queue_open() grows
+ * the map for it as the writer would. */
+static void test_recovery_grows_map(void **state)
+{
+    struct fx *f = *state;
+    static const char *const three[] = {"a@example.org", "b@example.net", "c@example.com"};
+    char body[600];
+    memset(body, 'x', sizeof(body));
+    size_t n = 0;
+    for (int i = 0; i < 1500; i++) {
+        assert_int_equal(submit(f, "s@example.com", three, 3, body, sizeof(body), NULL), 0);
+        n += 3;
+    }
+    size_t leased = 0, got;
+    while ((got = lease(f, 1000, NULL)) > 0)
+        leased += got;
+    assert_int_equal(leased, n);
+    struct queue_stats st;
+    assert_int_equal(queue_stats(f->q, &st), 0);
+    uint64_t used = st.map_used;
+    fx_close(f);
+    /* Ask for the least map there is: LMDB makes it exactly what the data
+     * fills, and the recovery does not fit in it. */
+    f->opt.initial_map_size = 1 << 20;
+    assert_true(used > f->opt.initial_map_size);
+    f->now += 1000;
+    struct buf why;
+    buf_init(&why, 256);
+    assert_int_equal(queue_open(&f->loop, &f->opt, &f->q, &why), 0);
+    buf_free(&why);
+    assert_int_equal(queue_stats(f->q, &st), 0);
+    assert_int_equal(st.rcpts[QUEUE_RCPT_ACTIVE], 0);
+    assert_int_equal(st.rcpts[QUEUE_RCPT_QUEUED], n);
+    assert_true(st.map_size > used);
+}
+
 static void test_map_full(void **state)
 {
     struct fx *f = *state;
@@ -1259,6 +1297,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_body_map_growth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_grows_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),

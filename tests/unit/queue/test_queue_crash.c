@@ -273,8 +273,10 @@ int main(void)
         struct queue *q;
         struct buf why;
         buf_init(&why, 512);
-        if (queue_open(&loop, &o, &q, &why) != 0) {
-            fprintf(stderr, "round %d: reopen failed: %s\n", round, why.data);
+        int orc = queue_open(&loop, &o, &q, &why);
+        if (orc != 0) {
+            fprintf(stderr, "round %d: reopen failed: %s (%s)\n", round,
+                    why.len ? why.data : "no reason given", err_str(orc));
             return 1;
         }
         buf_free(&why);
