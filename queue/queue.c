@@ -13,8 +13,9 @@
  *    reports the commit (writer.c); the queue's own commit in queue_open()
  *    is synced here.
  *  - The map is resized only by the writer thread, between transactions and
- *    holding q->resize for writing; every transaction in this process holds
- *    it for reading (LMDB forbids a resize while a transaction is active).
+ *    holding q->resize for writing, or by queue_open() before that thread
+ *    starts; every transaction in this process holds it for reading (LMDB
+ *    forbids a resize while a transaction is active).
  *  - A read-write opener holds flock(LOCK_EX) on the data file, so two
  *    daemons never share one queue.
  *
