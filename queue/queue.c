@@ -189,9 +189,11 @@ static int check_layout(struct queue *q, MDB_txn *txn, bool create, struct buf *
 
 /* The opening transaction: the databases, the layout record and, for the
  * read-write opener, the recovery of what a previous process left (leases,
- * unfinished stages), committed and synced. Every failure says why. */
-static int open_txn(struct queue *q, struct buf *why)
+ * unfinished stages), committed and synced. Every failure says why;
+ * *map_full says whether it was the map's size. */
+static int open_txn(struct queue *q, struct buf *why, bool *map_full)
 {
+    *map_full = false;
     MDB_txn *txn;
     int rc = mdb_txn_begin(q->env, NULL, q->read_only ? MDB_RDONLY : 0, &txn);
     if (rc)
@@ -209,9 +211,7 @@ static int open_txn(struct queue *q, struct buf *why)
     size_t said = why ? why->len : 0;
     int err = check_layout(q, txn, !q->read_only, why);
     if (err == 0 && !q->read_only)
-        err = queue_recover_leases(q, txn);
-    if (err == 0 && !q->read_only)
-        err = queue_purge_stages(q, txn);
+        err = queue_recover(q, txn, map_full);
     if (err) {
         mdb_txn_abort(txn);
         if (why && why->len == said)
@@ -220,6 +220,7 @@ static int open_txn(struct queue *q, struct buf *why)
         return err;
     }
     rc = mdb_txn_commit(txn);
+    *map_full = rc == MDB_MAP_FULL;
     if (rc == 0 && !q->read_only)
         rc = mdb_env_sync(q->env, 1);
     if (rc)
@@ -325,8 +326,9 @@ int queue_open(uv_loop_t *loop, const struct queue_options *o, struct queue **ou
      * fills, whichever is larger, so the opening transaction (lease
      * recovery, stage purge) may not fit: grow it as the writer would. */
     for (;;) {
-        err = open_txn(q, why);
-        if (err != ERR_FULL || q->read_only || queue_grow_map(q) != 0)
+        bool map_full;
+        err = open_txn(q, why, &map_full);
+        if (!err || !map_full || queue_grow_map(q) != 0)
             break;
         if (why)
             buf_reset(why);

@@ -145,11 +145,11 @@ int queue_writer_start(struct queue *q, uv_loop_t *loop);
  * active; 0, or ERR_FULL at the limit. */
 int queue_grow_map(struct queue *q);
 void queue_writer_stop(struct queue *q);
-/* In the opening write transaction: every ACTIVE recipient left by a
- * previous process is due again now. */
-int queue_recover_leases(struct queue *q, MDB_txn *txn);
-/* In the opening write transaction: remove the body chunks of every stage
- * left unfinished by a previous process (its marker is still there). */
-int queue_purge_stages(struct queue *q, MDB_txn *txn);
+/* In the opening write transaction, what a previous process left: every
+ * ACTIVE recipient is due again now, and the body chunks of every stage it
+ * did not finish (its marker is still there) are removed. *map_full says
+ * whether an error was the map's size (grow it and run again) rather than
+ * the disk or the data. */
+int queue_recover(struct queue *q, MDB_txn *txn, bool *map_full);
 
 #endif

@@ -476,11 +476,11 @@ static int apply_stage_abort(struct wtx *w, struct qreq *r)
     return r->stage->id[0] ? stage_purge(w, r->stage->id) : 0;
 }
 
-int queue_purge_stages(struct queue *q, MDB_txn *txn)
+static int purge_stages(struct wtx *w)
 {
-    struct wtx w = {.q = q, .txn = txn};
+    struct queue *q = w->q;
     MDB_cursor *cur;
-    int err = werr(&w, mdb_cursor_open(txn, q->dbi[QDB_META], &cur));
+    int err = werr(w, mdb_cursor_open(w->txn, q->dbi[QDB_META], &cur));
     if (err)
         return err;
     char(*ids)[QUEUE_ID_LEN + 1] = NULL;
@@ -505,7 +505,7 @@ int queue_purge_stages(struct queue *q, MDB_txn *txn)
     }
     mdb_cursor_close(cur);
     for (size_t i = 0; i < n && !err; i++)
-        err = stage_purge(&w, ids[i]);
+        err = stage_purge(w, ids[i]);
     free(ids);
     if (n && !err)
         log_info("queue", "%zu messages whose bodies were still arriving were removed", n);
@@ -898,11 +898,11 @@ static int apply(struct wtx *w, struct qreq *r)
     return ERR_INVAL;
 }
 
-int queue_recover_leases(struct queue *q, MDB_txn *txn)
+static int recover_leases(struct wtx *w)
 {
-    struct wtx w = {.q = q, .txn = txn};
+    struct queue *q = w->q;
     MDB_cursor *cur;
-    int err = werr(&w, mdb_cursor_open(txn, q->dbi[QDB_LEASE], &cur));
+    int err = werr(w, mdb_cursor_open(w->txn, q->dbi[QDB_LEASE], &cur));
     if (err)
         return err;
     uint8_t(*keys)[QKEY_RCPT_LEN] = NULL;
@@ -935,27 +935,37 @@ int queue_recover_leases(struct queue *q, MDB_txn *txn)
         id[QUEUE_ID_LEN] = 0;
         uint32_t idx = qkey_get_u32(keys[i] + QUEUE_ID_LEN);
         struct rcopy c = {0};
-        err = wget(&w, QDB_RCPT, keys[i], QKEY_RCPT_LEN, &v);
+        err = wget(w, QDB_RCPT, keys[i], QKEY_RCPT_LEN, &v);
         if (!err)
             err = rcopy_one(&c, idx, &v);
         if (!err && c.r.state == QUEUE_RCPT_ACTIVE) {
             int64_t old_next = c.r.next_ms;
             c.r.state = c.r.attempts ? QUEUE_RCPT_DEFERRED : QUEUE_RCPT_QUEUED;
             c.r.next_ms = now;
-            err = rcpt_write(&w, id, idx, QUEUE_RCPT_ACTIVE, old_next, &c.r);
+            err = rcpt_write(w, id, idx, QUEUE_RCPT_ACTIVE, old_next, &c.r);
         } else if (!err && c.r.state == QUEUE_RCPT_HELD && c.r.next_ms != 0) {
             /* Held while in flight: that attempt died with the process. */
             int64_t old_next = c.r.next_ms;
             c.r.next_ms = 0;
-            err = rcpt_write(&w, id, idx, QUEUE_RCPT_HELD, old_next, &c.r);
+            err = rcpt_write(w, id, idx, QUEUE_RCPT_HELD, old_next, &c.r);
         } else if (!err || err == ERR_NOTFOUND || err == ERR_CORRUPT) {
-            err = wdel(&w, QDB_LEASE, keys[i], QKEY_RCPT_LEN);
+            err = wdel(w, QDB_LEASE, keys[i], QKEY_RCPT_LEN);
         }
         free(c.raw);
     }
     free(keys);
     if (n && !err)
         log_info("queue", "%zu recipients that were in flight are due again", n);
+    return err;
+}
+
+int queue_recover(struct queue *q, MDB_txn *txn, bool *map_full)
+{
+    struct wtx w = {.q = q, .txn = txn};
+    int err = recover_leases(&w);
+    if (!err)
+        err = purge_stages(&w);
+    *map_full = w.map_full;
     return err;
 }
 
