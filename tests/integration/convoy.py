@@ -16,6 +16,7 @@ SANITIZED is true for a sanitizer build (or CONVOY_SANITIZED=1): long cases
 run smaller there.
 """
 
+import errno
 import os
 import shlex
 import signal
@@ -51,20 +52,43 @@ SANITIZED = _sanitized()
 
 _handed_out = set()
 
+# Every loopback address a test may listen on. The suites run side by side
+# (ctest -j) and share the port space: a port free on the host that asked
+# can be held on another test address by a concurrent suite's server (a
+# sink on 127.0.0.14 for two minutes), and tests use one port on several
+# hosts (smtp_destination_port is shared by all MX hosts).
+_TEST_V4 = ["127.0.0.%d" % i for i in range(1, 255)]
+
+
+def _bindable(fam, host, port):
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError as e:
+            # ::1 absent (no IPv6 on lo): nothing can hold the port there
+            return e.errno == errno.EADDRNOTAVAIL
+
 
 def free_port(host="127.0.0.1"):
-    """A TCP port that is free on host right now and that this process has
-    not handed out before: the kernel may give the same ephemeral port to
-    two binds in a row once the first socket is closed, and a test that
-    asks for three ports must get three different ones."""
+    """A TCP port that is free right now on host and on every loopback
+    address tests use, and that this process has not handed out before:
+    the kernel may give the same ephemeral port to two binds in a row once
+    the first socket is closed, and a test that asks for three ports must
+    get three different ones."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(100):
         with socket.socket(fam, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+        if port in _handed_out:
+            continue
+        if not all(_bindable(socket.AF_INET, h, port) for h in _TEST_V4):
+            continue
+        if not _bindable(socket.AF_INET6, "::1", port):
+            continue
+        _handed_out.add(port)
+        return port
     raise RuntimeError("no fresh free port on %s" % host)
 
 
