@@ -44,12 +44,6 @@ except KeyError:
 ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{16}$")
 
 
-def common_port(hosts):
-    """A port free on every host (the MX hosts share smtp_destination_port):
-    free_port checks every test loopback address and ::1."""
-    return free_port(hosts[0])
-
-
 def message(subject, body="Hello.\r\n"):
     return ("From: Sender <sender@src.test>\r\n"
             "To: someone\r\n"
@@ -61,7 +55,9 @@ def message(subject, body="Hello.\r\n"):
 @world.needs("dnsmasq")
 class AdminTest(unittest.TestCase):
     def setUp(self):
-        self.port = common_port([MX_FAIL, MX_OK, MX_SRC])
+        # free_port: free on every test address (the MX hosts share
+        # smtp_destination_port)
+        self.port = free_port(MX_FAIL)
         self.dns = DnsServer([MX("dest.test", 10, "mx.dest.test"), A("mx.dest.test", MX_FAIL),
                               MX("ok.test", 10, "mx.ok.test"), A("mx.ok.test", MX_OK),
                               MX("src.test", 10, "mx.src.test"), A("mx.src.test", MX_SRC)]).start()
@@ -603,7 +599,7 @@ class PolicyDeferredTest(unittest.TestCase):
             self.web = Web(self.tmp, [Site("pol.test", ca.issue("web", ["mta-sts.pol.test"]),
                                            body=policy)]).start()
             wrong = ca.issue("mx", ["mx.other.test"])
-            port = common_port([MX_POL])
+            port = free_port(MX_POL)
             self.mx = Sink(MX_POL, port, tls=(wrong.chain, wrong.key)).start()
             os.makedirs(os.path.join(self.tmp, "dns"))
             self.dns = DnsServer([TXT("_mta-sts.pol.test", "v=STSv1; id=pol1"),
